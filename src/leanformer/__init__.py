@@ -1,0 +1,10 @@
+"""leanformer: make Transformer language models cheaper at every stage, and measure what each saving costs."""
+
+__version__ = "0.1.0"
+
+
+def load(path, device: str = "cpu"):
+    """Load a trained model (run directory or checkpoint directory) in eval mode. See :mod:`leanformer.train.checkpoint`."""
+    from leanformer.train.checkpoint import load_model
+
+    return load_model(path, device=device)

@@ -1,0 +1,58 @@
+"""The ``leanformer`` command. Each subcommand lives in its own module exposing ``add_parser(subparsers)`` and
+``run(args) -> int``; this file only maps names to modules, so adding a command touches one line here.
+
+User errors (:class:`leanformer.errors.UserError`) print one line and exit with status 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from leanformer.errors import UserError
+
+# subcommand -> module. Modules must import quickly (no torch at import time).
+COMMANDS: dict[str, str] = {
+    "train": "leanformer.train.cli",
+    "eval": "leanformer.eval.cli",
+    "frontier": "leanformer.eval.frontier_cli",
+    "analyze": "leanformer.analysis.cli",
+    "demo": "leanformer.demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from leanformer import __version__
+
+    parser = argparse.ArgumentParser(prog="leanformer", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"leanformer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name == module:
+                continue  # a command whose issue has not landed yet
+            raise
+        p = mod.add_parser(sub, name)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        print(f"leanformer: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("leanformer: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

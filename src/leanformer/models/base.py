@@ -1,0 +1,60 @@
+"""What every leanformer model shares: loss over a batch dict, parameter counts, safetensors save/load.
+
+A model file holds architecture only; the trainer talks to models through :meth:`LeanModel.compute_loss`, so a
+family with a different batch layout (T5's encoder/decoder inputs) overrides that one method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from torch import nn
+
+from leanformer.config import atomic_write_text
+
+WEIGHTS_NAME = "model.safetensors"
+MODEL_META_NAME = "model.json"
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Mean next-token cross entropy in fp32 over positions whose target is not ``ignore_index``."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                           ignore_index=ignore_index)
+
+
+class LeanModel(nn.Module):
+    """Base class: ``family`` names the registry entry, ``config`` is the family's config dataclass."""
+
+    family: str = ""
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Causal-LM default: ``batch['input_ids'] [B, T]``, ``batch['labels'] [B, T]`` (-100 = ignore)."""
+        _, loss = self(batch["input_ids"], targets=batch["labels"])
+        return loss, {}
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= sum(m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding))
+        return n
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``model.safetensors`` + ``model.json`` (family + config) into ``directory``."""
+        from leanformer.models.registry import model_config_to_dict
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        tmp = d / f".{WEIGHTS_NAME}.tmp"
+        save_model(self, str(tmp))
+        os.replace(tmp, d / WEIGHTS_NAME)
+        meta = {"family": self.family, "config": model_config_to_dict(self.config)}
+        atomic_write_text(d / MODEL_META_NAME, json.dumps(meta, indent=2))
+
+    def load_weights(self, path: str | os.PathLike) -> None:
+        """Load safetensors weights (never pickle); every tensor must match by name and shape."""
+        load_model(self, str(path), strict=True)
