@@ -1,0 +1,104 @@
+"""Shared by every benchmark: record a run as JSON under ``benchmarks/results/`` with machine, versions, command
+and git commit, and time GPU/CPU work properly (warm-up, synchronisation, median of repeats)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info() -> dict:
+    import torch
+
+    info = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
+    try:
+        import transformers
+
+        info["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("LEANFORMER_COMMIT", "unknown")
+
+
+def record(name: str, results: dict | list, out_dir: str | os.PathLike | None = None) -> Path:
+    """Write ``{name}-{UTC timestamp}.json`` holding machine, versions, command, commit and ``results``.
+
+    ``out_dir`` defaults to ``$OUT`` when set (the device tool returns files from there), else ``benchmarks/results``.
+    """
+    out = Path(out_dir or os.environ.get("OUT") or RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    payload = {
+        "benchmark": name,
+        "date": stamp,
+        "command": " ".join([Path(sys.executable).name] + sys.argv),
+        "commit": git_commit(),
+        "machine": machine_info(),
+        "results": results,
+    }
+    path = out / f"{name}-{stamp}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def bench(fn, warmup: int = 3, repeat: int = 10, sync=None) -> float:
+    """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` (CUDA-synchronised when ``sync``)."""
+    import torch
+
+    if sync is None:
+        sync = torch.cuda.is_available()
+    for _ in range(warmup):
+        fn()
+    if sync:
+        torch.cuda.synchronize()
+    times = []
+    for _ in range(repeat):
+        if sync:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
