@@ -131,7 +131,10 @@ def holdout(points: dict, split: str = "model_params", interactions: bool = Fals
         raise UserError(f"held-out validation by {split} needs at least two distinct values")
     y = transform(points["accuracy"], target)
     group = np.asarray(points["group"], dtype=object) if points.get("group") is not None else None
-    sub = (lambda a, m: None if a is None else np.asarray(a)[m])
+
+    def sub(a, m):
+        return None if a is None else np.asarray(a)[m]
+
     fit = fit_loglinear(sub(points["model_params"], ~test), sub(points["length"], ~test),
                         sub(points["sparsity"], ~test), y[~test], interactions, sub(group, ~test), target)
     pred = fit.predict(points["model_params"], points["length"], points["sparsity"], group)
