@@ -1,0 +1,56 @@
+"""``leanformer eval RUN_OR_CHECKPOINT [--split test]``: bits per byte and perplexity, printed as one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub, name: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help="evaluate a trained LM (bits per byte, perplexity) on a data split",
+                       description=__doc__)
+    p.add_argument("path", help="run directory or checkpoint directory")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"))
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-batches", type=int, default=None, help="cap on evaluation batches (default: whole split)")
+    p.add_argument("--device", default="auto")
+    return p
+
+
+def evaluate_run(path, split: str = "test", batch_size: int = 8, max_batches: int | None = None,
+                 device: str = "auto") -> dict:
+    """Evaluate a run/checkpoint on its own data source and tokenizer; returns the metrics dict."""
+    from pathlib import Path
+
+    import torch
+
+    from leanformer.config import load_run_config
+    from leanformer.data import load_source, token_stream
+    from leanformer.errors import UserError
+    from leanformer.eval.lm import evaluate_lm
+    from leanformer.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
+    from leanformer.train.trainer import resolve_device
+
+    if batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {batch_size}")
+    ckpt = resolve_checkpoint(path)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else Path(path)
+    if not (run_dir / "config.yaml").is_file():
+        raise UserError(f"{path} has no config.yaml beside its checkpoint; cannot tell which data to evaluate on")
+    cfg = load_run_config(run_dir / "config.yaml")
+    dev = resolve_device(device)
+    model = load_model(ckpt, device=str(dev))
+    tok = load_tokenizer(ckpt)
+    d = cfg.data
+    source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
+    key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
+    tokens = token_stream(source.documents(split), tok, f"{key}|{split}", d.cache_dir, d.max_tokens)
+    dtype = torch.bfloat16 if dev.type == "cuda" else None
+    metrics = evaluate_lm(model, tokens, tok, d.seq_len, batch_size, max_batches, dev, dtype)
+    step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
+    return {"split": split, "checkpoint": str(ckpt), "step": step, **metrics}
+
+
+def run(args) -> int:
+    print(json.dumps(evaluate_run(args.path, args.split, args.batch_size, args.max_batches, args.device)))
+    return 0

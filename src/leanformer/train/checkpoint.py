@@ -1,0 +1,209 @@
+"""Checkpoints: safetensors for every tensor, JSON for everything else, written atomically, verified on load.
+
+Layout of a run directory::
+
+    run/config.yaml                the RunConfig (saved before training starts)
+    run/metrics.jsonl              one JSON object per log/eval event
+    run/checkpoints/step_00000100/ model.safetensors, model.json (family + config + tokenizer),
+                                   trainer.safetensors (optimizer tensors, RNG states), state.json
+
+A checkpoint is written into ``.tmp-step_N`` and renamed to ``step_N`` only when complete (a directory rename is
+atomic), so a crash leaves either the whole checkpoint or none. ``state.json`` holds a format version and the
+SHA-256 of every file; :func:`latest_checkpoint` skips (and reports) a checkpoint whose files do not match, using
+the previous one. Nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from leanformer.config import atomic_write_text
+from leanformer.errors import CheckpointError
+
+FORMAT_VERSION = 1
+CKPT_DIR = "checkpoints"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for name, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"optim.{idx}.{name}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{name}"] = v
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = v
+    for key, v in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer: torch.optim.Optimizer | None,
+                    state: dict, tokenizer_spec: str = "byte", keep_last: int = 2) -> Path:
+    """Atomically write checkpoint ``step`` under ``run_dir/checkpoints`` and keep only the newest ``keep_last``."""
+    root = Path(run_dir) / CKPT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp-step_{step:08d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model.save_pretrained(tmp)
+    meta = json.loads((tmp / "model.json").read_text())
+    meta["tokenizer"] = tokenizer_spec
+    atomic_write_text(tmp / "model.json", json.dumps(meta, indent=2))
+    tensors = {"rng.torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    opt_meta = None
+    if optimizer is not None:
+        opt_tensors, opt_meta = _optimizer_tensors(optimizer)
+        tensors.update(opt_tensors)
+    save_file(tensors, str(tmp / "trainer.safetensors"))
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    full_state = {"format_version": FORMAT_VERSION, "step": step, "files": files, "optimizer": opt_meta, **state}
+    atomic_write_text(tmp / "state.json", json.dumps(full_state, indent=2))
+    _fsync_dir(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    root = Path(run_dir) / CKPT_DIR
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_"))
+
+
+def verify_checkpoint(ckpt: str | os.PathLike) -> dict:
+    """Return the checkpoint's ``state.json`` after checking version and checksums; raise CheckpointError."""
+    ckpt = Path(ckpt)
+    state_path = ckpt / "state.json"
+    if not state_path.is_file():
+        raise CheckpointError(f"checkpoint {ckpt} has no state.json (incomplete or not a checkpoint)")
+    try:
+        state = json.loads(state_path.read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"checkpoint file {state_path} is corrupted (not valid JSON)") from None
+    if state.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {ckpt} has format version {state.get('format_version')!r}; "
+                              f"this leanformer reads version {FORMAT_VERSION}")
+    for name, digest in state.get("files", {}).items():
+        p = ckpt / name
+        if not p.is_file():
+            raise CheckpointError(f"checkpoint file {p} is missing")
+        if _sha256(p) != digest:
+            raise CheckpointError(f"checkpoint file {p} is corrupted (checksum mismatch)")
+    return state
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """Newest checkpoint that verifies; corrupted ones are reported on stderr and skipped."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(ckpt)
+            return ckpt
+        except CheckpointError as e:
+            print(f"leanformer: warning: {e}; falling back to the previous checkpoint", file=sys.stderr)
+    return None
+
+
+def load_trainer_state(ckpt: str | os.PathLike, optimizer: torch.optim.Optimizer | None) -> dict:
+    """Restore optimizer tensors and RNG states from a verified checkpoint; return its ``state.json``."""
+    ckpt = Path(ckpt)
+    state = verify_checkpoint(ckpt)
+    tensors = load_file(str(ckpt / "trainer.safetensors"))
+    torch.set_rng_state(tensors["rng.torch_cpu"])
+    if torch.cuda.is_available():
+        cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    if optimizer is not None and state.get("optimizer") is not None:
+        _restore_optimizer(optimizer, tensors, state["optimizer"])
+    return state
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint directory from a run directory (newest valid) or a checkpoint directory itself."""
+    p = Path(path)
+    if (p / "model.json").is_file():
+        if (p / "state.json").is_file():
+            verify_checkpoint(p)
+        return p
+    if p.is_dir():
+        ckpt = latest_checkpoint(p)
+        if ckpt is not None:
+            return ckpt
+        raise CheckpointError(f"no valid checkpoint found in {p}")
+    raise CheckpointError(f"checkpoint path {p} does not exist")
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu"):
+    """Rebuild the model recorded in ``model.json`` and load its safetensors weights; eval mode."""
+    from leanformer.models.registry import build_model, model_config_from_dict
+
+    ckpt = resolve_checkpoint(path)
+    try:
+        meta = json.loads((ckpt / "model.json").read_text())
+    except json.JSONDecodeError:
+        raise CheckpointError(f"checkpoint file {ckpt / 'model.json'} is corrupted (not valid JSON)") from None
+    model = build_model(model_config_from_dict(meta["config"]))
+    weights = ckpt / "model.safetensors"
+    try:
+        model.load_weights(weights)
+    except (OSError, RuntimeError) as e:
+        raise CheckpointError(f"cannot load weights from {weights}: {str(e).splitlines()[0]}") from None
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer a checkpoint was trained with (``tokenizer`` in model.json; files beside it when saved)."""
+    from leanformer.data.tokenizers import HFTokenizer, get_tokenizer
+
+    ckpt = resolve_checkpoint(path)
+    if (ckpt / "tokenizer.json").is_file():
+        return HFTokenizer.from_pretrained(ckpt)
+    meta = json.loads((ckpt / "model.json").read_text())
+    return get_tokenizer(meta.get("tokenizer", "byte"))

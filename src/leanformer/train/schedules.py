@@ -1,0 +1,31 @@
+"""Learning-rate schedules as multipliers of the peak LR.
+
+Warmup is counted in optimizer steps; decay is driven by ``progress`` in [0, 1], the fraction of the run's budget
+spent (steps, tokens, seconds, or later reference-system time). So the LR reaches its floor exactly when the budget
+ends, whatever unit the budget is in — the fully decayed baseline of "No Train No Gain" (Kaddour et al., 2023).
+"""
+
+from __future__ import annotations
+
+import math
+
+from leanformer.config import ScheduleConfig
+
+
+def lr_multiplier(sched: ScheduleConfig, step: int, progress: float, warmup_progress: float | None = None) -> float:
+    """Multiplier at optimizer ``step`` (0-based) when ``progress`` of the budget is spent.
+
+    Linear warmup over ``sched.warmup_steps`` (``(step + 1) / warmup``); then ``constant``, ``linear`` or ``cosine``
+    decay from 1 to ``final_lr_fraction`` over the rest of the budget. ``warmup_progress`` is the budget fraction
+    at the end of warmup (defaults to 0).
+    """
+    if step < sched.warmup_steps:
+        return (step + 1) / sched.warmup_steps
+    if sched.name == "constant":
+        return 1.0
+    w = warmup_progress or 0.0
+    p = min(1.0, max(0.0, (progress - w) / max(1e-12, 1.0 - w)))
+    f = sched.final_lr_fraction
+    if sched.name == "linear":
+        return f + (1.0 - f) * (1.0 - p)
+    return f + (1.0 - f) * 0.5 * (1.0 + math.cos(math.pi * p))

@@ -1,0 +1,245 @@
+"""The training loop: bf16 autocast on GPU (fp32 on CPU), optional ``torch.compile``, gradient accumulation,
+clipping, warmup + decay driven by the budget, periodic evaluation, JSONL metrics, atomic checkpoints, exact resume.
+
+Exact resume on CPU: batch ``i`` is a pure function of ``(seed, i)`` (:class:`~leanformer.data.RandomWindows`);
+the checkpoint holds weights, optimizer tensors and RNG states; ``metrics.jsonl`` is cut back to the checkpoint's
+step on resume. A resumed run therefore logs the same loss sequence as an uninterrupted one, bit for bit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from leanformer.config import RunConfig, save_yaml
+from leanformer.data import RandomWindows, get_tokenizer, load_source, token_stream
+from leanformer.errors import ConfigError, UserError
+from leanformer.eval.lm import evaluate_lm, token_byte_lengths
+from leanformer.models.registry import build_model
+from leanformer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from leanformer.train.optim import build_optimizer
+from leanformer.train.schedules import lr_multiplier
+
+# Dense bf16 tensor-core peak by the vendors' datasheets, for MFU.
+PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"trainer.device={spec!r} but no CUDA device is available; use trainer.device=cpu")
+    return torch.device(spec)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def train_flops_per_token(config, seq_len: int) -> float | None:
+    try:
+        from leanformer.analysis import flops
+    except ImportError:
+        return None
+    fn = getattr(flops, "train_flops_per_token", None)
+    return fn(config, seq_len) if fn is not None else None
+
+
+class Trainer:
+    """Train ``cfg.model`` on ``cfg.data`` into ``out_dir``; resumes when ``out_dir`` holds a checkpoint."""
+
+    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike):
+        self.cfg, self.out = cfg, Path(out_dir)
+        t = cfg.trainer
+        self.device = resolve_device(t.device)
+        use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self._check_writable()
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = get_tokenizer(cfg.data.tokenizer)
+        self.model = build_model(cfg.model).to(self.device)
+        self._check_shapes()
+        d = cfg.data
+        source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
+        key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
+        self.train_tokens = token_stream(source.documents("train"), self.tokenizer, f"{key}|train", d.cache_dir,
+                                         d.max_tokens)
+        self.val_tokens = token_stream(source.documents("validation"), self.tokenizer, f"{key}|validation",
+                                       d.cache_dir, d.max_tokens)
+        self.batches = RandomWindows(self.train_tokens, d.seq_len, t.batch_size, cfg.seed)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.tokens_per_step = t.batch_size * t.grad_accum * d.seq_len
+        self.total_steps = self._total_steps()
+        self.byte_lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
+        self.loss_fn = torch.compile(self.model.compute_loss) if t.compile else self.model.compute_loss
+        fpt = train_flops_per_token(cfg.model, d.seq_len)
+        peak = peak_flops(self.device)
+        self.flops_per_token, self.peak = fpt, peak
+
+    def _check_writable(self) -> None:
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"\0" * 4096)
+            probe.unlink()
+        except OSError as e:
+            raise UserError(f"output directory {self.out} is not writable: {e.strerror or e}") from None
+
+    def _check_shapes(self) -> None:
+        m, d = self.cfg.model, self.cfg.data
+        vocab = getattr(self.tokenizer, "vocab_size", None)
+        if vocab is not None and vocab > m.vocab_size:
+            raise ConfigError(f"model.vocab_size={m.vocab_size} is smaller than the tokenizer's vocabulary ({vocab})")
+        max_len = getattr(m, "max_seq_len", None)
+        if max_len is not None and d.seq_len > max_len:
+            raise ConfigError(f"data.seq_len={d.seq_len} exceeds model.max_seq_len={max_len}")
+
+    def _total_steps(self) -> int | None:
+        t = self.cfg.trainer
+        candidates = [t.max_steps] if t.max_steps else []
+        if t.max_tokens:
+            candidates.append(math.ceil(t.max_tokens / self.tokens_per_step))
+        return min(candidates) if candidates else None
+
+    def _progress(self, step: int, elapsed: float) -> float:
+        fractions = []
+        if self.total_steps:
+            fractions.append(step / self.total_steps)
+        if self.cfg.trainer.max_seconds:
+            fractions.append(elapsed / self.cfg.trainer.max_seconds)
+        return min(1.0, max(fractions))
+
+    # ---- metrics -------------------------------------------------------------------------------------------
+
+    def _metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop events logged after ``step`` by a run that crashed before its next checkpoint."""
+        p = self._metrics_path()
+        if not p.is_file():
+            return
+        keep = []
+        for line in p.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                break  # a torn last line from a crash
+        from leanformer.config import atomic_write_text
+
+        atomic_write_text(p, "".join(x + "\n" for x in keep))
+
+    def log(self, event: dict) -> None:
+        with open(self._metrics_path(), "a") as f:
+            f.write(json.dumps(event) + "\n")
+            f.flush()
+
+    # ---- loop ----------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def evaluate(self) -> dict:
+        t = self.cfg.trainer
+        return evaluate_lm(self.model, self.val_tokens, self.tokenizer, self.cfg.data.seq_len, t.batch_size,
+                           t.eval_batches, self.device, self.autocast_dtype, self.byte_lengths)
+
+    def _save(self, step: int, tokens: int, elapsed: float, last_eval: dict | None) -> Path:
+        state = {"tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval, "seed": self.cfg.seed}
+        return save_checkpoint(self.out, step, self.model, self.optimizer, state, self.cfg.data.tokenizer,
+                               self.cfg.trainer.keep_last)
+
+    def fit(self) -> dict:
+        cfg, t = self.cfg, self.cfg.trainer
+        step, tokens, elapsed, last_eval = 0, 0, 0.0, None
+        ckpt = latest_checkpoint(self.out)
+        if ckpt is not None:
+            from safetensors.torch import load_model
+
+            load_model(self.model, str(ckpt / "model.safetensors"))
+            state = load_trainer_state(ckpt, self.optimizer)
+            step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
+            last_eval = state.get("last_eval")
+            self._truncate_metrics(step)
+            print(f"leanformer: resuming {self.out} from step {step}")
+        else:
+            save_yaml(cfg.to_raw(), self.out / "config.yaml")
+            if self._metrics_path().exists():
+                self._metrics_path().unlink()
+        self.model.train()
+        bar = tqdm(total=self.total_steps, initial=step, disable=not t.progress, desc="train", unit="step",
+                   dynamic_ncols=True)
+        last_ckpt_step = step if ckpt is not None else -1
+        while not self._done(step, elapsed):
+            t0 = time.perf_counter()
+            lr = cfg.optim.lr * lr_multiplier(cfg.schedule, step, self._progress(step, elapsed))
+            for g in self.optimizer.param_groups:
+                g["lr"] = lr
+            loss_sum = 0.0
+            for micro in range(t.grad_accum):
+                batch = self.batches.batch(step * t.grad_accum + micro)
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+                with self._autocast():
+                    loss, _ = self.loss_fn(batch)
+                (loss / t.grad_accum).backward()
+                loss_sum += float(loss.detach()) / t.grad_accum
+            if not math.isfinite(loss_sum):
+                raise UserError(f"training loss became {loss_sum} at step {step + 1}; stopped. The last good "
+                                f"checkpoint is kept in {self.out}; lower optim.lr or check the data")
+            grad_norm = None
+            if cfg.optim.grad_clip > 0:
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            dt = time.perf_counter() - t0
+            step += 1
+            tokens += self.tokens_per_step
+            elapsed += dt
+            tok_s = self.tokens_per_step / dt
+            mfu = tok_s * self.flops_per_token / self.peak if self.flops_per_token and self.peak else None
+            if step % t.log_every == 0 or step == 1:
+                event = {"event": "train", "step": step, "loss": loss_sum, "lr": lr, "tokens": tokens,
+                         "tok_per_s": tok_s, "elapsed_s": elapsed}
+                if grad_norm is not None:
+                    event["grad_norm"] = grad_norm
+                if mfu is not None:
+                    event["mfu"] = mfu
+                self.log(event)
+            post = {"loss": f"{loss_sum:.3f}", "tok/s": f"{tok_s:,.0f}"}
+            if mfu is not None:
+                post["mfu"] = f"{100 * mfu:.1f}%"
+            bar.set_postfix(post, refresh=False)
+            bar.update(1)
+            done = self._done(step, elapsed)
+            if step % t.eval_every == 0 or done:
+                last_eval = self.evaluate()
+                self.log({"event": "eval", "step": step, "val_loss": last_eval["loss"],
+                          "val_bits_per_byte": last_eval["bits_per_byte"]})
+            if step % t.ckpt_every == 0 or done:
+                self._save(step, tokens, elapsed, last_eval)
+                last_ckpt_step = step
+        bar.close()
+        if last_ckpt_step != step:
+            self._save(step, tokens, elapsed, last_eval)
+        return {"step": step, "tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval}
+
+    def _done(self, step: int, elapsed: float) -> bool:
+        t = self.cfg.trainer
+        if self.total_steps is not None and step >= self.total_steps:
+            return True
+        return bool(t.max_seconds and elapsed >= t.max_seconds)
