@@ -3,10 +3,11 @@ RULER's QA and "lost in the middle", Liu et al., 2023).
 
 Documents are numbered ("Document 3 (...)"); the question says which document it is about. Sources:
 
-- ``shakespeare`` (offline, default): documents are excerpts of scenes (whole speeches, ``SPEAKER:`` then the
-  verse lines) from the plays of :func:`leanformer.data.sources.shakespeare_plays`; the question gives a line that
-  occurs once in the whole corpus and asks who speaks it. Answer ``<answer>SPEAKER</answer>``; exact match after
-  normalization. Filler unit: one distractor line.
+- ``shakespeare`` (offline, default): documents are excerpts of scenes (whole speeches: ``**SPEAKER**`` on its own
+  line, as in the source Markdown, then the verse lines) from the plays of
+  :func:`leanformer.data.sources.shakespeare_plays`; the question gives a line that occurs once in the
+  whole corpus and asks who speaks it. Answer ``<answer>SPEAKER</answer>``; exact match after normalization.
+  Filler unit: one distractor line.
 - ``squad`` or ``hf:<dataset>`` (online, needs the ``datasets`` package): SQuAD-style records (``context``,
   ``question``, ``answers.text``); documents are contexts; score = best token F1 over the gold answers (or exact
   match with ``metric='exact'``). Filler unit: one distractor word. ``records=[...]`` injects such records directly.
@@ -27,7 +28,7 @@ from leanformer.tasks.base import Sample, Task, extract_answer, normalize, token
 @dataclasses.dataclass(frozen=True)
 class _Scene:
     title: str  # "Hamlet, Act I, Scene II"
-    units: tuple[str, ...]  # rendered lines; the first line of a speech carries "SPEAKER:\n"
+    units: tuple[str, ...]  # rendered lines; the first line of a speech carries "**SPEAKER**\n"
     speakers: tuple[str, ...]  # speaker of each unit
     lines: tuple[str, ...]  # bare verse line of each unit
     starts: tuple[int, ...]  # unit index of each speech start
@@ -49,7 +50,7 @@ def _parse_play(text: str) -> list[_Scene]:
         if line.startswith("#"):
             level, _, head = line.partition(" ")
             if rows:
-                units = tuple(f"{s}:\n{ln}" if first else ln for s, ln, first in rows)
+                units = tuple(f"**{s}**\n{ln}" if first else ln for s, ln, first in rows)
                 starts = tuple(i for i, r in enumerate(rows) if r[2])
                 scenes.append(_Scene(f"{play}, {_cap(act)}, {_cap(scene)}", units, tuple(r[0] for r in rows),
                                      tuple(r[1] for r in rows), starts))

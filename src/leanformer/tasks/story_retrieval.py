@@ -15,9 +15,9 @@ from leanformer.errors import ConfigError
 from leanformer.tasks.base import Sample, fraction_correct, normalize, split_items
 from leanformer.tasks.story import StoryTask
 
-_ASK = {"location": "Which location did the traveller visit in chapter {k}?",
-        "character": "Which character did the traveller meet in chapter {k}?",
-        "item": "Which item did the traveller buy in chapter {k}?"}
+_ASK = ("location", "character", "item")
+_LEAD = ("For each query, name the location the traveller visited, the character the traveller met, or the item "
+         "the traveller bought in the given chapter:")
 
 
 @dataclasses.dataclass
@@ -45,7 +45,7 @@ class StoryRetrieval(StoryTask):
         return plan
 
     def question(self, plan: dict) -> str:
-        return " ".join(f"({i}) {_ASK[a].format(k=k)}" for i, (k, a) in enumerate(plan["queries"], 1))
+        return _LEAD + "; ".join(f" ({i}) {a} in chapter {k}" for i, (k, a) in enumerate(plan["queries"], 1)) + "."
 
     def gold(self, plan: dict) -> tuple[list[str], list[str]]:
         return list(plan["answers"]), list(plan["answers"])
