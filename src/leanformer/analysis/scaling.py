@@ -160,7 +160,8 @@ def min_budget(length: int, dense_acc: float, ladder, rel_error: float = 0.05) -
 
 
 def fit_budget_growth(lengths, budgets, group=None, alpha: float = 0.05) -> dict:
-    """Fit ``ln B* = c + γ·ln L`` (+ one intercept per group); returns ``gamma`` with its CI, ``r2`` and ``n``."""
+    """Fit ``ln B* = c + γ·ln L`` (+ one intercept per group); returns ``gamma`` with its CI, ``c`` (baseline
+    group), ``c_mean`` (the intercept of the average group, for plotting), ``r2`` and ``n``."""
     ln_l = np.log(np.asarray(lengths, dtype=float))
     ln_b = np.log(np.asarray(budgets, dtype=float))
     cols, names = [np.ones_like(ln_l), ln_l], ["c", "gamma"]
@@ -180,4 +181,5 @@ def fit_budget_growth(lengths, budgets, group=None, alpha: float = 0.05) -> dict
     se = np.sqrt(np.clip(np.diag(sigma2 * np.linalg.pinv(x.T @ x)), 0, None))
     t = _quantile_t(1 - alpha / 2, n - p)
     return {"gamma": float(coef[1]), "gamma_ci": (float(coef[1] - t * se[1]), float(coef[1] + t * se[1])),
-            "c": float(coef[0]), "r2": r2_score(ln_b, x @ coef), "n": n}
+            "c": float(coef[0]), "c_mean": float(ln_b.mean() - coef[1] * ln_l.mean()),
+            "r2": r2_score(ln_b, x @ coef), "n": n}

@@ -1,0 +1,274 @@
+"""``leanformer analyze``: from a results store to PNG figures, CSV tables and a Markdown report embedding both.
+
+Sections: the grid in the store; cost accounting (measured cells and the Qwen2.5 presets at 128K); accuracy vs
+sparsity; iso-cost frontiers and the larger-sparse-vs-smaller-dense comparison; accuracy-preservation (safe
+sparsity); scaling-law fits with held-out validation; budget growth with length. Full tables go to CSV beside
+``report.md``; the Markdown shows the slice at one length (default: the longest).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from leanformer.analysis import flops, isoflops, scaling, stats
+from leanformer.analysis.store import PHASES, dense_baselines, group_cells, load_rows, paired_scores
+from leanformer.config import atomic_write_text
+from leanformer.errors import UserError
+
+
+@dataclasses.dataclass(kw_only=True)
+class ReportOptions:
+    length: int | None = None  # the length shown in figures and Markdown tables; default the longest
+    alpha: float = 0.05
+    margin: float = 0.0
+    test: str = "bootstrap"
+    correction: str = "holm"
+    framing: str = "degradation"
+    n_boot: int = 2000
+    target: str = "accuracy"
+    interactions: bool = False
+    cost: str = "phase"
+    slack: float = 1.0
+    rel_error: float = 0.05
+
+
+def md_table(headers, rows) -> str:
+    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _csv(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _g(x: float) -> str:
+    return f"{x:.3g}" if x == x else "–"
+
+
+def preservation(cells, o: ReportOptions) -> list[dict]:
+    """One row per (model, task, length, phase, method): the safe sparsity and the first level that fails."""
+    base = dense_baselines(cells)
+    ladders = defaultdict(list)
+    for c in cells:
+        if c.phase != "dense" and (c.model, c.task, c.length) in base:
+            ladders[(c.model, c.task, c.length, c.phase, c.method)].append(c)
+    rows = []
+    for (model, task, length, phase, method), cs in sorted(ladders.items()):
+        dense = base[(model, task, length)]
+        ladder = [(c.sparsity, *paired_scores(dense, c)) for c in cs]
+        res = stats.safe_sparsity(ladder, o.alpha, o.margin, o.test, o.correction, o.framing, o.n_boot)
+        fail = next((lv for lv in res.levels if lv.sparsity > res.safe), None)
+        rows.append({"model": model, "model_params": cs[0].model_params, "task": task, "length": length,
+                     "phase": phase, "method": method, "n": min(lv.n for lv in res.levels), "safe": res.safe,
+                     "dense_acc": dense.accuracy, "fail_sparsity": fail.sparsity if fail else None,
+                     "fail_delta": fail.delta if fail else None, "fail_ci_low": fail.ci_low if fail else None,
+                     "fail_p_adj": fail.p_adj if fail else None})
+    return rows
+
+
+def scaling_points(cells, method: str) -> dict:
+    cs = [c for c in cells if (c.phase == "dense" or c.method == method) and c.model_params == c.model_params]
+    return {"model_params": np.array([c.model_params for c in cs]), "length": np.array([c.length for c in cs]),
+            "sparsity": np.array([c.sparsity for c in cs]), "accuracy": np.array([c.accuracy for c in cs]),
+            "group": np.array([c.task for c in cs], dtype=object)}
+
+
+def scaling_results(cells, o: ReportOptions) -> tuple[dict, list[str]]:
+    """method -> {"fit", "by_model", "by_length"} (held-out dicts or None), plus notes for methods skipped."""
+    out, notes = {}, []
+    for method in sorted({c.method for c in cells if c.phase != "dense"}):
+        pts = scaling_points(cells, method)
+        group = pts["group"] if len(set(pts["group"])) > 1 else None
+        try:
+            fit = scaling.fit_loglinear(pts["model_params"], pts["length"], pts["sparsity"],
+                                        scaling.transform(pts["accuracy"], o.target), o.interactions, group,
+                                        o.target, o.alpha)
+        except UserError as e:
+            notes.append(f"{method}: {e}")
+            continue
+        res = {"fit": fit}
+        for split in ("model_params", "length"):
+            try:
+                res[split] = scaling.holdout({**pts, "group": group}, split, o.interactions, o.target)
+            except UserError as e:
+                res[split] = None
+                notes.append(f"{method}, held out by {split}: {e}")
+        out[method] = res
+    return out, notes
+
+
+def budgets(cells, o: ReportOptions) -> tuple[list[dict], dict]:
+    base = dense_baselines(cells)
+    ladders = defaultdict(list)
+    for c in cells:
+        if c.phase in ("prefill", "decode") and (c.model, c.task, c.length) in base:
+            ladders[(c.model, c.task, c.length, c.method)].append((c.sparsity, c.accuracy))
+    rows = []
+    for (model, task, length, method), ladder in sorted(ladders.items()):
+        dense = base[(model, task, length)].accuracy
+        if dense <= 0:
+            continue
+        b, censored = scaling.min_budget(length, dense, ladder, o.rel_error)
+        rows.append({"model": model, "task": task, "length": length, "method": method, "budget": b,
+                     "censored": censored})
+    fits = {}
+    for method in sorted({r["method"] for r in rows}):
+        # Censored budgets (every ladder level passed) are only upper bounds; fitting them would bias gamma.
+        rs = [r for r in rows if r["method"] == method and not r["censored"]]
+        try:
+            fits[method] = scaling.fit_budget_growth([r["length"] for r in rs], [r["budget"] for r in rs],
+                                                     group=[f"{r['model']}/{r['task']}" for r in rs], alpha=o.alpha)
+        except UserError:
+            pass
+    return rows, fits
+
+
+def preset_costs(length: int = 131072, sparsity: float = 0.95) -> str:
+    rows = []
+    for name in ("qwen2.5-7b", "qwen2.5-14b", "qwen2.5-32b", "qwen2.5-72b"):
+        d = flops.prefill_flops(name, length)
+        s = flops.prefill_flops(name, length, sparsity, method="vertical_slash")
+        dec, dec_s = flops.decode_flops(name, length), flops.decode_flops(name, length, sparsity, method="quest")
+        mem, mem_s = flops.decode_bytes(name, length), flops.decode_bytes(name, length, sparsity=sparsity)
+        rows.append([name, f"{flops.PRESETS[name].non_embedding_params / 1e9:.1f}B", _g(d["total"]),
+                     f"{d['attention'] / d['total']:.0%}", _g(s["total"]), f"{d['total'] / s['total']:.2f}×",
+                     _g(dec["total"]), _g(dec_s["total"]), f"{mem['total'] / 1e9:.1f}", f"{mem_s['total'] / 1e9:.1f}"])
+    return md_table(["model", "params", "prefill FLOPs", "attention share", f"prefill @{sparsity} (VS)",
+                     "saving", "decode FLOPs/token", f"decode @{sparsity} (Quest)", "decode GB read/step",
+                     f"GB @{sparsity}"], rows)
+
+
+def build_report(store, out, options: ReportOptions | None = None) -> Path:
+    """Read ``store``, write figures, CSV tables and ``report.md`` into ``out``; return the report's path."""
+    from leanformer.analysis import plots  # matplotlib only when a report is written
+
+    o = options or ReportOptions()
+    cells = group_cells(load_rows(store))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    lengths = sorted({c.length for c in cells})
+    length = o.length or lengths[-1]
+    if length not in lengths:
+        raise UserError(f"--length {length}: the store has lengths {', '.join(map(str, lengths))}")
+    phases = [p for p in PHASES[1:] if any(c.phase == p for c in cells)]
+    models = sorted({(c.model_params, c.model) for c in cells})
+    md = [f"# Sparse-attention analysis of `{Path(store).name}`", "",
+          f"{sum(c.n for c in cells)} samples in {len(cells)} cells: {len(models)} models "
+          f"({', '.join(m for _, m in models)}), tasks {', '.join(sorted({c.task for c in cells}))}, lengths "
+          f"{', '.join(map(str, lengths))}, phases {', '.join(phases)}, methods "
+          f"{', '.join(sorted({c.method for c in cells if c.phase != 'dense'}))}, sparsities "
+          f"{', '.join(f'{s:g}' for s in sorted({c.sparsity for c in cells if c.phase != 'dense'}))}.",
+          f"Figures and Markdown tables show length **{length:,}**; the CSV files hold every length.", "",
+          "## Cost accounting", "",
+          "Mean forward FLOPs per sample of the dense runs in the store (multiply-add = 2; from "
+          "`leanformer.analysis.flops`):", ""]
+    dense = sorted((c for c in cells if c.phase == "dense"), key=lambda c: (c.model_params, c.task, c.length))
+    md.append(md_table(["model", "task", "length", "prefill FLOPs", "decode FLOPs", "accuracy"],
+                       [[c.model, c.task, c.length, _g(c.prefill_flops), _g(c.decode_flops), f"{c.accuracy:.3f}"]
+                        for c in dense if c.length == length]))
+    md += ["", "Reference: Qwen2.5 presets at 131,072 tokens, dense vs 0.95 sparsity (pattern estimation included; "
+           "decode memory = bf16 weights + KV cache read per step, batch 1):", "", preset_costs(), ""]
+
+    md += ["## Accuracy vs sparsity", ""]
+    for phase in phases:
+        name = f"accuracy_{phase}.png"
+        plots.accuracy_vs_sparsity(cells, phase, length, out / name)
+        md += [f"![accuracy vs {phase} sparsity]({name})", ""]
+
+    md += ["## Iso-cost frontiers", "",
+           f"Cost = mean {o.cost} FLOPs per sample. For each smaller model's dense point, the most accurate sparse "
+           f"point of each larger model costing at most {o.slack:g}× as much; Δ = accuracy(larger sparse) − "
+           "accuracy(smaller dense) with a 95% paired-bootstrap interval (paired by seed).", ""]
+    iso_rows = []
+    for phase in phases:
+        name = f"isocost_{phase}.png"
+        plots.iso_cost(cells, phase, length, out / name, o.cost)
+        md += [f"![iso-cost {phase}]({name})", ""]
+        comps = isoflops.iso_cost(cells, phase, o.cost, o.slack, o.n_boot)
+        iso_rows += [{"phase": phase, "task": r.task, "length": r.length, "small_model": r.small.model,
+                      "small_cost": r.small_cost, "small_acc": r.small.accuracy,
+                      "large_model": r.large_model, "large_sparsity": r.large.sparsity if r.large
+                      else None, "large_cost": r.large_cost, "large_acc": r.large.accuracy if r.large else None,
+                      "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": r.verdict} for r in comps]
+        shown = [r for r in comps if r.length == length]
+        counts = defaultdict(int)
+        for r in comps:
+            counts[r.verdict] += 1
+        md += [f"**{phase}** (all lengths): " + ", ".join(f"{v}: {n}" for v, n in sorted(counts.items())), "",
+               md_table(["task", "smaller dense", "its FLOPs", "acc", "larger sparse (sparsity)", "its FLOPs", "acc",
+                         "Δ [95% CI]", "verdict"],
+                        [[r.task, r.small.model, _g(r.small_cost), f"{r.small.accuracy:.3f}",
+                          f"{r.large_model} ({r.large.sparsity:g})" if r.large else r.large_model, _g(r.large_cost),
+                          f"{r.large.accuracy:.3f}" if r.large else "–",
+                          f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.large else "–", r.verdict]
+                         for r in shown]), ""]
+    _csv(out / "isocost.csv", iso_rows)
+
+    pres = preservation(cells, o)
+    _csv(out / "safe_sparsity.csv", pres)
+    test_desc = (f"{o.test} test, framing `{o.framing}`, α = {o.alpha:g}, margin = {o.margin:g}, "
+                 f"{o.correction} correction across the sparsity ladder")
+    md += ["## Accuracy preservation", "",
+           f"Largest sparsity such that it and every lower level are not statistically worse than dense ({test_desc}; "
+           "per-sample scores paired by seed). 0 means only dense passed. See `safe_sparsity.csv` for the first "
+           "failing level, its Δ and adjusted p-value.", ""]
+    for phase in phases:
+        name = f"safe_{phase}.png"
+        plots.safe_sparsity_bars(pres, phase, length, out / name)
+        rows = [r for r in pres if r["phase"] == phase and r["length"] == length]
+        keys = sorted({(r["task"], r["method"]) for r in rows})
+        table = [[t, m] + [next((f"{r['safe']:g}" for r in rows if r["task"] == t and r["method"] == m
+                                 and r["model"] == mod), "–") for _, mod in models] for t, m in keys]
+        md += [f"![safe {phase} sparsity]({name})", "", md_table(["task", "method"] + [m for _, m in models], table),
+               ""]
+
+    results, notes = scaling_results(cells, o)
+    terms = "ln N + ln L + ln CR" + (" + ln N·ln CR + ln L·ln CR" if o.interactions else "")
+    md += ["## Scaling laws", "",
+           f"Per method: {o.target} = β0 + {terms} (+ one intercept per task), least squares over cells (dense "
+           f"cells at CR = 1 included), {1 - o.alpha:.0%} t intervals. Held-out R²: fit without the largest model "
+           "(or the longest length), predict it.", ""]
+    rows = []
+    for method, res in results.items():
+        d = res["fit"].as_dict()
+        cols = [f"{d[k][0]:+.3f} [{d[k][1]:+.3f}, {d[k][2]:+.3f}]" for k in ("ln N", "ln L", "ln CR")]
+        held = [f"{res[s]['r2_test']:.2f}" if res[s] else "–" for s in ("model_params", "length")]
+        rows.append([method] + cols + [f"{res['fit'].r2:.2f}", res["fit"].n] + held)
+    md.append(md_table(["method", "β ln N", "β ln L", "β ln CR", "R²", "cells", "held-out R² (largest model)",
+                        "held-out R² (longest length)"], rows))
+    md += [""] + [f"- {n}" for n in notes] + [""]
+    shown = {m: r["model_params"] for m, r in results.items() if r.get("model_params")}
+    if shown:
+        plots.scaling_fit(shown, out / "scaling_fit.png", o.target)
+        md += ["![scaling-law fit vs observed](scaling_fit.png)", ""]
+
+    brows, bfits = budgets(cells, o)
+    _csv(out / "budgets.csv", brows)
+    md += ["## Budget vs length", "",
+           f"Smallest token budget (1 − s)·L whose relative accuracy loss is at most {o.rel_error:.0%} (interpolated "
+           "on the sparsity ladder), fitted as ln B = c + γ ln L with one intercept per (model, task); γ < 1 "
+           "means the budget grows sublinearly with length. Cells where every ladder level passed are censored "
+           f"(the budget is below the ladder) and left out of the fit: {sum(r['censored'] for r in brows)} of "
+           f"{len(brows)}.", ""]
+    md.append(md_table(["method", "γ", f"{1 - o.alpha:.0%} CI", "R²", "points"],
+                       [[m, f"{f['gamma']:.2f}", f"[{f['gamma_ci'][0]:.2f}, {f['gamma_ci'][1]:.2f}]", f"{f['r2']:.2f}",
+                         f["n"]] for m, f in bfits.items()]))
+    if brows and len({r["length"] for r in brows}) > 1:
+        plots.budget_growth(brows, bfits, out / "budget_growth.png", o.rel_error)
+        md += ["", "![budget vs length](budget_growth.png)"]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md) + "\n")
+    return path
