@@ -45,6 +45,9 @@ def machine_info() -> dict:
 
 
 def git_commit() -> str:
+    """HEAD (with '-dirty' for uncommitted changes); ``$LEANFORMER_COMMIT`` where the tree travels without .git."""
+    if os.environ.get("LEANFORMER_COMMIT"):
+        return os.environ["LEANFORMER_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent, check=True).stdout.strip()
