@@ -1,0 +1,141 @@
+"""Shared pieces of every sparse-attention method: input checks, the sparsity <-> budget arithmetic, and the two
+interfaces (prefill, decode).
+
+Layout: ``q`` is ``[B, H_q, T, D]``, ``k, v`` are ``[B, H_kv, T, D]`` with ``H_q`` a multiple of ``H_kv`` (GQA).
+Causal alignment is bottom-right (query ``i`` of ``T_q`` sees keys ``j <= i + T_k - T_q``).
+
+*Sparsity* is the fraction of causal query-key pairs **not** computed: 0.95 means a 1/20 budget. Prefill methods
+count pairs inside the ``T x T`` causal triangle; decode methods count cache keys not read in one step. Every call
+returns ``(out, info)`` where ``info`` holds at least ``sparsity`` (measured), ``requested_sparsity``, ``kept_pairs``
+(or ``keys_read``) and ``estimation_pairs`` (the query-key scores computed to decide what to keep, reported apart).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+
+from leanformer.errors import UserError
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_length: bool = True) -> tuple[int, int]:
+    """Validate ``[B, H, T, D]`` inputs; return ``(group, T)`` where ``group = H_q // H_kv``."""
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise UserError(f"q, k, v must be [B, H, T, D]; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise UserError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
+    if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise UserError(f"q {tuple(q.shape)} and k {tuple(k.shape)} differ in batch or head dim")
+    if q.shape[1] % k.shape[1]:
+        raise UserError(f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})")
+    if same_length and q.shape[2] != k.shape[2]:
+        raise UserError(f"prefill needs T_q == T_k; got {q.shape[2]} and {k.shape[2]}")
+    if q.dtype not in DTYPES:
+        raise UserError(f"dtype {q.dtype} not supported; use one of {DTYPES}")
+    return q.shape[1] // k.shape[1], k.shape[2]
+
+
+def check_sparsity(sparsity: float | None) -> float | None:
+    """``None`` (use the method's native budget) or a float in ``[0, 1)``."""
+    if sparsity is None:
+        return None
+    s = float(sparsity)
+    if not 0.0 <= s < 1.0:
+        raise UserError(f"sparsity must be in [0, 1) (0.95 = keep 1/20 of the causal pairs); got {sparsity!r}")
+    return s
+
+
+def causal_pairs(t: int) -> int:
+    """Number of causal query-key pairs of a length-``t`` prompt: ``t (t + 1) / 2``."""
+    return t * (t + 1) // 2
+
+
+def make_params(cls, params: dict):
+    """Build the dataclass ``cls`` from ``params``, naming any unknown key and the allowed ones."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(params) - fields)
+    if bad:
+        raise UserError(f"unknown parameter(s) {bad} for {cls.__name__}; allowed: {sorted(fields)}")
+    return cls(**params)
+
+
+def default_scale(q: torch.Tensor, scale: float | None) -> float:
+    return scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+
+
+def pick_impl(impl: str, x: torch.Tensor, fast: tuple[str, ...]) -> str:
+    """Resolve ``impl``: ``"auto"`` is the first fast path on CUDA, else ``"reference"``."""
+    allowed = ("auto", "reference", *fast)
+    if impl not in allowed:
+        raise UserError(f"unknown impl {impl!r}; choose one of {allowed}")
+    if impl == "auto":
+        return fast[0] if (x.is_cuda and fast) else "reference"
+    if impl != "reference" and not x.is_cuda:
+        raise UserError(f"impl {impl!r} needs a CUDA tensor; got device {x.device}")
+    return impl
+
+
+class PrefillMethod:
+    """A prefill method maps ``(q, k, v)`` of one layer to the causal attention output.
+
+    Subclasses set ``name`` and ``Params`` (a dataclass with the method's native budget parameters, ``block_size``
+    and ``impl``) and implement ``__call__(q, k, v, sparsity=None, scale=None) -> (out [B, H_q, T, D], info)``.
+    ``sparsity=None`` uses the native parameters; a float converts it to the method's own budget.
+    """
+
+    name: str = ""
+    Params: type = None
+
+    def __init__(self, **params):
+        self.params = make_params(self.Params, params)
+
+    def __call__(self, q, k, v, sparsity=None, scale=None):
+        raise NotImplementedError
+
+
+class DecodeMethod:
+    """A decode method attends one generation step to a subset of the KV cache.
+
+    ``observe_prefill(layer, q, k, v, scale)`` sees the whole prompt of a layer (SnapKV scores from it, Quest builds
+    page metadata); ``attend(layer, q, k, v, sparsity, scale)`` takes ``q [B, H_q, 1, D]`` and the full cache
+    ``k, v [B, H_kv, L, D]`` and returns ``(out [B, H_q, 1, D], info)``, reading only the selected keys.
+    ``info["keys_read"]`` counts (head, position) reads of keys per step over ``info["keys_total"]``; ``sparsity`` is
+    the fraction not read. State is kept per layer and dropped by ``reset()``.
+    """
+
+    name: str = ""
+    Params: type = None
+
+    def __init__(self, **params):
+        self.params = make_params(self.Params, params)
+        self.state: dict[int, dict] = {}
+
+    def reset(self):
+        self.state = {}
+
+    def observe_prefill(self, layer, q, k, v, scale=None):
+        self.state[layer] = {"prompt_len": k.shape[2]}
+
+    def attend(self, layer, q, k, v, sparsity=None, scale=None):
+        raise NotImplementedError
+
+
+def info_dict(method: str, requested, kept, total, estimation, impl, **extra) -> dict:
+    """The ``info`` every call returns; ``kept``/``total`` are pair (or key-read) counts. A tensor ``kept`` stays a
+    0-d tensor (no host sync, so decode steps can be captured in CUDA graphs); ``float()`` it to read it."""
+    kept_f = kept.double() if isinstance(kept, torch.Tensor) else float(kept)
+    out = {
+        "method": method,
+        "requested_sparsity": requested,
+        "sparsity": 1.0 - kept_f / max(float(total), 1.0),
+        "kept_pairs": kept_f,
+        "causal_pairs": float(total),
+        "estimation_pairs": float(estimation),
+        "impl": impl,
+    }
+    out.update(extra)
+    return out

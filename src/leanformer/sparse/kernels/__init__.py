@@ -1,0 +1,24 @@
+"""Fast paths beside their plain-PyTorch references (same signatures): tile/column prefill attention (Triton),
+block-sparse prefill (FlexAttention), and decode attention over gathered cache positions."""
+
+from __future__ import annotations
+
+from leanformer.sparse.kernels.pattern import TilePattern, column_cost, from_diagonals, from_tiles
+from leanformer.sparse.kernels.tile_attention import tile_attention, tile_attention_reference
+
+PREFILL_IMPLS = ("triton", "flex")
+
+
+def run_pattern(q, k, v, pattern: TilePattern, scale, impl: str):
+    """Dispatch a resolved ``impl`` (``reference``, ``triton`` or ``flex``) for a prefill pattern."""
+    if impl == "reference":
+        return tile_attention_reference(q, k, v, pattern, scale)
+    if impl == "flex":
+        from leanformer.sparse.kernels.flex_block import flex_block_attention
+
+        return flex_block_attention(q, k, v, pattern, scale)
+    return tile_attention(q, k, v, pattern, scale)
+
+
+__all__ = ["TilePattern", "column_cost", "from_diagonals", "from_tiles", "run_pattern", "tile_attention",
+           "tile_attention_reference", "PREFILL_IMPLS"]

@@ -1,0 +1,145 @@
+"""The one sparse pattern every prefill kernel consumes: key *tiles* per query block plus gathered key *columns*.
+
+A prompt of ``T`` tokens is cut into query blocks and key blocks of ``block_size`` tokens (the last one may be
+partial). For each ``(batch, query head, query block i)`` the pattern lists
+
+* **tiles**: key blocks ``kb <= i`` computed whole (causally masked on the diagonal ``kb == i``), either given
+  explicitly (``tiles``, ``[B, H, NQB, KT]``) or as *block diagonals* ``d`` shared by all query blocks
+  (``diags``, ``[B, H, ND]``; query block ``i`` computes key block ``i - d``). Block-sparse methods use explicit tiles;
+  slash lines of vertical-slash methods are computed on the block diagonals they cross, which is how MInference's
+  kernel computes them (whole tiles around each kept diagonal).
+* **columns**: single key positions (vertical lines, attention sinks) gathered for every query at or after them,
+  except where a kept tile already covers them (so no pair is computed twice). Patterns with columns must keep block
+  diagonal 0 and hold tiles equal to their block diagonals, which ``bdiag`` records.
+
+The boolean mask of the pattern (``to_mask``) is exactly what the kernels compute; ``kept_pairs`` counts it without
+building it (tests check the two agree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+BIG = 1 << 30
+
+
+@dataclass
+class TilePattern:
+    """Shapes: ``tile_cnt, col_cnt, bdiag`` ``[B, H, NQB]``; ``diags`` ``[B, H, ND]`` or ``tiles`` ``[B, H, NQB, KT]``
+    (int32, first ``tile_cnt`` entries valid); ``cols`` ``[B, H, NV]`` int32 sorted, padded with ``seq_len``."""
+
+    block_size: int
+    seq_len: int
+    tile_cnt: torch.Tensor
+    cols: torch.Tensor
+    col_cnt: torch.Tensor
+    bdiag: torch.Tensor
+    diags: torch.Tensor | None = None
+    tiles: torch.Tensor | None = None
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.seq_len // self.block_size)
+
+    def rows(self) -> torch.Tensor:
+        """Rows in each query block, ``[NQB]``."""
+        i = torch.arange(self.n_blocks, device=self.tile_cnt.device)
+        return (self.seq_len - i * self.block_size).clamp(max=self.block_size)
+
+    def block_mask(self) -> torch.Tensor:
+        """Boolean ``[B, H, NQB, NKB]``: key block ``kb`` is a computed tile of query block ``i``."""
+        n = self.n_blocks
+        b, h = self.tile_cnt.shape[:2]
+        dev = self.tile_cnt.device
+        if self.diags is not None:
+            i = torch.arange(n, device=dev)
+            d = i[:, None] - i[None, :]
+            return self.bdiag[:, :, d.clamp(min=0)] & (d >= 0)
+        valid = torch.arange(self.tiles.shape[-1], device=dev) < self.tile_cnt[..., None]
+        blk = torch.zeros(b, h, n, n + 1, dtype=torch.bool, device=dev)
+        idx = torch.where(valid, self.tiles.long(), n)
+        blk.scatter_(-1, idx, True)
+        return blk[..., :n]
+
+    def to_mask(self) -> torch.Tensor:
+        """Boolean ``[B, H, T, T]`` (True = pair computed). For tests and small references only."""
+        t, bs = self.seq_len, self.block_size
+        pos = torch.arange(t, device=self.tile_cnt.device)
+        causal = pos[None, :] <= pos[:, None]
+        blk = self.block_mask()
+        tile_el = blk[:, :, pos // bs][:, :, :, pos // bs] & causal
+        colmask = torch.zeros(*self.cols.shape[:2], t + 1, dtype=torch.bool, device=pos.device)
+        colmask.scatter_(-1, self.cols.long().clamp(max=t), True)
+        col_el = colmask[:, :, None, :t] & causal & ~tile_el
+        return tile_el | col_el
+
+    def kept_pairs(self) -> torch.Tensor:
+        """Computed query-key pairs per ``(batch, head)``, ``[B, H]`` float64, without building the mask."""
+        bs, t, n = self.block_size, self.seq_len, self.n_blocks
+        rows = self.rows().double()
+        # every query block keeps its diagonal tile (causal triangle); other tiles are rows x block_size
+        tiles = (rows * bs * (self.tile_cnt.double() - 1)).sum(-1) + (rows * (rows + 1) / 2).sum()
+        if self.cols.shape[-1] == 0:
+            return tiles
+        cost = column_cost(self.bdiag, self.cols.long().clamp(max=t - 1), bs, t)
+        return tiles + (cost * (self.cols < t)).sum(-1)
+
+
+def column_cost(bdiag: torch.Tensor, cols: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
+    """Pairs a kept column adds: rows in query blocks below its own block not covered by a kept block diagonal.
+
+    ``bdiag [B, H, NQB]`` (diagonal 0 assumed kept, so a column's own block is covered), ``cols [B, H, N]`` positions;
+    returns ``[B, H, N]`` float64."""
+    bs, t = block_size, seq_len
+    n = bdiag.shape[-1]
+    cb = cols // bs
+    span = n - 1 - cb  # block diagonals that can still cover this column further down
+    prefix = torch.cumsum(bdiag.double(), -1) - bdiag[..., :1].double()  # number of kept d in [1, x]
+    n_cov = torch.gather(prefix, -1, span)
+    last_cov = torch.gather(bdiag, -1, span) & (span >= 1)
+    rows_last = float(t - (n - 1) * bs)
+    below = (t - (cb + 1) * bs).clamp(min=0).double()
+    return below - (bs * n_cov - (bs - rows_last) * last_cov.double())
+
+def from_diagonals(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int) -> TilePattern:
+    """Pattern from kept block diagonals ``bdiag [B, H, NQB]`` (diagonal 0 is forced on) and kept columns
+    ``colmask [B, H, T]`` (bool)."""
+    n = -(-seq_len // block_size)
+    bdiag = bdiag.clone()
+    bdiag[..., 0] = True
+    dev = bdiag.device
+    ar = torch.arange(n, device=dev)
+    diags = torch.sort(torch.where(bdiag, ar, BIG), -1).values
+    nd = int(bdiag.sum(-1).max())
+    diags = diags[..., :nd].contiguous()
+    tile_cnt = torch.searchsorted(diags, ar.expand(*diags.shape[:2], n).contiguous(), right=True)
+    cols, col_cnt = _columns(colmask, block_size, seq_len)
+    return TilePattern(block_size, seq_len, tile_cnt.int(), cols, col_cnt, bdiag, diags=diags.int())
+
+
+def from_tiles(blk: torch.Tensor, block_size: int, seq_len: int) -> TilePattern:
+    """Pattern from a block-level boolean ``blk [B, H, NQB, NKB]`` (future blocks dropped, diagonal forced on)."""
+    n = blk.shape[-1]
+    ar = torch.arange(n, device=blk.device)
+    blk = (blk & (ar[None, :] <= ar[:, None])) | torch.eye(n, dtype=torch.bool, device=blk.device)
+    tile_cnt = blk.sum(-1)
+    kt = int(tile_cnt.max())
+    tiles = torch.sort(torch.where(blk, ar, BIG), -1).values[..., :kt]
+    tiles = torch.where(tiles >= BIG, 0, tiles)
+    b, h = blk.shape[:2]
+    empty = torch.zeros(b, h, 0, dtype=torch.int32, device=blk.device)
+    zeros = torch.zeros(b, h, n, dtype=torch.int32, device=blk.device)
+    bdiag = torch.zeros(b, h, n, dtype=torch.bool, device=blk.device)
+    return TilePattern(block_size, seq_len, tile_cnt.int(), empty, zeros, bdiag, tiles=tiles.int().contiguous())
+
+
+def _columns(colmask: torch.Tensor, block_size: int, seq_len: int):
+    ar = torch.arange(seq_len, device=colmask.device)
+    nv = int(colmask.sum(-1).max()) if colmask.numel() else 0
+    cols = torch.sort(torch.where(colmask, ar, seq_len), -1).values[..., :nv].contiguous()
+    n = -(-seq_len // block_size)
+    ends = ((torch.arange(n, device=colmask.device) + 1) * block_size).clamp(max=seq_len)
+    col_cnt = torch.searchsorted(cols, ends.expand(*cols.shape[:2], n).contiguous())
+    return cols.int(), col_cnt.int()

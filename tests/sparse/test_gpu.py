@@ -1,0 +1,119 @@
+"""GPU fast paths against their plain-PyTorch references (run with ``pytest -m gpu`` on a CUDA machine).
+
+Rule (flash-attention's): the fast path's error against an fp32 reference is at most twice that of a same-precision
+PyTorch computation of the same masked attention (plus a tiny absolute floor for exact-zero baselines)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leanformer import sparse
+from leanformer.nn.attention import repeat_kv
+from leanformer.sparse.kernels import from_diagonals, from_tiles, tile_attention, tile_attention_reference
+from leanformer.sparse.kernels.decode import gather_decode_attention, gather_decode_reference
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _qkv(b, hq, hk, t, d, dtype, seed=42):
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    mk = lambda h: torch.randn(b, h, t, d, device="cuda", dtype=dtype, generator=g)  # noqa: E731
+    return mk(hq), mk(hk), mk(hk)
+
+
+def _same_precision(q, k, v, mask):
+    g = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, repeat_kv(k, g), repeat_kv(v, g), attn_mask=mask)
+
+
+def _assert_close_rule(fast, q, k, v, mask):
+    g = q.shape[1] // k.shape[1]
+    s = torch.matmul(q.float(), repeat_kv(k, g).float().transpose(-1, -2)) / q.shape[-1] ** 0.5
+    ref = torch.matmul(torch.softmax(s.masked_fill(~mask, float("-inf")), -1), repeat_kv(v, g).float())
+    base = _same_precision(q, k, v, mask)
+    err_fast = (fast.float() - ref).abs().max().item()
+    err_base = (base.float() - ref).abs().max().item()
+    assert not torch.isnan(fast).any()
+    assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("t,bs", [(1000, 64), (333, 64), (515, 128)])
+def test_tile_kernel_diagonals_and_columns(dtype, t, bs):
+    q, k, v = _qkv(2, 8, 2, t, 64, dtype)
+    n = -(-t // bs)
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    bdiag = torch.rand(2, 8, n, device="cuda", generator=gen) < 0.3
+    cols = torch.rand(2, 8, t, device="cuda", generator=gen) < 0.1
+    pat = from_diagonals(bdiag, cols, bs, t)
+    out = tile_attention(q, k, v, pat)
+    _assert_close_rule(out, q, k, v, pat.to_mask())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_tile_kernel_explicit_tiles(dtype):
+    t, bs = 777, 64
+    q, k, v = _qkv(1, 4, 4, t, 128, dtype)
+    n = -(-t // bs)
+    blk = torch.rand(1, 4, n, n, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2)) < 0.25
+    pat = from_tiles(blk, bs, t)
+    _assert_close_rule(tile_attention(q, k, v, pat), q, k, v, pat.to_mask())
+
+
+def test_tile_kernel_equals_reference_fp32():
+    q, k, v = _qkv(1, 4, 2, 300, 64, torch.float32)
+    pat = from_diagonals(torch.rand(1, 4, 5, device="cuda") < 0.5, torch.rand(1, 4, 300, device="cuda") < 0.2, 64, 300)
+    torch.testing.assert_close(tile_attention(q, k, v, pat), tile_attention_reference(q, k, v, pat),
+                               atol=2e-3, rtol=2e-3)  # tf32 dots inside the kernel
+
+
+@pytest.mark.parametrize("method", ["block_topk", "vertical_slash", "flexprefill", "streaming"])
+@pytest.mark.parametrize("s", [0.0, 0.9])
+def test_methods_fast_vs_reference(method, s):
+    t = 1100
+    q, k, v = _qkv(1, 8, 2, t, 128, torch.bfloat16)
+    kw = {"window": 128, "min_budget": 64} if method == "flexprefill" else {"window": 128} if method == "vertical_slash" else {}
+    out, info = sparse.prefill_attention(q, k, v, method, s, **kw)
+    assert info["impl"] in ("triton", "flex")
+    mask = info["pattern"].to_mask()
+    _assert_close_rule(out, q, k, v, mask)
+    if s == 0.0:
+        assert float(info["sparsity"]) == 0.0
+
+
+@pytest.mark.parametrize("s", [0.0, 0.9])
+def test_block_topk_flex_vs_reference(s):
+    t = 1000
+    q, k, v = _qkv(1, 8, 2, t, 128, torch.bfloat16)
+    out, info = sparse.prefill_attention(q, k, v, "block_topk", s, impl="flex")
+    assert info["impl"] == "flex"
+    _assert_close_rule(out, q, k, v, info["pattern"].to_mask())
+
+
+@pytest.mark.parametrize("hs", ["kv", "q"])
+def test_gather_decode_vs_reference(hs):
+    b, hq, hk, length, d = 3, 8, 2, 1001, 128
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(b, hk, length, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn_like(k)
+    h = hk if hs == "kv" else hq
+    idx = torch.sort(torch.rand(b, h, length, device="cuda", generator=g).topk(77, -1).indices, -1).values
+    valid = torch.rand(b, h, 77, device="cuda", generator=g) < 0.8
+    fast = gather_decode_attention(q, k, v, idx, valid)
+    ref = gather_decode_reference(q.float(), k.float(), v.float(), idx, valid)
+    base = gather_decode_reference(q, k, v, idx, valid)
+    err_fast = (fast.float() - ref).abs().max().item()
+    err_base = (base.float() - ref).abs().max().item()
+    assert err_fast <= 2 * err_base + 1e-5
+
+
+@pytest.mark.parametrize("method", ["quest", "snapkv", "ada_snapkv", "streaming"])
+def test_decode_methods_on_gpu_read_fewer_keys(method):
+    b, hq, hk, length, d = 2, 8, 2, 4096, 128
+    q, k, v = _qkv(b, hq, hk, length, d, torch.bfloat16)
+    out, info = sparse.decode_attention(q[:, :, -1:], k, v, method, 0.9375, prompt=(q, k, v))
+    assert float(info["sparsity"]) > 0.9
+    assert out.shape == (b, hq, 1, d) and not torch.isnan(out).any()
