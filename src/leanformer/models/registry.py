@@ -11,6 +11,10 @@ from leanformer.errors import ConfigError
 # name -> "module:ConfigClass:ModelClass"; imported lazily so optional families cost nothing at start-up.
 MODELS: dict[str, str] = {
     "gpt": "leanformer.models.gpt:GPTConfig:GPT",
+    "hourglass": "leanformer.models.hourglass:HourglassConfig:Hourglass",
+    "dynamic_pooling": "leanformer.models.dynamic_pooling:DynamicPoolingConfig:DynamicPooling",
+    "t5": "leanformer.models.t5:T5Config:T5",
+    "dmc": "leanformer.models.dmc:DMCConfig:DMC",
 }
 
 
@@ -19,7 +23,12 @@ def get_family(name: str):
     if name not in MODELS:
         raise ConfigError(f"model.name: unknown model family {name!r}; choose one of {', '.join(sorted(MODELS))}")
     mod, cfg_cls, model_cls = MODELS[name].split(":")
-    m = importlib.import_module(mod)
+    try:
+        m = importlib.import_module(mod)
+    except ModuleNotFoundError as e:
+        if e.name != mod:
+            raise
+        raise ConfigError(f"model.name: family {name!r} is registered but not implemented yet ({mod})") from None
     return getattr(m, cfg_cls), getattr(m, model_cls)
 
 
