@@ -113,15 +113,17 @@ def test_forward_flops_match_torch_flop_counter():
 def test_estimation_hand_counts():
     t = 100
     # vertical_slash: last 8 queries see 93..100 keys = 8*100 - 28 = 772 pairs; 2*D*H*L = 32 FLOPs per pair.
-    vs = flops.prefill_flops(TINY, t, 0.9, method="vertical_slash", params={"approx": 8})
+    vs = flops.prefill_flops(TINY, t, 0.9, method="vertical_slash", params={"window": 8})
     assert vs["estimation"] == 32 * 772
     assert vs["total"] == pytest.approx(vs["linear"] + vs["lm_head"] + vs["attention"] + vs["estimation"])
     # default approx (256) > t: all 5050 causal pairs are scored.
     assert flops.prefill_flops(TINY, t, 0.5, method="vertical_slash")["estimation"] == 32 * 5050
     assert flops.prefill_flops(TINY, t, 0.5, method="flexprefill")["estimation"] == 32 * 5050
     # block_topk, blocks of 16: nb = 7 -> 28 pooled pairs; pooling (H + H_kv) * T * D * L adds.
-    bt = flops.prefill_flops(TINY, t, 0.5, method="block_topk")["estimation"]
+    bt = flops.prefill_flops(TINY, t, 0.5, method="block_topk", params={"block_size": 16})["estimation"]
     assert bt == 32 * 28 + 3 * 100 * 4 * 2
+    # default blocks of 64: nb = 2 -> 3 pooled pairs.
+    assert flops.prefill_flops(TINY, t, 0.5, method="block_topk")["estimation"] == 32 * 3 + 3 * 100 * 4 * 2
     # quest: ceil(100 / 16) = 7 pages, 4*D*H*L = 64 FLOPs per page per step.
     assert flops.decode_flops(TINY, t, 0.5, method="quest")["estimation"] == 64 * 7
     assert flops.decode_flops(TINY, t, 0.5, method="snapkv")["estimation"] == 0

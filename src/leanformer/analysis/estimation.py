@@ -4,19 +4,21 @@ Each entry of :data:`ESTIMATORS` maps a method name (the names of ``leanformer.s
 ``DECODE_METHODS``) to ``{phase: fn(shape, n, params) -> FLOPs}``; ``n`` is the prompt length for phase
 ``"prefill"`` and the cache length for one ``"decode"`` step. Same conventions as :mod:`leanformer.analysis.flops`
 (multiply-add = 2, element-wise work of a softmax left out), summed over all heads and layers. Defaults follow the
-Sparse Frontier configs (REFERENCE.md); ``params`` (the method's keyword arguments) override them.
+defaults of ``leanformer.sparse`` (the Sparse Frontier configs, REFERENCE.md, except block size 64); ``params``
+(the method's keyword arguments, as the harness stores them) override them.
 
-- ``vertical_slash`` (MInference, Jiang et al., 2024): the last ``approx`` queries (default 256) against all
+- ``vertical_slash`` (MInference, Jiang et al., 2024): the last ``window`` queries (default 256) against all
   keys they may see, ``q·k`` only: ``2·D·H·L·(a·T − a(a−1)/2)``.
-- ``flexprefill`` (Lai et al., 2025): the same with ``approx`` 512 (default); the block-pooled divergence test
+- ``flexprefill`` (Lai et al., 2025): the same with ``window`` 512 (default); the block-pooled divergence test
   works on pooled vectors and is negligible next to it.
 - ``block_topk`` (block-sparse attention): mean-pool queries and keys in blocks of ``block_size`` (16): one add
-  per element, ``(H + H_kv)·T·D·L``; then causal pooled scores ``2·D·H·L·nb(nb+1)/2`` with ``nb = ⌈T/b⌉``.
+  per element, ``(H + H_kv)·T·D·L``; then causal pooled scores ``2·D·H·L·nb(nb+1)/2`` with ``nb = ⌈T/b⌉``
+  (``block_size`` default 64, as in ``leanformer.sparse``; the Sparse Frontier used 16).
 - ``quest`` (Tang et al., 2024): per decode step, every page of ``page_size`` (16) keys is scored by
   ``Σ_d max(q_d·min_d, q_d·max_d)``: two products, a max and an add per channel, ``4·D·H·L·⌈C/p⌉``; building the
   page min/max at prefill is two comparisons per cached key channel, ``2·H_kv·D·T·L``.
 - ``snapkv`` / ``ada_snapkv`` (Li et al., 2024; Feng et al., 2024): once after prefill, the last ``window`` (256)
-  queries score all keys (``q·k``) and the scores are 1-D pooled with a ``kernel_size`` (21) kernel,
+  queries score all keys (``q·k``) and the scores are 1-D pooled with a ``kernel`` (21) kernel,
   ``H·L·T·k``; decode steps then read the kept cache with no extra scoring.
 - ``dense``, ``streaming``: nothing to estimate.
 """
@@ -48,15 +50,15 @@ def _last_queries_flops(shape, t: int, a: int) -> float:
 
 
 def _vertical_slash(shape, t: int, params: Mapping | None) -> float:
-    return _last_queries_flops(shape, t, _param(params, 256, "approx", "last_q"))
+    return _last_queries_flops(shape, t, _param(params, 256, "window", "approx", "last_q"))
 
 
 def _flexprefill(shape, t: int, params: Mapping | None) -> float:
-    return _last_queries_flops(shape, t, _param(params, 512, "approx", "last_q"))
+    return _last_queries_flops(shape, t, _param(params, 512, "window", "approx", "last_q"))
 
 
 def _block_topk(shape, t: int, params: Mapping | None) -> float:
-    b = _param(params, 16, "block_size", "block")
+    b = _param(params, 64, "block_size", "block")
     nb = math.ceil(t / b)
     pooling = (shape.n_heads + shape.kv_heads) * t * shape.head_dim * shape.n_layers
     return float(pooling + 2 * shape.head_dim * shape.n_heads * shape.n_layers * nb * (nb + 1) // 2)
@@ -73,7 +75,7 @@ def _quest_decode(shape, c: int, params: Mapping | None) -> float:
 
 def _snapkv_prefill(shape, t: int, params: Mapping | None) -> float:
     window = _param(params, 256, "window")
-    kernel = _param(params, 21, "kernel_size", "kernel")
+    kernel = _param(params, 21, "kernel", "kernel_size")
     return _last_queries_flops(shape, t, window) + float(shape.n_heads * shape.n_layers * t * kernel)
 
 
