@@ -1,0 +1,111 @@
+"""Greedy batched generation for the sweep harness, on any Hugging Face causal LM.
+
+- Prompts are encoded by :class:`PromptEncoder`: the tokenizer's chat template when asked (instruct models), the
+  tokenizer's special tokens otherwise (e.g. BOS), then an *answer prefix* (default ``<answer>``) that starts the
+  reply, so base models answer in the requested format. The text handed to the scorer is prefix + generation.
+- Batches are left-padded (``attention_mask`` marks the pads), decoded greedily with ``model.generate`` (so sparse
+  methods attached to the model run inside it) and stop per row at the stop string (``</answer>``), at EOS or after
+  ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from leanformer.data.tokenizers import HFTokenizer
+
+__all__ = ["PromptEncoder", "Generation", "generate_batch", "STOP"]
+
+STOP = "</answer>"
+
+
+class PromptEncoder:
+    """Model inputs from task prompts. ``tokenizer`` is a :class:`ByteTokenizer` or :class:`HFTokenizer` (or any
+    ``encode``/``decode`` object with ``pad_id``/``eos_id``); ``chat_template``: 'auto' (use it when the tokenizer
+    has one), 'on' or 'off'."""
+
+    def __init__(self, tokenizer, chat_template: str = "auto", answer_prefix: str = "<answer>"):
+        self.tokenizer = tokenizer
+        self.hf = tokenizer.tok if isinstance(tokenizer, HFTokenizer) else None
+        has_template = bool(self.hf is not None and getattr(self.hf, "chat_template", None))
+        if chat_template == "on" and not has_template:
+            raise ValueError(f"tokenizer {tokenizer!r} has no chat template; use chat_template 'auto' or 'off'")
+        self.use_template = has_template and chat_template != "off"
+        self.answer_prefix = answer_prefix
+        self.eos_id = getattr(tokenizer, "eos_id", None)
+        pad = getattr(tokenizer, "pad_id", None)
+        self.pad_id = pad if pad is not None else (self.eos_id if self.eos_id is not None else 0)
+
+    def encode(self, prompt: str) -> list[int]:
+        if self.use_template:
+            text = self.hf.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
+            ids = list(self.hf(text, add_special_tokens=False)["input_ids"])
+        elif self.hf is not None:
+            ids = list(self.hf(prompt, add_special_tokens=True)["input_ids"])
+        else:
+            ids = list(self.tokenizer.encode(prompt))
+        return ids + (list(self.tokenizer.encode(self.answer_prefix)) if self.answer_prefix else [])
+
+    def overhead(self) -> int:
+        """Tokens the encoding adds around a prompt (template, specials, answer prefix)."""
+        return len(self.encode("")) - len(self.tokenizer.encode(""))
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+
+class _StopOnText(StoppingCriteria):
+    """Per-row stop once the generated text of a row contains ``stop`` (looks at the last few tokens only)."""
+
+    def __init__(self, decode, prompt_len: int, stop: str, window: int = 24):
+        self.decode, self.prompt_len, self.stop, self.window = decode, prompt_len, stop, window
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        tail = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):].tolist()
+        return torch.tensor([self.stop in self.decode(row) for row in tail], device=input_ids.device)
+
+
+@dataclasses.dataclass
+class Generation:
+    text: str  # answer prefix + generated text, cut after the stop string
+    output_tokens: int  # generated tokens up to and including the stop (pads after a stop not counted)
+
+
+@torch.no_grad()
+def generate_batch(model, encoder: PromptEncoder, batch: list[list[int]], max_new_tokens: int,
+                   stop: str = STOP) -> list[Generation]:
+    """Greedy-decode a left-padded batch of token lists ``batch`` (each ``[T_i]``); one :class:`Generation` each."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), encoder.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, ids in enumerate(batch):
+        input_ids[i, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
+        mask[i, width - len(ids):] = 1
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=encoder.pad_id,
+                              eos_token_id=encoder.eos_id, num_beams=1)
+    out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
+                         stopping_criteria=StoppingCriteriaList([_StopOnText(encoder.decode, width, stop)]))
+    results = []
+    for row in out[:, width:].tolist():
+        kept = []
+        for tok in row:
+            if tok == encoder.pad_id and tok != encoder.eos_id:
+                break  # generate pads rows that finished before the others
+            if encoder.eos_id is not None and tok == encoder.eos_id:
+                kept.append(tok)
+                break
+            kept.append(tok)
+            if stop in encoder.decode(kept[-24:]):
+                break
+        text = encoder.decode(kept)
+        if stop in text:
+            text = text[: text.index(stop) + len(stop)]
+        results.append(Generation(encoder.answer_prefix + text, len(kept)))
+    return results
+
+

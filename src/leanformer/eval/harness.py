@@ -1,0 +1,243 @@
+"""The sparse-frontier sweep harness: run a grid of (model x method x sparsity x task x length x sample) and write
+one row per finished sample to the results store (:mod:`leanformer.eval.store`).
+
+The grid (:func:`build_grid`) is fixed by a :class:`FrontierConfig`: for each model, task, length, method pair
+(prefill, decode) and sparsity, one *cell* of ``samples`` samples. Method pairs are the dense baseline, each listed
+prefill method with dense decode, each listed decode method with dense prefill, and any explicit ``methods`` pairs
+(``"vertical_slash/quest"``); the dense pair runs at sparsity 0 only. Sample ``i`` of a (task, length) uses seed
+``seed + i``, the same for every model and method, so rows pair by (model, task, length, seed).
+
+Order of work: everything is validated first (:func:`validate`: task and method names, task parameters, sparsity
+in [0, 1), lengths against each model's context, the store); then each rank takes the cells with
+``index % world_size == rank``, skips the samples already in the store, and commits each sample as soon as its
+batch is scored. Samples of one cell are batched (left padding); the wall time and the measured sparsity of a
+batch are shared equally by its samples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+from leanformer.config import cfg, from_dict
+from leanformer.errors import ConfigError, UserError
+from leanformer.eval.store import ResultsStore, canonical_json, cell_key, summary_table
+from leanformer.tasks import TASKS
+
+
+@dataclasses.dataclass(kw_only=True)
+class FrontierConfig:
+    """One sweep. Lists are grid axes; ``task_params`` / ``method_params`` are keyed by task / method name."""
+
+    models: list[str] = cfg(default_factory=list, help="our checkpoint dirs, HF model dirs or hub names")
+    tasks: list[str] = cfg(default_factory=list)
+    lengths: list[int] = cfg(default_factory=list, help="prompt lengths in tokens")
+    prefill: list[str] = cfg(default_factory=list, help="prefill methods (each runs with dense decode)")
+    decode: list[str] = cfg(default_factory=list, help="decode methods (each runs with dense prefill)")
+    methods: list[str] = cfg(default_factory=list, help="explicit 'prefill/decode' pairs")
+    sparsities: list[float] = cfg(default_factory=lambda: [0.5])
+    samples: int = cfg(10, ge=1, help="samples per cell")
+    seed: int = cfg(0, ge=0)
+    batch_size: int = cfg(1, ge=1)
+    max_new_tokens: int = cfg(64, ge=1)
+    task_params: dict = cfg(default_factory=dict)
+    method_params: dict = cfg(default_factory=dict)
+    store: str = "runs/frontier/results.db"
+    device: str = cfg("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N' (auto: cuda:LOCAL_RANK when available)")
+    dtype: str = cfg("auto", choices=("auto", "fp32", "bf16", "fp16"))
+    tokenizer: str | None = cfg(None, help="override: 'byte', 'hf:<name>' or a path")
+    chat_template: str = cfg("auto", choices=("auto", "on", "off"))
+    answer_prefix: str = "<answer>"
+    progress: bool = True
+
+
+def load_config(raw: dict) -> FrontierConfig:
+    cfg_ = from_dict(FrontierConfig, raw)
+    for axis in ("models", "tasks", "lengths"):
+        if not getattr(cfg_, axis):
+            raise ConfigError(f"frontier: no {axis} given (set '{axis}' in the YAML file or pass --{axis})")
+    return cfg_
+
+
+# ---- grid -------------------------------------------------------------------------------------------------------
+
+
+def method_pairs(c: FrontierConfig) -> list[tuple[str, str]]:
+    pairs = [("dense", "dense")] + [(p, "dense") for p in c.prefill] + [("dense", d) for d in c.decode]
+    for m in c.methods:
+        if m.count("/") != 1:
+            raise ConfigError(f"frontier.methods: {m!r} is not of the form 'prefill/decode' (e.g. 'dense/quest')")
+        pairs.append(tuple(m.split("/")))
+    return list(dict.fromkeys(pairs))
+
+
+def cell_params(c: FrontierConfig, prefill: str, decode: str) -> dict:
+    """Method parameters of a cell: the flat union of ``method_params[prefill]`` and ``method_params[decode]``."""
+    out: dict = {}
+    for m in (prefill, decode):
+        if m != "dense":
+            out.update(c.method_params.get(m, {}))
+    return out
+
+
+def build_grid(c: FrontierConfig) -> list[dict]:
+    """Every cell in a fixed order (model, task, length, method pair, sparsity), with its key."""
+    cells = []
+    for model in c.models:
+        for task in c.tasks:
+            for length in c.lengths:
+                for prefill, decode in method_pairs(c):
+                    dense = prefill == decode == "dense"
+                    for s in [0.0] if dense else c.sparsities:
+                        cell = {"model": model, "prefill_method": prefill, "decode_method": decode,
+                                "sparsity": float(s), "task": task, "length": int(length),
+                                "params": cell_params(c, prefill, decode),
+                                "task_params": TASKS[task](**c.task_params.get(task, {})).params(),
+                                "seed": c.seed, "max_new_tokens": c.max_new_tokens, "tokenizer": c.tokenizer,
+                                "chat_template": c.chat_template, "answer_prefix": c.answer_prefix}
+                        cells.append({**cell, "key": cell_key(cell)})
+    return cells
+
+
+# ---- validation (nothing heavy runs before it passes) -------------------------------------------------------------
+
+
+def validate(c: FrontierConfig) -> list[dict]:
+    """Check every input before any work; returns the grid. Raises :class:`UserError` naming the bad value."""
+    from leanformer.eval.models import context_length, method_names, open_tokenizer
+
+    for t in c.tasks:
+        if t not in TASKS:
+            raise UserError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
+    for t in c.task_params:
+        if t not in c.tasks:
+            raise UserError(f"task_params given for {t!r}, which is not in the grid's tasks {c.tasks}")
+    for t in c.tasks:
+        try:
+            TASKS[t](**c.task_params.get(t, {}))
+        except TypeError as e:
+            raise UserError(f"task_params.{t}: {e}") from None
+    prefill_ok, decode_ok = method_names()
+    pairs = method_pairs(c)
+    for p, d in pairs:
+        if p not in prefill_ok:
+            raise UserError(f"unknown prefill method {p!r}; choose from {', '.join(prefill_ok)}")
+        if d not in decode_ok:
+            raise UserError(f"unknown decode method {d!r}; choose from {', '.join(decode_ok)}")
+    for m in c.method_params:
+        if m not in prefill_ok and m not in decode_ok:
+            raise UserError(f"method_params given for unknown method {m!r}")
+    for s in c.sparsities:
+        if not 0.0 <= s < 1.0:
+            raise UserError(f"sparsity {s!r} is outside [0, 1) (the fraction of query-key pairs skipped)")
+    for L in c.lengths:
+        if L < 1:
+            raise UserError(f"length {L!r} must be a positive number of tokens")
+    for model in c.models:
+        ctx = context_length(model)
+        tok = open_tokenizer(model, c.tokenizer)
+        from leanformer.eval.generation import PromptEncoder
+
+        try:
+            extra = PromptEncoder(tok, c.chat_template, c.answer_prefix).overhead()
+        except ValueError as e:
+            raise UserError(f"model {model!r}: {e}") from None
+        need = max(c.lengths) + extra + c.max_new_tokens
+        if ctx is not None and need > ctx:
+            raise UserError(f"length {max(c.lengths)} is beyond the context of model {model!r}: prompt + template "
+                            f"({extra}) + max_new_tokens ({c.max_new_tokens}) = {need} > {ctx} positions")
+    ResultsStore(c.store).close()
+    return build_grid(c)
+
+
+# ---- the sweep ------------------------------------------------------------------------------------------------
+
+
+def shard(cells: list[dict], rank: int, world: int) -> list[dict]:
+    if not 0 <= rank < world:
+        raise UserError(f"rank {rank} is outside [0, world_size={world})")
+    return [cell for i, cell in enumerate(cells) if i % world == rank]
+
+
+def run_sweep(c: FrontierConfig, rank: int = 0, world: int = 1, log=print) -> dict[str, Any]:
+    """Validate, then run this rank's shard of the grid. Returns counts: ``cells``, ``done_before``, ``added``."""
+    from tqdm.auto import tqdm
+
+    cells = shard(validate(c), rank, world)
+    store = ResultsStore(c.store)
+    todo = {cell["key"]: [i for i in range(c.samples) if i not in store.done(cell["key"])] for cell in cells}
+    total, pending = len(cells) * c.samples, sum(len(v) for v in todo.values())
+    stats = {"cells": len(cells), "done_before": total - pending, "added": 0}
+    bar = tqdm(total=total, initial=total - pending, desc=f"frontier[{rank}/{world}]", disable=not c.progress,
+               unit="sample", dynamic_ncols=True)
+    try:
+        for model_name in dict.fromkeys(cell["model"] for cell in cells):
+            mine = [cell for cell in cells if cell["model"] == model_name and todo[cell["key"]]]
+            if mine:
+                stats["added"] += _run_model(c, model_name, mine, todo, store, bar)
+    finally:
+        bar.close()
+        store.close()
+    return stats
+
+
+def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict, store: ResultsStore, bar) -> int:
+    from leanformer.eval.generation import PromptEncoder, generate_batch
+    from leanformer.eval.models import attach, load_model, measured_sparsity, non_embedding_params, open_tokenizer
+    from leanformer.eval.models import sample_flops as flops_of
+
+    model = load_model(model_name, c.device, c.dtype)
+    tok = open_tokenizer(model_name, c.tokenizer)
+    encoder = PromptEncoder(tok, c.chat_template, c.answer_prefix)
+    n_params = non_embedding_params(model)
+    samples: dict[tuple, Any] = {}
+    added = 0
+    for cell in cells:
+        task = TASKS[cell["task"]](**c.task_params.get(cell["task"], {}))
+        pending = todo[cell["key"]]
+        for start in range(0, len(pending), c.batch_size):
+            idx = pending[start:start + c.batch_size]
+            batch = []
+            for i in idx:
+                key = (cell["task"], cell["length"], c.seed + i)
+                if key not in samples:
+                    samples[key] = task.generate(tok, cell["length"], c.seed + i)
+                batch.append(samples[key])
+            ids = [encoder.encode(s.prompt) for s in batch]
+            t0 = time.perf_counter()
+            with attach(model, cell["prefill_method"], cell["decode_method"], cell["sparsity"],
+                        cell["params"]) as session:
+                outs = generate_batch(model, encoder, ids, c.max_new_tokens)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            pre_s, dec_s = measured_sparsity(session, cell["prefill_method"], cell["decode_method"])
+            for i, s, x, out in zip(idx, batch, ids, outs):
+                fl = flops_of(model, len(x), out.output_tokens, cell, pre_s, dec_s)
+                row = {"cell_key": cell["key"], "sample": i, "model": model_name, "model_params": n_params,
+                       "prefill_method": cell["prefill_method"], "decode_method": cell["decode_method"],
+                       "sparsity": cell["sparsity"], "prefill_sparsity": pre_s, "decode_sparsity": dec_s,
+                       "task": cell["task"], "length": cell["length"], "seed": s.seed, "prompt_tokens": len(x),
+                       "output_tokens": out.output_tokens, "output": out.text, "answer": s.answer_text,
+                       "score": float(task.score(out.text, s)), "prefill_flops": fl[0], "decode_flops": fl[1],
+                       "time_s": seconds, "params": canonical_json(cell["params"])}
+                added += int(store.add(row))
+                bar.update(1)
+    del model
+    return added
+
+
+def summarize(c: FrontierConfig) -> str:
+    """The summary table of this config's cells (whatever the store holds for them)."""
+    keys = [cell["key"] for cell in build_grid(c)]
+    with ResultsStore(c.store) as store:
+        return summary_table(store, keys)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``RANK`` / ``WORLD_SIZE`` from the environment (``torchrun`` sets them); 0 / 1 otherwise."""
+    try:
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    except ValueError:
+        raise UserError("RANK and WORLD_SIZE must be integers") from None
+

@@ -1,0 +1,167 @@
+"""What the harness needs to know about a model, behind one small interface for both kinds of model:
+
+- Hugging Face causal LMs: a local directory with ``config.json`` or a hub name (``AutoModelForCausalLM``);
+- our checkpoints (a run or checkpoint directory with ``model.json``): ``leanformer.load(dir).to_hf()``, so sparse
+  methods attach to the same ``LlamaForCausalLM`` code path.
+
+Also: the sparse-method adapter (:func:`method_names`, :func:`attach`, :func:`measured_sparsity` over
+:mod:`leanformer.sparse`) and the FLOP adapter over :func:`leanformer.analysis.flops.sample_flops`. Either module
+missing means only dense methods / NULL FLOP columns, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+from leanformer.errors import UserError
+
+
+def _is_ours(spec: str) -> bool:
+    p = Path(spec)
+    if not p.is_dir() or (p / "config.json").is_file():
+        return False
+    return (p / "model.json").is_file() or any(p.glob("*/model.json"))
+
+
+def context_length(spec: str) -> int | None:
+    """Maximum positions of the model (from its config, without loading weights); None when unknown."""
+    if _is_ours(spec):
+        from leanformer.train.checkpoint import resolve_checkpoint
+
+        meta = json.loads((resolve_checkpoint(spec) / "model.json").read_text())
+        return meta.get("config", {}).get("max_seq_len")
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(spec)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read the config of model {spec!r}: {str(e).splitlines()[0]}") from None
+    return getattr(config, "max_position_embeddings", None)
+
+
+def open_tokenizer(spec: str, override: str | None = None):
+    """``override`` ('byte', 'hf:<name>', a path) if given; else the checkpoint's tokenizer or the HF one."""
+    from leanformer.data.tokenizers import HFTokenizer, get_tokenizer
+
+    if override:
+        return get_tokenizer(override)
+    if _is_ours(spec):
+        from leanformer.train.checkpoint import load_tokenizer
+
+        return load_tokenizer(spec)
+    return HFTokenizer.from_pretrained(spec)
+
+
+def _device(name: str):
+    import os
+
+    import torch
+
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    return torch.device("cpu")
+
+
+def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
+    """An eval-mode Hugging Face causal LM on ``device`` (bf16 on GPU and fp32 on CPU for ``dtype='auto'``)."""
+    import torch
+
+    dev = _device(device)
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    dt = names[dtype] if dtype != "auto" else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    if _is_ours(spec):
+        import leanformer
+
+        model = leanformer.load(spec).to_hf()
+    else:
+        from transformers import AutoModelForCausalLM
+
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dt)
+        except (OSError, ValueError) as e:
+            raise UserError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}") from None
+    return model.to(device=dev, dtype=dt).eval()
+
+
+def non_embedding_params(model) -> int:
+    """Parameters minus the input embedding and an untied output embedding (Kaplan et al., 2020)."""
+    total = sum(p.numel() for p in model.parameters())
+    emb = model.get_input_embeddings().weight
+    out = model.get_output_embeddings()
+    total -= emb.numel()
+    if out is not None and out.weight.data_ptr() != emb.data_ptr():
+        total -= out.weight.numel()
+    return int(total)
+
+
+# ---- sparse methods ---------------------------------------------------------------------------------------------
+
+
+def _sparse():
+    try:
+        from leanformer import sparse
+
+        return sparse if hasattr(sparse, "apply") else None
+    except ImportError:
+        return None
+
+
+def method_names() -> tuple[list[str], list[str]]:
+    """Valid prefill and decode method names ('dense' always included)."""
+    sp = _sparse()
+    pre = list(getattr(sp, "PREFILL_METHODS", {})) if sp else []
+    dec = list(getattr(sp, "DECODE_METHODS", {})) if sp else []
+    return list(dict.fromkeys(["dense", *pre])), list(dict.fromkeys(["dense", *dec]))
+
+
+@contextlib.contextmanager
+def attach(model, prefill: str, decode: str, sparsity: float, params: dict):
+    """Attach the methods for the duration of the block; dense/dense leaves the model untouched."""
+    if prefill == "dense" and decode == "dense":
+        yield None
+        return
+    with _sparse().apply(model, prefill=prefill, decode=decode, sparsity=sparsity, **params) as session:
+        yield session
+
+
+def _read(session, *names):
+    for name in names:
+        v = getattr(session, name, None)
+        if callable(v):
+            v = v()
+        if v is not None:
+            return float(v)
+    stats = getattr(session, "stats", None)
+    stats = stats() if callable(stats) else stats
+    if isinstance(stats, dict):
+        for name in names:
+            if stats.get(name) is not None:
+                return float(stats[name])
+    return None
+
+
+def measured_sparsity(session, prefill: str, decode: str) -> tuple[float | None, float | None]:
+    """(prefill, decode) sparsity measured by the session; 0 for a dense phase, None if the session has none."""
+    pre = 0.0 if prefill == "dense" else _read(session, "prefill_sparsity")
+    dec = 0.0 if decode == "dense" else _read(session, "decode_sparsity")
+    return pre, dec
+
+
+def sample_flops(model, prompt_tokens: int, output_tokens: int, cell: dict, pre_s, dec_s):
+    """(prefill FLOPs, decode FLOPs) from :func:`leanformer.analysis.flops.sample_flops`; (None, None) without it."""
+    try:
+        from leanformer.analysis.flops import sample_flops as flops
+    except ImportError:
+        return None, None
+    pre = pre_s if pre_s is not None else cell["sparsity"]
+    dec = dec_s if dec_s is not None else cell["sparsity"]
+    try:
+        out = flops(model.config, prompt_tokens, output_tokens, cell["prefill_method"], cell["decode_method"],
+                    pre, dec, cell["params"])
+    except (UserError, KeyError, ValueError):
+        return None, None
+    return out["prefill"], out["decode"]

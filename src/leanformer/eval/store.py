@@ -1,0 +1,161 @@
+"""The crash-safe results store of the sweep harness: one SQLite file, WAL mode, one row per finished sample.
+
+Crash safety: every sample is committed as its own transaction (``INSERT OR IGNORE`` on the primary key
+``(cell_key, sample)``), with ``synchronous=FULL``; a process killed at any point leaves only whole rows, and a
+re-run skips the ``(cell_key, sample)`` pairs already there, so nothing is lost and nothing duplicated. Several
+processes (``torchrun`` ranks) may write to the same file: WAL lets readers run beside one writer, and a busy
+timeout serializes the writers.
+
+The schema is fixed (the analysis reads it, see :mod:`leanformer.analysis`): see :data:`SCHEMA`. The cell key is the
+SHA-1 of the canonical JSON (sorted keys, no spaces) of the cell's description (:func:`cell_key`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+from leanformer.errors import UserError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS results (
+  cell_key TEXT NOT NULL,
+  sample INTEGER NOT NULL,
+  model TEXT NOT NULL,
+  model_params INTEGER,
+  prefill_method TEXT NOT NULL,
+  decode_method TEXT NOT NULL,
+  sparsity REAL NOT NULL,
+  prefill_sparsity REAL,
+  decode_sparsity REAL,
+  task TEXT NOT NULL, length INTEGER NOT NULL, seed INTEGER NOT NULL,
+  prompt_tokens INTEGER, output_tokens INTEGER,
+  output TEXT, answer TEXT,
+  score REAL NOT NULL,
+  prefill_flops REAL, decode_flops REAL,
+  time_s REAL, params TEXT,
+  created_at TEXT,
+  PRIMARY KEY (cell_key, sample)
+);
+"""
+COLUMNS = ("cell_key", "sample", "model", "model_params", "prefill_method", "decode_method", "sparsity",
+           "prefill_sparsity", "decode_sparsity", "task", "length", "seed", "prompt_tokens", "output_tokens",
+           "output", "answer", "score", "prefill_flops", "decode_flops", "time_s", "params", "created_at")
+REQUIRED = ("cell_key", "sample", "model", "prefill_method", "decode_method", "sparsity", "task", "length", "seed",
+            "score")
+
+
+def canonical_json(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def cell_key(cell: dict) -> str:
+    """SHA-1 of the canonical JSON of a cell description; identical cells give identical keys."""
+    return hashlib.sha1(canonical_json(cell).encode()).hexdigest()
+
+
+def phase(prefill_method: str, decode_method: str) -> str:
+    """'dense', 'prefill' (only prefill sparse), 'decode' (only decode sparse) or 'both'."""
+    p, d = prefill_method != "dense", decode_method != "dense"
+    return "both" if p and d else "prefill" if p else "decode" if d else "dense"
+
+
+class ResultsStore:
+    """A results file. ``done(key)`` lists finished samples of a cell; ``add(row)`` commits one row."""
+
+    def __init__(self, path: str | os.PathLike, timeout_s: float = 120.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # isolation_level=None: autocommit; each INSERT is its own transaction, committed before it returns.
+            self.conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+            self.conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"results store {self.path} cannot be opened as SQLite: {e}") from None
+        if str(mode).lower() != "wal":
+            raise UserError(f"results store {self.path}: cannot switch to WAL mode (got {mode!r}); is it on a "
+                            "network file system?")
+
+    def done(self, key: str) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT sample FROM results WHERE cell_key = ?", (key,))}
+
+    def add(self, row: dict) -> bool:
+        """Insert one finished sample in its own transaction; False if ``(cell_key, sample)`` was already there."""
+        missing = [c for c in REQUIRED if row.get(c) is None]
+        if missing:
+            raise ValueError(f"result row lacks {missing}")
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"result row has unknown columns {sorted(unknown)}")
+        if not 0.0 <= float(row["score"]) <= 1.0 or math.isnan(float(row["score"])):
+            raise ValueError(f"score {row['score']!r} is outside [0, 1]")
+        row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
+        cols = [c for c in COLUMNS if c in row]
+        sql = f"INSERT OR IGNORE INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
+        return self.conn.execute(sql, [row[c] for c in cols]).rowcount == 1
+
+    def rows(self, where: str = "", args: tuple = ()) -> list[dict]:
+        cur = self.conn.execute(f"SELECT * FROM results {where}", args)
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur.fetchall()]
+
+    def count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> ResultsStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def mean_ci(scores: list[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its Student-t confidence interval (0 for a single score)."""
+    n = len(scores)
+    if n == 0:
+        return float("nan"), float("nan")
+    mean = statistics.fmean(scores)
+    if n == 1:
+        return mean, 0.0
+    try:
+        from scipy.stats import t
+
+        q = float(t.ppf(0.5 + level / 2, n - 1))
+    except ImportError:  # the normal quantile: a slightly narrow interval for small n
+        q = statistics.NormalDist().inv_cdf(0.5 + level / 2)
+    return mean, q * statistics.stdev(scores) / math.sqrt(n)
+
+
+def summary_table(store: ResultsStore, keys: list[str] | None = None) -> str:
+    """Mean score +/- 95% CI per cell (all cells, or the given ones), as an aligned text table."""
+    rows = store.rows()
+    wanted = None if keys is None else set(keys)
+    cells: dict[str, list[dict]] = {}
+    for r in rows:
+        if wanted is None or r["cell_key"] in wanted:
+            cells.setdefault(r["cell_key"], []).append(r)
+    header = ("model", "prefill", "decode", "sparsity", "measured", "task", "length", "n", "score", "95% CI")
+    lines = [header]
+    for group in sorted(cells.values(), key=lambda g: (g[0]["model"], g[0]["task"], g[0]["length"],
+                                                       g[0]["prefill_method"], g[0]["decode_method"],
+                                                       g[0]["sparsity"])):
+        r0 = group[0]
+        mean, half = mean_ci([g["score"] for g in group])
+        measured = [max(g["prefill_sparsity"] or 0.0, g["decode_sparsity"] or 0.0) for g in group]
+        lines.append((r0["model"], r0["prefill_method"], r0["decode_method"], f"{r0['sparsity']:.3g}",
+                      f"{statistics.fmean(measured):.3f}", r0["task"], str(r0["length"]), str(len(group)),
+                      f"{mean:.3f}", f"+/- {half:.3f}"))
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)

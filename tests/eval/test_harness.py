@@ -1,0 +1,133 @@
+"""The sweep harness in-process: grid layout, validation before any work, resume, sharding, batched greedy
+generation (left padding must not change outputs), stop at </answer>."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leanformer.errors import UserError
+from leanformer.eval import harness
+from leanformer.eval.generation import PromptEncoder, generate_batch
+from leanformer.eval.store import ResultsStore
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A random-weight Llama with a byte vocabulary (260) and 4096 positions, saved like any HF model."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(42)
+    path = tmp_path_factory.mktemp("tiny")
+    config = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=257, eos_token_id=258, pad_token_id=256)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def _config(model, store, **kw):
+    raw = {"models": [model], "tasks": ["niah", "variable_tracking"], "lengths": [1201], "samples": 3,
+           "batch_size": 2, "max_new_tokens": 6, "tokenizer": "byte", "store": str(store), "progress": False,
+           "task_params": {"variable_tracking": {"n_chains": 2, "n_hops": 2}}}
+    return harness.load_config({**raw, **kw})
+
+
+def test_grid_layout_and_pairing():
+    c = harness.load_config({"models": ["m1", "m2"], "tasks": ["niah", "qa"], "lengths": [101, 203],
+                             "prefill": ["vs"], "decode": ["quest"], "methods": ["vs/quest", "dense/dense"],
+                             "sparsities": [0.5, 0.9], "method_params": {"vs": {"a": 1}, "quest": {"b": 2}}})
+    assert harness.method_pairs(c) == [("dense", "dense"), ("vs", "dense"), ("dense", "quest"), ("vs", "quest")]
+    cells = harness.build_grid(c)
+    assert len(cells) == 2 * 2 * 2 * (1 + 3 * 2)
+    assert len({x["key"] for x in cells}) == len(cells)
+    assert all(x["sparsity"] == 0.0 for x in cells if x["prefill_method"] == x["decode_method"] == "dense")
+    both = next(x for x in cells if x["prefill_method"] == "vs" and x["decode_method"] == "quest")
+    assert both["params"] == {"a": 1, "b": 2}
+    assert harness.build_grid(c) == cells  # deterministic keys and order
+    shards = [harness.shard(cells, r, 3) for r in range(3)]
+    assert sorted(x["key"] for s in shards for x in s) == sorted(x["key"] for x in cells)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"tasks": ["niah", "haystack"]}, "unknown task 'haystack'; choose from niah, variable_tracking"),
+    ({"prefill": ["magic"]}, "unknown prefill method 'magic'; choose from dense"),
+    ({"decode": ["magic"]}, "unknown decode method 'magic'; choose from dense"),
+    ({"sparsities": [1.0], "methods": ["dense/dense"]}, r"sparsity 1.0 is outside \[0, 1\)"),
+    ({"lengths": [1201, 4091]}, "length 4091 is beyond the context of model"),
+    ({"task_params": {"niah": {"n_needles": 1, "n_queries": 2}}}, "n_queries"),
+    ({"task_params": {"niah": {"depth": 1}}}, "task_params.niah"),
+])
+def test_bad_inputs_fail_before_any_work(tiny_model, tmp_path, change, message):
+    store = tmp_path / "r.db"
+    with pytest.raises(UserError, match=message):
+        harness.run_sweep(_config(tiny_model, store, **change))
+    assert not store.exists()
+
+
+def test_run_resume_and_shards(tiny_model, tmp_path):
+    c = _config(tiny_model, tmp_path / "r.db")
+    first = harness.run_sweep(c)
+    assert first == {"cells": 2, "done_before": 0, "added": 6}
+    again = harness.run_sweep(c)
+    assert again == {"cells": 2, "done_before": 6, "added": 0}
+    with ResultsStore(c.store) as store:
+        rows = store.rows()
+    assert len(rows) == 6 and {(r["task"], r["sample"]) for r in rows} == {(t, i) for t in
+                                                                         ("niah", "variable_tracking")
+                                                                         for i in range(3)}
+    for r in rows:
+        assert r["seed"] == r["sample"] and 0.0 <= r["score"] <= 1.0 and r["output"].startswith("<answer>")
+        assert 0.95 * 1201 <= r["prompt_tokens"] <= 1201 + len("<answer>")
+        assert 1 <= r["output_tokens"] <= 6 and r["prefill_sparsity"] == r["decode_sparsity"] == 0.0
+        # Per layer: q, o (32x32), k, v (32x16), SwiGLU (3x32x64), 2 norms; + final norm; embeddings excluded.
+        assert r["model_params"] == 2 * (2 * 32 * 32 + 2 * 32 * 16 + 3 * 32 * 64 + 2 * 32) + 32
+        assert r["answer"].startswith("<answer>") and r["time_s"] > 0
+    # Ranks of a 2-way split write disjoint shards into one store; together they equal the single-process run.
+    c2 = _config(tiny_model, tmp_path / "s.db")
+    assert [harness.run_sweep(c2, rank=r, world=2)["added"] for r in (0, 1)] == [3, 3]
+    with ResultsStore(c2.store) as store:
+        sharded = {(r["cell_key"], r["sample"]): r["output"] for r in store.rows()}
+    assert sharded == {(r["cell_key"], r["sample"]): r["output"] for r in rows}
+
+
+def test_left_padded_batches_match_single_samples(tiny_model):
+    from leanformer.data import ByteTokenizer
+    from leanformer.eval.models import load_model
+
+    model = load_model(tiny_model, "cpu", "fp32")
+    enc = PromptEncoder(ByteTokenizer())
+    prompts = [enc.encode("The value for key x is: 1234567. " * k) for k in (3, 7, 11)]
+    alone = [generate_batch(model, enc, [p], 9)[0] for p in prompts]
+    batched = generate_batch(model, enc, prompts, 9)
+    assert [g.text for g in batched] == [g.text for g in alone]
+    assert all(g.output_tokens == 9 for g in batched)
+
+
+class _Scripted:
+    """Stands in for a model: ``generate`` appends a fixed continuation to every row (pads after a stop)."""
+
+    def __init__(self, continuations):
+        self.continuations = continuations
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self.weight])
+
+    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria):
+        width = max(len(c) for c in self.continuations)
+        tail = torch.full((len(self.continuations), width), generation_config.pad_token_id)
+        for i, c in enumerate(self.continuations):
+            tail[i, :len(c)] = torch.tensor(c)
+        return torch.cat([input_ids, tail], dim=1)
+
+
+def test_generation_cuts_at_the_stop_string_and_counts_tokens():
+    from leanformer.data import ByteTokenizer
+
+    tok = ByteTokenizer()
+    enc = PromptEncoder(tok)
+    model = _Scripted([tok.encode("42</answer> and more"), tok.encode("7, 8") + [tok.eos_id, 65], tok.encode("x")])
+    out = generate_batch(model, enc, [[65, 66], [67], [68, 69, 70]], 20)
+    assert [g.text for g in out] == ["<answer>42</answer>", "<answer>7, 8", "<answer>x"]
+    assert [g.output_tokens for g in out] == [len("42</answer>"), len("7, 8") + 1, 1]

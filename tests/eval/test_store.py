@@ -1,0 +1,98 @@
+"""The results store: the fixed schema, WAL mode, one transaction per row, no duplicates, several writers."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from leanformer.eval.store import COLUMNS, ResultsStore, cell_key, mean_ci, phase, summary_table
+
+SCHEMA_COLUMNS = ["cell_key", "sample", "model", "model_params", "prefill_method", "decode_method", "sparsity",
+                  "prefill_sparsity", "decode_sparsity", "task", "length", "seed", "prompt_tokens", "output_tokens",
+                  "output", "answer", "score", "prefill_flops", "decode_flops", "time_s", "params", "created_at"]
+
+
+def _row(key="k", sample=0, score=0.5, **kw):
+    return {"cell_key": key, "sample": sample, "model": "m", "prefill_method": "dense", "decode_method": "dense",
+            "sparsity": 0.0, "task": "niah", "length": 101, "seed": sample, "score": score, **kw}
+
+
+def test_schema_and_wal(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert store.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    conn = sqlite3.connect(tmp_path / "r.db")
+    info = conn.execute("PRAGMA table_info(results)").fetchall()
+    assert [c[1] for c in info] == SCHEMA_COLUMNS == list(COLUMNS)
+    assert [c[1] for c in sorted(info, key=lambda c: c[5]) if c[5]] == ["cell_key", "sample"]  # primary key
+    notnull = {c[1] for c in info if c[3]}
+    assert notnull == {"cell_key", "sample", "model", "prefill_method", "decode_method", "sparsity", "task",
+                       "length", "seed", "score"}
+
+
+def test_cell_key_is_canonical():
+    a = {"model": "m", "sparsity": 0.5, "params": {"x": 1, "y": 2}}
+    b = {"params": {"y": 2, "x": 1}, "sparsity": 0.5, "model": "m"}
+    assert cell_key(a) == cell_key(b) and len(cell_key(a)) == 40
+    assert cell_key(a) != cell_key({**a, "sparsity": 0.9})
+
+
+def test_insert_or_ignore_and_validation(tmp_path):
+    with ResultsStore(tmp_path / "r.db") as store:
+        assert store.add(_row(sample=0)) is True
+        assert store.add(_row(sample=0, score=1.0)) is False  # the first row wins, nothing duplicated
+        assert store.add(_row(sample=1)) is True
+        assert store.count() == 2 and store.done("k") == {0, 1} and store.done("other") == set()
+        assert store.rows()[0]["score"] == 0.5 and store.rows()[0]["created_at"]
+        with pytest.raises(ValueError, match="outside"):
+            store.add(_row(sample=2, score=1.5))
+        with pytest.raises(ValueError, match="lacks"):
+            store.add({k: v for k, v in _row(sample=3).items() if k != "task"})
+        with pytest.raises(ValueError, match="unknown columns"):
+            store.add(_row(sample=4, bogus=1))
+    # Every add is committed at once: a fresh connection sees the rows without any close/commit by the writer.
+    writer = ResultsStore(tmp_path / "w.db")
+    writer.add(_row(sample=7))
+    assert sqlite3.connect(tmp_path / "w.db").execute("SELECT COUNT(*) FROM results").fetchone()[0] == 1
+
+
+def test_several_processes_write_one_store(tmp_path):
+    path = tmp_path / "r.db"
+    code = textwrap.dedent(f"""
+        import sys
+        from leanformer.eval.store import ResultsStore
+        w = int(sys.argv[1])
+        with ResultsStore({str(path)!r}) as s:
+            for i in range(60):
+                s.add({{"cell_key": f"c{{i % 6}}", "sample": i // 6 + 5 * w, "model": "m", "prefill_method": "dense",
+                       "decode_method": "dense", "sparsity": 0.0, "task": "t", "length": 1, "seed": 0,
+                       "score": 1.0}})
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(w)]) for w in range(3)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    with ResultsStore(path) as store:
+        # samples 0..9, 5..14, 10..19 per cell overlap: 20 distinct per cell x 6 cells, no duplicates.
+        assert store.count() == 120
+        assert all(store.done(f"c{c}") == set(range(20)) for c in range(6))
+
+
+def test_mean_ci_and_summary(tmp_path):
+    mean, half = mean_ci([0.0, 1.0, 0.0, 1.0])
+    assert mean == 0.5 and half == pytest.approx(3.182446 * 0.57735 / 2, rel=1e-4)  # Student t, 3 dof
+    assert mean_ci([0.7]) == (0.7, 0.0)
+    with ResultsStore(tmp_path / "r.db") as store:
+        for i, s in enumerate([0.0, 1.0, 0.0, 1.0]):
+            store.add(_row(key="a", sample=i, score=s))
+        store.add(_row(key="b", sample=0, score=1.0, task="qa"))
+        table = summary_table(store)
+        only_b = summary_table(store, ["b"])
+    assert "0.500  +/- 0.919" in table and "niah" in table and "qa" in table
+    assert "niah" not in only_b and "1.000" in only_b
+
+
+def test_phase():
+    assert [phase("dense", "dense"), phase("vs", "dense"), phase("dense", "quest"), phase("vs", "quest")] == \
+        ["dense", "prefill", "decode", "both"]
