@@ -39,6 +39,8 @@ class ReportOptions:
 
 
 def md_table(headers, rows) -> str:
+    if not rows:
+        return "_(nothing to show: the store has no cells for this table)_"
     lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
     return "\n".join(lines)
