@@ -33,13 +33,14 @@ def gpt124m(**kw) -> GPTConfig:
     return GPTConfig(**base)
 
 
-def run_one(batch_size: int, seq_len: int, steps: int, compile_: bool) -> dict:
+def run_one(batch_size: int, seq_len: int, steps: int, compile_: bool, backend: str = "sdpa",
+            mode: str | None = None) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
-    cfg = gpt124m(max_seq_len=seq_len)
+    cfg = gpt124m(max_seq_len=seq_len, attn_backend=backend)
     model = GPT(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-    loss_fn = torch.compile(model.compute_loss) if compile_ else model.compute_loss
+    loss_fn = torch.compile(model.compute_loss, mode=mode) if compile_ else model.compute_loss
     x = torch.randint(0, cfg.vocab_size, (batch_size, seq_len + 1), device=device)
     batch = {"input_ids": x[:, :-1], "labels": x[:, 1:]}
 
@@ -73,7 +74,8 @@ def run_one(batch_size: int, seq_len: int, steps: int, compile_: bool) -> dict:
     peak = peak_flops(device)
     return {
         "params": n_params, "non_embedding_params": model.num_params(non_embedding=True),
-        "batch_size": batch_size, "seq_len": seq_len, "compile": compile_, "steps": steps,
+        "batch_size": batch_size, "seq_len": seq_len, "compile": compile_, "compile_mode": mode,
+        "attn_backend": backend, "steps": steps,
         "step_s": step_s, "tokens_per_s": tok_s, "flops_per_token": fpt, "achieved_tflops": tok_s * fpt / 1e12,
         "mfu": tok_s * fpt / peak if peak else None, "mfu_palm": tok_s * palm_fpt / peak if peak else None,
         "peak_tflops": peak / 1e12 if peak else None, "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
@@ -87,18 +89,21 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--attn-backend", nargs="+", default=["sdpa"], help="GPTConfig.attn_backend values to compare")
+    ap.add_argument("--mode", default=None, help="torch.compile mode, e.g. max-autotune-no-cudagraphs")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("this benchmark needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     rows = []
-    for bs in args.batch_size:
-        r = run_one(bs, args.seq_len, args.steps, not args.no_compile)
-        rows.append(r)
-        print(f"batch {bs:3d} x {args.seq_len}: {r['step_s'] * 1e3:7.1f} ms/step  {r['tokens_per_s']:,.0f} tok/s  "
-              f"MFU {100 * (r['mfu'] or 0):.1f}% (PaLM-style {100 * (r['mfu_palm'] or 0):.1f}%)  "
-              f"peak mem {r['peak_mem_gib']:.1f} GiB", flush=True)
+    for backend in args.attn_backend:
+        for bs in args.batch_size:
+            r = run_one(bs, args.seq_len, args.steps, not args.no_compile, backend, args.mode)
+            rows.append(r)
+            print(f"{backend:6s} batch {bs:3d} x {args.seq_len}: {r['step_s'] * 1e3:7.1f} ms/step  "
+                  f"{r['tokens_per_s']:,.0f} tok/s  MFU {100 * (r['mfu'] or 0):.1f}% "
+                  f"(PaLM-style {100 * (r['mfu_palm'] or 0):.1f}%)  peak mem {r['peak_mem_gib']:.1f} GiB", flush=True)
     path = record("gpt_train_mfu", rows)
     print(f"recorded {path}")
 

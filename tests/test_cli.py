@@ -28,7 +28,8 @@ def test_train_then_eval_prints_json_with_bits_per_byte(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", PRESET, "trainer.max_stpes=3"], "unknown config key 'trainer.max_stpes'; did you mean 'trainer.max_steps'"),
+    (["train", PRESET, "trainer.max_stpes=3"],
+     "unknown config key 'trainer.max_stpes'; did you mean 'trainer.max_steps'"),
     (["train", PRESET, "model.n_heads=5"], "model.n_heads: 5 does not divide model.d_model=192"),
     (["train", "/nonexistent.yaml"], "config file not found: /nonexistent.yaml"),
     (["eval", "/nonexistent-run"], "checkpoint path /nonexistent-run does not exist"),

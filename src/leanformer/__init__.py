@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 
 def load(path, device: str = "cpu"):
-    """Load a trained model (run directory or checkpoint directory) in eval mode. See :mod:`leanformer.train.checkpoint`."""
+    """Load a trained model (run or checkpoint directory) in eval mode; see :mod:`leanformer.train.checkpoint`."""
     from leanformer.train.checkpoint import load_model
 
     return load_model(path, device=device)

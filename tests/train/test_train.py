@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from leanformer.config import ScheduleConfig, load_run_config
 from leanformer.errors import CheckpointError, UserError
 from leanformer.train.checkpoint import latest_checkpoint, list_checkpoints, verify_checkpoint

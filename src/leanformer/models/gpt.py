@@ -32,7 +32,8 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = cfg(0.0, ge=0.0, lt=1.0)
     init_std: float = cfg(0.02, gt=0.0)
-    attn_backend: str = cfg("sdpa", choices=("sdpa", "math"))
+    attn_backend: str = cfg("sdpa", choices=("sdpa", "cudnn", "flash", "efficient", "math"),
+                            help="sdpa: PyTorch picks; cudnn/flash/efficient: force that GPU kernel; math: reference")
 
     def __post_init__(self):
         if self.d_model % self.n_heads:

@@ -15,7 +15,10 @@ from torch import nn
 
 from leanformer.nn.rotary import apply_rotary
 
-BACKENDS = ("sdpa", "math")
+# "sdpa" lets PyTorch pick; "cudnn"/"flash"/"efficient" force that SDPA kernel (GPU); "math" is the explicit
+# fp32 softmax(QK^T)V reference in this file.
+BACKENDS = ("sdpa", "cudnn", "flash", "efficient", "math")
+_SDPA_FORCED = {"cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION"}
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -52,6 +55,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
     if backend == "sdpa":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
                                               dropout_p=dropout_p)
+    if backend in _SDPA_FORCED:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        with sdpa_kernel(getattr(SDPBackend, _SDPA_FORCED[backend])):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=scale,
+                                                  dropout_p=dropout_p)
     scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
     s = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
     if causal:
