@@ -75,3 +75,12 @@ def test_field_ranges_generic():
     with pytest.raises(ConfigError, match=r"x: expected an integer, got True"):
         from_dict(C, {"x": True})
     assert GPTConfig().ff_dim % 64 == 0
+
+
+def test_registry_names_match_their_config_classes():
+    from leanformer.models.registry import MODELS
+
+    for name, spec in MODELS.items():
+        module, cfg_cls, model_cls = spec.split(":")
+        assert module.endswith(name) or name in module, f"registry entry {name!r} points at {module}"
+        assert cfg_cls.endswith("Config") and model_cls
