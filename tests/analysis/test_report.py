@@ -75,3 +75,30 @@ def test_cli_module_imports_nothing_heavy():
             "print([m for m in ('torch', 'matplotlib', 'numpy', 'scipy') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cli_options_reach_the_report_and_both_phase_is_handled(db, tmp_path):
+    import shutil
+    import sqlite3
+
+    both = tmp_path / "both.db"
+    shutil.copy(db, both)
+    with sqlite3.connect(both) as con:
+        # Rows with both phases sparse (and no stored model size: the preset's count is used).
+        con.execute("INSERT INTO results SELECT cell_key || 'b', sample, model, NULL, 'vertical_slash', 'quest', "
+                    "sparsity, prefill_sparsity, 0.9, task, length, seed, prompt_tokens, output_tokens, output, "
+                    "answer, score, prefill_flops, decode_flops, time_s, params, created_at FROM results "
+                    "WHERE prefill_method = 'vertical_slash'")
+    cells = store.group_cells(store.load_rows(both))
+    mixed = [c for c in cells if c.phase == "both"]
+    assert mixed and {c.method for c in mixed} == {"vertical_slash+quest"}
+    assert all(c.model_params > 1e8 for c in mixed)
+    out = tmp_path / "rep"
+    assert main(["analyze", str(both), "--out", str(out), "--n-boot", "200", "--test", "sign", "--correction",
+                 "fixed_sequence", "--framing", "noninferiority", "--margin", "0.1", "--interactions", "--target",
+                 "log_error", "--cost", "total", "--length", "16384"]) == 0
+    md = (out / "report.md").read_text()
+    assert "sign test, framing `noninferiority`, α = 0.05, margin = 0.1, fixed_sequence correction" in md
+    assert "log_error = β0 + ln N + ln L + ln CR + ln N·ln CR + ln L·ln CR" in md
+    assert "length **16,384**" in md and "Cost = mean total FLOPs" in md
+    assert (out / "accuracy_both.png").exists() and (out / "isocost_both.png").exists()

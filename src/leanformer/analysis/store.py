@@ -115,12 +115,24 @@ def group_cells(rows: list[dict]) -> list[Cell]:
             by_seed[int(r["seed"])].append(float(r["score"]))
         measured = [_measured(r, phase) for r in rs]
         cells.append(Cell(
-            model=model, model_params=float(rs[0]["model_params"] or np.nan), task=task, length=length,
+            model=model, model_params=_model_params(model, rs[0]["model_params"]), task=task, length=length,
             phase=phase, method=method, sparsity=0.0 if phase == "dense" else sparsity,
             scores={s: float(np.mean(v)) for s, v in by_seed.items()},
             measured_sparsity=float(np.nanmean(measured)) if measured else float("nan"),
             prefill_flops=_mean(rs, "prefill_flops"), decode_flops=_mean(rs, "decode_flops")))
     return cells
+
+
+def _model_params(model: str, stored) -> float:
+    """The stored non-embedding parameter count, else the preset's (``Qwen/Qwen2.5-7B-Instruct``), else NaN."""
+    if stored:
+        return float(stored)
+    from leanformer.analysis.flops import shape_of
+
+    try:
+        return float(shape_of(model).non_embedding_params)
+    except UserError:
+        return float("nan")
 
 
 def _measured(r: dict, phase: str) -> float:
