@@ -131,3 +131,26 @@ def test_generation_cuts_at_the_stop_string_and_counts_tokens():
     out = generate_batch(model, enc, [[65, 66], [67], [68, 69, 70]], 20)
     assert [g.text for g in out] == ["<answer>42</answer>", "<answer>7, 8", "<answer>x"]
     assert [g.output_tokens for g in out] == [len("42</answer>"), len("7, 8") + 1, 1]
+
+
+def test_sparse_cells_record_measured_sparsity_and_flops(tiny_model, tmp_path):
+    from leanformer.eval.models import method_names
+
+    prefill_ok, decode_ok = method_names()
+    if "vertical_slash" not in prefill_ok or "quest" not in decode_ok:
+        pytest.skip("leanformer.sparse does not provide vertical_slash and quest yet")
+    c = _config(tiny_model, tmp_path / "r.db", tasks=["niah"], samples=2, prefill=["vertical_slash"],
+                decode=["quest"], sparsities=[0.5], max_new_tokens=4, task_params={})
+    assert harness.run_sweep(c)["added"] == 3 * 2
+    with ResultsStore(c.store) as store:
+        rows = {(r["prefill_method"], r["decode_method"], r["sample"]): r for r in store.rows()}
+    for i in range(2):
+        dense, pre, dec = (rows[("dense", "dense", i)], rows[("vertical_slash", "dense", i)],
+                           rows[("dense", "quest", i)])
+        assert dense["sparsity"] == 0.0 and pre["sparsity"] == dec["sparsity"] == 0.5
+        assert pre["decode_sparsity"] == 0.0 and abs(pre["prefill_sparsity"] - 0.5) < 0.05
+        assert dec["prefill_sparsity"] == 0.0 and abs(dec["decode_sparsity"] - 0.5) < 0.05
+        # Same sample everywhere (pairing by seed); skipped work shows in the FLOPs of the sparse phase only.
+        assert dense["seed"] == pre["seed"] == dec["seed"] and dense["answer"] == pre["answer"]
+        if dense["prefill_flops"] is not None:
+            assert pre["prefill_flops"] < dense["prefill_flops"] and dec["decode_flops"] < dense["decode_flops"]

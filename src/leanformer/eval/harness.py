@@ -10,8 +10,9 @@ prefill method with dense decode, each listed decode method with dense prefill, 
 Order of work: everything is validated first (:func:`validate`: task and method names, task parameters, sparsity
 in [0, 1), lengths against each model's context, the store); then each rank takes the cells with
 ``index % world_size == rank``, skips the samples already in the store, and commits each sample as soon as its
-batch is scored. Samples of one cell are batched (left padding); the wall time and the measured sparsity of a
-batch are shared equally by its samples.
+batch is scored. Samples of one cell are batched: dense cells with left padding; sparse cells (whose methods need
+unpadded batches) in groups of prompts of equal length. The wall time of a batch is shared equally by its samples;
+the measured sparsity of a group (pair-weighted over layers and steps) is given to each of its samples.
 """
 
 from __future__ import annotations
@@ -206,13 +207,22 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
                     samples[key] = task.generate(tok, cell["length"], c.seed + i)
                 batch.append(samples[key])
             ids = [encoder.encode(s.prompt) for s in batch]
+            # Sparse methods need unpadded batches: a sparse cell runs its batch in groups of equal length.
+            dense = cell["prefill_method"] == cell["decode_method"] == "dense"
+            groups: dict[int, list[int]] = {}
+            for j, x in enumerate(ids):
+                groups.setdefault(0 if dense else len(x), []).append(j)
+            outs, measured = [None] * len(ids), [None] * len(ids)
             t0 = time.perf_counter()
-            with attach(model, cell["prefill_method"], cell["decode_method"], cell["sparsity"],
-                        cell["params"]) as session:
-                outs = generate_batch(model, encoder, ids, c.max_new_tokens)
+            for group in groups.values():
+                with attach(model, cell["prefill_method"], cell["decode_method"], cell["sparsity"],
+                            cell["params"]) as session:
+                    gen = generate_batch(model, encoder, [ids[j] for j in group], c.max_new_tokens)
+                m = measured_sparsity(session, cell["prefill_method"], cell["decode_method"])
+                for j, g in zip(group, gen):
+                    outs[j], measured[j] = g, m
             seconds = (time.perf_counter() - t0) / len(batch)
-            pre_s, dec_s = measured_sparsity(session, cell["prefill_method"], cell["decode_method"])
-            for i, s, x, out in zip(idx, batch, ids, outs):
+            for i, s, x, out, (pre_s, dec_s) in zip(idx, batch, ids, outs, measured):
                 fl = flops_of(model, len(x), out.output_tokens, cell, pre_s, dec_s)
                 row = {"cell_key": cell["key"], "sample": i, "model": model_name, "model_params": n_params,
                        "prefill_method": cell["prefill_method"], "decode_method": cell["decode_method"],

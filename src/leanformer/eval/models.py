@@ -120,34 +120,33 @@ def method_names() -> tuple[list[str], list[str]]:
 
 @contextlib.contextmanager
 def attach(model, prefill: str, decode: str, sparsity: float, params: dict):
-    """Attach the methods for the duration of the block; dense/dense leaves the model untouched."""
+    """Attach the methods for the duration of the block (``sparse.apply``; 'dense' is passed as None so that phase
+    stays on the model's own attention); dense/dense leaves the model untouched and yields None."""
     if prefill == "dense" and decode == "dense":
         yield None
         return
-    with _sparse().apply(model, prefill=prefill, decode=decode, sparsity=sparsity, **params) as session:
+    with _sparse().apply(model, prefill=None if prefill == "dense" else prefill,
+                         decode=None if decode == "dense" else decode, sparsity=sparsity, **params) as session:
         yield session
 
 
-def _read(session, *names):
-    for name in names:
-        v = getattr(session, name, None)
-        if callable(v):
-            v = v()
-        if v is not None:
-            return float(v)
-    stats = getattr(session, "stats", None)
-    stats = stats() if callable(stats) else stats
-    if isinstance(stats, dict):
-        for name in names:
-            if stats.get(name) is not None:
-                return float(stats[name])
-    return None
+def _phase_sparsity(stats: list[dict], phase: str) -> float | None:
+    """1 - kept / total over every recorded call of ``phase`` (pair-weighted), or the mean of the calls' own
+    ``sparsity`` when counts are missing; None when the phase recorded nothing."""
+    rows = [r for r in stats if r.get("phase") == phase]
+    if not rows:
+        return None
+    if all(r.get("kept_pairs") is not None and r.get("causal_pairs") for r in rows):
+        return 1.0 - sum(float(r["kept_pairs"]) for r in rows) / sum(float(r["causal_pairs"]) for r in rows)
+    return sum(float(r["sparsity"]) for r in rows) / len(rows)
 
 
 def measured_sparsity(session, prefill: str, decode: str) -> tuple[float | None, float | None]:
-    """(prefill, decode) sparsity measured by the session; 0 for a dense phase, None if the session has none."""
-    pre = 0.0 if prefill == "dense" else _read(session, "prefill_sparsity")
-    dec = 0.0 if decode == "dense" else _read(session, "decode_sparsity")
+    """(prefill, decode) sparsity measured in ``session.stats``: the fraction of causal query-key pairs skipped in
+    prefill, and of cache keys not read over all decode steps; 0 for a dense phase."""
+    stats = list(getattr(session, "stats", None) or [])
+    pre = 0.0 if prefill == "dense" else _phase_sparsity(stats, "prefill")
+    dec = 0.0 if decode == "dense" else _phase_sparsity(stats, "decode")
     return pre, dec
 
 

@@ -18,7 +18,7 @@ import math
 import os
 import sqlite3
 import statistics
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from leanformer.errors import UserError
@@ -98,7 +98,7 @@ class ResultsStore:
             raise ValueError(f"result row has unknown columns {sorted(unknown)}")
         if not 0.0 <= float(row["score"]) <= 1.0 or math.isnan(float(row["score"])):
             raise ValueError(f"score {row['score']!r} is outside [0, 1]")
-        row = {"created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **row}
+        row = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), **row}
         cols = [c for c in COLUMNS if c in row]
         sql = f"INSERT OR IGNORE INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
         return self.conn.execute(sql, [row[c] for c in cols]).rowcount == 1
