@@ -226,7 +226,11 @@ def sample_flops(config_or_preset: Any, prompt_tokens: int, output_tokens: int, 
 
 def forward_flops_per_token(config: Any, seq_len: int) -> float:
     """Training forward FLOPs per token for sequences of ``seq_len`` tokens: linear + LM head at every position +
-    dense causal attention (``(T+1)/2`` keys per query on average)."""
+    dense causal attention (``(T+1)/2`` keys per query on average). A config with a ``forward_flops(seq_len)``
+    method (models whose layers do not all run at full length: hourglass, dynamic pooling) counts itself, in the
+    conventions above."""
+    if callable(getattr(config, "forward_flops", None)):
+        return float(config.forward_flops(int(seq_len))) / int(seq_len)
     return prefill_flops(config, seq_len, all_logits=True)["total"] / int(seq_len)
 
 
