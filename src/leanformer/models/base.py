@@ -37,6 +37,13 @@ class LeanModel(nn.Module):
         _, loss = self(batch["input_ids"], targets=batch["labels"])
         return loss, {}
 
+    def objective(self, tokenizer, seq_len: int):
+        """How the trainer turns tokens into this family's batches and evaluates it: causal LM by default
+        (see :mod:`leanformer.train.objectives`); a family with another objective overrides this."""
+        from leanformer.train.objectives import CausalLM
+
+        return CausalLM(tokenizer, seq_len, self.config.vocab_size)
+
     def num_params(self, non_embedding: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:

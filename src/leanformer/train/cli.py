@@ -51,6 +51,6 @@ def run(args) -> int:
     summary = {"run_dir": str(out), "step": result["step"], "tokens": result["tokens"],
                "elapsed_s": round(result["elapsed_s"], 2)}
     if result["last_eval"]:
-        summary["val_bits_per_byte"] = result["last_eval"]["bits_per_byte"]
+        summary.update({f"val_{k}": v for k, v in result["last_eval"].items() if isinstance(v, float)})
     print(json.dumps(summary))
     return 0

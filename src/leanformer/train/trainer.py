@@ -19,9 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from leanformer.config import RunConfig, save_yaml
-from leanformer.data import RandomWindows, get_tokenizer, load_source, token_stream
+from leanformer.data import get_tokenizer, load_source, token_stream
 from leanformer.errors import ConfigError, UserError
-from leanformer.eval.lm import evaluate_lm, token_byte_lengths
 from leanformer.models.registry import build_model
 from leanformer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from leanformer.train.optim import build_optimizer
@@ -76,11 +75,12 @@ class Trainer:
                                          d.max_tokens)
         self.val_tokens = token_stream(source.documents("validation"), self.tokenizer, f"{key}|validation",
                                        d.cache_dir, d.max_tokens)
-        self.batches = RandomWindows(self.train_tokens, d.seq_len, t.batch_size, cfg.seed)
+        # The family decides how windows become batches and how it is evaluated (causal LM by default).
+        self.objective = self.model.objective(self.tokenizer, d.seq_len)
+        self.batches = self.objective.batches(self.train_tokens, t.batch_size, cfg.seed)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.tokens_per_step = t.batch_size * t.grad_accum * d.seq_len
         self.total_steps = self._total_steps()
-        self.byte_lengths = token_byte_lengths(self.tokenizer, cfg.model.vocab_size)
         self.loss_fn = torch.compile(self.model.compute_loss) if t.compile else self.model.compute_loss
         fpt = train_flops_per_token(cfg.model, d.seq_len)
         peak = peak_flops(self.device)
@@ -154,8 +154,8 @@ class Trainer:
 
     def evaluate(self) -> dict:
         t = self.cfg.trainer
-        return evaluate_lm(self.model, self.val_tokens, self.tokenizer, self.cfg.data.seq_len, t.batch_size,
-                           t.eval_batches, self.device, self.autocast_dtype, self.byte_lengths)
+        return self.objective.evaluate(self.model, self.val_tokens, t.batch_size, t.eval_batches, self.device,
+                                       self.autocast_dtype)
 
     def _save(self, step: int, tokens: int, elapsed: float, last_eval: dict | None) -> Path:
         state = {"tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval, "seed": self.cfg.seed}
@@ -228,8 +228,8 @@ class Trainer:
             done = self._done(step, elapsed)
             if step % t.eval_every == 0 or done:
                 last_eval = self.evaluate()
-                self.log({"event": "eval", "step": step, "val_loss": last_eval["loss"],
-                          "val_bits_per_byte": last_eval["bits_per_byte"]})
+                self.log({"event": "eval", "step": step,
+                          **{f"val_{k}": last_eval[k] for k in self.objective.log_keys}})
             if step % t.ckpt_every == 0 or done:
                 self._save(step, tokens, elapsed, last_eval)
                 last_ckpt_step = step
