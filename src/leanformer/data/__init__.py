@@ -1,8 +1,20 @@
-"""Text sources, tokenizers, packing into fixed-length sequences (deterministic and resumable)."""
+"""Text sources, tokenizers, packing into fixed-length sequences (deterministic and resumable).
 
-from leanformer.data.packing import RandomWindows, sequential_windows, token_stream
-from leanformer.data.sources import SPLITS, TextSource, load_source, shakespeare_plays
-from leanformer.data.tokenizers import ByteTokenizer, HFTokenizer, Tokenizer, get_tokenizer
+Names are imported lazily so that ``leanformer.data.sources`` (pure Python) does not pull in torch.
+"""
 
-__all__ = ["ByteTokenizer", "HFTokenizer", "Tokenizer", "get_tokenizer", "RandomWindows", "sequential_windows",
-           "token_stream", "SPLITS", "TextSource", "load_source", "shakespeare_plays"]
+import importlib
+
+_EXPORTS = {
+    "ByteTokenizer": "tokenizers", "HFTokenizer": "tokenizers", "Tokenizer": "tokenizers",
+    "get_tokenizer": "tokenizers",
+    "RandomWindows": "packing", "sequential_windows": "packing", "token_stream": "packing",
+    "SPLITS": "sources", "TextSource": "sources", "load_source": "sources", "shakespeare_plays": "sources",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"leanformer.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'leanformer.data' has no attribute {name!r}")
