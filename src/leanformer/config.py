@@ -270,7 +270,8 @@ class DataConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class OptimConfig:
-    name: str = cfg("adamw", choices=("adamw",), help="optimizer; later issues add lion, sophia, adamwscale")
+    name: str = cfg("adamw", choices=("adamw", "adamwscale", "adafactor"),
+                    help="optimizer; adamwscale/adafactor: nanoT5; later issues add lion, sophia")
     lr: float = cfg(3e-3, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = cfg(1e-8, gt=0.0)
@@ -285,8 +286,10 @@ class OptimConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class ScheduleConfig:
-    name: str = cfg("cosine", choices=("cosine", "linear", "constant"))
+    name: str = cfg("cosine", choices=("cosine", "linear", "constant", "inverse_sqrt"),
+                    help="inverse_sqrt: T5's legacy min(1, sqrt(warmup/step)), linear to 0 over the last 10%")
     warmup_steps: int = cfg(50, ge=0)
+    warmup_start: float = cfg(0.0, ge=0.0, le=1.0, help="warmup starts at this fraction of lr (nanoT5: 0.5)")
     final_lr_fraction: float = cfg(0.0, ge=0.0, le=1.0, help="LR at the end of the budget, as a fraction of lr")
 
 

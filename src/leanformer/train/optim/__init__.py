@@ -1,4 +1,7 @@
-"""Optimizers. ``build_optimizer(model, cfg)`` applies weight decay to matrices only (not norms, biases, gains)."""
+"""Optimizers. ``build_optimizer(model, cfg)`` applies weight decay to matrices only (not norms, biases, gains).
+
+``adamwscale`` (AdamW with RMS-scaled steps) and ``adafactor`` are nanoT5's (Nawrot, 2023); see their modules.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import torch
 from leanformer.config import OptimConfig
 from leanformer.errors import ConfigError
 
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "adamwscale", "adafactor")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -24,4 +27,12 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     groups = param_groups(model, cfg.weight_decay)
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name == "adamwscale":
+        from leanformer.train.optim.adamw_scale import AdamWScale
+
+        return AdamWScale(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps)
+    if cfg.name == "adafactor":  # its own eps pair (1e-30, 1e-3); betas/eps of the config do not apply
+        from leanformer.train.optim.adafactor import Adafactor
+
+        return Adafactor(groups, lr=cfg.lr)
     raise ConfigError(f"optim.name: unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
