@@ -37,7 +37,40 @@ def graphed(fn):
     return g.replay
 
 
-def bench_batch(b, args) -> list[dict]:
+def check(args, b: int = 2, length: int = 8191) -> dict:
+    """Each method/impl's step vs the fp32 dense-masked reference on the same selection (error at most twice the
+    same-precision reference's): ``{method/impl: ok}``."""
+    from leanformer.sparse.kernels.decode import gather_decode_reference, run_decode
+
+    k = torch.randn(b, args.kv_heads, length, args.dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    q = torch.randn(b, args.heads, 1, args.dim, device="cuda", dtype=torch.bfloat16)
+    q_prompt = torch.randn(b, args.heads, 256, args.dim, device="cuda", dtype=torch.bfloat16)
+    verdict = {}
+    for name in args.methods:
+        for impl in args.impls:
+            m = build_decode(name, impl=impl)
+            m.observe_prefill(0, q_prompt, k, v)
+            seen = {}
+            mod = sys.modules[type(m).attend.__module__]
+            real = mod.run_decode
+            mod.run_decode = lambda *a, seen=seen: seen.setdefault("a", a) and run_decode(*a)
+            try:
+                out, info = m.attend(0, q, k, v, sparsity=1 - args.budget)
+            finally:
+                mod.run_decode = real
+            _, _, _, idx, valid, scale, _ = seen["a"]
+            ref = gather_decode_reference(q.float(), k.float(), v.float(), idx, valid, scale)
+            base = gather_decode_reference(q, k, v, idx, valid, scale)
+            err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
+            ok = err <= 2 * err_base + 1e-5
+            verdict[f"{name}/{info['impl']}"] = ok
+            print(f"check {name}/{info['impl']}: err {err:.2e} vs same precision {err_base:.2e} -> "
+                  f"{'ok' if ok else 'FAILED'}", flush=True)
+    return verdict
+
+
+def bench_batch(b, args, verdict) -> list[dict]:
     s = 1.0 - args.budget
     length = args.cache
     k = torch.randn(b, args.kv_heads, length, args.dim, device="cuda", dtype=torch.bfloat16)
@@ -52,8 +85,8 @@ def bench_batch(b, args) -> list[dict]:
     dense_graph = bench(graphed(dense), warmup=3, repeat=args.repeat) * 1e3
     print(f"B={b} L={length} dense: eager {dense_eager:.3f} ms, graph {dense_graph:.3f} ms", flush=True)
     rows = []
-    for name in args.methods:
-        m = build_decode(name)
+    for name, impl in [(m, i) for m in args.methods for i in args.impls]:
+        m = build_decode(name, impl=impl)
         m.observe_prefill(0, q_prompt, k, v)
         _, info = m.attend(0, q, k, v, sparsity=s)  # builds metadata / kept sets outside the timing
 
@@ -62,15 +95,20 @@ def bench_batch(b, args) -> list[dict]:
 
         eager = bench(step, warmup=3, repeat=args.repeat) * 1e3
         graph = bench(graphed(step), warmup=3, repeat=args.repeat) * 1e3
-        row = {"batch": b, "cache_len": length, "method": name, "requested_sparsity": s,
+        ok = verdict.get(f"{name}/{info['impl']}", False)
+        row = {"batch": b, "cache_len": length, "method": name, "impl": info["impl"], "checked": ok,
+               "requested_sparsity": s,
                "sparsity": float(info["sparsity"]), "keys_read": float(info["keys_read"]),
                "keys_total": float(info["keys_total"]), "eager_ms": eager, "graph_ms": graph,
                "dense_eager_ms": dense_eager, "dense_graph_ms": dense_graph,
-               "speedup_graph": dense_graph / graph, "speedup_eager": dense_eager / eager,
+               "speedup_graph": dense_graph / graph if ok else None,
+               "speedup_eager": dense_eager / eager if ok else None,
                "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.dim, "dtype": "bf16"}
         rows.append(row)
-        print(f"B={b:>2} {name:>11} measured={row['sparsity']:.4f} eager={eager:.3f} ms graph={graph:.3f} ms "
-              f"speedup graph {row['speedup_graph']:.2f}x eager {row['speedup_eager']:.2f}x", flush=True)
+        speed = (f"speedup graph {dense_graph / graph:.2f}x eager {dense_eager / eager:.2f}x" if ok
+                 else "speedup not reported: correctness check failed")
+        print(f"B={b:>2} {name:>11} {info['impl']:>7} measured={row['sparsity']:.4f} eager={eager:.3f} ms "
+              f"graph={graph:.3f} ms {speed}", flush=True)
     return rows
 
 
@@ -84,13 +122,15 @@ def main(argv=None):
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--impls", nargs="+", default=["triton", "gather"])
     args = ap.parse_args(argv)
     torch.manual_seed(42)
+    verdict = check(args)
     rows = []
     for b in args.batch:
-        rows += bench_batch(b, args)
+        rows += bench_batch(b, args, verdict)
         torch.cuda.empty_cache()
-    path = record("sparse_decode", rows)
+    path = record("sparse_decode", {"checks": verdict, "rows": rows})
     print(f"wrote {path}")
 
 

@@ -11,6 +11,7 @@ pattern of random data is diffuse: this is a speed test, not a quality test). Wr
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -32,7 +33,32 @@ def dense_cudnn(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def bench_length(t, args, flex_points) -> list[dict]:
+def check(args, t: int = 3001) -> dict:
+    """Fast path vs fp32 reference under the same mask, at a small odd length: ``{method/impl: ok}``. A speedup is
+    reported only for paths whose error is at most twice that of same-precision PyTorch SDPA (flash-attn's rule)."""
+    q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    g = args.heads // args.kv_heads
+    ke, ve = repeat_kv(k, g), repeat_kv(v, g)
+    verdict = {}
+    for method in args.methods:
+        for impl in ["auto"] + (["flex"] if method == "block_topk" else []):
+            out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl)
+            mask = info["pattern"].to_mask()
+            s = torch.matmul(q.float(), ke.float().transpose(-1, -2)) * args.dim ** -0.5
+            ref = torch.matmul(torch.softmax(s.masked_fill_(~mask, float("-inf")), -1), ve.float())
+            base = F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask)
+            err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
+            ok = err <= 2 * err_base + 1e-5 and not torch.isnan(out).any().item()
+            verdict[f"{method}/{info['impl']}"] = {"ok": ok, "err": err, "err_sdpa_same_precision": err_base}
+            print(f"check {method}/{info['impl']}: err {err:.2e} vs same-precision SDPA {err_base:.2e} -> "
+                  f"{'ok' if ok else 'FAILED'}", flush=True)
+            del s, ref, base, mask, out, info
+    return verdict
+
+
+def bench_length(t, args, flex_points, verdict) -> list[dict]:
     q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
@@ -54,18 +80,41 @@ def bench_length(t, args, flex_points) -> list[dict]:
                 pat, used = info["pattern"], info["impl"]
                 kernel_ms = bench(lambda pat=pat, used=used: run_pattern(q, k, v, pat, None, used),
                                   warmup=1, repeat=args.repeat) * 1e3
-                row = {"seq_len": t, "method": method, "impl": used, "requested_sparsity": s,
+                ok = verdict.get(f"{method}/{used}", {}).get("ok", False)
+                row = {"seq_len": t, "method": method, "impl": used, "checked": ok, "requested_sparsity": s,
                        "sparsity": float(info["sparsity"]), "total_ms": total_ms, "kernel_ms": kernel_ms,
                        "estimation_ms": total_ms - kernel_ms, "dense_cudnn_ms": dense_ms,
-                       "speedup": dense_ms / total_ms, "kernel_speedup": dense_ms / kernel_ms,
+                       "speedup": dense_ms / total_ms if ok else None,
+                       "kernel_speedup": dense_ms / kernel_ms if ok else None,
                        "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.dim, "dtype": "bf16"}
                 rows.append(row)
+                speed = (f"speedup={dense_ms / total_ms:6.2f}x (kernel {dense_ms / kernel_ms:6.2f}x)" if ok
+                         else "speedup not reported: correctness check failed")
                 print(f"T={t:>6} {method:>14} {used:>6} s={s:.2f} measured={row['sparsity']:.3f} "
-                      f"total={total_ms:8.2f} ms kernel={kernel_ms:8.2f} ms speedup={row['speedup']:6.2f}x "
-                      f"(kernel {row['kernel_speedup']:6.2f}x)", flush=True)
+                      f"total={total_ms:8.2f} ms kernel={kernel_ms:8.2f} ms {speed}", flush=True)
                 del info, pat
                 torch.cuda.empty_cache()
     return rows
+
+
+def profile(args, t: int, s: float = 0.95):
+    """Where the time of one call goes (pattern estimation vs kernel), by GPU op."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as prof
+
+    q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    for method in args.methods:
+        sparse.prefill_attention(q, k, v, method, s)
+        torch.cuda.synchronize()
+        with prof(activities=[ProfilerActivity.CUDA]) as p:
+            sparse.prefill_attention(q, k, v, method, s)
+            torch.cuda.synchronize()
+        table = p.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
+        out = Path(os.environ.get("OUT", ".")) / "profile_prefill.txt"
+        with open(out, "a") as f:
+            f.write(f"--- profile {method} T={t} s={s}\n{table}\n")
 
 
 def main(argv=None):
@@ -79,15 +128,25 @@ def main(argv=None):
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--profile", action="store_true", help="print the top GPU ops of each method at the longest length")
     args = ap.parse_args(argv)
     torch.manual_seed(42)
     flex_points = {(int(p.split(":")[0]), float(p.split(":")[1])) for p in args.flex_points}
+    verdict = check(args)
+    torch.cuda.empty_cache()
     rows = []
     for t in args.lengths:
-        rows += bench_length(t, args, flex_points)
+        rows += bench_length(t, args, flex_points, verdict)
         torch.cuda.empty_cache()
-    path = record("sparse_prefill", rows)
-    print(f"wrote {path}")
+        record("sparse_prefill", {"checks": verdict, "rows": rows})  # after each length: partial runs keep data
+    print(f"{'T':>7} {'method':>14} {'impl':>6} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
+          f"{'dense ms':>9} {'speedup':>8}")
+    for r in rows:
+        sp = f"{r['speedup']:7.2f}x" if r["speedup"] else "   n/a"
+        print(f"{r['seq_len']:>7} {r['method']:>14} {r['impl']:>6} {r['requested_sparsity']:>5.2f} "
+              f"{r['sparsity']:>6.3f} {r['total_ms']:>9.2f} {r['kernel_ms']:>9.2f} {r['dense_cudnn_ms']:>9.2f} {sp}")
+    if args.profile:
+        profile(args, max(args.lengths))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_length: bool = True) -> tuple[int, int]:
     """Validate ``[B, H, T, D]`` inputs; return ``(group, T)`` where ``group = H_q // H_kv``."""
     if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise UserError(f"q, k, v must be [B, H, T, D]; got shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        shapes = f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        raise UserError(f"q, k, v must be [B, H, T, D]; got shapes {shapes}")
     if k.shape != v.shape:
         raise UserError(f"k and v must have the same shape; got {tuple(k.shape)} and {tuple(v.shape)}")
     if q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:

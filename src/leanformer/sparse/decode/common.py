@@ -9,14 +9,18 @@ import torch.nn.functional as F
 
 from leanformer.errors import UserError
 from leanformer.sparse.base import info_dict
+from leanformer.sparse.kernels.tile_attention import triton
 
-DECODE_IMPLS = ("auto", "gather", "reference")
+DECODE_IMPLS = ("auto", "triton", "gather", "reference")
 
 
-def resolve_impl(impl: str) -> str:
+def resolve_impl(impl: str, x: torch.Tensor) -> str:
+    """``auto``: the fused Triton kernel on CUDA, else gather + SDPA."""
     if impl not in DECODE_IMPLS:
         raise UserError(f"unknown decode impl {impl!r}; choose one of {DECODE_IMPLS}")
-    return "gather" if impl == "auto" else impl
+    if impl == "auto":
+        return "triton" if (x.is_cuda and triton is not None) else "gather"
+    return impl
 
 
 def check_step(q, k):

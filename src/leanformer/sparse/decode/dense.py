@@ -28,6 +28,6 @@ class DenseDecode(DecodeMethod):
         b, hk, length, _ = k.shape
         idx = torch.arange(length, device=k.device).expand(b, hk, length)
         valid = None
-        impl = resolve_impl(self.params.impl)
+        impl = resolve_impl(self.params.impl, q)
         out = run_decode(q, k, v, idx, valid, default_scale(q, scale), impl)
         return out, decode_info(self.name, requested, idx, valid, length, 0, impl)

@@ -44,9 +44,10 @@ def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_g
     """``q [B, H_q, 1, D]``, page metadata ``[B, H_kv, P, D]`` -> scores ``[B, H_kv or H_q, P]`` fp32."""
     b, hq, _, d = q.shape
     hk = kmin.shape[1]
-    qg = q.reshape(b, hk, hq // hk, d).float()
-    s = torch.matmul(qg.clamp(min=0), kmax.float().transpose(-1, -2))
-    s = s + torch.matmul(qg.clamp(max=0), kmin.float().transpose(-1, -2))  # [B, H_kv, G, P]
+    qg = q.reshape(b, hk, hq // hk, d)
+    # in the cache dtype (no fp32 copy of the metadata); scores only rank pages
+    s = torch.matmul(qg.clamp(min=0), kmax.transpose(-1, -2)).float()
+    s = s + torch.matmul(qg.clamp(max=0), kmin.transpose(-1, -2)).float()  # [B, H_kv, G, P]
     return s.sum(2) if share_gqa else s.reshape(b, hq, -1)
 
 
@@ -95,7 +96,7 @@ class Quest(DecodeMethod):
     def attend(self, layer, q, k, v, sparsity=None, scale=None):
         check_step(q, k)
         requested = check_sparsity(sparsity)
-        impl = resolve_impl(self.params.impl)
+        impl = resolve_impl(self.params.impl, q)
         idx, valid, meta_reads = self.select(layer, q, k, requested)
         out = run_decode(q, k, v, idx, valid, default_scale(q, scale), impl)
         return out, decode_info(self.name, requested, idx, valid, k.shape[2], meta_reads, impl,

@@ -79,7 +79,7 @@ class SnapKV(DecodeMethod):
             idx = torch.cat([idx, new], -1)
             if valid is not None:
                 valid = torch.cat([valid, torch.ones_like(new, dtype=torch.bool)], -1)
-        impl = resolve_impl(self.params.impl)
+        impl = resolve_impl(self.params.impl, q)
         out = run_decode(q, k, v, idx, valid, default_scale(q, scale), impl)
         return out, decode_info(self.name, requested, idx, valid, length, 0, impl, capacity=cap)
 

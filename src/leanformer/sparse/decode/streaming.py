@@ -37,9 +37,10 @@ class StreamingDecode(DecodeMethod):
         n = token_budget(requested, p.sinks + p.window, length)
         sinks = min(p.sinks, n)
         dev = k.device
-        pos = torch.cat([torch.arange(sinks, device=dev), torch.arange(max(sinks, length - (n - sinks)), length, device=dev)])
+        pos = torch.cat([torch.arange(sinks, device=dev),
+                         torch.arange(max(sinks, length - (n - sinks)), length, device=dev)])
         idx = pos.expand(b, hk, -1)
         valid = None
-        impl = resolve_impl(p.impl)
+        impl = resolve_impl(p.impl, q)
         out = run_decode(q, k, v, idx, valid, default_scale(q, scale), impl)
         return out, decode_info(self.name, requested, idx, valid, length, 0, impl)

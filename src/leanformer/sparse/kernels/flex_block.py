@@ -43,9 +43,12 @@ def build_block_mask(pattern: TilePattern):
     # full blocks: valid tiles strictly below the diagonal, packed to the front
     full = valid & (tiles != i)
     order = torch.sort((~full).to(torch.int8), dim=-1, stable=True).indices
-    full_idx = torch.gather(tiles, -1, order).int().contiguous()
+    # FlexAttention reads the number of key blocks from the index tensors' last dim: pad them to NKB
+    full_idx = torch.zeros(*tiles.shape[:3], n, dtype=torch.int32, device=tiles.device)
+    full_idx[..., :kt] = torch.gather(tiles, -1, order)
     full_cnt = full.sum(-1).int().contiguous()
-    diag_idx = i.expand(*tiles.shape[:2], n, 1).int().contiguous()
+    diag_idx = torch.zeros_like(full_idx)
+    diag_idx[..., :1] = i
     diag_cnt = torch.ones(*tiles.shape[:2], n, dtype=torch.int32, device=tiles.device)
     kwargs = {"BLOCK_SIZE": pattern.block_size, "mask_mod": _causal,
               "seq_lengths": (pattern.seq_len, pattern.seq_len)}

@@ -77,7 +77,7 @@ class TilePattern:
 
     def kept_pairs(self) -> torch.Tensor:
         """Computed query-key pairs per ``(batch, head)``, ``[B, H]`` float64, without building the mask."""
-        bs, t, n = self.block_size, self.seq_len, self.n_blocks
+        bs, t = self.block_size, self.seq_len
         rows = self.rows().double()
         # every query block keeps its diagonal tile (causal triangle); other tiles are rows x block_size
         tiles = (rows * bs * (self.tile_cnt.double() - 1)).sum(-1) + (rows * (rows + 1) / 2).sum()

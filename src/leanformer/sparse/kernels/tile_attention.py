@@ -5,12 +5,14 @@
 A query row with no kept key (impossible here: the diagonal tile is always kept) would return zeros.
 
 The Triton kernel is a FlashAttention-2 style forward (online softmax in fp32, exp2) with one program per
-``(query block, batch x head)``: it walks the kept tiles (contiguous key blocks), then the kept columns in chunks of
-``block_size`` gathered by index, skipping columns that a kept block diagonal already covers. Work is proportional to
-the kept tiles and columns, never to ``T^2``; the pattern itself is ``O(B H (T / block + columns))`` integers.
+``(query block, batch x head)``: it walks the kept tiles (contiguous key blocks, in steps of 64 keys), then the kept
+columns in chunks of 64 gathered by index, skipping columns that a kept block diagonal already covers. Work is
+proportional to the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))`` integers.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -22,6 +24,9 @@ try:
     import triton.language as tl
 except ImportError:  # CPU-only installs
     triton = None
+
+# TRITON_INTERPRET=1 runs the kernel on CPU tensors (slow; used by the CPU tests to check the kernel's logic)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def tile_attention_reference(q, k, v, pattern: TilePattern, scale: float | None = None) -> torch.Tensor:
@@ -36,16 +41,17 @@ if triton is not None:
     def _tile_attn_fwd(Q, K, V, O, TILES, TCNT, COLS, CCNT, BDIAG, qk_scale,
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
-                       DIAG: tl.constexpr, BS: tl.constexpr, D: tl.constexpr):
+                       DIAG: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
         hk = h // GROUP
         offs_m = pid_m * BS + tl.arange(0, BS)
-        offs_n = tl.arange(0, BS)
+        offs_n = tl.arange(0, BN)
         offs_d = tl.arange(0, D)
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=offs_m[:, None] < T, other=0.0)
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=offs_m[:, None] < T,
+                    other=0.0)
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
         m_i = tl.full([BS], float("-inf"), tl.float32)
@@ -58,21 +64,22 @@ if triton is not None:
                 kb = pid_m - tl.load(TILES + pid_bh * KT + j)
             else:
                 kb = tl.load(TILES + row * KT + j)
-            offs_k = kb * BS + offs_n
-            kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-            s = tl.dot(q, tl.trans(kt)) * qk_scale
-            ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
-            s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            for sub in tl.static_range(0, BS // BN):
+                offs_k = kb * BS + sub * BN + offs_n
+                kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
+                s = tl.dot(q, tl.trans(kt)) * qk_scale
+                ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
+                s = tl.where(ok, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                p = tl.exp2(s - m_safe[:, None])
+                alpha = tl.exp2(m_i - m_safe)
+                vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
+                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+                l_i = l_i * alpha + tl.sum(p, 1)
+                m_i = m_new
         n_c = tl.load(CCNT + row)
-        for c in range(0, n_c, BS):
+        for c in range(0, n_c, BN):
             offs_c = c + offs_n
             cm = offs_c < n_c
             cols = tl.load(COLS + pid_bh * NV + offs_c, mask=cm, other=0)
@@ -99,11 +106,13 @@ if triton is not None:
 
 def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None) -> torch.Tensor:
     """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`."""
-    if triton is None or not q.is_cuda:
+    if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("tile_attention needs CUDA tensors and triton; use tile_attention_reference")
     b, h, t, d = q.shape
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head dim {d} not supported by the Triton kernel (power of two 16..256)")
+    if pattern.block_size not in (16, 32, 64, 128):
+        raise ValueError(f"block_size {pattern.block_size} not supported by the Triton kernel (16, 32, 64 or 128)")
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q)
     scale = scale if scale is not None else d ** -0.5
@@ -122,6 +131,6 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None) ->
         scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
-        DIAG=diag, BS=bs, D=d, num_warps=4 if bs <= 64 else 8, num_stages=2,
+        DIAG=diag, BS=bs, BN=min(bs, 64), D=d, num_warps=4 if bs <= 64 else 8, num_stages=2,
     )
     return o

@@ -7,7 +7,7 @@ Attention Trade-offs in Transformer LLMs* (Nawrot et al., 2025), itself after bl
 *MInference 1.0* (Jiang et al., 2024) and *Big Bird*-style block patterns.
 
 Deviation, on purpose: the Sparse Frontier uses 16x16 blocks (64 blocks per query block, i.e. 1024 keys); tensor-core
-kernels want larger tiles, so the default here is 64x64 blocks and ``topk=16`` (the same 1024-key budget).
+kernels want larger tiles, so the default here is 128x128 blocks and ``topk=8`` (the same 1024-key budget).
 Asked for ``sparsity`` s, ``topk`` becomes the largest uniform k whose kept pairs fit ``(1 - s)`` of the causal pairs
 (rows that have fewer than k causal blocks keep them all).
 """
@@ -33,8 +33,8 @@ from leanformer.sparse.prefill.estimate import pooled_block_scores
 
 @dataclass(kw_only=True, slots=True)
 class BlockTopKParams:
-    topk: int = 16
-    block_size: int = 64
+    topk: int = 8
+    block_size: int = 128
     impl: str = "auto"
 
 

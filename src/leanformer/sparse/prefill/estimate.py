@@ -15,12 +15,14 @@ import torch
 import torch.nn.functional as F
 
 
-def vs_scores(q, k, window: int, scale: float, tail: int = 64, head_chunk: int = 8):
+def vs_scores(q, k, window: int, scale: float, tail: int = 0, head_chunk: int = 8):
     """Vertical and slash importance from the last ``window`` queries.
 
-    Returns ``(vertical [B, H_q, T], slash [B, H_q, T], probs_tail [B, H_q, T])`` in fp32, each of vertical/slash
-    summing to 1 per head; ``slash[..., o]`` scores the diagonal ``key = query - o``; ``probs_tail`` is the attention
-    of the last ``tail`` queries, averaged (FlexPrefill's query-aware test compares it with a pooled estimate).
+    Returns ``(vertical [B, H_q, T], slash [B, H_q, T], probs_tail)`` in fp32, vertical and slash each summing to 1
+    per head; ``slash[..., o]`` scores the diagonal ``key = query - o``. ``probs_tail [B, H_q, T]`` is the attention
+    of the last ``tail`` queries, averaged (FlexPrefill's query-aware test), or ``None`` when ``tail == 0``.
+    Logits come from a matmul in the input dtype (fp32 accumulation inside, as MInference's estimate); softmax and
+    sums are fp32. Query heads are processed ``head_chunk`` at a time to bound memory (``W x T`` fp32 per head).
     """
     b, hq, t, d = q.shape
     hk = k.shape[1]
@@ -28,25 +30,28 @@ def vs_scores(q, k, window: int, scale: float, tail: int = 64, head_chunk: int =
     w = min(window, t)
     tail = min(w, tail)
     qw = q[:, :, t - w:].reshape(b, hk, g, w, d)
-    pos = torch.arange(t - w, t, device=q.device)
-    future = torch.arange(t, device=q.device)[None, :] > pos[:, None]  # [W, T]
+    # only the last w keys can lie in a window query's future
+    future = torch.ones(w, w, dtype=torch.bool, device=q.device).triu_(1)
     vert, slash, ptail = [], [], []
     step = max(1, head_chunk // g)
     for s0 in range(0, hk, step):
-        s = torch.matmul(qw[:, s0:s0 + step].float(), k[:, s0:s0 + step, None].float().transpose(-1, -2)) * scale
-        p = torch.softmax(s.masked_fill_(future, float("-inf")), dim=-1)  # [B, hk', G, W, T]
+        s = torch.matmul(qw[:, s0:s0 + step], k[:, s0:s0 + step, None].transpose(-1, -2)).float()
+        s.mul_(scale)[..., t - w:].masked_fill_(future, float("-inf"))
+        p = torch.softmax(s, dim=-1)  # [B, hk', G, W, T]
+        del s
         vert.append(p.sum(-2))
-        ptail.append(p[..., w - tail:, :].mean(-2))
+        if tail:
+            ptail.append(p[..., w - tail:, :].mean(-2))
         # diagonal sums: row r (position t - w + r) shifted right by (w - 1 - r) turns diagonals into columns
-        padded = F.pad(p, (w - 1, 0)).contiguous()
-        length = t + w - 1
+        padded = F.pad(p, (w - 1, 0))
+        del p
         lead = padded.shape[:-2]
-        skew = padded.as_strided((*lead, w, t), (*padded.stride()[:-2], length + 1, 1))
+        skew = padded.as_strided((*lead, w, t), (*padded.stride()[:-2], t + w, 1))
         slash.append(skew.sum(-2).flip(-1))
-        del s, p, padded, skew
+        del padded, skew
     vert = torch.cat(vert, 1).reshape(b, hq, t) / w
     slash = torch.cat(slash, 1).reshape(b, hq, t) / w
-    ptail = torch.cat(ptail, 1).reshape(b, hq, t)
+    ptail = torch.cat(ptail, 1).reshape(b, hq, t) if tail else None
     return vert, slash, ptail
 
 
@@ -81,7 +86,8 @@ def select_by_cost(priority, cost, budget):
     order = torch.argsort(priority, dim=-1, stable=True)
     c = torch.gather(cost.double().expand_as(priority), -1, order)
     cum = torch.cumsum(c, -1)
-    keep_sorted = (cum <= budget[..., None].double() * (1 + 1e-9) + 0.5) | (torch.gather(priority, -1, order) == float("-inf"))
+    forced = torch.gather(priority, -1, order) == float("-inf")
+    keep_sorted = (cum <= budget[..., None].double() * (1 + 1e-9) + 0.5) | forced
     keep = torch.zeros_like(keep_sorted)
     return keep.scatter_(-1, order, keep_sorted)
 

@@ -42,7 +42,7 @@ class FlexPrefillParams:
     min_budget: int = 512
     sinks: int = 4
     local: int = 64
-    block_size: int = 64
+    block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
 
@@ -88,7 +88,7 @@ class FlexPrefill(PrefillMethod):
         scale = default_scale(q, scale)
         b, h = q.shape[:2]
         bs, n, total = p.block_size, -(-t // p.block_size), causal_pairs(t)
-        vert, slash, ptail = vs_scores(q, k, p.window, scale, tail=bs)
+        vert, slash, ptail = vs_scores(q, k, p.window, scale, tail=bs if p.query_aware else 0)
         floor = min(p.min_budget, t)
         n_v = coverage_count(vert, p.alpha).clamp(min=floor)
         n_s = coverage_count(slash, p.alpha).clamp(min=floor)

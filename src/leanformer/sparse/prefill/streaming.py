@@ -30,7 +30,7 @@ from leanformer.sparse.prefill.estimate import diagonal_cost, select_by_cost
 class StreamingParams:
     sinks: int = 4
     local: int = 1024
-    block_size: int = 64
+    block_size: int = 128
     impl: str = "auto"
 
 

@@ -40,14 +40,15 @@ class VerticalSlashParams:
     window: int = 256
     sinks: int = 4
     local: int = 64
-    block_size: int = 64
+    block_size: int = 128
     slash_share: float = 0.5
     impl: str = "auto"
 
 
 def _rank(priority: torch.Tensor) -> torch.Tensor:
     order = torch.argsort(priority, dim=-1, stable=True)
-    return torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    ranks = torch.arange(order.shape[-1], device=order.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, ranks)
 
 
 def vs_pattern(vert, slash, seq_len: int, block_size: int, sinks: int, local: int, *, budget=None,
