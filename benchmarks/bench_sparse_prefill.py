@@ -4,7 +4,8 @@
 
 For each length: dense causal SDPA with the cuDNN backend (keys/values expanded to all query heads beforehand, so
 the dense number is not charged for GQA), then every method x sparsity through ``sparse.prefill_attention`` (scoring,
-pattern building and the kernel, all timed), and the kernel alone on the same pattern. bf16, random q/k/v (the
+pattern building and the kernel, all timed), and the kernel alone on the same pattern; block top-k runs through both
+FlexAttention and the Triton tile kernel. Speedups are reported only for paths that pass a correctness check first. bf16, random q/k/v (the
 pattern of random data is diffuse: this is a speed test, not a quality test). Writes ``sparse_prefill-*.json``.
 """
 
@@ -43,7 +44,7 @@ def check(args, t: int = 3001) -> dict:
     ke, ve = repeat_kv(k, g), repeat_kv(v, g)
     verdict = {}
     for method in args.methods:
-        for impl in ["auto"] + (["flex"] if method == "block_topk" else []):
+        for impl in ["flex", "triton"] if method == "block_topk" else ["auto"]:
             out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl)
             mask = info["pattern"].to_mask()
             s = torch.matmul(q.float(), ke.float().transpose(-1, -2)) * args.dim ** -0.5
@@ -58,7 +59,7 @@ def check(args, t: int = 3001) -> dict:
     return verdict
 
 
-def bench_length(t, args, flex_points, verdict) -> list[dict]:
+def bench_length(t, args, verdict) -> list[dict]:
     q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
@@ -70,7 +71,7 @@ def bench_length(t, args, flex_points, verdict) -> list[dict]:
     rows = []
     for method in args.methods:
         for s in args.sparsities:
-            impls = ["auto"] + (["flex"] if method == "block_topk" and (t, s) in flex_points else [])
+            impls = ["flex", "triton"] if method == "block_topk" else ["auto"]
             for impl in impls:
                 def call(method=method, s=s, impl=impl):
                     return sparse.prefill_attention(q, k, v, method, s, impl=impl)
@@ -122,8 +123,6 @@ def main(argv=None):
     ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 65536, 131072])
     ap.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95])
     ap.add_argument("--methods", nargs="+", default=["vertical_slash", "block_topk", "flexprefill", "streaming"])
-    ap.add_argument("--flex-points", nargs="*", default=["131072:0.95", "32768:0.9"],
-                    help="length:sparsity points where block_topk is also timed through FlexAttention")
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=128)
@@ -131,12 +130,11 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="print the top GPU ops of each method at the longest length")
     args = ap.parse_args(argv)
     torch.manual_seed(42)
-    flex_points = {(int(p.split(":")[0]), float(p.split(":")[1])) for p in args.flex_points}
     verdict = check(args)
     torch.cuda.empty_cache()
     rows = []
     for t in args.lengths:
-        rows += bench_length(t, args, flex_points, verdict)
+        rows += bench_length(t, args, verdict)
         torch.cuda.empty_cache()
         record("sparse_prefill", {"checks": verdict, "rows": rows})  # after each length: partial runs keep data
     print(f"{'T':>7} {'method':>14} {'impl':>6} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
