@@ -5,8 +5,9 @@
 For each length: dense causal SDPA with the cuDNN backend (keys/values expanded to all query heads beforehand, so
 the dense number is not charged for GQA), then every method x sparsity through ``sparse.prefill_attention`` (scoring,
 pattern building and the kernel, all timed), and the kernel alone on the same pattern; block top-k runs through both
-FlexAttention and the Triton tile kernel. Speedups are reported only for paths that pass a correctness check first. bf16, random q/k/v (the
-pattern of random data is diffuse: this is a speed test, not a quality test). Writes ``sparse_prefill-*.json``.
+FlexAttention and the Triton tile kernel. Speedups are reported only for paths that pass a correctness check first.
+bf16, random q/k/v (the pattern of random data is diffuse: a speed test, not a quality test). Writes
+``sparse_prefill-*.json`` (after each length, so a cut-short run keeps its data).
 """
 
 from __future__ import annotations
