@@ -71,6 +71,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_work(tiny_model, tmp_path, capsy
              (["--tasks", "niah", "--lengths", "99999"], "length 99999 is beyond the context of model"),
              (["--tasks", "niah", "--samples", "many"], "--samples: 'many' is not a valid int"),
              (["--tasks", "niah", "--set", "task_params.niah.n_queries=9"], "n_queries=9"),
+             (["--tasks", "niah,story_retrieval"], "task 'story_retrieval': length 1201 is too short"),
              ([], "no tasks given")]
     for extra, message in cases:
         assert main(base + extra) == 2
@@ -81,7 +82,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_work(tiny_model, tmp_path, capsy
 
 def test_dry_run_counts_the_shard(tiny_model, tmp_path, capsys):
     args = ["frontier", "--models", tiny_model, "--tokenizer", "byte", "--store", str(tmp_path / "r.db"),
-            "--tasks", "niah,qa,story_filtering", "--lengths", "1201,2001", "--samples", "4", "--dry-run"]
+            "--tasks", "niah,qa,story_filtering", "--lengths", "3001,4001", "--samples", "4", "--dry-run"]
     assert main(args + ["--rank", "1", "--world-size", "4"]) == 0
     assert "grid ok: 2 cells x 4 samples for rank 1/4" in capsys.readouterr().out
     assert not _rows(tmp_path / "r.db")

@@ -149,6 +149,11 @@ def validate(c: FrontierConfig) -> list[dict]:
         if ctx is not None and need > ctx:
             raise UserError(f"length {max(c.lengths)} is beyond the context of model {model!r}: prompt + template "
                             f"({extra}) + max_new_tokens ({c.max_new_tokens}) = {need} > {ctx} positions")
+        # A length too short for a task (its prompt without filler does not fit) must fail now, not mid-sweep.
+        for t in c.tasks:
+            task = TASKS[t](**c.task_params.get(t, {}))
+            for L in c.lengths:
+                task.generate(tok, L, c.seed)
     ResultsStore(c.store).close()
     return build_grid(c)
 

@@ -22,7 +22,7 @@ def _is_ours(spec: str) -> bool:
     p = Path(spec)
     if not p.is_dir() or (p / "config.json").is_file():
         return False
-    return (p / "model.json").is_file() or any(p.glob("*/model.json"))
+    return (p / "model.json").is_file() or any(p.glob("*/model.json")) or any(p.glob("checkpoints/*/model.json"))
 
 
 def context_length(spec: str) -> int | None:
