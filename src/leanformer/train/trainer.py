@@ -185,17 +185,23 @@ class Trainer:
         last_ckpt_step = step if ckpt is not None else -1
         while not self._done(step, elapsed):
             t0 = time.perf_counter()
-            lr = cfg.optim.lr * lr_multiplier(cfg.schedule, step, self._progress(step, elapsed))
+            progress = self._progress(step, elapsed)
+            lr = cfg.optim.lr * lr_multiplier(cfg.schedule, step, progress)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            loss_sum = 0.0
+            # A model may follow the budget itself (DMC ramps its target compression ratio with progress).
+            if hasattr(self.model, "on_train_step"):
+                self.model.on_train_step(step, progress)
+            loss_sum, extras = 0.0, {}
             for micro in range(t.grad_accum):
                 batch = self.batches.batch(step * t.grad_accum + micro)
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with self._autocast():
-                    loss, _ = self.loss_fn(batch)
+                    loss, info = self.loss_fn(batch)
                 (loss / t.grad_accum).backward()
                 loss_sum += float(loss.detach()) / t.grad_accum
+                for k, v in info.items():  # the loss's own parts (e.g. auxiliary losses), averaged over micro-steps
+                    extras[k] = extras.get(k, 0.0) + float(v) / t.grad_accum
             if not math.isfinite(loss_sum):
                 raise UserError(f"training loss became {loss_sum} at step {step + 1}; stopped. The last good "
                                 f"checkpoint is kept in {self.out}; lower optim.lr or check the data")
@@ -214,7 +220,7 @@ class Trainer:
             mfu = tok_s * self.flops_per_token / self.peak if self.flops_per_token and self.peak else None
             if step % t.log_every == 0 or step == 1:
                 event = {"event": "train", "step": step, "loss": loss_sum, "lr": lr, "tokens": tokens,
-                         "tok_per_s": tok_s, "elapsed_s": elapsed}
+                         "tok_per_s": tok_s, "elapsed_s": elapsed, **extras}
                 if grad_norm is not None:
                     event["grad_norm"] = grad_norm
                 if mfu is not None:
