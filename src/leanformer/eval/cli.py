@@ -27,7 +27,6 @@ def evaluate_run(path, split: str = "test", batch_size: int = 8, max_batches: in
     from leanformer.config import load_run_config
     from leanformer.data import load_source, token_stream
     from leanformer.errors import UserError
-    from leanformer.eval.lm import evaluate_lm
     from leanformer.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
     from leanformer.train.trainer import resolve_device
 
@@ -46,7 +45,8 @@ def evaluate_run(path, split: str = "test", batch_size: int = 8, max_batches: in
     key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
     tokens = token_stream(source.documents(split), tok, f"{key}|{split}", d.cache_dir, d.max_tokens)
     dtype = torch.bfloat16 if dev.type == "cuda" else None
-    metrics = evaluate_lm(model, tokens, tok, d.seq_len, batch_size, max_batches, dev, dtype)
+    # The family's objective evaluates it (causal LM by default; DMC adds the compression ratio reached).
+    metrics = model.objective(tok, d.seq_len).evaluate(model, tokens, batch_size, max_batches, dev, dtype)
     step = json.loads((ckpt / "state.json").read_text())["step"] if (ckpt / "state.json").is_file() else None
     return {"split": split, "checkpoint": str(ckpt), "step": step, **metrics}
 
