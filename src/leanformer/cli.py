@@ -18,6 +18,7 @@ COMMANDS: dict[str, str] = {
     "eval": "leanformer.eval.cli",
     "frontier": "leanformer.eval.frontier_cli",
     "analyze": "leanformer.analysis.cli",
+    "dmc": "leanformer.train.dmc_cli",
     "demo": "leanformer.demo",
 }
 
