@@ -1,0 +1,69 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from leanformer.cli import main
+from leanformer.config import load_run_config
+from leanformer.errors import ConfigError
+from leanformer.models.gpt import GPT, GPTConfig
+from leanformer.train.dmc_retrofit import RetrofitConfig, mean_pool_kv
+from leanformer.train.trainer import Trainer
+
+ROOT = Path(__file__).parents[2]
+TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=24",
+        "trainer.batch_size=2", "trainer.eval_batches=1", "trainer.progress=false", "trainer.device=cpu",
+        "trainer.max_steps=2", "data.max_tokens=20000", "schedule.warmup_steps=1"]
+FLAGS = ["--budget", "7", "--zero-out-steps", "2", "--batch-size", "2", "--eval-batches", "1", "--device", "cpu",
+         "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    Trainer(load_run_config(ROOT / "configs" / "gpt-shakespeare.yaml", TINY), out).fit()
+    return out
+
+
+def test_stage_split():
+    assert RetrofitConfig(budget=1000).stage_steps() == {"zero_out": 200, "retrofit": 600, "finetune": 200}
+    assert RetrofitConfig(budget=7, zero_out_steps=2, finetune_fraction=0.4).stage_steps() == {
+        "zero_out": 1, "retrofit": 4, "finetune": 2}
+
+
+def test_retrofit_then_eval_reports_compression(base_run, tmp_path, capsys):
+    out = tmp_path / "dmc"
+    assert main(["dmc", "retrofit", str(base_run), "--target-cr", "2", "--out", str(out), *FLAGS]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert list(summary["stages"]) == ["zero_out", "retrofit", "finetune"]
+    train_events = [json.loads(x) for x in (out / "stages" / "retrofit" / "metrics.jsonl").read_text().splitlines()
+                    if '"train"' in x]
+    assert {"aux_loss", "train_cr", "target_cr"} <= set(train_events[0])
+    assert main(["eval", str(out), "--max-batches", "1", "--device", "cpu"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["compression_ratio"] >= 1.0 and len(metrics["compression_ratio_per_head"]) == 2
+    assert len(metrics["compression_ratio_per_head"][0]) == 2 and metrics["bits_per_byte"] > 0
+
+
+def test_gqa_uptraining_pools_heads_and_trains(base_run, tmp_path, capsys):
+    out = tmp_path / "gqa"
+    assert main(["dmc", "gqa", str(base_run), "--target-cr", "2", "--out", str(out), *FLAGS]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["kv_heads"] == 1
+    assert main(["dmc", "gqa", str(base_run), "--target-cr", "3", "--out", str(tmp_path / "x"), *FLAGS]) == 2
+
+
+def test_mean_pool_kv_is_exact_when_grouped_heads_agree():
+    model = GPT(GPTConfig(vocab_size=61, d_model=48, n_layers=2, n_heads=4, n_kv_heads=4, max_seq_len=32)).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            for proj in (layer.attn.k_proj, layer.attn.v_proj):
+                w = proj.weight.view(2, 2, 12, 48)
+                w[:, 1] = w[:, 0]  # heads 2i and 2i+1 identical: pooling them changes nothing
+    pooled = mean_pool_kv(model, 2).eval()
+    assert pooled.config.kv_heads == 2
+    x = torch.randint(0, 61, (2, 13))
+    torch.testing.assert_close(pooled(x), model(x))
+    with pytest.raises(ConfigError, match="factor 3"):
+        mean_pool_kv(model, 3)
