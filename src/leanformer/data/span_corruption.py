@@ -187,7 +187,7 @@ class SpanCorruption:
                                  np.random.default_rng([seed, i]))
             x, y = batch["input_ids"].to(device), batch["labels"].to(device)
             with ctx:
-                logits = model(x, labels=y)
+                logits, _ = model(x, labels=y)
             logits = logits.float()
             nll += float(torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum"))
             ok = logits.argmax(-1) == y
