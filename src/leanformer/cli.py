@@ -15,6 +15,7 @@ from leanformer.errors import UserError
 # subcommand -> module. Modules must import quickly (no torch at import time).
 COMMANDS: dict[str, str] = {
     "train": "leanformer.train.cli",
+    "finetune": "leanformer.train.finetune",
     "eval": "leanformer.eval.cli",
     "frontier": "leanformer.eval.frontier_cli",
     "analyze": "leanformer.analysis.cli",
