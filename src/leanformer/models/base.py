@@ -58,6 +58,7 @@ class LeanModel(nn.Module):
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / f".{WEIGHTS_NAME}.tmp"
         save_model(self, str(tmp))
+        os.chmod(tmp, 0o644)
         os.replace(tmp, d / WEIGHTS_NAME)
         meta = {"family": self.family, "config": model_config_to_dict(self.config)}
         atomic_write_text(d / MODEL_META_NAME, json.dumps(meta, indent=2))

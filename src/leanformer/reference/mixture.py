@@ -1,0 +1,92 @@
+"""Training data for the reference checkpoints: Shakespeare language modelling mixed with task-suite samples.
+
+Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows or task
+samples), which tasks and which sample seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above any seed an
+evaluation uses (the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them apart and a
+test checks that the two never overlap).
+
+A task sample becomes ``encode(prompt) + encode("<answer>") + encode(items + "</answer>") + [eos]`` — exactly the
+tokens the harness feeds (:class:`leanformer.eval.generation.PromptEncoder`, chat template off) followed by the gold
+continuation, so the model learns the format it is evaluated in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+
+from leanformer.config import cfg
+from leanformer.errors import UserError
+
+TRAIN_SEED_BASE = 1_000_000_000
+ANSWER_PREFIX = "<answer>"
+
+
+def is_training_seed(seed: int) -> bool:
+    return seed >= TRAIN_SEED_BASE
+
+
+@dataclasses.dataclass(kw_only=True)
+class MixtureConfig:
+    """What the reference model trains on. Lengths are prompt lengths in tokens of the trained tokenizer."""
+
+    lengths: list[int] = cfg(default_factory=lambda: [1024, 2048, 4096, 8192])
+    tokens_per_batch: int = cfg(65536, ge=1024, help="sequences per batch = tokens_per_batch // bucket length")
+    shakespeare_fraction: float = cfg(0.25, ge=0.0, le=1.0, help="share of batches that are Shakespeare windows")
+    tasks: dict = cfg(default_factory=lambda: {"niah": 1.0, "variable_tracking": 1.0, "common_words": 0.5,
+                                               "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
+                                               "story_filtering": 1.5})
+    answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
+
+
+def task_sequence(task, tokenizer, length: int, seed: int) -> tuple[list[int], int]:
+    """Token ids of prompt + answer prefix + gold answer + EOS, and the index where the answer prefix starts."""
+    sample = task.generate(tokenizer, length, seed)
+    prompt = list(tokenizer.encode(sample.prompt))
+    answer = sample.answer_text[len(ANSWER_PREFIX):] if sample.answer_text.startswith(ANSWER_PREFIX) \
+        else sample.answer_text
+    ids = prompt + list(tokenizer.encode(ANSWER_PREFIX)) + list(tokenizer.encode(answer))
+    if getattr(tokenizer, "eos_id", None) is not None:
+        ids.append(tokenizer.eos_id)
+    return ids, len(prompt)
+
+
+def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
+    """Which kind of batch step ``step`` is, its bucket length and, for task batches, (task, sample seed) pairs."""
+    rng = random.Random(f"reference-mixture:{seed}:{step}")
+    length = rng.choice(mix.lengths)
+    n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
+    if rng.random() < mix.shakespeare_fraction:
+        return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}
+    names = list(mix.tasks)
+    weights = [mix.tasks[k] for k in names]
+    picks = rng.choices(names, weights=weights, k=n)
+    seeds = [TRAIN_SEED_BASE + step * 4096 + i for i in range(n)]
+    return {"kind": "tasks", "length": length, "n": n, "items": list(zip(picks, seeds))}
+
+
+def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np.ndarray, tasks: dict,
+               pad_id: int) -> dict[str, np.ndarray]:
+    """``input_ids``/``labels`` of shape ``[n, length + answer_margin]`` (labels -100 on padding)."""
+    width = plan["length"] + mix.answer_margin
+    ids = np.full((plan["n"], width + 1), pad_id, dtype=np.int64)
+    valid = np.zeros((plan["n"], width + 1), dtype=bool)
+    if plan["kind"] == "shakespeare":
+        rng = np.random.default_rng(plan["offsets_seed"])
+        starts = rng.integers(0, len(shakespeare_tokens) - width - 1, size=plan["n"])
+        for r, s in enumerate(starts):
+            ids[r] = shakespeare_tokens[s:s + width + 1]
+        valid[:] = True
+    else:
+        for r, (name, seed) in enumerate(plan["items"]):
+            try:
+                seq, _ = task_sequence(tasks[name], tokenizer, plan["length"], seed)
+            except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
+                seq, _ = task_sequence(tasks["niah"], tokenizer, plan["length"], seed)
+            seq = seq[:width + 1]
+            ids[r, :len(seq)] = seq
+            valid[r, :len(seq)] = True
+    labels = np.where(valid[:, 1:], ids[:, 1:], -100)
+    return {"input_ids": ids[:, :-1], "labels": labels}

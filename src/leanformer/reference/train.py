@@ -1,0 +1,239 @@
+"""Train a reference checkpoint: a small Llama-style ``gpt`` with a locally trained BPE tokenizer, on Shakespeare
+mixed with task-suite samples (:mod:`leanformer.reference.mixture`), then measure its dense accuracy per task and
+length with the harness's own prompt encoding and scorers, and write the model card.
+
+    PYTHONPATH=src python3 -m leanformer.reference.train --config configs/reference-small.yaml --out OUT_DIR
+
+Runs on one GPU (bf16 autocast, ``torch.compile``) with batches built ahead by worker processes; ``--device cpu``
+with a tiny config checks the whole path on a laptop. The output directory is a checkpoint directory that
+``leanformer.load`` and the ``frontier`` harness accept (weights in bf16 safetensors, tokenizer files beside them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+from leanformer.config import cfg, from_dict, load_yaml
+from leanformer.models.gpt import GPTConfig
+from leanformer.reference.mixture import MixtureConfig, batch_plan, make_batch
+
+
+@dataclasses.dataclass(kw_only=True)
+class ReferenceConfig:
+    model: GPTConfig = dataclasses.field(default_factory=lambda: GPTConfig(
+        vocab_size=4096, d_model=256, n_layers=8, n_heads=8, n_kv_heads=2, max_seq_len=8448, rope_theta=50000.0))
+    mixture: MixtureConfig = dataclasses.field(default_factory=MixtureConfig)
+    tokenizer_vocab: int = cfg(4096, ge=300)
+    lr: float = cfg(2e-3, gt=0.0)
+    final_lr_fraction: float = cfg(0.05, ge=0.0, le=1.0)
+    warmup_steps: int = cfg(200, ge=0)
+    weight_decay: float = cfg(0.1, ge=0.0)
+    max_seconds: float = cfg(300.0, gt=0.0, help="training wall-time budget (the LR schedule follows it)")
+    max_steps: int | None = cfg(None, ge=1)
+    seed: int = cfg(0, ge=0)
+    eval_lengths: list[int] = cfg(default_factory=lambda: [1024, 2048, 4096, 8192])
+    eval_samples: int = cfg(50, ge=1)
+    eval_tasks: list[str] = cfg(default_factory=lambda: ["niah", "variable_tracking", "common_words", "qa",
+                                                          "story_retrieval", "story_multihop", "story_filtering"])
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------------------
+
+
+def train_tokenizer(out_dir: Path, vocab_size: int, seed: int):
+    """Byte-level BPE trained on the Shakespeare training plays plus task samples (training seeds only)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from leanformer.data import ByteTokenizer, load_source
+    from leanformer.reference.mixture import TRAIN_SEED_BASE
+    from leanformer.tasks import TASKS
+
+    texts = list(load_source("shakespeare").documents("train"))
+    for i, name in enumerate(sorted(TASKS)):
+        for j in range(12):
+            texts.append(TASKS[name]().generate(ByteTokenizer(), 6000, TRAIN_SEED_BASE + 10**8 + 100 * i + j).prompt)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
+    fast.save_pretrained(str(out_dir))
+
+
+# ---- data workers ---------------------------------------------------------------------------------------------
+
+_W: dict = {}
+
+
+def _worker_init(tok_dir: str, mix: dict, shakespeare_path: str):
+    import numpy as np
+
+    from leanformer.data import HFTokenizer
+    from leanformer.tasks import TASKS
+
+    _W["tok"] = HFTokenizer.from_pretrained(tok_dir)
+    _W["mix"] = from_dict(MixtureConfig, mix)
+    _W["shakespeare"] = np.load(shakespeare_path)
+    _W["tasks"] = {name: TASKS[name]() for name in _W["mix"].tasks}
+
+
+def _worker_batch(args):
+    seed, step = args
+    mix = _W["mix"]
+    return make_batch(batch_plan(mix, seed, step), mix, _W["tok"], _W["shakespeare"], _W["tasks"], _W["tok"].pad_id)
+
+
+# ---- training ------------------------------------------------------------------------------------------------
+
+
+def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from leanformer.data import HFTokenizer, load_source, token_stream
+    from leanformer.models.gpt import GPT
+
+    out.mkdir(parents=True, exist_ok=True)
+    if not (out / "tokenizer.json").is_file():
+        train_tokenizer(out, rc.tokenizer_vocab, rc.seed)
+    tok = HFTokenizer.from_pretrained(out)
+    if tok.vocab_size > rc.model.vocab_size:
+        raise SystemExit(f"tokenizer has {tok.vocab_size} tokens > model.vocab_size {rc.model.vocab_size}")
+    shakespeare = token_stream(load_source("shakespeare").documents("train"), tok)
+    sh_path = out / ".shakespeare-train.npy"
+    np.save(sh_path, shakespeare)
+    torch.manual_seed(rc.seed)
+    dev = torch.device(device)
+    model = GPT(rc.model).to(dev)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": rc.weight_decay}, {"params": rest, "weight_decay": 0}],
+                            lr=rc.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
+    loss_fn = torch.compile(model.compute_loss) if compile_ else model.compute_loss
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
+                                                                                                   enabled=False)
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_worker_init,
+                    initargs=(str(out), dataclasses.asdict(rc.mixture), str(sh_path)))
+    batches = _prefetch(pool, rc.seed, rc.max_steps, ahead=4 * workers)
+    log, elapsed, step, tokens = [], 0.0, 0, 0
+    t_start = time.perf_counter()
+    for step, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        frac = min(1.0, elapsed / rc.max_seconds)
+        if rc.max_steps:
+            frac = max(frac, step / rc.max_steps)
+        if step < rc.warmup_steps:
+            mult = (step + 1) / rc.warmup_steps
+        else:
+            mult = rc.final_lr_fraction + (1 - rc.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * frac))
+        for g in opt.param_groups:
+            g["lr"] = rc.lr * mult
+        b = {k: torch.from_numpy(v).to(dev, non_blocking=True) for k, v in batch.items()}
+        with amp:
+            loss, _ = loss_fn(b)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if step % 25 == 0:
+            lv = float(loss.detach())
+            log.append({"step": step, "loss": lv, "lr": rc.lr * mult, "elapsed_s": elapsed,
+                        "tokens": tokens, "length": int(b["input_ids"].shape[1])})
+            print(f"step {step:5d}  loss {lv:.3f}  len {b['input_ids'].shape[1]:5d}  lr {rc.lr * mult:.2e}  "
+                  f"{elapsed:6.0f}s", flush=True)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed += time.perf_counter() - t0
+        tokens += int((b["labels"] != -100).sum())
+        if elapsed >= rc.max_seconds or (rc.max_steps and step + 1 >= rc.max_steps):
+            break
+    pool.terminate()
+    sh_path.unlink(missing_ok=True)
+    wall = time.perf_counter() - t_start
+    model.eval()
+    model.to(torch.bfloat16).save_pretrained(out)  # bf16 keeps the file under 16 MB; loading casts back
+    meta = json.loads((out / "model.json").read_text())
+    meta["tokenizer"] = "files"  # tokenizer.json beside the weights (see train.checkpoint.load_tokenizer)
+    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    model.float()
+    return {"steps": step + 1, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
+            "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
+
+
+def _prefetch(pool, seed: int, max_steps: int | None, ahead: int):
+    """Batches in step order, at most ``ahead`` built in advance (``Pool.imap`` would queue an endless stream)."""
+    from collections import deque
+
+    pending: deque = deque()
+    step = 0
+    while True:
+        while len(pending) < ahead and (max_steps is None or step < max_steps):
+            pending.append(pool.apply_async(_worker_batch, ((seed, step),)))
+            step += 1
+        if not pending:
+            return
+        yield pending.popleft().get()
+
+
+def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 24, max_new_tokens: int = 128) -> dict:
+    """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder and scorers."""
+    import torch
+
+    from leanformer.eval.generation import PromptEncoder, generate_batch
+    from leanformer.train.checkpoint import load_model, load_tokenizer
+    from leanformer.tasks import TASKS
+
+    model = load_model(model_dir, device=device).to_hf().to(device).eval()
+    tok = load_tokenizer(model_dir)
+    enc = PromptEncoder(tok, "off", "<answer>")
+    results: dict = {}
+    for name in rc.eval_tasks:
+        task = TASKS[name]()
+        for L in rc.eval_lengths:
+            samples = [task.generate(tok, L, s) for s in range(rc.eval_samples)]
+            scores = []
+            for i in range(0, len(samples), batch_size):
+                chunk = samples[i:i + batch_size]
+                with torch.no_grad():
+                    gens = generate_batch(model, enc, [enc.encode(s.prompt) for s in chunk], max_new_tokens)
+                scores += [task.score(g.text, s) for g, s in zip(gens, chunk)]
+            results.setdefault(name, {})[str(L)] = {"mean": sum(scores) / len(scores), "scores": scores}
+            print(f"{name:18s} {L:6d}  {sum(scores) / len(scores):.3f}", flush=True)
+    return results
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=None, help="YAML with ReferenceConfig fields (configs/reference-small.yaml)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--skip-train", action="store_true", help="only evaluate an existing --out")
+    ap.add_argument("set", nargs="*", help="overrides key.sub=value")
+    args = ap.parse_args(argv)
+    from leanformer.config import apply_overrides
+
+    raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.set)
+    rc = from_dict(ReferenceConfig, raw)
+    out = Path(args.out)
+    info = {} if args.skip_train else train(rc, out, args.device, args.workers, not args.no_compile)
+    acc = evaluate(out, rc, args.device)
+    report = {"config": raw, "training": info, "dense_accuracy": acc}
+    (out / "training.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))
+
+
+if __name__ == "__main__":
+    main()
