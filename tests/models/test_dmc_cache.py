@@ -119,6 +119,18 @@ def test_triton_kernels_match_references_under_the_interpreter():
         for splits in (1, 2, 3):
             got = K.paged_decode_triton(q, tri.k_pages, tri.v_pages, tri.page_table, tri.lengths, n_splits=splits)
             torch.testing.assert_close(got, want)
+        from leanformer.models.dmc import DMC, DMCConfig
+        model = DMC(DMCConfig(vocab_size=61, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
+                              alpha_offset=0.0, window=3)).to(dev).eval()
+        x = torch.randint(0, 61, (2, 12), device=dev)
+        logits = []
+        for impl in ("reference", "triton"):
+            caches = model.new_caches(2, 16, impl=impl)
+            steps = [model(x[:, :5], caches=caches, pos=0)]
+            steps += [model(x[:, i:i + 1], caches=caches, pos=i) for i in range(5, 12)]
+            logits.append(torch.cat(steps, 1))
+        torch.testing.assert_close(logits[0], logits[1])
+        torch.testing.assert_close(logits[1], model(x), rtol=1e-4, atol=1e-4)
         print("ok")
     """)
     env = {**os.environ, "TRITON_INTERPRET": "1" if not torch.cuda.is_available() else "0"}
