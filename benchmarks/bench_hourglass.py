@@ -103,15 +103,15 @@ def make_opt(model, lr, device):
 
 
 def train_budget(model, data, args, device, budget: str, amount: float, flops_per_token: float) -> dict:
-    """Train until ``amount`` FLOPs or seconds are spent; cosine LR on that clock (warmup in steps)."""
+    """Train until ``amount`` FLOPs, seconds or steps are spent; cosine LR on that clock (warmup in steps)."""
     model.to(device).train()
     opt = make_opt(model, args.lr, device)
     step_fn = train_step_fn(model, opt, device)
     batches = RandomWindows(data["train"], args.seq_len, args.batch_size, seed=0)
     tokens_per_step = args.batch_size * args.seq_len
-    spent_s, spent_flops, step, curve, last = 0.0, 0.0, 0, [], {}
+    spent_s, spent_flops, step, curve, last, sums = 0.0, 0.0, 0, [], {}, {}
     while True:
-        used = spent_flops if budget == "flops" else spent_s
+        used = {"flops": spent_flops, "seconds": spent_s, "steps": step}[budget]
         if used >= amount:
             break
         progress = used / amount
@@ -126,6 +126,10 @@ def train_budget(model, data, args, device, budget: str, amount: float, flops_pe
         spent_flops += flops_per_token * tokens_per_step
         step += 1
         last = {k: float(v) for k, v in metrics.items()}
+        for k, v in last.items():  # averages over the second half of training
+            if used >= amount / 2:
+                sums[k] = sums.get(k, 0.0) + v
+                sums[f"n_{k}"] = sums.get(f"n_{k}", 0) + 1
         if step % args.eval_every == 0:
             ev = evaluate_lm(model, data["validation"], ByteTokenizer(), args.seq_len, args.batch_size, 8, device,
                              torch.bfloat16 if device.type == "cuda" else None)
@@ -134,7 +138,8 @@ def train_budget(model, data, args, device, budget: str, amount: float, flops_pe
     ev = evaluate_lm(model, data["test"], ByteTokenizer(), args.seq_len, args.batch_size, None, device,
                      torch.bfloat16 if device.type == "cuda" else None)
     return {"steps": step, "train_seconds": spent_s, "train_flops": spent_flops, "flops_per_token": flops_per_token,
-            "test_bits_per_byte": ev["bits_per_byte"], "curve": curve, "last_metrics": last}
+            "test_bits_per_byte": ev["bits_per_byte"], "curve": curve, "last_metrics": last,
+            "mean_metrics": {k: v / sums[f"n_{k}"] for k, v in sums.items() if not k.startswith("n_")}}
 
 
 def cmd_budget(args, device):
