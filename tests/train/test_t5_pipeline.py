@@ -31,7 +31,7 @@ def test_pretrain_resume_then_finetune_with_rouge(tmp_path, capsys):
     ev = events(tmp_path / "a", "eval")[-1]
     assert 0 <= ev["val_span_accuracy"] <= ev["val_accuracy"] <= 1 and ev["val_loss"] < 6.0
 
-    rc = main(["finetune", str(ROOT / "configs" / "t5-finetune-shakespeare.yaml"), f"init={tmp_path / 'a'}",
+    rc = main(["finetune", str(ROOT / "configs" / "finetune" / "t5-shakespeare.yaml"), f"init={tmp_path / 'a'}",
                "max_steps=3", "max_train_examples=24", "max_eval_examples=4", "max_target_len=8",
                "max_source_len=64", "batch_size=4", "device=cpu", "--out", str(tmp_path / "ft")])
     assert rc == 0

@@ -189,7 +189,7 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help="fine-tune a T5 on a seq2seq task; report Rouge-L", description=__doc__)
     p.add_argument("args", nargs="*", metavar="CONFIG|key=value",
-                   help="a YAML config (e.g. configs/t5-finetune-shakespeare.yaml), then overrides like init=runs/t5")
+                   help="a YAML config (e.g. configs/finetune/t5-shakespeare.yaml), then overrides like init=runs/t5")
     p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
     return p
 
