@@ -81,6 +81,8 @@ def load_base(path, data: DataConfig | None = None):
     run = load_run_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
     if data is None and run is None:
         raise UserError(f"{p} has no config.yaml beside it: give the training data (--data SOURCE)")
+    if run is not None and data is not None:  # keep the run's tokenizer and packing; take only the new text
+        data = dataclasses.replace(run.data, source=data.source)
     return model, data or run.data, run.optim.lr if run else None
 
 
