@@ -41,9 +41,33 @@ class MixtureConfig:
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
 
 
-def task_sequence(task, tokenizer, length: int, seed: int) -> tuple[list[int], int]:
-    """Token ids of prompt + answer prefix + gold answer + EOS, and the index where the answer prefix starts."""
-    sample = task.generate(tokenizer, length, seed)
+class ApproxCounter:
+    """Counts tokens as UTF-8 bytes / ``bytes_per_token``: lets a task fit its filler without re-tokenizing the
+    prompt a dozen times (training data only; evaluation always fits with the real tokenizer)."""
+
+    def __init__(self, bytes_per_token: float):
+        self.bytes_per_token = bytes_per_token
+
+    def encode(self, text: str) -> range:
+        return range(int(len(text.encode("utf-8")) / self.bytes_per_token))
+
+    def decode(self, ids) -> str:
+        raise NotImplementedError("ApproxCounter only counts")
+
+
+def bytes_per_token(task, tokenizer, length: int = 2048, seed: int = TRAIN_SEED_BASE - 1) -> float:
+    """Calibrate :class:`ApproxCounter` for one task: bytes per real token of one sample."""
+    prompt = task.generate(tokenizer, length, seed).prompt
+    return len(prompt.encode("utf-8")) / max(1, len(tokenizer.encode(prompt)))
+
+
+def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounter | None = None
+                  ) -> tuple[list[int], int]:
+    """Token ids of prompt + answer prefix + gold answer + EOS, and the index where the answer prefix starts.
+
+    With ``counter`` the filler is fitted by approximate counts (the prompt lands within a few % of ``length``).
+    ``counters`` in :func:`make_batch` are keyed by ``(task name, length)``."""
+    sample = task.generate(counter or tokenizer, length, seed)
     prompt = list(tokenizer.encode(sample.prompt))
     answer = sample.answer_text[len(ANSWER_PREFIX):] if sample.answer_text.startswith(ANSWER_PREFIX) \
         else sample.answer_text
@@ -68,7 +92,7 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
 
 
 def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np.ndarray, tasks: dict,
-               pad_id: int) -> dict[str, np.ndarray]:
+               pad_id: int, counters: dict | None = None) -> dict[str, np.ndarray]:
     """``input_ids``/``labels`` of shape ``[n, length + answer_margin]`` (labels -100 on padding)."""
     width = plan["length"] + mix.answer_margin
     ids = np.full((plan["n"], width + 1), pad_id, dtype=np.int64)
@@ -81,10 +105,13 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
         valid[:] = True
     else:
         for r, (name, seed) in enumerate(plan["items"]):
+            counters = counters or {}
             try:
-                seq, _ = task_sequence(tasks[name], tokenizer, plan["length"], seed)
+                seq, _ = task_sequence(tasks[name], tokenizer, plan["length"], seed,
+                                       counters.get((name, plan["length"])))
             except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
-                seq, _ = task_sequence(tasks["niah"], tokenizer, plan["length"], seed)
+                seq, _ = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
+                                       counters.get(("niah", plan["length"])))
             seq = seq[:width + 1]
             ids[r, :len(seq)] = seq
             valid[r, :len(seq)] = True
