@@ -22,6 +22,7 @@ from leanformer.config import RunConfig, save_yaml
 from leanformer.data import get_tokenizer, load_source, token_stream
 from leanformer.errors import ConfigError, UserError
 from leanformer.models.registry import build_model
+from leanformer.reliability import check_output_dir, crash_point, training_bytes
 from leanformer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from leanformer.train.optim import build_optimizer
 from leanformer.train.schedules import lr_multiplier
@@ -68,6 +69,8 @@ class Trainer:
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         self.model = build_model(cfg.model).to(self.device)
         self._check_shapes()
+        # Disk full or read-only output must fail now, not at the first checkpoint an hour in.
+        check_output_dir(self.out, training_bytes(self.model, t.keep_last), "this run's checkpoints")
         d = cfg.data
         source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
         key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
@@ -210,6 +213,7 @@ class Trainer:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+            crash_point("train.step")
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
