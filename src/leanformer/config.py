@@ -270,13 +270,15 @@ class DataConfig:
 
 @dataclasses.dataclass(kw_only=True)
 class OptimConfig:
-    name: str = cfg("adamw", choices=("adamw", "adamwscale", "adafactor"),
-                    help="optimizer; adamwscale/adafactor: nanoT5; later issues add lion, sophia")
+    name: str = cfg("adamw", choices=("adamw", "adamwscale", "adafactor", "lion", "sophia"),
+                    help="optimizer; adamwscale/adafactor: nanoT5; lion, sophia (Sophia-G): see train/optim")
     lr: float = cfg(3e-3, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = cfg(1e-8, gt=0.0)
     weight_decay: float = cfg(0.1, ge=0.0)
     grad_clip: float = cfg(1.0, ge=0.0, help="max global grad norm; 0 disables clipping")
+    rho: float = cfg(0.04, gt=0.0, help="sophia: clipping scale of the Hessian-preconditioned step")
+    hessian_every: int = cfg(10, ge=1, help="sophia: optimizer steps between Hessian estimates")
 
     def __post_init__(self):
         for b in self.betas:
@@ -302,7 +304,10 @@ class TrainerConfig:
     grad_accum: int = cfg(1, ge=1)
     max_steps: int | None = cfg(None, ge=1, help="stop after this many optimizer steps")
     max_tokens: int | None = cfg(None, ge=1, help="stop after this many training tokens")
-    max_seconds: float | None = cfg(None, gt=0.0, help="stop after this much training wall time")
+    max_seconds: float | None = cfg(None, gt=0.0, help="stop after this much training time on the run's clock "
+                                    "(wall time, or reference system time with rst_table)")
+    rst_table: str | None = cfg(None, help="RST table from `leanformer rst calibrate`: the budget clock charges "
+                                "each pass its reference time instead of wall time")
     eval_every: int = cfg(100, ge=1)
     eval_batches: int = cfg(20, ge=1)
     log_every: int = cfg(10, ge=1)

@@ -1,6 +1,11 @@
 """The training loop: bf16 autocast on GPU (fp32 on CPU), optional ``torch.compile``, gradient accumulation,
 clipping, warmup + decay driven by the budget, periodic evaluation, JSONL metrics, atomic checkpoints, exact resume.
 
+The time budget (``trainer.max_seconds``) is measured by the run's clock (:mod:`leanformer.train.budgets`): wall
+time, or reference system time when ``trainer.rst_table`` is set. Hooks (:class:`~leanformer.train.budgets.TrainHook`:
+efficient-training methods, Sophia's Hessian estimate) join the loop through a few calls and save their state in
+every checkpoint.
+
 Exact resume on CPU: batch ``i`` is a pure function of ``(seed, i)`` (:class:`~leanformer.data.RandomWindows`);
 the checkpoint holds weights, optimizer tensors and RNG states; ``metrics.jsonl`` is cut back to the checkpoint's
 step on resume. A resumed run therefore logs the same loss sequence as an uninterrupted one, bit for bit.
@@ -23,6 +28,7 @@ from leanformer.data import get_tokenizer, load_source, token_stream
 from leanformer.errors import ConfigError, UserError
 from leanformer.models.registry import build_model
 from leanformer.reliability import check_output_dir, crash_point, training_bytes
+from leanformer.train.budgets import build_clock
 from leanformer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
 from leanformer.train.optim import build_optimizer
 from leanformer.train.schedules import lr_multiplier
@@ -56,9 +62,11 @@ def train_flops_per_token(config, seq_len: int) -> float | None:
 
 
 class Trainer:
-    """Train ``cfg.model`` on ``cfg.data`` into ``out_dir``; resumes when ``out_dir`` holds a checkpoint."""
+    """Train ``cfg.model`` on ``cfg.data`` into ``out_dir``; resumes when ``out_dir`` holds a checkpoint.
+    ``hooks``: :class:`~leanformer.train.budgets.TrainHook` objects (an optimizer may add its own via
+    ``trainer_hooks()``)."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike):
+    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, hooks=()):
         self.cfg, self.out = cfg, Path(out_dir)
         t = cfg.trainer
         self.device = resolve_device(t.device)
@@ -88,6 +96,10 @@ class Trainer:
         fpt = train_flops_per_token(cfg.model, d.seq_len)
         peak = peak_flops(self.device)
         self.flops_per_token, self.peak = fpt, peak
+        self.clock = build_clock(cfg)
+        self.hooks = list(hooks) + list(getattr(self.optimizer, "trainer_hooks", list)())
+        for h in self.hooks:
+            h.setup(self)
 
     def _check_writable(self) -> None:
         try:
@@ -115,6 +127,7 @@ class Trainer:
         return min(candidates) if candidates else None
 
     def _progress(self, step: int, elapsed: float) -> float:
+        """Fraction of the budget spent; ``elapsed`` is in the clock's seconds."""
         fractions = []
         if self.total_steps:
             fractions.append(step / self.total_steps)
@@ -161,9 +174,19 @@ class Trainer:
                                        self.autocast_dtype)
 
     def _save(self, step: int, tokens: int, elapsed: float, last_eval: dict | None) -> Path:
-        state = {"tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval, "seed": self.cfg.seed}
+        state = {"tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval, "seed": self.cfg.seed,
+                 "clock": self.clock.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks}}
         return save_checkpoint(self.out, step, self.model, self.optimizer, state, self.cfg.data.tokenizer,
                                self.cfg.trainer.keep_last)
+
+    def _micro_batch(self, index: int) -> dict:
+        """Training micro-batch ``index``: from the first hook that supplies one (example selection), else the
+        objective's batch ``index``."""
+        for h in self.hooks:
+            batch = h.micro_batch(self, index)
+            if batch is not None:
+                return batch
+        return self.batches.batch(index)
 
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
@@ -176,6 +199,9 @@ class Trainer:
             state = load_trainer_state(ckpt, self.optimizer)
             step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
             last_eval = state.get("last_eval")
+            self.clock.load_state_dict(state.get("clock") or {"seconds": elapsed})
+            for h in self.hooks:
+                h.load_state_dict(state.get("hooks", {}).get(h.name, {}))
             self._truncate_metrics(step)
             print(f"leanformer: resuming {self.out} from step {step}")
         else:
@@ -186,22 +212,28 @@ class Trainer:
         bar = tqdm(total=self.total_steps, initial=step, disable=not t.progress, desc="train", unit="step",
                    dynamic_ncols=True)
         last_ckpt_step = step if ckpt is not None else -1
-        while not self._done(step, elapsed):
+        while not self._done(step, self.clock.seconds):
             t0 = time.perf_counter()
-            progress = self._progress(step, elapsed)
+            progress = self._progress(step, self.clock.seconds)
             lr = cfg.optim.lr * lr_multiplier(cfg.schedule, step, progress)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
             # A model may follow the budget itself (DMC ramps its target compression ratio with progress).
             if hasattr(self.model, "on_train_step"):
                 self.model.on_train_step(step, progress)
+            for h in self.hooks:
+                h.on_step_begin(self, step, progress)
             loss_sum, extras = 0.0, {}
             for micro in range(t.grad_accum):
-                batch = self.batches.batch(step * t.grad_accum + micro)
+                index = step * t.grad_accum + micro
+                batch = self._micro_batch(index)
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
                 with self._autocast():
                     loss, info = self.loss_fn(batch)
                 (loss / t.grad_accum).backward()
+                self.clock.micro_batch(int(batch["input_ids"].shape[0]))
+                for h in self.hooks:
+                    h.after_micro_batch(self, index)
                 loss_sum += float(loss.detach()) / t.grad_accum
                 for k, v in info.items():  # the loss's own parts (e.g. auxiliary losses), averaged over micro-steps
                     extras[k] = extras.get(k, 0.0) + float(v) / t.grad_accum
@@ -212,19 +244,23 @@ class Trainer:
             if cfg.optim.grad_clip > 0:
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
             self.optimizer.step()
+            self.clock.optimizer_step()
             self.optimizer.zero_grad(set_to_none=True)
             crash_point("train.step")
+            for h in self.hooks:
+                h.on_step_end(self, step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             dt = time.perf_counter() - t0
             step += 1
             tokens += self.tokens_per_step
             elapsed += dt
+            self.clock.wall(dt)
             tok_s = self.tokens_per_step / dt
             mfu = tok_s * self.flops_per_token / self.peak if self.flops_per_token and self.peak else None
             if step % t.log_every == 0 or step == 1:
                 event = {"event": "train", "step": step, "loss": loss_sum, "lr": lr, "tokens": tokens,
-                         "tok_per_s": tok_s, "elapsed_s": elapsed, **extras}
+                         "tok_per_s": tok_s, "elapsed_s": elapsed, "clock_s": self.clock.seconds, **extras}
                 if grad_norm is not None:
                     event["grad_norm"] = grad_norm
                 if mfu is not None:
@@ -235,10 +271,10 @@ class Trainer:
                 post["mfu"] = f"{100 * mfu:.1f}%"
             bar.set_postfix(post, refresh=False)
             bar.update(1)
-            done = self._done(step, elapsed)
+            done = self._done(step, self.clock.seconds)
             if step % t.eval_every == 0 or done:
                 last_eval = self.evaluate()
-                self.log({"event": "eval", "step": step,
+                self.log({"event": "eval", "step": step, "clock_s": self.clock.seconds,
                           **{f"val_{k}": last_eval[k] for k in self.objective.log_keys}})
             if step % t.ckpt_every == 0 or done:
                 self._save(step, tokens, elapsed, last_eval)
