@@ -2,6 +2,7 @@
 ``run(args) -> int``; this file only maps names to modules, so adding a command touches one line here.
 
 User errors (:class:`leanformer.errors.UserError`) print one line and exit with status 2; bugs keep their traceback.
+Every subcommand takes ``--allow-pickle``; without it no pickled weights file is ever loaded.
 """
 
 from __future__ import annotations
@@ -40,12 +41,28 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         p = mod.add_parser(sub, name)
         p.set_defaults(_run=mod.run)
+        _add_allow_pickle(p, default=False)
     return parser
+
+
+def _add_allow_pickle(parser: argparse.ArgumentParser, default) -> None:
+    """Every command that reads weights refuses pickled files unless ``--allow-pickle`` is given (see
+    :mod:`leanformer.reliability`); nested actions (``dmc retrofit``) accept it too without resetting it."""
+    parser.add_argument("--allow-pickle", action="store_true", default=default,
+                        help="load pickled weights (.bin/.pt/.pth) you trust, with torch.load(weights_only=True)")
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for nested in action.choices.values():
+                _add_allow_pickle(nested, argparse.SUPPRESS)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "allow_pickle", False):
+        from leanformer.reliability import set_allow_pickle
+
+        set_allow_pickle(True)
     try:
         return int(args._run(args) or 0)
     except UserError as e:
