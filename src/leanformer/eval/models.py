@@ -12,7 +12,6 @@ missing means only dense methods / NULL FLOP columns, never a crash.
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 from leanformer.errors import UserError
@@ -28,10 +27,9 @@ def _is_ours(spec: str) -> bool:
 def context_length(spec: str) -> int | None:
     """Maximum positions of the model (from its config, without loading weights); None when unknown."""
     if _is_ours(spec):
-        from leanformer.train.checkpoint import resolve_checkpoint
+        from leanformer.train.checkpoint import read_model_meta, resolve_checkpoint
 
-        meta = json.loads((resolve_checkpoint(spec) / "model.json").read_text())
-        return meta.get("config", {}).get("max_seq_len")
+        return read_model_meta(resolve_checkpoint(spec))["config"].get("max_seq_len")
     try:
         from transformers import AutoConfig
 
@@ -80,10 +78,10 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
     else:
         from transformers import AutoModelForCausalLM
 
-        try:
-            model = AutoModelForCausalLM.from_pretrained(spec, dtype=dt)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load model {spec!r}: {str(e).splitlines()[0]}") from None
+        from leanformer.reliability import hf_from_pretrained
+
+        # safetensors only unless --allow-pickle; never remote code
+        model = hf_from_pretrained(AutoModelForCausalLM, spec, dtype=dt)
     return model.to(device=dev, dtype=dt).eval()
 
 

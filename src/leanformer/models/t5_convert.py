@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from leanformer.errors import ConfigError, UserError
+from leanformer.errors import ConfigError
 from leanformer.models.t5 import T5, T5Config
 
 _ACT_TO_HF = {"gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu", "relu": "relu"}
@@ -118,8 +118,8 @@ def load_hf(name_or_path: str) -> T5:
     """Load ``T5ForConditionalGeneration.from_pretrained(name_or_path)`` (local path, or hub name when online)."""
     from transformers import T5ForConditionalGeneration
 
-    try:
-        hf = T5ForConditionalGeneration.from_pretrained(str(name_or_path), dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot load Hugging Face T5 {str(name_or_path)!r}: {str(e).splitlines()[0]}") from None
+    from leanformer.reliability import hf_from_pretrained
+
+    # safetensors only unless --allow-pickle (then torch.load(weights_only=True)); never remote code
+    hf = hf_from_pretrained(T5ForConditionalGeneration, name_or_path, what="Hugging Face T5", dtype=torch.float32)
     return from_hf(hf)
