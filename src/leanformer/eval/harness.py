@@ -20,11 +20,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from leanformer.config import cfg, from_dict
 from leanformer.errors import ConfigError, UserError
 from leanformer.eval.store import ResultsStore, canonical_json, cell_key, summary_table
+from leanformer.reliability import check_output_dir, crash_point
 from leanformer.tasks import TASKS
 
 
@@ -154,8 +156,11 @@ def validate(c: FrontierConfig) -> list[dict]:
             task = TASKS[t](**c.task_params.get(t, {}))
             for L in c.lengths:
                 task.generate(tok, L, c.seed)
+    grid = build_grid(c)
+    # A read-only or full disk must fail now, not after hours of generation (about 4 KiB per result row).
+    check_output_dir(Path(c.store).absolute().parent, 4096 * len(grid) * c.samples, "the results store")
     ResultsStore(c.store).close()
-    return build_grid(c)
+    return grid
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------------
@@ -237,6 +242,7 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
                        "score": float(task.score(out.text, s)), "prefill_flops": fl[0], "decode_flops": fl[1],
                        "time_s": seconds, "params": canonical_json(cell["params"])}
                 added += int(store.add(row))
+                crash_point("sweep.sample")
                 bar.update(1)
     del model
     return added

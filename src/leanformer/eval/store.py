@@ -101,7 +101,11 @@ class ResultsStore:
         row = {"created_at": datetime.now(UTC).isoformat(timespec="seconds"), **row}
         cols = [c for c in COLUMNS if c in row]
         sql = f"INSERT OR IGNORE INTO results ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})"
-        return self.conn.execute(sql, [row[c] for c in cols]).rowcount == 1
+        try:
+            return self.conn.execute(sql, [row[c] for c in cols]).rowcount == 1
+        except sqlite3.OperationalError as e:  # disk full, read-only: committed rows stay; a re-run resumes
+            raise UserError(f"results store {self.path}: cannot write ({e}); the {self.count()} samples already "
+                            "committed are kept, and re-running the same command resumes") from None
 
     def rows(self, where: str = "", args: tuple = ()) -> list[dict]:
         cur = self.conn.execute(f"SELECT * FROM results {where}", args)
