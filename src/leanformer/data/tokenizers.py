@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from leanformer.errors import UserError
@@ -54,11 +56,16 @@ class HFTokenizer:
             from transformers import AutoTokenizer
         except ImportError:  # pragma: no cover - exercised only without the extra
             raise UserError("Hugging Face tokenizers need `pip install leanformer[hf]`") from None
+        local = Path(name_or_path).is_dir()
+        if local:
+            check_tokenizer_files(name_or_path)
         try:
             return cls(AutoTokenizer.from_pretrained(str(name_or_path)))
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load Hugging Face tokenizer {str(name_or_path)!r}: {str(e).splitlines()[0]}") \
-                from None
+        except Exception as e:  # noqa: BLE001 - a local folder that passed the checks may still hold bad values
+            if not local and not isinstance(e, OSError | ValueError):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"cannot load Hugging Face tokenizer {str(name_or_path)!r}: {first[:300]}") from None
 
     def encode(self, text: str) -> list[int]:
         return list(self.tok.encode(text, add_special_tokens=False))
@@ -68,6 +75,38 @@ class HFTokenizer:
 
     def __repr__(self) -> str:
         return f"HFTokenizer({self.name!r})"
+
+
+# JSON files a Hugging Face tokenizer folder may hold; each must be a UTF-8 JSON object.
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                        "vocab.json")
+
+
+def check_tokenizer_files(directory: str | os.PathLike) -> None:
+    """Raise a :class:`UserError` naming the first truncated or corrupted tokenizer file in ``directory``."""
+    d = Path(directory)
+    for name in TOKENIZER_JSON_FILES:
+        f = d / name
+        if not f.is_file():
+            continue
+        try:
+            data = json.loads(f.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"tokenizer file {f} is corrupted (not UTF-8 text)") from None
+        except json.JSONDecodeError as e:
+            raise UserError(f"tokenizer file {f} is corrupted or truncated (invalid JSON: {e.msg} at line "
+                            f"{e.lineno})") from None
+        if not isinstance(data, dict):
+            raise UserError(f"tokenizer file {f} is corrupted (expected a JSON object, got {type(data).__name__})")
+    tj = d / "tokenizer.json"
+    if tj.is_file():
+        from tokenizers import Tokenizer as RustTokenizer
+
+        try:
+            RustTokenizer.from_file(str(tj))
+        except Exception as e:  # noqa: BLE001 - the Rust library raises plain Exception
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"tokenizer file {tj} is corrupted: {first[:300]}") from None
 
 
 def get_tokenizer(spec: str):
