@@ -105,10 +105,20 @@ def load_source(spec: str, val_fraction: float = 0.05, text_field: str = "text",
 
 
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if b"\x00" in raw[:4096]:
+    """UTF-8 text of a data file; a file whose first 64 KiB hold NUL bytes or are mostly not UTF-8 is refused."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"data file {path} cannot be read: {e.strerror or e}") from None
+    head = raw[:1 << 16]
+    if b"\x00" in head:
         raise UserError(f"data file {path} looks binary (NUL bytes); give a UTF-8 text file")
-    return raw.decode("utf-8", errors="replace")
+    text = raw.decode("utf-8", errors="replace")
+    bad = head.decode("utf-8", errors="replace").count("\ufffd")
+    if head and bad > 0.1 * len(head.decode("utf-8", errors="replace")):
+        raise UserError(f"data file {path} looks binary ({bad} invalid UTF-8 sequences in its first "
+                        f"{len(head)} bytes); give a UTF-8 text file")
+    return text
 
 
 def _load_hf(name: str, val_fraction: float, text_field: str, hf_config: str | None,
