@@ -1,6 +1,7 @@
 """Optimizers. ``build_optimizer(model, cfg)`` applies weight decay to matrices only (not norms, biases, gains).
 
-``adamwscale`` (AdamW with RMS-scaled steps) and ``adafactor`` are nanoT5's (Nawrot, 2023); see their modules.
+``adamwscale`` (AdamW with RMS-scaled steps) and ``adafactor`` are nanoT5's (Nawrot, 2023); ``lion`` (Chen et al.,
+2023) and ``sophia`` (Sophia-G, Liu et al., 2023) are the optimizers "No Train No Gain" compares; see their modules.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from leanformer.config import OptimConfig
 from leanformer.errors import ConfigError
 
-OPTIMIZERS = ("adamw", "adamwscale", "adafactor")
+OPTIMIZERS = ("adamw", "adamwscale", "adafactor", "lion", "sophia")
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -35,4 +36,12 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
         from leanformer.train.optim.adafactor import Adafactor
 
         return Adafactor(groups, lr=cfg.lr)
+    if cfg.name == "lion":  # eps does not apply
+        from leanformer.train.optim.lion import Lion
+
+        return Lion(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    if cfg.name == "sophia":  # Sophia-G; its Hessian estimate joins the trainer through trainer_hooks()
+        from leanformer.train.optim.sophia import SophiaG
+
+        return SophiaG(groups, lr=cfg.lr, betas=tuple(cfg.betas), rho=cfg.rho, hessian_every=cfg.hessian_every)
     raise ConfigError(f"optim.name: unknown optimizer {cfg.name!r}; choose one of {', '.join(OPTIMIZERS)}")
