@@ -21,6 +21,8 @@ COMMANDS: dict[str, str] = {
     "frontier": "leanformer.eval.frontier_cli",
     "analyze": "leanformer.analysis.cli",
     "dmc": "leanformer.train.dmc_cli",
+    "rst": "leanformer.train.rst_cli",
+    "compare": "leanformer.train.compare",
     "demo": "leanformer.demo",
 }
 

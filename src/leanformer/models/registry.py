@@ -15,6 +15,7 @@ MODELS: dict[str, str] = {
     "dynamic_pooling": "leanformer.models.dynamic_pooling:DynamicPoolingConfig:DynamicPooling",
     "t5": "leanformer.models.t5:T5Config:T5",
     "dmc": "leanformer.models.dmc:DMCConfig:DMC",
+    "bert": "leanformer.models.bert:BertConfig:Bert",
 }
 
 
