@@ -93,7 +93,9 @@ class DMCAttention(Attention):
         logit, omega = self.signals(q, k, pos)
         if self.fade:
             keep = torch.ones(self.head_dim, device=x.device, dtype=q.dtype)
-            keep[self.channel] = 1.0 - self.fade
+            # fill_ with a Python scalar is a device-side kernel; `keep[c] = value` copies a CPU scalar tensor,
+            # which CUDA-graph capture refuses (seen in the H200 decode benchmark).
+            keep.narrow(0, self.channel % self.head_dim, 1).fill_(1.0 - self.fade)
             q, k = q * keep, k * keep
         if cos is not None:
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
