@@ -102,7 +102,7 @@ def test_shipped_configs_name_valid_tasks_and_methods():
     from leanformer.eval.models import method_names
     from leanformer.tasks import TASKS
 
-    files = sorted((Path(__file__).resolve().parents[2] / "configs").glob("frontier-*.yaml"))
+    files = sorted((Path(__file__).resolve().parents[2] / "configs" / "frontier").glob("*.yaml"))
     assert len(files) >= 2
     prefill_ok, decode_ok = method_names()
     for f in files:

@@ -2,10 +2,10 @@
 
 Examples::
 
-    leanformer frontier -c configs/frontier-smoke.yaml
+    leanformer frontier -c configs/frontier/smoke.yaml
     leanformer frontier --models Qwen/Qwen2.5-7B-Instruct --prefill vertical_slash,flexprefill --decode quest \\
         --sparsities 0.5,0.8,0.95 --tasks niah,qa --lengths 16384 --samples 20 --store runs/f/results.db
-    torchrun --nproc-per-node 8 -m leanformer.cli frontier -c configs/frontier-qwen.yaml   # ranks shard the grid
+    torchrun --nproc-per-node 8 -m leanformer.cli frontier -c configs/frontier/qwen.yaml   # ranks shard the grid
 
 Flags override the YAML file; ``--set task_params.niah.n_queries=2`` reaches nested keys. Re-running the same
 command skips finished samples, so an interrupted sweep is resumed by running it again.

@@ -2,7 +2,7 @@
 mixed with task-suite samples (:mod:`leanformer.reference.mixture`), then measure its dense accuracy per task and
 length with the harness's own prompt encoding and scorers, and write the model card.
 
-    PYTHONPATH=src python3 -m leanformer.reference.train --config configs/reference-small.yaml --out OUT_DIR
+    PYTHONPATH=src python3 -m leanformer.reference.train --config configs/reference/small.yaml --out OUT_DIR
 
 Runs on one GPU (bf16 autocast, ``torch.compile``) with batches built ahead by worker processes; ``--device cpu``
 with a tiny config checks the whole path on a laptop. The output directory is a checkpoint directory that
@@ -219,7 +219,7 @@ def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=None, help="YAML with ReferenceConfig fields (configs/reference-small.yaml)")
+    ap.add_argument("--config", default=None, help="YAML with ReferenceConfig fields (configs/reference/small.yaml)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))

@@ -24,7 +24,7 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
         a = actions.add_parser(action, help=text)
         a.add_argument("checkpoint", help="our run/checkpoint directory, or a Hugging Face Llama directory")
         a.add_argument("--out", required=True, help="run directory to write (resumes when it holds checkpoints)")
-        a.add_argument("--config", default=None, help="YAML with retrofit settings (e.g. configs/dmc-shakespeare.yaml)")
+        a.add_argument("--config", default=None, help="YAML with retrofit settings (e.g. configs/dmc/shakespeare.yaml)")
         a.add_argument("--target-cr", type=float, default=None, help="compression ratio to reach (default 4)")
         a.add_argument("--budget", type=int, default=None, help="optimizer steps over all stages (default 1000)")
         a.add_argument("--zero-out-steps", type=int, default=None)
