@@ -1,8 +1,13 @@
 """``leanformer demo``: the main job on its embedded default.
 
-Until the sparse-frontier demo lands (it will replace this), the demo trains the default model
-(``configs/gpt-shakespeare.yaml``, embedded in the package) on the CPU, evaluates it on the held-out test plays and
-prints test bits per byte next to the corpus's unigram entropy. Re-running resumes or reuses the finished run.
+With the reference checkpoint shipped in the package (``leanformer/assets/reference/model.safetensors``), the demo
+is a sparse-frontier study on this machine: a sweep of every prefill and decode method over a ladder of sparsities
+on the story tasks and niah / variable tracking at two lengths (``configs/frontier/demo.yaml``), the analysis report
+with plots, and a summary table (dense accuracy, accuracy per method and sparsity, the safe sparsity per phase).
+It resumes like every sweep. ``--full`` widens the grid; ``--device cuda`` runs it on a GPU.
+
+Until that checkpoint ships (issue 11), or with ``--train``, the demo trains the default model
+(``configs/gpt-shakespeare.yaml``) on the CPU and prints its test bits per byte next to the unigram entropy.
 """
 
 from __future__ import annotations
@@ -14,23 +19,103 @@ from pathlib import Path
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help="run the main job on its embedded default (trains and evaluates the default GPT)",
-                       description=__doc__)
-    p.add_argument("--out", default="runs/demo", help="run directory (default: runs/demo)")
+    p = sub.add_parser(name, help="run the main job on its embedded default (a sparse-frontier study on the "
+                                  "reference checkpoint; or train the default GPT)", description=__doc__)
+    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--device", default="auto")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. trainer.max_steps=50")
+    p.add_argument("--full", action="store_true", help="a larger grid (more samples, lengths and sparsities)")
+    p.add_argument("--train", action="store_true", help="train and evaluate the default GPT instead")
+    p.add_argument("--model", default=None, help="a checkpoint directory to study instead of the packaged one")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="overrides of the frontier grid (e.g. samples=2) or, with --train, of the training config")
     return p
 
 
-def default_config_text() -> str:
-    return resources.files("leanformer").joinpath("configs/gpt-shakespeare.yaml").read_text()
+def packaged(name: str):
+    return resources.files("leanformer").joinpath(name)
+
+
+def reference_dir() -> Path | None:
+    """The packaged reference checkpoint, or None while it is not shipped."""
+    d = Path(str(packaged("assets/reference")))
+    return d if (d / "model.safetensors").is_file() else None
 
 
 def run(args) -> int:
+    model = Path(args.model) if args.model else reference_dir()
+    if args.train or model is None:
+        return run_training_demo(args)
+    return run_frontier_demo(args, model)
+
+
+# ---- the sparse-frontier study --------------------------------------------------------------------------------
+
+FULL = {"samples": 10, "lengths": [1024, 2048, 4096], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95]}
+
+
+def run_frontier_demo(args, model: Path) -> int:
+    import yaml
+
+    from leanformer.analysis.report import ReportOptions, build_report
+    from leanformer.config import apply_overrides
+    from leanformer.eval import harness
+
+    out = Path(args.out)
+    raw = yaml.safe_load(packaged("configs/frontier-demo.yaml").read_text())
+    raw.update(models=[str(model)], store=str(out / "results.db"),
+               device="cpu" if args.device == "auto" else args.device)
+    if args.full:
+        raw.update(FULL)
+    c = harness.load_config(apply_overrides(raw, list(args.overrides)))
+    print(f"leanformer demo: sparse-frontier sweep of {model} into {c.store}")
+    harness.run_sweep(c, log=lambda *a: None)
+    report = build_report(c.store, out / "report", ReportOptions(length=max(c.lengths)))
+    print(summarize(c.store))
+    print(f"\nreport with plots: {report}")
+    return 0
+
+
+def summarize(store: str | Path) -> str:
+    """Dense accuracy per task and length, accuracy per method and sparsity, and the safe sparsity per phase."""
+    from collections import defaultdict
+
+    from leanformer.analysis.report import ReportOptions, preservation
+    from leanformer.analysis.store import group_cells, load_rows
+
+    cells = group_cells(load_rows(store))
+    lines = ["", "dense accuracy (task x length):"]
+    for c in sorted((c for c in cells if c.phase == "dense"), key=lambda c: (c.task, c.length)):
+        lines.append(f"  {c.task:18s} {c.length:6d}  {c.accuracy:.3f}  (n={c.n})")
+    by = defaultdict(list)
+    for c in cells:
+        if c.phase != "dense":
+            by[(c.phase, c.method, c.sparsity)].append(c.accuracy)
+    sparsities = sorted({k[2] for k in by})
+    lines += ["", "mean accuracy over tasks and lengths, per method and requested sparsity:",
+              "  " + f"{'phase':8s} {'method':15s}" + "".join(f"{s:>8g}" for s in sparsities)]
+    for phase, method in sorted({(p, m) for p, m, _ in by}):
+        row = [sum(v) / len(v) if (v := by.get((phase, method, s))) else float("nan") for s in sparsities]
+        lines.append("  " + f"{phase:8s} {method:15s}" + "".join(f"{x:8.3f}" for x in row))
+    safe = defaultdict(list)
+    for r in preservation(cells, ReportOptions()):
+        safe[(r["phase"], r["method"])].append(r["safe"] or 0.0)
+    lines += ["", "safe sparsity (largest level not significantly worse than dense on every task and length):"]
+    best = defaultdict(float)
+    for (phase, method), v in sorted(safe.items()):
+        lines.append(f"  {phase:8s} {method:15s} {min(v):.2f}")
+        best[phase] = max(best[phase], min(v))
+    lines += [f"  -> {phase}: {s:.2f}" for phase, s in sorted(best.items())]
+    return "\n".join(lines)
+
+
+# ---- until the reference checkpoint ships: train the default model ---------------------------------------------
+
+
+def run_training_demo(args) -> int:
     import tempfile
 
     from leanformer.config import load_run_config
-    from leanformer.data import load_source, token_stream
+    from leanformer.data import ByteTokenizer, load_source, token_stream
     from leanformer.eval.cli import evaluate_run
     from leanformer.eval.lm import token_byte_lengths, unigram_entropy_bits_per_byte
     from leanformer.train.checkpoint import latest_checkpoint
@@ -42,15 +127,13 @@ def run(args) -> int:
         cfg = load_run_config(out / "config.yaml", overrides)
     else:
         with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(default_config_text())
+            f.write(packaged("configs/gpt-shakespeare.yaml").read_text())
         cfg = load_run_config(f.name, overrides)
         Path(f.name).unlink()
     print(f"leanformer demo: training {cfg.model.n_layers}-layer GPT (d={cfg.model.d_model}) on Shakespeare, "
           f"byte level, into {out}")
     Trainer(cfg, out).fit()
     result = evaluate_run(out, "test", device=args.device)
-    from leanformer.data import ByteTokenizer
-
     test = token_stream(load_source("shakespeare").documents("test"), ByteTokenizer())
     unigram = unigram_entropy_bits_per_byte(test, token_byte_lengths(ByteTokenizer(), 260))
     summary = {"run_dir": str(out), "test_bits_per_byte": round(result["bits_per_byte"], 4),
