@@ -7,9 +7,10 @@ not depend on the machine it happens to run on or on how busy that machine is. H
 - :func:`calibrate` measures, for one run config on the current machine, the seconds of a forward + backward pass
   per micro-batch for every number of active layers ``k = 0..L`` (``k/L`` of each layer stack runs; the rest are
   skipped as in layer stacking / dropping), the seconds of a forward-only (no-grad) pass for each ``k``, and each
-  optimizer's step overhead. The ``k`` are timed in interleaved rounds (so a burst of machine noise hits all of
-  them alike) and the table keeps a robust straight-line fit ``a + b k`` (Theil-Sen: median of pairwise slopes)
-  of the per-``k`` medians, since identical blocks cost the same; the raw medians are kept under ``measured``.
+  optimizer's step overhead. Entries are timed in interleaved rounds (so a burst of machine noise hits all of
+  them alike) and each keeps its *minimum* over rounds (noise only ever adds time; ``timeit``'s rule). The table
+  keeps a robust straight-line fit ``a + b k`` (Theil-Sen: median of pairwise slopes) of the per-``k`` minima,
+  since identical blocks cost the same; the raw minima are kept under ``measured``.
   ``leanformer rst calibrate CONFIG --out rst.json`` saves the :class:`RSTTable` as JSON with the machine and
   library versions.
 - :class:`RSTClock` advances by table lookups: a pass over ``n`` examples at active fraction ``f`` costs
@@ -198,15 +199,18 @@ def calibrate(cfg, repeats: int = 5, warmup: int = 2, optimizers: tuple[str, ...
             fb[k].append(timer(fwd_bwd, warmup if r == 0 else 0, 1))
             fo[k].append(timer(fwd, warmup if r == 0 else 0, 1))
     set_depth(model, 1.0)
-    fb, fo = [statistics.median(x) for x in fb], [statistics.median(x) for x in fo]
-    steps = {}
-    for name in optimizers or OPTIMIZERS:
-        opt = build_optimizer(model, dataclasses.replace(cfg.optim, name=name))
-        with autocast():
-            loss, _ = model.compute_loss(batch)
-        loss.backward()
-        steps[name] = timer(opt.step, warmup, repeats)
-        model.zero_grad(set_to_none=True)
+    fb, fo = [min(x) for x in fb], [min(x) for x in fo]
+    with autocast():
+        loss, _ = model.compute_loss(batch)
+    loss.backward()  # the gradients stay; each optimizer steps on them
+    names = list(optimizers or OPTIMIZERS)
+    opts = {n: build_optimizer(model, dataclasses.replace(cfg.optim, name=n)) for n in names}
+    steps: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for n in names:
+            steps[n].append(timer(opts[n].step, warmup if r == 0 else 0, 1))
+    steps = {n: min(v) for n, v in steps.items()}
+    model.zero_grad(set_to_none=True)
     machine = {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                "leanformer": __version__, "device": str(device), "cpu_count": os.cpu_count(),
                "precision": "bf16" if bf16 else "fp32", "repeats": repeats}
