@@ -21,7 +21,7 @@ MODELS: dict[str, str] = {
 
 def get_family(name: str):
     """Return ``(ConfigClass, ModelClass)`` for a family name, or raise a ConfigError listing valid names."""
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ConfigError(f"model.name: unknown model family {name!r}; choose one of {', '.join(sorted(MODELS))}")
     mod, cfg_cls, model_cls = MODELS[name].split(":")
     try:
