@@ -122,20 +122,22 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
 
     from leanformer.config import save_yaml
     from leanformer.errors import UserError
+    from leanformer.reliability import check_output_dir, training_bytes
     from leanformer.tasks_ft import load_task
     from leanformer.train.checkpoint import save_checkpoint
     from leanformer.train.optim import build_optimizer
     from leanformer.train.schedules import lr_multiplier
     from leanformer.train.trainer import resolve_device
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_dir(Path(out_dir), 0, "the fine-tuned checkpoint")  # read-only: before any work
     save_yaml(c, out / "config.yaml")
     torch.manual_seed(c.seed)
     device = resolve_device(c.device)
     bf16 = c.precision == "bf16" or (c.precision == "auto" and device.type == "cuda")
     autocast = torch.bfloat16 if bf16 else None
     model, tok = load_init(c.init, c.tokenizer)
+    # The fine-tuned weights are written at the end: a full disk must fail now, not then.
+    check_output_dir(out, training_bytes(model, keep_last=0, optimizer_states=0), "the fine-tuned checkpoint")
     if c.dropout is not None:
         model.config = dataclasses.replace(model.config, dropout=c.dropout)
         for m in model.modules():
