@@ -72,6 +72,9 @@ def test_bad_inputs_exit_2_with_one_line_and_no_work(tiny_model, tmp_path, capsy
              (["--tasks", "niah", "--samples", "many"], "--samples: 'many' is not a valid int"),
              (["--tasks", "niah", "--set", "task_params.niah.n_queries=9"], "n_queries=9"),
              (["--tasks", "niah,story_retrieval"], "task 'story_retrieval': length 1201 is too short"),
+             (["--tasks", "niah", "--decode", "streaming", "--set", "method_params.streaming.block_size=32"],
+              "decode method 'streaming' has no parameter 'block_size'"),
+             (["--tasks", "niah", "--set", "method_params.decode:magic.window=3"], "unknown method 'decode:magic'"),
              ([], "no tasks given")]
     for extra, message in cases:
         assert main(base + extra) == 2

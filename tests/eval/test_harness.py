@@ -43,7 +43,7 @@ def test_grid_layout_and_pairing():
     assert len({x["key"] for x in cells}) == len(cells)
     assert all(x["sparsity"] == 0.0 for x in cells if x["prefill_method"] == x["decode_method"] == "dense")
     both = next(x for x in cells if x["prefill_method"] == "vs" and x["decode_method"] == "quest")
-    assert both["params"] == {"a": 1, "b": 2}
+    assert both["params"] == {"prefill": {"a": 1}, "decode": {"b": 2}}
     assert harness.build_grid(c) == cells  # deterministic keys and order
     shards = [harness.shard(cells, r, 3) for r in range(3)]
     assert sorted(x["key"] for s in shards for x in s) == sorted(x["key"] for x in cells)

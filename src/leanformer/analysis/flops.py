@@ -208,19 +208,23 @@ def decode_flops(config_or_preset: Any, context_len: int, sparsity: float = 0.0,
 
 def sample_flops(config_or_preset: Any, prompt_tokens: int, output_tokens: int, prefill_method: str = "dense",
                  decode_method: str = "dense", prefill_sparsity: float = 0.0, decode_sparsity: float = 0.0,
-                 params: Mapping | None = None) -> dict[str, float]:
+                 params: Mapping | None = None, *, prefill_params: Mapping | None = None,
+                 decode_params: Mapping | None = None) -> dict[str, float]:
     """FLOPs of one generated sample, as the harness stores them: ``{"prefill": ..., "decode": ...}``.
 
     Prefill covers the prompt (and the prefill-time scoring of a decode method such as SnapKV, which runs once
     after the prompt); it yields the first output token. Each further token is one decode step, step ``j``
-    attending to ``prompt_tokens + j`` keys at the measured ``decode_sparsity``.
+    attending to ``prompt_tokens + j`` keys at the measured ``decode_sparsity``. ``prefill_params`` /
+    ``decode_params`` give each method its own parameters (``params``: one dict for both).
     """
     s = shape_of(config_or_preset)
-    pre = prefill_flops(s, prompt_tokens, prefill_sparsity, prefill_method, params)["total"]
-    pre += estimation_flops(s, decode_method, "prefill", int(prompt_tokens), params)
+    pp = prefill_params if prefill_params is not None else params  # per-phase dicts win over one shared dict
+    dp = decode_params if decode_params is not None else params
+    pre = prefill_flops(s, prompt_tokens, prefill_sparsity, prefill_method, pp)["total"]
+    pre += estimation_flops(s, decode_method, "prefill", int(prompt_tokens), dp)
     dec = 0.0
     for j in range(1, max(int(output_tokens), 1)):
-        dec += decode_flops(s, int(prompt_tokens) + j, decode_sparsity, decode_method, params)["total"]
+        dec += decode_flops(s, int(prompt_tokens) + j, decode_sparsity, decode_method, dp)["total"]
     return {"prefill": pre, "decode": dec, "total": pre + dec}
 
 

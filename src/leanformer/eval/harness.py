@@ -77,11 +77,15 @@ def method_pairs(c: FrontierConfig) -> list[tuple[str, str]]:
 
 
 def cell_params(c: FrontierConfig, prefill: str, decode: str) -> dict:
-    """Method parameters of a cell: the flat union of ``method_params[prefill]`` and ``method_params[decode]``."""
-    out: dict = {}
-    for m in (prefill, decode):
+    """Method parameters of a cell, per phase: ``{"prefill": {...}, "decode": {...}}``.
+
+    ``method_params[NAME]`` applies to method NAME in whichever phase it runs; ``method_params["prefill:NAME"]`` /
+    ``["decode:NAME"]`` to one phase only (``streaming`` exists in both, with different parameters)."""
+    out: dict = {"prefill": {}, "decode": {}}
+    for phase, m in (("prefill", prefill), ("decode", decode)):
         if m != "dense":
-            out.update(c.method_params.get(m, {}))
+            out[phase].update(c.method_params.get(m, {}))
+            out[phase].update(c.method_params.get(f"{phase}:{m}", {}))
     return out
 
 
@@ -130,8 +134,12 @@ def validate(c: FrontierConfig) -> list[dict]:
         if d not in decode_ok:
             raise UserError(f"unknown decode method {d!r}; choose from {', '.join(decode_ok)}")
     for m in c.method_params:
-        if m not in prefill_ok and m not in decode_ok:
-            raise UserError(f"method_params given for unknown method {m!r}")
+        phase, _, name = m.rpartition(":")
+        known = {"prefill": prefill_ok, "decode": decode_ok}.get(phase, prefill_ok + decode_ok)
+        if phase not in ("", "prefill", "decode") or name not in known:
+            raise UserError(f"method_params given for unknown method {m!r}; use a method name, or "
+                            f"'prefill:NAME' / 'decode:NAME' for one phase")
+    _check_method_params(c, pairs)
     for s in c.sparsities:
         if not 0.0 <= s < 1.0:
             raise UserError(f"sparsity {s!r} is outside [0, 1) (the fraction of query-key pairs skipped)")
@@ -161,6 +169,23 @@ def validate(c: FrontierConfig) -> list[dict]:
     check_output_dir(Path(c.store).absolute().parent, 4096 * len(grid) * c.samples, "the results store")
     ResultsStore(c.store).close()
     return grid
+
+
+def _check_method_params(c: FrontierConfig, pairs) -> None:
+    """Every cell's parameters must be accepted by its methods: fail now, not hours into the sweep."""
+    from leanformer.eval.models import method_param_names
+
+    for p, d in pairs:
+        params = cell_params(c, p, d)
+        for phase, m in (("prefill", p), ("decode", d)):
+            if m == "dense":
+                continue
+            allowed = method_param_names(phase, m)
+            for key in params[phase]:
+                if allowed is not None and key not in allowed:
+                    raise UserError(f"method_params: {phase} method {m!r} has no parameter {key!r} (allowed: "
+                                    f"{', '.join(sorted(allowed))}); use 'prefill:{m}' / 'decode:{m}' to give "
+                                    f"parameters to one phase only")
 
 
 # ---- the sweep ------------------------------------------------------------------------------------------------

@@ -116,6 +116,15 @@ def method_names() -> tuple[list[str], list[str]]:
     return list(dict.fromkeys(["dense", *pre])), list(dict.fromkeys(["dense", *dec]))
 
 
+def method_param_names(phase: str, method: str) -> set[str] | None:
+    """Parameter names a sparse method accepts (None when the sparse package is absent)."""
+    try:
+        from leanformer.sparse.registry import param_names
+    except ImportError:
+        return None
+    return param_names(phase, method)
+
+
 @contextlib.contextmanager
 def attach(model, prefill: str, decode: str, sparsity: float, params: dict):
     """Attach the methods for the duration of the block (``sparse.apply``; 'dense' is passed as None so that phase
@@ -124,7 +133,8 @@ def attach(model, prefill: str, decode: str, sparsity: float, params: dict):
         yield None
         return
     with _sparse().apply(model, prefill=None if prefill == "dense" else prefill,
-                         decode=None if decode == "dense" else decode, sparsity=sparsity, **params) as session:
+                         decode=None if decode == "dense" else decode, sparsity=sparsity,
+                         prefill_params=params.get("prefill"), decode_params=params.get("decode")) as session:
         yield session
 
 
@@ -158,7 +168,7 @@ def sample_flops(model, prompt_tokens: int, output_tokens: int, cell: dict, pre_
     dec = dec_s if dec_s is not None else cell["sparsity"]
     try:
         out = flops(model.config, prompt_tokens, output_tokens, cell["prefill_method"], cell["decode_method"],
-                    pre, dec, cell["params"])
+                    pre, dec, prefill_params=cell["params"]["prefill"], decode_params=cell["params"]["decode"])
     except (UserError, KeyError, ValueError):
         return None, None
     return out["prefill"], out["decode"]

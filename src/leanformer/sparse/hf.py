@@ -108,12 +108,13 @@ def _split_params(prefill, decode, params: dict):
 
 @contextlib.contextmanager
 def apply(model, prefill=None, decode=None, sparsity: float | None = 0.0, *, prefill_sparsity=..., decode_sparsity=...,
-          **params):
+          prefill_params: dict | None = None, decode_params: dict | None = None, **params):
     """Run ``model`` (a ``transformers`` causal LM) with sparse attention inside the ``with`` block.
 
     ``prefill`` / ``decode``: a name from ``PREFILL_METHODS`` / ``DECODE_METHODS``, a method instance, or ``None``
     (dense). ``sparsity`` applies to both phases unless ``prefill_sparsity`` / ``decode_sparsity`` override it;
-    ``None`` means the methods' native budgets. ``**params`` go to whichever method has a parameter of that name.
+    ``None`` means the methods' native budgets. ``**params`` go to whichever method has a parameter of that name;
+    ``prefill_params`` / ``decode_params`` go to one phase's method only (for names both share: window, sinks).
     Yields the :class:`SparseSession` (``session.stats`` holds one info dict per sparse call).
     """
     from transformers import AttentionInterface
@@ -122,6 +123,8 @@ def apply(model, prefill=None, decode=None, sparsity: float | None = 0.0, *, pre
     if not hasattr(model, "set_attn_implementation") or not hasattr(model, "config"):
         raise UserError(f"sparse.apply needs a transformers PreTrainedModel; got {type(model).__name__}")
     pre_p, dec_p = _split_params(prefill, decode, params)
+    pre_p.update(prefill_params or {})  # per-phase parameters: for names both methods share (window, sinks, ...)
+    dec_p.update(decode_params or {})
     ps = check_sparsity(sparsity if prefill_sparsity is ... else prefill_sparsity)
     ds = check_sparsity(sparsity if decode_sparsity is ... else decode_sparsity)
     session = SparseSession(None if prefill is None else build_prefill(prefill, **pre_p),

@@ -38,7 +38,21 @@ def _build(registry: dict, kind: str, method, params: dict):
         return method
     if method not in registry:
         raise UserError(f"unknown {kind} method {method!r}; choose one of {sorted(registry)}")
+    allowed = param_names(kind, method)
+    unknown = sorted(set(params) - allowed)
+    if unknown:
+        raise UserError(f"{kind} method {method!r} has no parameter {unknown[0]!r}; allowed: {sorted(allowed)}")
     return registry[method](**params)
+
+
+def param_names(kind: str, method: str) -> set[str]:
+    """Names of the parameters a ``kind`` ('prefill' or 'decode') method accepts."""
+    import dataclasses
+
+    registry = PREFILL_METHODS if kind == "prefill" else DECODE_METHODS
+    if method not in registry:
+        raise UserError(f"unknown {kind} method {method!r}; choose one of {sorted(registry)}")
+    return {f.name for f in dataclasses.fields(registry[method].Params)}
 
 
 def build_prefill(method, **params):
