@@ -43,7 +43,9 @@ def add_parser(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from leanformer.analysis.report import ReportOptions, build_report
+    from leanformer.reliability import check_output_dir
 
+    check_output_dir(args.out, 0, "the report")  # read-only or full: fail before reading the store
     if args.synthetic:
         if os.path.exists(args.store):
             raise UserError(f"--synthetic: {args.store!r} exists; give a new path for the synthetic store")
