@@ -128,3 +128,17 @@ def test_sweep_store_on_full_or_read_only_disk(tmp_path, monkeypatch, capsys):
 
 def test_free_bytes_of_a_path_not_created_yet(tmp_path):
     assert rel.free_bytes(tmp_path / "a" / "b" / "c") == shutil.disk_usage(tmp_path).free
+
+
+def test_every_writing_command_checks_its_output_first(tmp_path, capsys):
+    """analyze and finetune write into --out: an unwritable one is a one-line error before any work."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "out"
+    assert main(["analyze", str(tmp_path / "syn.db"), "--synthetic", "--out", str(out)]) == 2
+    assert f"output directory {out} is not writable" in capsys.readouterr().err
+    assert not (tmp_path / "syn.db").exists()  # nothing was written before the check
+    from leanformer.train.finetune import FinetuneConfig, finetune
+
+    with pytest.raises(UserError, match=f"output directory {out} is not writable"):
+        finetune(FinetuneConfig(init="hf:/nonexistent", task="shakespeare_speaker", max_steps=1), out)
