@@ -300,6 +300,8 @@ class TrainerConfig:
     device: str = cfg("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     precision: str = cfg("auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on GPU, fp32 on CPU")
     compile: bool = False
+    distributed: str = cfg("none", choices=("none", "ddp", "fsdp2"), help="data parallelism under torchrun "
+                           "(leanformer.train.distributed); batch_size stays the global micro-batch")
     batch_size: int = cfg(16, ge=1, help="sequences per micro-batch")
     grad_accum: int = cfg(1, ge=1)
     max_steps: int | None = cfg(None, ge=1, help="stop after this many optimizer steps")

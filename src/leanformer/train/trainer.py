@@ -30,6 +30,7 @@ from leanformer.models.registry import build_model
 from leanformer.reliability import check_output_dir, crash_point, training_bytes
 from leanformer.train.budgets import build_clock
 from leanformer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from leanformer.train.distributed import Distributed
 from leanformer.train.optim import build_optimizer
 from leanformer.train.schedules import lr_multiplier
 
@@ -69,7 +70,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, hooks=()):
         self.cfg, self.out = cfg, Path(out_dir)
         t = cfg.trainer
-        self.device = resolve_device(t.device)
+        # Data parallelism under torchrun (identity in one process): leanformer.train.distributed.
+        self.dist = Distributed(t.distributed, t.device)
+        self.device = self.dist.device
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         self._check_writable()
@@ -89,10 +92,11 @@ class Trainer:
         # The family decides how windows become batches and how it is evaluated (causal LM by default).
         self.objective = self.model.objective(self.tokenizer, d.seq_len)
         self.batches = self.objective.batches(self.train_tokens, t.batch_size, cfg.seed)
+        self.engine = self.dist.wrap(self.model)  # forward(batch) = compute_loss(batch), through DDP / FSDP2
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.tokens_per_step = t.batch_size * t.grad_accum * d.seq_len
         self.total_steps = self._total_steps()
-        self.loss_fn = torch.compile(self.model.compute_loss) if t.compile else self.model.compute_loss
+        self.loss_fn = torch.compile(self.engine) if t.compile else self.engine
         fpt = train_flops_per_token(cfg.model, d.seq_len)
         peak = peak_flops(self.device)
         self.flops_per_token, self.peak = fpt, peak
@@ -157,6 +161,8 @@ class Trainer:
         atomic_write_text(p, "".join(x + "\n" for x in keep))
 
     def log(self, event: dict) -> None:
+        if not self.dist.is_main:
+            return
         with open(self._metrics_path(), "a") as f:
             f.write(json.dumps(event) + "\n")
             f.flush()
@@ -170,14 +176,20 @@ class Trainer:
 
     def evaluate(self) -> dict:
         t = self.cfg.trainer
-        return self.objective.evaluate(self.model, self.val_tokens, t.batch_size, t.eval_batches, self.device,
-                                       self.autocast_dtype)
+        with self.dist.gathered():
+            return self.objective.evaluate(self.model, self.val_tokens, t.batch_size, t.eval_batches, self.device,
+                                           self.autocast_dtype)
 
     def _save(self, step: int, tokens: int, elapsed: float, last_eval: dict | None) -> Path:
         state = {"tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval, "seed": self.cfg.seed,
                  "clock": self.clock.state_dict(), "hooks": {h.name: h.state_dict() for h in self.hooks}}
-        return save_checkpoint(self.out, step, self.model, self.optimizer, state, self.cfg.data.tokenizer,
-                               self.cfg.trainer.keep_last)
+        model, optimizer = self.dist.full_state(self.model, self.optimizer)  # collective under FSDP2
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.out, step, model, optimizer, state, self.cfg.data.tokenizer,
+                                   self.cfg.trainer.keep_last)
+        self.dist.barrier()
+        return path
 
     def _micro_batch(self, index: int) -> dict:
         """Training micro-batch ``index``: from the first hook that supplies one (example selection), else the
@@ -193,24 +205,23 @@ class Trainer:
         step, tokens, elapsed, last_eval = 0, 0, 0.0, None
         ckpt = latest_checkpoint(self.out)
         if ckpt is not None:
-            from safetensors.torch import load_model
-
-            load_model(self.model, str(ckpt / "model.safetensors"))
-            state = load_trainer_state(ckpt, self.optimizer)
+            self.dist.load_weights(self.model, ckpt / "model.safetensors")
+            state = load_trainer_state(ckpt, self.dist.optimizer_view(self.optimizer))
             step, tokens, elapsed = state["step"], state["tokens"], state["elapsed_s"]
             last_eval = state.get("last_eval")
             self.clock.load_state_dict(state.get("clock") or {"seconds": elapsed})
             for h in self.hooks:
                 h.load_state_dict(state.get("hooks", {}).get(h.name, {}))
-            self._truncate_metrics(step)
+            if self.dist.is_main:
+                self._truncate_metrics(step)
             print(f"leanformer: resuming {self.out} from step {step}")
-        else:
+        elif self.dist.is_main:
             save_yaml(cfg.to_raw(), self.out / "config.yaml")
             if self._metrics_path().exists():
                 self._metrics_path().unlink()
         self.model.train()
-        bar = tqdm(total=self.total_steps, initial=step, disable=not t.progress, desc="train", unit="step",
-                   dynamic_ncols=True)
+        bar = tqdm(total=self.total_steps, initial=step, disable=not t.progress or not self.dist.is_main,
+                   desc="train", unit="step", dynamic_ncols=True)
         last_ckpt_step = step if ckpt is not None else -1
         while not self._done(step, self.clock.seconds):
             t0 = time.perf_counter()
@@ -227,22 +238,26 @@ class Trainer:
             for micro in range(t.grad_accum):
                 index = step * t.grad_accum + micro
                 batch = self._micro_batch(index)
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-                with self._autocast():
-                    loss, info = self.loss_fn(batch)
-                (loss / t.grad_accum).backward()
-                self.clock.micro_batch(int(batch["input_ids"].shape[0]))
+                rows = int(batch["input_ids"].shape[0])  # the global micro-batch: what the clock is charged
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in self.dist.shard(batch).items()}
+                with self.dist.sync(micro == t.grad_accum - 1):  # gradients reduced on the last micro-batch
+                    with self._autocast():
+                        loss, info = self.loss_fn(batch)
+                    (loss / t.grad_accum).backward()
+                self.clock.micro_batch(rows)
                 for h in self.hooks:
                     h.after_micro_batch(self, index)
                 loss_sum += float(loss.detach()) / t.grad_accum
                 for k, v in info.items():  # the loss's own parts (e.g. auxiliary losses), averaged over micro-steps
                     extras[k] = extras.get(k, 0.0) + float(v) / t.grad_accum
+            loss_sum, *parts = self.dist.mean({"loss": loss_sum, **extras}).values()  # over ranks
+            extras = dict(zip(extras, parts))
             if not math.isfinite(loss_sum):
                 raise UserError(f"training loss became {loss_sum} at step {step + 1}; stopped. The last good "
                                 f"checkpoint is kept in {self.out}; lower optim.lr or check the data")
             grad_norm = None
             if cfg.optim.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip))
+                grad_norm = self.dist.clip_grad_norm(self.model, cfg.optim.grad_clip)
             self.optimizer.step()
             self.clock.optimizer_step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -251,7 +266,7 @@ class Trainer:
                 h.on_step_end(self, step)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            dt = time.perf_counter() - t0
+            dt = self.dist.max(time.perf_counter() - t0)  # the slowest rank's: one clock and schedule on all
             step += 1
             tokens += self.tokens_per_step
             elapsed += dt
