@@ -35,6 +35,7 @@ def run(args) -> int:
     from leanformer.config import load_run_config
     from leanformer.errors import UserError
     from leanformer.train.checkpoint import latest_checkpoint
+    from leanformer.train.distributed import shutdown
     from leanformer.train.trainer import Trainer
 
     config, overrides = split_args(args.args)
@@ -47,7 +48,12 @@ def run(args) -> int:
     else:
         cfg = load_run_config(config, overrides)
     trainer = Trainer(cfg, out)
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        shutdown()  # the process group of a torchrun launch (trainer.distributed=ddp|fsdp2)
+    if not trainer.dist.is_main:
+        return 0
     summary = {"run_dir": str(out), "step": result["step"], "tokens": result["tokens"],
                "elapsed_s": round(result["elapsed_s"], 2)}
     if result["last_eval"]:

@@ -219,6 +219,12 @@ class Distributed:
         return _ShardingOptimizer(optimizer) if self.mode == "fsdp2" else optimizer
 
 
+def shutdown() -> None:
+    """End the process group a run started (after ``Trainer.fit`` in ``leanformer train``)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _fully_shard():
     try:
         from torch.distributed.fsdp import fully_shard
