@@ -104,3 +104,19 @@ def test_budget_growth_recovers_exponent():
     assert out["gamma"] == pytest.approx(0.7, abs=0.03) and out["r2"] > 0.95
     with pytest.raises(UserError, match="two lengths"):
         scaling.fit_budget_growth([4096] * 3, [10, 20, 30])
+
+
+def test_constant_predictors_are_left_out_not_fitted():
+    """One model size and one length: ln N and ln L are collinear with the intercept and must not get slopes."""
+    import numpy as np
+
+    from leanformer.analysis import scaling
+
+    rng = np.random.default_rng(42)
+    sp = np.repeat([0.0, 0.5, 0.8, 0.9], 5)
+    y = 0.7 - 0.1 * -np.log1p(-sp) + rng.normal(0, 0.01, sp.size)
+    fit = scaling.fit_loglinear(np.full(sp.size, 1e6), np.full(sp.size, 1024), sp, y)
+    d = fit.as_dict()
+    assert np.isnan(d["ln N"][0]) and np.isnan(d["ln L"][0])
+    assert abs(d["ln CR"][0] + 0.1) < 0.02 and d["ln CR"][1] < -0.1 < d["ln CR"][2]
+    np.testing.assert_allclose(fit.predict(np.full(sp.size, 1e6), np.full(sp.size, 1024), sp), y, atol=0.05)

@@ -246,7 +246,8 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
     rows = []
     for method, res in results.items():
         d = res["fit"].as_dict()
-        cols = [f"{d[k][0]:+.3f} [{d[k][1]:+.3f}, {d[k][2]:+.3f}]" for k in ("ln N", "ln L", "ln CR")]
+        cols = [f"{d[k][0]:+.3f} [{d[k][1]:+.3f}, {d[k][2]:+.3f}]" if d[k][0] == d[k][0] else "– (constant)"
+                for k in ("ln N", "ln L", "ln CR")]
         held = [f"{res[s]['r2_test']:.2f}" if res[s] else "–" for s in ("model_params", "length")]
         rows.append([method] + cols + [f"{res['fit'].r2:.2f}", res["fit"].n] + held)
     md.append(md_table(["method", "β ln N", "β ln L", "β ln CR", "R²", "cells", "held-out R² (largest model)",

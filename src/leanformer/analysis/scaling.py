@@ -64,7 +64,7 @@ class Fit:
 
     def predict(self, n_params, length, sparsity, group=None) -> np.ndarray:
         x, _ = design(n_params, length, sparsity, self.interactions, group, self.groups)
-        return x @ self.coef
+        return x @ np.nan_to_num(self.coef)  # terms left out of the fit (constant predictors) contribute 0
 
     def as_dict(self) -> dict[str, tuple[float, float, float]]:
         return {k: (float(c), float(lo), float(hi)) for k, c, lo, hi in zip(self.names, self.coef, self.ci_low,
@@ -94,20 +94,26 @@ def design(n_params, length, sparsity, interactions: bool = False, group=None, l
 def fit_loglinear(n_params, length, sparsity, y, interactions: bool = False, group=None, target: str = "accuracy",
                   alpha: float = 0.05) -> Fit:
     """Least-squares fit of ``y`` (already transformed to ``target``) on the log-linear design above."""
-    x, names = design(n_params, length, sparsity, interactions, group)
+    x_all, names = design(n_params, length, sparsity, interactions, group)
     y = np.asarray(y, dtype=float).ravel()
+    # A predictor that never varies (one model size, one length) is not identifiable: it is collinear with the
+    # intercept. It is left out of the fit and reported as NaN, with slope 0 in predictions.
+    keep = np.array([j == 0 or np.ptp(x_all[:, j]) > 0 for j in range(x_all.shape[1])])
+    x = x_all[:, keep]
     n, p = x.shape
     if n <= p:
         raise UserError(f"scaling fit needs more points than coefficients ({n} points, {p} coefficients: "
-                        f"{', '.join(names)})")
-    coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-    resid = y - x @ coef
+                        f"{', '.join(n_ for n_, k in zip(names, keep) if k)})")
+    coef_k, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ coef_k
     sse = float(resid @ resid)
     sst = float(((y - y.mean()) ** 2).sum())
     sigma2 = sse / (n - p)
     cov = sigma2 * np.linalg.pinv(x.T @ x)
-    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    se_k = np.sqrt(np.clip(np.diag(cov), 0, None))
     t = _quantile_t(1 - alpha / 2, n - p)
+    coef, se = np.full(len(names), np.nan), np.full(len(names), np.nan)
+    coef[keep], se[keep] = coef_k, se_k
     groups = sorted(set(np.asarray(group, dtype=object).ravel())) if group is not None else []
     return Fit(names, coef, se, coef - t * se, coef + t * se, 1 - sse / sst if sst > 0 else float("nan"), n,
                math.sqrt(sigma2), target, interactions, groups)
