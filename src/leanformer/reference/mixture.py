@@ -39,6 +39,7 @@ class MixtureConfig:
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
+    answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
 
 
 class ApproxCounter:
@@ -107,13 +108,14 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
         for r, (name, seed) in enumerate(plan["items"]):
             counters = counters or {}
             try:
-                seq, _ = task_sequence(tasks[name], tokenizer, plan["length"], seed,
-                                       counters.get((name, plan["length"])))
+                seq, answer_start = task_sequence(tasks[name], tokenizer, plan["length"], seed,
+                                                  counters.get((name, plan["length"])))
             except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
-                seq, _ = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
-                                       counters.get(("niah", plan["length"])))
+                seq, answer_start = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
+                                                  counters.get(("niah", plan["length"])))
             seq = seq[:width + 1]
             ids[r, :len(seq)] = seq
-            valid[r, :len(seq)] = True
+            # labels[t] = ids[t + 1]: with answer_only, only targets from the answer prefix on are learned
+            valid[r, (answer_start if mix.answer_only else 0):len(seq)] = True
     labels = np.where(valid[:, 1:], ids[:, 1:], -100)
     return {"input_ids": ids[:, :-1], "labels": labels}
