@@ -18,7 +18,7 @@ import argparse
 LIST_FLAGS = {"models": str, "tasks": str, "lengths": int, "prefill": str, "decode": str, "methods": str,
               "sparsities": float}
 SCALAR_FLAGS = {"samples": int, "seed": int, "batch_size": int, "max_new_tokens": int, "store": str, "device": str,
-                "dtype": str, "tokenizer": str, "chat_template": str, "answer_prefix": str}
+                "device_map": str, "dtype": str, "tokenizer": str, "chat_template": str, "answer_prefix": str}
 
 
 def add_parser(subparsers, name: str) -> argparse.ArgumentParser:

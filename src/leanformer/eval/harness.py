@@ -50,6 +50,8 @@ class FrontierConfig:
     store: str = "runs/frontier/results.db"
     device: str = cfg("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N' (auto: cuda:LOCAL_RANK when available)")
     dtype: str = cfg("auto", choices=("auto", "fp32", "bf16", "fp16"))
+    device_map: str | None = cfg(None, help="Hugging Face device_map for a model too large for one GPU (e.g. "
+                                 "'auto': layers spread over the visible GPUs; needs accelerate); overrides device")
     tokenizer: str | None = cfg(None, help="override: 'byte', 'hf:<name>' or a path")
     chat_template: str = cfg("auto", choices=("auto", "on", "off"))
     answer_prefix: str = "<answer>"
@@ -224,7 +226,7 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
     from leanformer.eval.models import attach, load_model, measured_sparsity, non_embedding_params, open_tokenizer
     from leanformer.eval.models import sample_flops as flops_of
 
-    model = load_model(model_name, c.device, c.dtype)
+    model = load_model(model_name, c.device, c.dtype, c.device_map)
     tok = open_tokenizer(model_name, c.tokenizer)
     encoder = PromptEncoder(tok, c.chat_template, c.answer_prefix)
     n_params = non_embedding_params(model)

@@ -64,8 +64,12 @@ def _device(name: str):
     return torch.device("cpu")
 
 
-def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
-    """An eval-mode Hugging Face causal LM on ``device`` (bf16 on GPU and fp32 on CPU for ``dtype='auto'``)."""
+def load_model(spec: str, device: str = "auto", dtype: str = "auto", device_map: str | None = None):
+    """An eval-mode Hugging Face causal LM on ``device`` (bf16 on GPU and fp32 on CPU for ``dtype='auto'``).
+
+    ``device_map`` (e.g. ``'auto'``) spreads a Hugging Face model too large for one GPU over the visible GPUs
+    (Accelerate's big-model loading) instead; under ``torchrun`` give each rank its own GPUs
+    (``CUDA_VISIBLE_DEVICES``) or run one process."""
     import torch
 
     dev = _device(device)
@@ -81,6 +85,15 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
         from leanformer.reliability import hf_from_pretrained
 
         # safetensors only unless --allow-pickle; never remote code
+        if device_map is not None:
+            import importlib.util
+
+            from leanformer.errors import UserError
+
+            if importlib.util.find_spec("accelerate") is None:
+                raise UserError(f"device_map={device_map!r} needs the 'accelerate' package (pip install "
+                                "accelerate); or leave device_map unset to load the model on one device")
+            return hf_from_pretrained(AutoModelForCausalLM, spec, dtype=dt, device_map=device_map).eval()
         model = hf_from_pretrained(AutoModelForCausalLM, spec, dtype=dt)
     return model.to(device=dev, dtype=dt).eval()
 

@@ -1,0 +1,65 @@
+"""A frontier sweep launched on 2 ranks the way torchrun launches it (RANK / WORLD_SIZE / LOCAL_RANK in the
+environment, both processes at once, one SQLite store): every (cell, sample) is filled exactly once, and the rows
+equal a one-process sweep's. ``device_map`` for models too large for one GPU fails clearly without accelerate."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from leanformer.errors import UserError
+from leanformer.eval import harness
+from leanformer.eval.models import load_model
+from leanformer.eval.store import ResultsStore
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(42)
+    path = tmp_path_factory.mktemp("tiny")
+    config = LlamaConfig(vocab_size=260, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                         bos_token_id=257, eos_token_id=258, pad_token_id=256)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+def sweep_args(model, store):
+    return ["frontier", "--models", model, "--tasks", "niah", "--lengths", "701,903", "--samples", "3",
+            "--batch-size", "2", "--max-new-tokens", "4", "--tokenizer", "byte", "--store", str(store),
+            "--device", "cpu", "--no-progress"]
+
+
+def test_two_ranks_fill_every_cell_exactly_once(tiny_model, tmp_path):
+    store = tmp_path / "sharded.db"
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen([sys.executable, "-m", "leanformer.cli", *sweep_args(tiny_model, store)],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out = p.communicate(timeout=240)[0]
+        assert p.returncode == 0, out[-3000:]
+    with ResultsStore(store) as s:
+        rows = s.rows()
+    keys = [(r["cell_key"], r["sample"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 3  # 2 cells x 3 samples, none twice
+    # The same rows as one process (greedy decoding: identical outputs).
+    c = harness.load_config({"models": [tiny_model], "tasks": ["niah"], "lengths": [701, 903], "samples": 3,
+                             "batch_size": 2, "max_new_tokens": 4, "tokenizer": "byte", "device": "cpu",
+                             "store": str(tmp_path / "one.db"), "progress": False})
+    assert harness.run_sweep(c)["added"] == 6
+    with ResultsStore(c.store) as s:
+        ref = {(r["cell_key"], r["sample"]): r["output"] for r in s.rows()}
+    assert {(r["cell_key"], r["sample"]): r["output"] for r in rows} == ref
+
+
+@pytest.mark.skipif(importlib.util.find_spec("accelerate") is not None, reason="accelerate installed")
+def test_device_map_without_accelerate_is_one_clear_error(tiny_model):
+    with pytest.raises(UserError, match="device_map='auto' needs the 'accelerate' package"):
+        load_model(tiny_model, device_map="auto")
