@@ -75,12 +75,11 @@ class Trainer:
         self.device = self.dist.device
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self._check_writable()
         torch.manual_seed(cfg.seed)
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         self.model = build_model(cfg.model).to(self.device)
         self._check_shapes()
-        # Disk full or read-only output must fail now, not at the first checkpoint an hour in.
+        # A read-only or full output directory must fail now, not at the first checkpoint an hour in.
         check_output_dir(self.out, training_bytes(self.model, t.keep_last), "this run's checkpoints")
         d = cfg.data
         source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
@@ -104,15 +103,6 @@ class Trainer:
         self.hooks = list(hooks) + list(getattr(self.optimizer, "trainer_hooks", list)())
         for h in self.hooks:
             h.setup(self)
-
-    def _check_writable(self) -> None:
-        try:
-            self.out.mkdir(parents=True, exist_ok=True)
-            probe = self.out / f".write-probe-{os.getpid()}"
-            probe.write_bytes(b"\0" * 4096)
-            probe.unlink()
-        except OSError as e:
-            raise UserError(f"output directory {self.out} is not writable: {e.strerror or e}") from None
 
     def _check_shapes(self) -> None:
         m, d = self.cfg.model, self.cfg.data
