@@ -24,19 +24,14 @@ from leanformer.config import cfg
 from leanformer.errors import ConfigError
 from leanformer.models import boundaries as B
 from leanformer.models.base import LeanModel, lm_loss
-from leanformer.models.gpt import Block, GPTConfig
+from leanformer.models.gpt import Block, DecoderBlockConfig
 from leanformer.models.hourglass import CachedGeneration, init_weights
 from leanformer.nn import KVCache, RMSNorm, Rotary
 from leanformer.nn.shortening import segment_gather, segment_mean
 
 
 @dataclasses.dataclass(kw_only=True)
-class DynamicPoolingConfig:
-    vocab_size: int = cfg(260, ge=1)
-    d_model: int = cfg(256, ge=1)
-    n_heads: int = cfg(4, ge=1)
-    n_kv_heads: int | None = cfg(None, ge=1)
-    d_ff: int | None = cfg(None, ge=1)
+class DynamicPoolingConfig(DecoderBlockConfig):
     n_pre: int = cfg(2, ge=0, help="full-resolution layers before pooling")
     n_short: int = cfg(8, ge=1, help="layers over segments")
     n_post: int = cfg(2, ge=0, help="full-resolution layers after upsampling")
@@ -47,25 +42,12 @@ class DynamicPoolingConfig:
     boundary_loss_weight: float = cfg(1.0, ge=0.0)
     predictor_hidden: int | None = cfg(None, ge=1, help="boundary MLP width; default d_model")
     unigram_vocab: str | None = cfg(None, help="JSON of unigram pieces (UnigramSegmenter.save), boundaries=unigram")
-    max_seq_len: int = cfg(2048, ge=1)
-    rope_theta: float = cfg(10000.0, gt=0.0)
-    norm_eps: float = cfg(1e-5, gt=0.0)
-    tie_embeddings: bool = True
-    dropout: float = cfg(0.0, ge=0.0, lt=1.0)
-    init_std: float = cfg(0.02, gt=0.0)
-    attn_backend: str = cfg("sdpa", choices=("sdpa", "math"))
 
     def __post_init__(self):
-        self.block_config()
+        super().__post_init__()
         if self.boundaries == "unigram" and not self.unigram_vocab:
             raise ConfigError("model.unigram_vocab: boundaries='unigram' needs the path of a unigram vocabulary "
                               "(UnigramSegmenter.train(text).save(path))")
-
-    def block_config(self, n_layers: int = 1) -> GPTConfig:
-        return GPTConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_layers=max(1, n_layers),
-                         n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, d_ff=self.d_ff,
-                         max_seq_len=self.max_seq_len, rope_theta=self.rope_theta, norm_eps=self.norm_eps,
-                         dropout=self.dropout, init_std=self.init_std, attn_backend=self.attn_backend)
 
     @property
     def n_layers(self) -> int:

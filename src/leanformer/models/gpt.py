@@ -19,10 +19,12 @@ from leanformer.nn import Attention, KVCache, RMSNorm, Rotary, SwiGLU
 
 
 @dataclasses.dataclass(kw_only=True)
-class GPTConfig:
+class DecoderBlockConfig:
+    """The Llama-style decoder block shape shared by every family built from :class:`Block` (gpt, dmc, hourglass,
+    dynamic_pooling): one set of fields, one validation, one place to add a block option."""
+
     vocab_size: int = cfg(260, ge=1)
     d_model: int = cfg(256, ge=1)
-    n_layers: int = cfg(4, ge=1)
     n_heads: int = cfg(4, ge=1)
     n_kv_heads: int | None = cfg(None, ge=1, help="key/value heads (GQA); default: n_heads")
     d_ff: int | None = cfg(None, ge=1, help="SwiGLU hidden size; default: 8/3 d_model rounded up to 64")
@@ -56,6 +58,16 @@ class GPTConfig:
         if self.d_ff:
             return self.d_ff
         return 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    def block_config(self, n_layers: int = 1) -> GPTConfig:
+        """A :class:`GPTConfig` of this block shape with ``n_layers`` layers (at least 1)."""
+        shape = {f.name: getattr(self, f.name) for f in dataclasses.fields(DecoderBlockConfig)}
+        return GPTConfig(n_layers=max(1, n_layers), **shape)
+
+
+@dataclasses.dataclass(kw_only=True)
+class GPTConfig(DecoderBlockConfig):
+    n_layers: int = cfg(4, ge=1)
 
 
 class Block(nn.Module):

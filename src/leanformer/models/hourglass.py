@@ -25,7 +25,7 @@ from torch import nn
 from leanformer.config import cfg
 from leanformer.errors import ConfigError
 from leanformer.models.base import LeanModel, lm_loss
-from leanformer.models.gpt import Block, GPTConfig
+from leanformer.models.gpt import Block, DecoderBlockConfig
 from leanformer.nn import KVCache, RMSNorm, Rotary
 from leanformer.nn.shortening import DOWNSAMPLERS, UPSAMPLERS, AttentionResample, AvgPool, fixed_groups
 
@@ -56,35 +56,15 @@ def parse_hierarchy(spec: str) -> list[tuple[int, int, int]]:
 
 
 @dataclasses.dataclass(kw_only=True)
-class HourglassConfig:
-    vocab_size: int = cfg(260, ge=1)
-    d_model: int = cfg(256, ge=1)
-    n_heads: int = cfg(4, ge=1)
-    n_kv_heads: int | None = cfg(None, ge=1, help="key/value heads (GQA); default: n_heads")
-    d_ff: int | None = cfg(None, ge=1, help="SwiGLU hidden size; default: 8/3 d_model rounded up to 64")
+class HourglassConfig(DecoderBlockConfig):
     hierarchy: str = cfg("2@1 8@3 2@1", help="layers@cumulative shortening factor, palindromic")
     downsampling: str = cfg("linear", choices=("avg", "linear", "attention"))
     upsampling: str = cfg("linear", choices=("repeat", "linear", "attention"))
     upsampling_base: str = cfg("linear", choices=("repeat", "linear"), help="base of attention upsampling")
-    max_seq_len: int = cfg(2048, ge=1)
-    rope_theta: float = cfg(10000.0, gt=0.0)
-    norm_eps: float = cfg(1e-5, gt=0.0)
-    tie_embeddings: bool = True
-    dropout: float = cfg(0.0, ge=0.0, lt=1.0)
-    init_std: float = cfg(0.02, gt=0.0)
-    attn_backend: str = cfg("sdpa", choices=("sdpa", "math"))
 
     def __post_init__(self):
-        self.block_config()  # validates heads / head dim
+        super().__post_init__()
         parse_hierarchy(self.hierarchy)
-
-    def block_config(self, n_layers: int = 1) -> GPTConfig:
-        """The shared decoder-block shape (the same Llama-style block as ``gpt``)."""
-        return GPTConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_layers=max(1, n_layers),
-                         n_heads=self.n_heads, n_kv_heads=self.n_kv_heads, d_ff=self.d_ff,
-                         max_seq_len=self.max_seq_len, rope_theta=self.rope_theta, norm_eps=self.norm_eps,
-                         tie_embeddings=self.tie_embeddings, dropout=self.dropout, init_std=self.init_std,
-                         attn_backend=self.attn_backend)
 
     @property
     def levels(self) -> list[tuple[int, int, int]]:
