@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import graphed, record  # noqa: E402
 
 from leanformer.kvcache.dmc_cache import DMCCache  # noqa: E402
 from leanformer.models.dmc import DMC, DMCConfig  # noqa: E402
@@ -84,26 +84,12 @@ def dense_attend(a, q, k, v, pos):
     return F.scaled_dot_product_attention(q, a.k_cache, a.v_cache, enable_gqa=True)
 
 
-def graphed(fn):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g, g.replay
-
-
 def measure(model, caches, batch, args, device):
     tok = torch.randint(0, model.config.vocab_size, (batch, 1), device=device)
     pos = torch.tensor(args.context, device=device)
     fn = lambda: decode_step(model, caches, tok, pos)  # noqa: E731
-    graph = None
     if device.type == "cuda" and not args.no_graph:
-        graph, fn = graphed(fn)
+        fn = graphed(fn)  # the bound replay keeps the graph alive
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -116,7 +102,7 @@ def measure(model, caches, batch, args, device):
     for c in caches:
         if c is not None:
             c.check()
-    del graph
+    del fn  # releases the captured graph (and its memory pool) before the next configuration
     return dt
 
 

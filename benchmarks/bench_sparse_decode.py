@@ -18,23 +18,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, record  # noqa: E402
+from common import bench, graphed, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
-
-
-def graphed(fn):
-    """Capture ``fn`` in a CUDA graph; return the replay function."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
 
 
 def check(args, b: int = 2, length: int = 8191) -> dict:

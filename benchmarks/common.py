@@ -105,3 +105,19 @@ def bench(fn, warmup: int = 3, repeat: int = 10, sync=None) -> float:
             fn()
             times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def graphed(fn):
+    """Capture ``fn`` in a CUDA graph (after two warm-up calls on a side stream); return the graph's replay."""
+    import torch
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
