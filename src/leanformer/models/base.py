@@ -27,6 +27,25 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
                            ignore_index=ignore_index)
 
 
+def decode_loop(first_logits: torch.Tensor, step, max_new_tokens: int, temperature: float = 0.0,
+                generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
+    """The token loop every ``generate`` shares: greedy (``temperature=0``) or sampled next tokens from
+    ``first_logits [B, V]``; ``step(next_ids [B, 1], i) -> logits [B, V]`` advances the model by one token (the
+    ``i``-th new one). Stops early when every row emitted ``eos_id``. Returns the new tokens ``[B, n]``."""
+    logits, out = first_logits, []
+    for i in range(max_new_tokens):
+        if temperature > 0:
+            nxt = torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=generator)
+        else:
+            nxt = logits.argmax(-1, keepdim=True)
+        out.append(nxt)
+        if eos_id is not None and bool((nxt == eos_id).all()):
+            break
+        if i + 1 < max_new_tokens:
+            logits = step(nxt, i)
+    return torch.cat(out, dim=1)
+
+
 class LeanModel(nn.Module):
     """Base class: ``family`` names the registry entry, ``config`` is the family's config dataclass."""
 

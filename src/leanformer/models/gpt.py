@@ -14,7 +14,7 @@ from torch import nn
 
 from leanformer.config import cfg
 from leanformer.errors import ConfigError
-from leanformer.models.base import LeanModel, lm_loss
+from leanformer.models.base import LeanModel, decode_loop, lm_loss
 from leanformer.nn import Attention, KVCache, RMSNorm, Rotary, SwiGLU
 
 
@@ -139,20 +139,9 @@ class GPT(LeanModel):
         """Greedy (``temperature=0``) or sampled continuation with a KV cache; returns only the new tokens."""
         b, t = input_ids.shape
         caches = self.new_caches(b, t + max_new_tokens)
-        logits = self(input_ids, caches=caches, pos=0)[:, -1]
-        out = []
-        for step in range(max_new_tokens):
-            if temperature > 0:
-                probs = torch.softmax(logits.float() / temperature, -1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            else:
-                nxt = logits.argmax(-1, keepdim=True)
-            out.append(nxt)
-            if eos_id is not None and bool((nxt == eos_id).all()):
-                break
-            if step + 1 < max_new_tokens:
-                logits = self(nxt, caches=caches, pos=t + step)[:, -1]
-        return torch.cat(out, dim=1)
+        first = self(input_ids, caches=caches, pos=0)[:, -1]
+        return decode_loop(first, lambda nxt, i: self(nxt, caches=caches, pos=t + i)[:, -1], max_new_tokens,
+                           temperature, generator, eos_id)
 
     # ---- Hugging Face Llama conversion ---------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from torch import nn
 
 from leanformer.config import cfg
 from leanformer.errors import ConfigError
-from leanformer.models.base import LeanModel, lm_loss
+from leanformer.models.base import LeanModel, decode_loop, lm_loss
 from leanformer.models.gpt import Block, DecoderBlockConfig
 from leanformer.nn import KVCache, RMSNorm, Rotary
 from leanformer.nn.shortening import DOWNSAMPLERS, UPSAMPLERS, AttentionResample, AvgPool, fixed_groups
@@ -89,7 +89,7 @@ class HourglassConfig(DecoderBlockConfig):
             if i + 1 < len(levels):
                 k = levels[i + 1][1] // unit
                 s = math.ceil(t / k)
-                ff = 3 * d * self.block_config().ff_dim
+                ff = 3 * d * self.ff_dim
                 total += 2 * s * k * d * d * (self.downsampling == "linear")
                 total += 2 * s * k * d * d * (self.upsampling == "linear" or (
                     self.upsampling == "attention" and self.upsampling_base == "linear"))
@@ -112,24 +112,16 @@ class CachedGeneration:
         """Greedy (``temperature=0``) or sampled continuation; returns only the new tokens ``[B, n]``."""
         b, t = input_ids.shape
         state = self.new_state(b, t + max_new_tokens) if use_cache else None
-        seq = input_ids
-        logits = self(input_ids, state=state, pos=0)[:, -1]
-        out = []
-        for step in range(max_new_tokens):
-            if temperature > 0:
-                nxt = torch.multinomial(torch.softmax(logits.float() / temperature, -1), 1, generator=generator)
-            else:
-                nxt = logits.argmax(-1, keepdim=True)
-            out.append(nxt)
-            if eos_id is not None and bool((nxt == eos_id).all()):
-                break
-            if step + 1 < max_new_tokens:
-                if use_cache:
-                    logits = self(nxt, state=state, pos=t + step)[:, -1]
-                else:
-                    seq = torch.cat([seq, nxt], 1)
-                    logits = self(seq)[:, -1]
-        return torch.cat(out, dim=1)
+        seq = [input_ids]
+
+        def step(nxt, i):
+            if use_cache:
+                return self(nxt, state=state, pos=t + i)[:, -1]
+            seq.append(nxt)
+            return self(torch.cat(seq, 1))[:, -1]
+
+        first = self(input_ids, state=state, pos=0)[:, -1]
+        return decode_loop(first, step, max_new_tokens, temperature, generator, eos_id)
 
 
 class _LevelState:
