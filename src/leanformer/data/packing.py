@@ -62,6 +62,17 @@ def token_stream(documents: list[str], tokenizer, cache_key: str | None = None, 
     return tokens
 
 
+def split_tokens(data_cfg, tokenizer, splits: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Token streams of the given splits of a run's ``data`` config (source, tokenizer, cache, cap), cached on disk
+    under one key, so training and ``leanformer eval`` read the same tokens."""
+    from leanformer.data.sources import load_source
+
+    d = data_cfg
+    source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
+    key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
+    return {s: token_stream(source.documents(s), tokenizer, f"{key}|{s}", d.cache_dir, d.max_tokens) for s in splits}
+
+
 def _window_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[str, torch.Tensor]:
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
     w = torch.from_numpy(tokens[idx].astype(np.int64))

@@ -25,7 +25,7 @@ def evaluate_run(path, split: str = "test", batch_size: int = 8, max_batches: in
     import torch
 
     from leanformer.config import load_run_config
-    from leanformer.data import load_source, token_stream
+    from leanformer.data.packing import split_tokens
     from leanformer.errors import UserError
     from leanformer.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
     from leanformer.train.trainer import resolve_device
@@ -41,9 +41,7 @@ def evaluate_run(path, split: str = "test", batch_size: int = 8, max_batches: in
     model = load_model(ckpt, device=str(dev))
     tok = load_tokenizer(ckpt)
     d = cfg.data
-    source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
-    key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
-    tokens = token_stream(source.documents(split), tok, f"{key}|{split}", d.cache_dir, d.max_tokens)
+    tokens = split_tokens(d, tok, (split,))[split]
     dtype = torch.bfloat16 if dev.type == "cuda" else None
     # The family's objective evaluates it (causal LM by default; DMC adds the compression ratio reached).
     metrics = model.objective(tok, d.seq_len).evaluate(model, tokens, batch_size, max_batches, dev, dtype)

@@ -24,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from leanformer.config import RunConfig, save_yaml
-from leanformer.data import get_tokenizer, load_source, token_stream
+from leanformer.data import get_tokenizer
+from leanformer.data.packing import split_tokens
 from leanformer.errors import ConfigError, UserError
 from leanformer.models.registry import build_model
 from leanformer.reliability import check_output_dir, crash_point, training_bytes
@@ -82,12 +83,8 @@ class Trainer:
         # A read-only or full output directory must fail now, not at the first checkpoint an hour in.
         check_output_dir(self.out, training_bytes(self.model, t.keep_last), "this run's checkpoints")
         d = cfg.data
-        source = load_source(d.source, d.val_fraction, d.text_field, d.hf_config)
-        key = f"{d.source}|{d.tokenizer}|{d.hf_config}|{d.text_field}|{d.val_fraction}"
-        self.train_tokens = token_stream(source.documents("train"), self.tokenizer, f"{key}|train", d.cache_dir,
-                                         d.max_tokens)
-        self.val_tokens = token_stream(source.documents("validation"), self.tokenizer, f"{key}|validation",
-                                       d.cache_dir, d.max_tokens)
+        toks = split_tokens(d, self.tokenizer, ("train", "validation"))
+        self.train_tokens, self.val_tokens = toks["train"], toks["validation"]
         # The family decides how windows become batches and how it is evaluated (causal LM by default).
         self.objective = self.model.objective(self.tokenizer, d.seq_len)
         self.batches = self.objective.batches(self.train_tokens, t.batch_size, cfg.seed)
