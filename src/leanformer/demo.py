@@ -112,24 +112,16 @@ def summarize(store: str | Path) -> str:
 
 
 def run_training_demo(args) -> int:
-    import tempfile
-
-    from leanformer.config import load_run_config
     from leanformer.data import ByteTokenizer, load_source, token_stream
     from leanformer.eval.cli import evaluate_run
     from leanformer.eval.lm import token_byte_lengths, unigram_entropy_bits_per_byte
-    from leanformer.train.checkpoint import latest_checkpoint
+    from leanformer.train.cli import run_config
     from leanformer.train.trainer import Trainer
 
     out = Path(args.out)
     overrides = [f"trainer.device={args.device}", *args.overrides]
-    if latest_checkpoint(out) is not None and (out / "config.yaml").is_file():
-        cfg = load_run_config(out / "config.yaml", overrides)
-    else:
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
-            f.write(packaged("configs/gpt-shakespeare.yaml").read_text())
-        cfg = load_run_config(f.name, overrides)
-        Path(f.name).unlink()
+    with resources.as_file(packaged("configs/gpt-shakespeare.yaml")) as preset:
+        cfg = run_config(out, preset, overrides)
     print(f"leanformer demo: training {cfg.model.n_layers}-layer GPT (d={cfg.model.d_model}) on Shakespeare, "
           f"byte level, into {out}")
     Trainer(cfg, out).fit()

@@ -31,23 +31,28 @@ def split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return config, overrides
 
 
-def run(args) -> int:
+def run_config(out: Path, config, overrides: list[str]):
+    """The config of a run in ``out``: its saved ``config.yaml`` when it holds a checkpoint to resume (overrides
+    applied on top), else ``config``'s."""
     from leanformer.config import load_run_config
     from leanformer.errors import UserError
     from leanformer.train.checkpoint import latest_checkpoint
+
+    if latest_checkpoint(out) is not None and (out / "config.yaml").is_file():
+        return load_run_config(out / "config.yaml", overrides)
+    if config is None:
+        raise UserError(f"no CONFIG given and {out} holds no run to resume; e.g. leanformer train "
+                        "configs/gpt-shakespeare.yaml --out runs/gpt")
+    return load_run_config(config, overrides)
+
+
+def run(args) -> int:
     from leanformer.train.distributed import shutdown
     from leanformer.train.trainer import Trainer
 
     config, overrides = split_args(args.args)
     out = Path(args.out) if args.out else Path("runs") / (Path(config).stem if config else "default")
-    if latest_checkpoint(out) is not None and (out / "config.yaml").is_file():
-        cfg = load_run_config(out / "config.yaml", overrides)
-    elif config is None:
-        raise UserError(f"no CONFIG given and {out} holds no run to resume; e.g. leanformer train "
-                        "configs/gpt-shakespeare.yaml --out runs/gpt")
-    else:
-        cfg = load_run_config(config, overrides)
-    trainer = Trainer(cfg, out)
+    trainer = Trainer(run_config(out, config, overrides), out)
     try:
         result = trainer.fit()
     finally:
