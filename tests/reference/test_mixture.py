@@ -56,3 +56,10 @@ def test_task_sequence_is_prompt_then_answer_and_answer_only_masks_the_prompt():
     kept = labels[labels != -100]
     seq, start = task_sequence(task, tok, 700, plan["items"][0][1])
     assert kept.tolist() == seq[start:] and (labels[:start - 1] == -100).all()
+
+
+def test_curriculum_draws_short_lengths_first_then_the_full_set():
+    mix = MixtureConfig(lengths=[700, 800, 900], short_lengths=[300], short_steps=50, tokens_per_batch=3000)
+    early = {batch_plan(mix, 0, step)["length"] for step in range(50)}
+    late = {batch_plan(mix, 0, step)["length"] for step in range(50, 150)}
+    assert early == {300} and late == {700, 800, 900}

@@ -40,6 +40,9 @@ class MixtureConfig:
                                                "story_filtering": 1.5})
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
     answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
+    short_lengths: list[int] = cfg(default_factory=list,
+                                   help="curriculum: bucket lengths of the first short_steps steps (empty: none)")
+    short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
 
 
 class ApproxCounter:
@@ -81,7 +84,7 @@ def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounte
 def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     """Which kind of batch step ``step`` is, its bucket length and, for task batches, (task, sample seed) pairs."""
     rng = random.Random(f"reference-mixture:{seed}:{step}")
-    length = rng.choice(mix.lengths)
+    length = rng.choice(mix.short_lengths if step < mix.short_steps and mix.short_lengths else mix.lengths)
     n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
     if rng.random() < mix.shakespeare_fraction:
         return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from leanformer.config import cfg, from_dict, load_yaml
+from leanformer.errors import UserError
 from leanformer.models.gpt import GPTConfig
 from leanformer.reference.mixture import ApproxCounter, MixtureConfig, batch_plan, bytes_per_token, make_batch
 
@@ -86,8 +87,13 @@ def _worker_init(tok_dir: str, mix: dict, shakespeare_path: str):
     _W["shakespeare"] = np.load(shakespeare_path)
     _W["tasks"] = {name: TASKS[name]() for name in set(_W["mix"].tasks) | {"niah"}}
     # Calibrated per (task, length), 3% under the real count so prompts stay within the batch width.
-    _W["counters"] = {(name, L): ApproxCounter(0.97 * bytes_per_token(task, _W["tok"], L))
-                      for name, task in _W["tasks"].items() for L in _W["mix"].lengths}
+    _W["counters"] = {}
+    for name, task in _W["tasks"].items():
+        for L in sorted(set(_W["mix"].lengths) | set(_W["mix"].short_lengths)):
+            try:
+                _W["counters"][(name, L)] = ApproxCounter(0.97 * bytes_per_token(task, _W["tok"], L))
+            except UserError:  # too short for this task: make_batch substitutes a needle sample there
+                pass
 
 
 def _worker_batch(args):
@@ -189,7 +195,7 @@ def _prefetch(pool, seed: int, max_steps: int | None, ahead: int):
         yield pending.popleft().get()
 
 
-def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 24,
+def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
              max_new_tokens: int = 128) -> dict:
     """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder and scorers."""
     import torch
