@@ -27,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_hourglass import autocast, load_splits, plot_budget, train_budget  # noqa: E402
-from common import record  # noqa: E402
+from common import record, utc_stamp  # noqa: E402
 
 from leanformer.analysis.flops import train_flops_per_token  # noqa: E402
 from leanformer.data import sequential_windows  # noqa: E402
@@ -78,7 +78,7 @@ def cmd_prepare(args):
 def cmd_budget(args, device):
     data = load_splits(args.data_dir, 20_000 if args.tiny else None)
     amount = args.seconds if args.budget == "seconds" else args.train_steps
-    rows = []
+    rows, stamp = [], utc_stamp()
     for name in args.models or MODELS:
         torch.manual_seed(0)
         model = build(name, args)
@@ -91,10 +91,14 @@ def cmd_budget(args, device):
                  step_s=r["train_seconds"] / max(r["steps"], 1), shortening_val=short,
                  shortening_train=r["mean_metrics"].get("shortening", short))
         rows.append(r)
+        path = record(f"dynamic_pooling_budget_{args.budget}", {"config": vars(args), "runs": rows, "complete": False},
+                      stamp=stamp)
         print(f"{name:15s} steps {r['steps']:5d}  {1e3 * r['step_s']:7.1f} ms/step  shortening {short:5.2f}  "
               f"{r['flops_per_token'] / 1e6:7.1f} MFLOP/byte  test bpb {r['test_bits_per_byte']:.4f}", flush=True)
         del model
-    path = record(f"dynamic_pooling_budget_{args.budget}", {"config": vars(args), "runs": rows})
+
+    path = record(f"dynamic_pooling_budget_{args.budget}", {"config": vars(args), "runs": rows, "complete": True},
+                  stamp=stamp)
     plot_budget(rows, path.with_suffix(".png"), f"DTP, equal {args.budget}")
     print(f"recorded {path}")
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import record, utc_stamp  # noqa: E402
 
 from leanformer.analysis.flops import train_flops_per_token  # noqa: E402
 from leanformer.data import ByteTokenizer, RandomWindows, token_stream  # noqa: E402
@@ -149,7 +149,7 @@ def cmd_budget(args, device):
                                         args.seq_len)
     amount = args.seconds if args.budget == "seconds" else vanilla_fpt * args.vanilla_steps * (
         args.batch_size * args.seq_len)
-    rows = []
+    rows, stamp = [], utc_stamp()
     for name in names:
         torch.manual_seed(0)
         model = build(name, args.d_model, args.heads, args.seq_len, args.dropout)
@@ -157,9 +157,13 @@ def cmd_budget(args, device):
         r = train_budget(model, data, args, device, args.budget, amount, fpt)
         r.update(model=name, params=model.num_params(), budget=args.budget, amount=amount)
         rows.append(r)
+        path = record(f"hourglass_budget_{args.budget}", {"config": vars(args), "runs": rows, "complete": False},
+                      stamp=stamp)
         print(f"{name:16s} steps {r['steps']:5d}  {r['train_seconds']:6.1f}s  {r['train_flops']:.3g} FLOPs  "
               f"test bpb {r['test_bits_per_byte']:.4f}", flush=True)
-    path = record(f"hourglass_budget_{args.budget}", {"config": vars(args), "runs": rows})
+
+    path = record(f"hourglass_budget_{args.budget}", {"config": vars(args), "runs": rows, "complete": True},
+                  stamp=stamp)
     plot_budget(rows, path.with_suffix(".png"), f"equal {args.budget} budget")
     print(f"recorded {path}")
 

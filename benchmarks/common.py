@@ -58,14 +58,21 @@ def git_commit() -> str:
         return os.environ.get("LEANFORMER_COMMIT", "unknown")
 
 
-def record(name: str, results: dict | list, out_dir: str | os.PathLike | None = None) -> Path:
+def utc_stamp() -> str:
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def record(name: str, results: dict | list, out_dir: str | os.PathLike | None = None, stamp: str | None = None
+           ) -> Path:
     """Write ``{name}-{UTC timestamp}.json`` holding machine, versions, command, commit and ``results``.
 
     ``out_dir`` defaults to ``$OUT`` when set (the device tool returns files from there), else ``benchmarks/results``.
+    A fixed ``stamp`` rewrites the same file (atomically): long benchmarks record after every row, so a run cut
+    short keeps what it measured.
     """
     out = Path(out_dir or os.environ.get("OUT") or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    stamp = stamp or utc_stamp()
     payload = {
         "benchmark": name,
         "date": stamp,
