@@ -113,6 +113,33 @@ def test_unigram_targets_mark_word_internal_piece_ends_and_whitespace(vocab):
     assert torch.nonzero(t).flatten().tolist() == [3, 5, 8, 10]
 
 
+def _targets_per_byte(seg, ids):
+    """The rule written out byte by byte: whitespace / ids > 255 are boundaries, and inside each word the ends of all
+    pieces but the last."""
+    out = torch.zeros(ids.shape)
+    for r, row in enumerate(ids.tolist()):
+        start = 0
+        for t, c in enumerate(row + [32]):
+            if c in B.WHITESPACE or c > 255:
+                if t > start:
+                    for e in seg.split(bytes(row[start:t]))[:-1]:
+                        out[r, start + e - 1] = 1.0
+                if t < len(row):
+                    out[r, t] = 1.0
+                start = t + 1
+    return out
+
+
+def test_unigram_targets_equal_the_per_byte_rule_on_random_text(vocab):
+    seg = B.UnigramSegmenter.load(vocab)
+    g = torch.Generator().manual_seed(0)
+    alphabet = torch.tensor(list(b"abcdefghij nobler\n\t") + [300, 259])  # specials count as whitespace
+    ids = alphabet[torch.randint(len(alphabet), (4, 97), generator=g)]
+    ids[0, :6] = torch.tensor(list(b"nobler"))  # a word at the very start and one cut at the very end
+    ids[1, -4:] = torch.tensor(list(b"nobl"))
+    assert torch.equal(seg.targets(ids), _targets_per_byte(seg, ids))
+
+
 def test_unigram_viterbi_agrees_with_sentencepiece():
     spm = pytest.importorskip("sentencepiece")
     import io

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,7 @@ from leanformer.errors import UserError
 SOURCES = ("gumbel", "entropy", "unigram", "whitespace", "fixed", "none")
 PREDICTED = ("gumbel", "entropy", "unigram")
 WHITESPACE = (9, 10, 11, 12, 13, 32)  # \t \n \v \f \r and space
+_WORD = re.compile(rb"[^\t\n\v\f\r ]+")
 
 
 class BoundaryPredictor(nn.Module):
@@ -143,17 +146,18 @@ class UnigramSegmenter:
         return self._split(word)
 
     def targets(self, ids: torch.Tensor) -> torch.Tensor:
-        """``[B, T]`` byte ids -> 0/1 targets: whitespace bytes and ends of pieces that are not a word's last."""
-        rows = ids.tolist()
-        out = torch.zeros(ids.shape, dtype=torch.float32)
-        for r, row in enumerate(rows):
-            start = 0
-            for t, c in enumerate(row + [32]):
-                if c in WHITESPACE or c > 255:
-                    if t > start:
-                        for e in self.split(bytes(row[start:t]))[:-1]:
-                            out[r, start + e - 1] = 1.0
-                    if t < len(row):
-                        out[r, t] = 1.0
-                    start = t + 1
-        return out.to(ids.device)
+        """``[B, T]`` byte ids -> 0/1 targets: whitespace bytes and ends of pieces that are not a word's last.
+
+        Ids above 255 (special tokens) count as whitespace. Words are found with one regular-expression scan per
+        row and segmented through the cached Viterbi, so the per-step cost is per word, not per byte."""
+        arr = ids.detach().cpu().numpy()
+        sep = (arr > 255) | np.isin(arr, WHITESPACE)
+        out = sep.astype(np.float32)
+        clean = np.where(sep, 32, arr).astype(np.uint8)
+        for r in range(arr.shape[0]):
+            row = clean[r].tobytes()
+            for m in _WORD.finditer(row):
+                start = m.start()
+                for e in self.split(m.group())[:-1]:
+                    out[r, start + e - 1] = 1.0
+        return torch.from_numpy(out).to(ids.device)
