@@ -59,10 +59,29 @@ if triton is not None:
         tl.store(MP + row, m_i)
         tl.store(LP + row, l_i)
 
+    @triton.jit
+    def _merge_splits(OP, MP, LP, OUT, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
+        """One program per (selection head, query row): the splits' partial outputs merged by log-sum-exp."""
+        r = tl.program_id(0)
+        g = tl.program_id(1)
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, D)
+        sm = offs_s < NSPLIT
+        part = (r * NSPLIT + offs_s) * BG + g
+        m = tl.load(MP + part, mask=sm, other=float("-inf"))
+        den = tl.load(LP + part, mask=sm, other=0.0)
+        m_max = tl.max(m, 0)
+        w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))
+        o = tl.load(OP + part[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0)
+        out = tl.sum(o * w[:, None], 0) / tl.sum(den * w, 0)
+        tl.store(OUT + (r * ROWS + g) * D + offs_d, out.to(OUT.dtype.element_ty))
+
 
 def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = 64) -> torch.Tensor:
     """Fused split-K kernel: each program reads ``idx`` positions of one selection head straight from the cache
-    (no gathered copy) for all query heads that share it, then the splits are merged by their log-sum-exp."""
+    (no gathered copy) for all query heads that share it; a second kernel merges the splits by their log-sum-exp
+    (two launches per step: at batch 1 the step is launch-bound, so PyTorch ops for the merge would cost more
+    than the reads)."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
     g = _check(q, k, idx)
@@ -87,12 +106,10 @@ def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_
         q, k, v, idx, op, mp, lp, scale * 1.4426950408889634, q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), idx.stride(0), idx.stride(1),
         hs, rows, kvdiv, n, length, chunk, nsplit, BLOCK_G=block_g, BLOCK_N=block_n, D=d, num_warps=4, num_stages=2)
-    mp = mp.view(b * hs, nsplit, block_g)[..., :rows]
-    lp = lp.view(b * hs, nsplit, block_g)[..., :rows]
-    op = op.view(b * hs, nsplit, block_g, d)[:, :, :rows]
-    w = torch.exp2(mp - mp.amax(1, keepdim=True))
-    out = (op * w[..., None]).sum(1) / (lp * w).sum(1)[..., None]
-    return out.reshape(b, hq, 1, d).to(q.dtype)
+    out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
+    _merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
+                                  BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=1)
+    return out.view(b, hq, 1, d)
 
 
 def _check(q, k, idx):
