@@ -1,6 +1,9 @@
 """The reference-checkpoint data mixture: deterministic batches, training seeds disjoint from evaluation seeds, and
 sequences laid out exactly as the harness feeds prompts (prompt, then '<answer>', then the gold answer)."""
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 
 from leanformer.data import ByteTokenizer
@@ -14,6 +17,7 @@ from leanformer.reference.mixture import (
 )
 from leanformer.tasks import TASKS
 
+ROOT = Path(__file__).resolve().parents[2]
 MIX = MixtureConfig(lengths=[700, 800], tokens_per_batch=3000, shakespeare_fraction=0.3,
                     tasks={"niah": 1.0, "common_words": 1.0})
 
@@ -63,3 +67,58 @@ def test_curriculum_draws_short_lengths_first_then_the_full_set():
     early = {batch_plan(mix, 0, step)["length"] for step in range(50)}
     late = {batch_plan(mix, 0, step)["length"] for step in range(50, 150)}
     assert early == {300} and late == {700, 800, 900}
+
+
+def test_copy_batches_learn_only_tokens_an_induction_head_can_copy():
+    tok = ByteTokenizer()
+    mix = MixtureConfig(lengths=[100], tokens_per_batch=600, shakespeare_fraction=0.0, copy_fraction=1.0,
+                        answer_margin=8)
+    plan = batch_plan(mix, 0, 3)
+    assert plan["kind"] == "copy"
+    b = make_batch(plan, mix, tok, np.zeros(10, dtype=np.int64), {}, tok.pad_id)
+    ids, labels = b["input_ids"], b["labels"]
+    assert ids.shape == (plan["n"], 108)
+    assert not {tok.pad_id, tok.bos_id, tok.eos_id} & set(np.unique(ids).tolist())
+    half = (108 + 1) // 2
+    assert (labels[:, :half] == -100).all() and (labels[:, half:] != -100).mean() > 0.8
+    offsets = set()
+    for r, t in zip(*np.nonzero(labels != -100)):
+        # the pair (current token, target) occurs earlier in the first half: copying by content predicts it
+        src = [a for a in range(half - 1) if ids[r, a] == ids[r, t] and ids[r, a + 1] == labels[r, t]]
+        assert src, (r, t)
+        offsets.add(t - src[0])
+    assert len(offsets) > 5  # copy distances vary: no fixed offset to learn instead of content
+    with_copy = dataclasses.replace(MIX, copy_fraction=0.3)
+    plans = [batch_plan(with_copy, 5, s) for s in range(60)]
+    assert {p["kind"] for p in plans} == {"shakespeare", "copy", "tasks"}
+    # batches drawn as Shakespeare stay Shakespeare when copy batches are added (they take the task share)
+    assert all(p == batch_plan(MIX, 5, s) for s, p in enumerate(plans) if p["kind"] == "shakespeare")
+
+
+def test_answer_space_tokenizes_the_first_item_as_in_the_prompt():
+    from leanformer.data import HFTokenizer
+
+    tok = HFTokenizer.from_pretrained(ROOT / "src" / "leanformer" / "assets" / "reference")
+    task = TASKS["story_retrieval"]()
+    sample = task.generate(tok, 1200, TRAIN_SEED_BASE + 11)
+    first = list(tok.encode(" " + sample.answer[0]))
+    prompt = list(tok.encode(sample.prompt))
+    assert any(prompt[i:i + len(first)] == first for i in range(len(prompt)))  # how the prompt spells it
+    ids, start = task_sequence(task, tok, 1200, TRAIN_SEED_BASE + 11, answer_space=True)
+    items = ids[start + len(tok.encode("<answer>")):]
+    assert items[:len(first)] == first
+    assert task.score(tok.decode(items), sample) == 1.0  # the scorer ignores the space
+
+
+def test_shipped_tokenizer_is_what_the_recipe_trains_and_splits_digits(tmp_path):
+    from leanformer.data import HFTokenizer
+    from leanformer.reference.train import train_tokenizer
+
+    shipped = ROOT / "src" / "leanformer" / "assets" / "reference"
+    train_tokenizer(tmp_path, 4096, 0)
+    assert (tmp_path / "tokenizer.json").read_bytes() == (shipped / "tokenizer.json").read_bytes()
+    tok = HFTokenizer.from_pretrained(shipped)
+    for text in (" is: 9217312.", "<answer>9217312, 7244549"):
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert [tok.decode([i]) for i in ids if tok.decode([i]).isdigit()] == [c for c in text if c.isdigit()]

@@ -1,13 +1,15 @@
 """Training data for the reference checkpoints: Shakespeare language modelling mixed with task-suite samples.
 
-Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows or task
-samples), which tasks and which sample seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above any seed an
+Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows, task samples
+or copy sequences: random tokens repeated twice, which teach induction-style copying), which tasks and which sample
+seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above any seed an
 evaluation uses (the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them apart and a
 test checks that the two never overlap).
 
 A task sample becomes ``encode(prompt) + encode("<answer>") + encode(items + "</answer>") + [eos]`` — exactly the
 tokens the harness feeds (:class:`leanformer.eval.generation.PromptEncoder`, chat template off) followed by the gold
-continuation, so the model learns the format it is evaluated in.
+continuation, so the model learns the format it is evaluated in (``answer_space`` puts a space before the items,
+which the scorers ignore, so that an item's first word is tokenized as it appears in the prompt).
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ class MixtureConfig:
     lengths: list[int] = cfg(default_factory=lambda: [1024, 2048, 4096, 8192])
     tokens_per_batch: int = cfg(65536, ge=1024, help="sequences per batch = tokens_per_batch // bucket length")
     shakespeare_fraction: float = cfg(0.25, ge=0.0, le=1.0, help="share of batches that are Shakespeare windows")
+    copy_fraction: float = cfg(0.0, ge=0.0, le=1.0,
+                               help="share of batches that are random token sequences repeated twice (loss on the "
+                                    "repeat): they teach copying by induction, which every retrieval task needs")
     tasks: dict = cfg(default_factory=lambda: {"niah": 1.0, "variable_tracking": 1.0, "common_words": 0.5,
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
     answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
+    answer_space: bool = cfg(False, help="write the gold answer after '<answer>' with a leading space, so its first "
+                                         "word is tokenized as it is in the prompt (' Rosa', not 'Rosa')")
     short_lengths: list[int] = cfg(default_factory=list,
                                    help="curriculum: bucket lengths of the first short_steps steps (empty: none)")
     short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
@@ -65,8 +72,8 @@ def bytes_per_token(task, tokenizer, length: int = 2048, seed: int = TRAIN_SEED_
     return len(prompt.encode("utf-8")) / max(1, len(tokenizer.encode(prompt)))
 
 
-def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounter | None = None
-                  ) -> tuple[list[int], int]:
+def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounter | None = None,
+                  answer_space: bool = False) -> tuple[list[int], int]:
     """Token ids of prompt + answer prefix + gold answer + EOS, and the index where the answer prefix starts.
 
     With ``counter`` the filler is fitted by approximate counts (the prompt lands within a few % of ``length``).
@@ -75,7 +82,7 @@ def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounte
     prompt = list(tokenizer.encode(sample.prompt))
     answer = sample.answer_text[len(ANSWER_PREFIX):] if sample.answer_text.startswith(ANSWER_PREFIX) \
         else sample.answer_text
-    ids = prompt + list(tokenizer.encode(ANSWER_PREFIX)) + list(tokenizer.encode(answer))
+    ids = prompt + list(tokenizer.encode(ANSWER_PREFIX)) + list(tokenizer.encode(" " * answer_space + answer))
     if getattr(tokenizer, "eos_id", None) is not None:
         ids.append(tokenizer.eos_id)
     return ids, len(prompt)
@@ -86,13 +93,38 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     rng = random.Random(f"reference-mixture:{seed}:{step}")
     length = rng.choice(mix.short_lengths if step < mix.short_steps and mix.short_lengths else mix.lengths)
     n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
-    if rng.random() < mix.shakespeare_fraction:
+    u = rng.random()
+    if u < mix.shakespeare_fraction:
         return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}
+    if u < mix.shakespeare_fraction + mix.copy_fraction:
+        return {"kind": "copy", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
     names = list(mix.tasks)
     weights = [mix.tasks[k] for k in names]
     picks = rng.choices(names, weights=weights, k=n)
     seeds = [TRAIN_SEED_BASE + step * 4096 + i for i in range(n)]
     return {"kind": "tasks", "length": length, "n": n, "items": list(zip(picks, seeds))}
+
+
+def copy_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.random.Generator,
+              chunk: tuple[int, int] = (8, 32)) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of random (non-special) tokens whose second half is made of chunks copied from random places in the
+    first half; ``learn[t]`` marks the tokens a copy predicts (every chunk token but its first). Chunk lengths and
+    source offsets vary, so the only way to predict the repeat is by content (an induction head), not by a fixed
+    distance."""
+    regular = np.setdiff1d(np.arange(vocab_size), [s for s in specials if s is not None])
+    ids = regular[rng.integers(0, len(regular), size=(n, width))]
+    learn = np.zeros((n, width), dtype=bool)
+    half = width // 2
+    lo, hi = min(chunk[0], half - 1), min(chunk[1], half - 1)
+    for r in range(n):
+        t = half
+        while t < width - 1:
+            c = min(int(rng.integers(lo, hi + 1)), width - t)
+            a = int(rng.integers(0, half - c + 1))
+            ids[r, t:t + c] = ids[r, a:a + c]
+            learn[r, t + 1:t + c] = True
+            t += c
+    return ids, learn
 
 
 def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np.ndarray, tasks: dict,
@@ -107,15 +139,19 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
         for r, s in enumerate(starts):
             ids[r] = shakespeare_tokens[s:s + width + 1]
         valid[:] = True
+    elif plan["kind"] == "copy":
+        ids[:], valid[:] = copy_rows(plan["n"], width + 1, tokenizer.vocab_size,
+                                     [pad_id, getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)],
+                                     np.random.default_rng(plan["tokens_seed"]))
     else:
         for r, (name, seed) in enumerate(plan["items"]):
             counters = counters or {}
             try:
                 seq, answer_start = task_sequence(tasks[name], tokenizer, plan["length"], seed,
-                                                  counters.get((name, plan["length"])))
+                                                  counters.get((name, plan["length"])), mix.answer_space)
             except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
                 seq, answer_start = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
-                                                  counters.get(("niah", plan["length"])))
+                                                  counters.get(("niah", plan["length"])), mix.answer_space)
             seq = seq[:width + 1]
             ids[r, :len(seq)] = seq
             # labels[t] = ids[t + 1]: with answer_only, only targets from the answer prefix on are learned

@@ -49,7 +49,8 @@ class ReferenceConfig:
 
 
 def train_tokenizer(out_dir: Path, vocab_size: int, seed: int):
-    """Byte-level BPE trained on the Shakespeare training plays plus task samples (training seeds only)."""
+    """Byte-level BPE trained on the Shakespeare training plays plus task samples (training seeds only); digits are
+    always single tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -62,7 +63,10 @@ def train_tokenizer(out_dir: Path, vocab_size: int, seed: int):
         for j in range(12):
             texts.append(TASKS[name]().generate(ByteTokenizer(), 6000, TRAIN_SEED_BASE + 10**8 + 100 * i + j).prompt)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Digits one by one (as Llama's tokenizers do): a number is then the same tokens wherever it appears, so a value
+    # seen in the prompt can be copied token by token into the answer.
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "<bos>", "<eos>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
