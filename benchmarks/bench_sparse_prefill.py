@@ -13,7 +13,6 @@ bf16, random q/k/v (the pattern of random data is diffuse: a speed test, not a q
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, record  # noqa: E402
+from common import bench, gpu_profile, record  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
@@ -101,22 +100,14 @@ def bench_length(t, args, verdict) -> list[dict]:
 
 def profile(args, t: int, s: float = 0.95):
     """Where the time of one call goes (pattern estimation vs kernel), by GPU op."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as prof
-
     q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
     for method in args.methods:
         sparse.prefill_attention(q, k, v, method, s)
         torch.cuda.synchronize()
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            sparse.prefill_attention(q, k, v, method, s)
-            torch.cuda.synchronize()
-        table = p.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60)
-        out = Path(os.environ.get("OUT", ".")) / "profile_prefill.txt"
-        with open(out, "a") as f:
-            f.write(f"--- profile {method} T={t} s={s}\n{table}\n")
+        gpu_profile(lambda m=method: sparse.prefill_attention(q, k, v, m, s), f"profile {method} T={t} s={s}",
+                    "profile_prefill.txt", row_limit=12)
 
 
 def main(argv=None):

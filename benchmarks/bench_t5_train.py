@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import record  # noqa: E402
+from common import gpu_profile, record  # noqa: E402
 
 from leanformer.analysis.flops import train_flops_per_token  # noqa: E402
 from leanformer.data.span_corruption import (  # noqa: E402
@@ -51,7 +51,8 @@ def make_batch(cfg: T5Config, batch: int, seq_len: int, device) -> dict:
     return {"input_ids": torch.from_numpy(x).to(device), "labels": torch.from_numpy(y).to(device)}
 
 
-def time_steps(loss_fn, model, batch, steps: int, warmup: int, device, bf16: bool, grad_accum: int) -> dict:
+def time_steps(loss_fn, model, batch, steps: int, warmup: int, device, bf16: bool, grad_accum: int,
+               profile_as: str | None = None) -> dict:
     opt = AdamWScale(model.parameters(), lr=2e-2)
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     micro = [{k: v.chunk(grad_accum)[i] for k, v in batch.items()} for i in range(grad_accum)]
@@ -85,6 +86,8 @@ def time_steps(loss_fn, model, batch, steps: int, warmup: int, device, bf16: boo
     out = {"step_s": step_s, "warmup_s": warmup_s, "first_loss": losses[0], "last_loss": float(last)}
     if device.type == "cuda":
         out["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        if profile_as:
+            gpu_profile(step, f"one training step: {profile_as}", "t5_profile.txt", row_limit=25)
     return out
 
 
@@ -121,6 +124,7 @@ def main() -> None:
                     choices=["leanformer", "transformers"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny config for a quick CPU check")
+    ap.add_argument("--profile", action="store_true", help="top GPU ops of one step per model -> $OUT/t5_profile.txt")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -152,7 +156,7 @@ def main() -> None:
             loss_fn = torch.compile(fn) if mode == "compiled" else fn
             try:
                 r = time_steps(loss_fn, model, batch, args.steps, args.warmup, device, device.type == "cuda",
-                               args.grad_accum)
+                               args.grad_accum, f"{name} {mode}" if args.profile else None)
             except torch.OutOfMemoryError as e:
                 r = {"error": f"out of memory: {str(e).splitlines()[0]}"}
             r.update({"model": name, "mode": mode, "attn_implementation": impl, "params": ours.num_params(),

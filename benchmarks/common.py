@@ -128,3 +128,18 @@ def graphed(fn):
     with torch.cuda.graph(g):
         fn()
     return g.replay
+
+
+def gpu_profile(fn, title: str, file_name: str, row_limit: int = 15) -> str:
+    """Run ``fn()`` once under the CUDA profiler; append the top GPU ops (by total CUDA time) under ``title`` to
+    ``$OUT/file_name`` (or ``./file_name``) and return the table."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as p:
+        fn()
+        torch.cuda.synchronize()
+    table = p.key_averages().table(sort_by="cuda_time_total", row_limit=row_limit, max_name_column_width=70)
+    with open(Path(os.environ.get("OUT", ".")) / file_name, "a") as f:
+        f.write(f"--- {title}\n{table}\n")
+    return table

