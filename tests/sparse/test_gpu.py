@@ -120,3 +120,68 @@ def test_decode_methods_on_gpu_read_fewer_keys(method):
     assert info["impl"] == "triton"
     assert float(info["sparsity"]) > 0.9
     assert out.shape == (b, hq, 1, d) and not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("share", [True, False])
+@pytest.mark.parametrize("hq,hk", [(8, 8), (32, 8)])
+def test_page_scores_triton_vs_reference(hq, hk, share):
+    from leanformer.sparse.decode.quest import page_minmax
+    from leanformer.sparse.kernels.quest_scores import page_scores, page_scores_triton
+
+    q, k, _ = _qkv(2, hq, hk, 16 * 1000 + 5, 128, torch.bfloat16)
+    kmin, kmax = page_minmax(k, 16, 0, 1000)
+    q1 = q[:, :, -1:]
+    out = page_scores_triton(q1, kmin[:, :, :999], kmax[:, :, :999], share)
+    ref = page_scores(q1.float(), kmin[:, :, :999].float(), kmax[:, :, :999].float(), share)
+    base = page_scores(q1, kmin[:, :, :999], kmax[:, :, :999], share)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    err_fast, err_base = (out - ref).abs().max().item(), (base - ref).abs().max().item()
+    assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)
+
+
+@pytest.mark.parametrize("hs", ["kv", "q"])
+def test_gather_decode_pages_vs_reference(hs):
+    from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton
+
+    b, hq, hk, length, d, ps = 3, 8, 2, 1001, 128, 16
+    g = torch.Generator(device="cuda").manual_seed(3)
+    q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(b, hk, length, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn_like(k)
+    h = hk if hs == "kv" else hq
+    last = -(-length // ps) - 1
+    pages = torch.rand(b, h, last, device="cuda", generator=g).topk(9, -1).indices
+    out = gather_decode_pages_triton(q, k, v, pages, ps, last_page=last)
+    ref = gather_decode_pages_reference(q.float(), k.float(), v.float(), pages, ps, last_page=last)
+    base = gather_decode_pages_reference(q, k, v, pages, ps, last_page=last)
+    err_fast = (out.float() - ref).abs().max().item()
+    err_base = (base.float() - ref).abs().max().item()
+    assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_quest_triton_step_vs_reference(share, monkeypatch):
+    """Quest's fused step against the fp32 reference on the pages it chose, with the reference path's counts."""
+    import leanformer.sparse.decode.quest as quest
+    from leanformer.sparse.kernels.decode import gather_decode_pages_reference
+
+    b, hq, hk, length, d = 2, 8, 2, 4096 + 7, 128
+    q, k, v = _qkv(b, hq, hk, length, d, torch.bfloat16)
+    seen = {}
+    real = quest.gather_decode_pages_triton
+    monkeypatch.setattr(quest, "gather_decode_pages_triton",
+                        lambda *a, **kw: seen.update(a=a, kw=kw) or real(*a, **kw))
+    outs, infos = {}, {}
+    for impl in ("triton", "reference"):
+        m = sparse.build_decode("quest", impl=impl, share_gqa=share)
+        m.observe_prefill(0, q[:, :, :-1], k[:, :, :-1], v[:, :, :-1])
+        outs[impl], infos[impl] = m.attend(0, q[:, :, -1:], k, v, sparsity=0.9375)
+    assert infos["triton"]["impl"] == "triton"
+    for key in ("keys_read", "keys_total", "sparsity", "estimation_pairs"):
+        assert float(infos["triton"][key]) == float(infos["reference"][key]), key
+    _, _, _, pages, ps, scale = seen["a"]
+    f32 = [x.float() for x in (q[:, :, -1:], k, v)]
+    ref = gather_decode_pages_reference(*f32, pages, ps, scale, **seen["kw"])
+    base = gather_decode_pages_reference(q[:, :, -1:], k, v, pages, ps, scale, **seen["kw"])
+    err_fast, err_base = (outs["triton"].float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
+    assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)

@@ -8,6 +8,8 @@ Efficient Long-Context LLM Inference* (Tang et al., ICML 2024); defaults from *T
 layers sparse.
 
 The bound is computed as two matrix products, ``relu(q) . max + min(q, 0) . min``, which equals the element-wise form.
+With ``impl="triton"`` (auto on CUDA) a step is four launches: the page scores in one kernel, top-k, and
+the page-granular split-K decode kernel with its merge (pages become positions inside the kernel).
 Page metadata is built once per complete page (incrementally as decoding fills pages) and kept per layer.
 Asked for ``sparsity`` s, the budget is ``ceil((1 - s) L)`` tokens rounded up to whole pages; at s = 0 every page is
 read (dense).
@@ -20,9 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from leanformer.sparse.base import DecodeMethod, check_sparsity, default_scale
+from leanformer.sparse.base import DecodeMethod, check_sparsity, default_scale, info_dict
 from leanformer.sparse.decode.common import check_step, decode_info, resolve_impl, token_budget
-from leanformer.sparse.kernels.decode import run_decode
+from leanformer.sparse.kernels.decode import expand_pages, gather_decode_pages_triton, run_decode
+from leanformer.sparse.kernels.quest_scores import page_scores, page_scores_triton
 
 
 @dataclass(kw_only=True, slots=True)
@@ -38,17 +41,6 @@ def page_minmax(k: torch.Tensor, page_size: int, start: int, stop: int):
     b, h, _, d = k.shape
     pages = k[:, :, start * page_size:stop * page_size].reshape(b, h, stop - start, page_size, d)
     return pages.amin(-2), pages.amax(-2)
-
-
-def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_gqa: bool) -> torch.Tensor:
-    """``q [B, H_q, 1, D]``, page metadata ``[B, H_kv, P, D]`` -> scores ``[B, H_kv or H_q, P]`` fp32."""
-    b, hq, _, d = q.shape
-    hk = kmin.shape[1]
-    qg = q.reshape(b, hk, hq // hk, d)
-    # in the cache dtype (no fp32 copy of the metadata); scores only rank pages
-    s = torch.matmul(qg.clamp(min=0), kmax.transpose(-1, -2)).float()
-    s = s + torch.matmul(qg.clamp(max=0), kmin.transpose(-1, -2)).float()  # [B, H_kv, G, P]
-    return s.sum(2) if share_gqa else s.reshape(b, hq, -1)
 
 
 class Quest(DecodeMethod):
@@ -73,31 +65,47 @@ class Quest(DecodeMethod):
             st["n_meta"] = full
         return st["kmin"], st["kmax"]
 
-    def select(self, layer, q, k, sparsity=None):
-        """Selected positions ``idx [B, H_s, N]`` and ``valid`` (None = all); also the page summaries read."""
+    def select_pages(self, layer, q, k, sparsity=None, scores=page_scores):
+        """The top pages ``[B, H_s, want - 1]`` among the complete pages before the current (last) one, by
+        ``scores`` (:func:`page_scores` or its Triton twin), and the page summaries read; the current page
+        ``ceil(L / page_size) - 1`` is always read as well."""
         p = self.params
-        ps = p.page_size
         b, hk, length, _ = k.shape
-        n_pages = math.ceil(length / ps)
-        want = min(n_pages, math.ceil(token_budget(sparsity, p.token_budget, length) / ps))
+        n_pages = math.ceil(length / p.page_size)
+        want = min(n_pages, math.ceil(token_budget(sparsity, p.token_budget, length) / p.page_size))
         kmin, kmax = self._metadata(layer, k)
         hs = hk if p.share_gqa else q.shape[1]
-        current = torch.full((b, hs, 1), n_pages - 1, device=k.device, dtype=torch.long)
         if want > 1:
-            scores = page_scores(q, kmin[:, :, :n_pages - 1], kmax[:, :, :n_pages - 1], p.share_gqa)
-            top = torch.topk(scores, want - 1, dim=-1).indices
-            pages = torch.cat([top, current], -1)
+            s = scores(q, kmin[:, :, :n_pages - 1], kmax[:, :, :n_pages - 1], p.share_gqa)
+            top = torch.topk(s, want - 1, dim=-1).indices
         else:
-            pages = current
-        idx = (pages[..., None] * ps + torch.arange(ps, device=k.device)).reshape(b, hs, -1)
-        valid = None if length % ps == 0 else idx < length
-        return idx, valid, 2 * (n_pages - 1) * b * hk
+            top = torch.empty(b, hs, 0, device=k.device, dtype=torch.long)
+        return top, 2 * (n_pages - 1) * b * hk
+
+    def select(self, layer, q, k, sparsity=None):
+        """Selected positions ``idx [B, H_s, N]`` and ``valid`` (None = all); also the page summaries read."""
+        ps, length = self.params.page_size, k.shape[2]
+        top, meta_reads = self.select_pages(layer, q, k, sparsity)
+        idx, valid = expand_pages(top, ps, length, last_page=math.ceil(length / ps) - 1)
+        return idx, valid, meta_reads
 
     def attend(self, layer, q, k, v, sparsity=None, scale=None):
         check_step(q, k)
         requested = check_sparsity(sparsity)
         impl = resolve_impl(self.params.impl, q)
-        idx, valid, meta_reads = self.select(layer, q, k, requested)
-        out = run_decode(q, k, v, idx, valid, default_scale(q, scale), impl)
-        return out, decode_info(self.name, requested, idx, valid, k.shape[2], meta_reads, impl,
-                                page_size=self.params.page_size)
+        scale = default_scale(q, scale)
+        ps, length = self.params.page_size, k.shape[2]
+        if impl != "triton":
+            idx, valid, meta_reads = self.select(layer, q, k, requested)
+            out = run_decode(q, k, v, idx, valid, scale, impl)
+            return out, decode_info(self.name, requested, idx, valid, length, meta_reads, impl, page_size=ps)
+        top, meta_reads = self.select_pages(layer, q, k, requested, page_scores_triton)
+        last = math.ceil(length / ps) - 1
+        out = gather_decode_pages_triton(q, k, v, top, ps, scale, last_page=last)
+        # what decode_info counts on the expanded positions, from shapes alone (no launch, no sync): the top pages
+        # are complete, the current one holds length - last * ps positions
+        b, hs, n_top = top.shape
+        read = b * hs * (n_top * ps + length - last * ps)
+        total = float(b * hs * length)
+        return out, info_dict(self.name, requested, read, total, meta_reads, impl, keys_read=read, keys_total=total,
+                              page_size=ps)

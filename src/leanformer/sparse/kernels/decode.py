@@ -5,6 +5,11 @@ the kept keys), and the dense masked reference (reads the whole cache), all with
 bool (or ``None``: all valid; no host synchronisation happens, so a step can be captured in a CUDA graph), where
 ``H_s`` is ``H_kv`` (one selection per key head, shared by its GQA group) or ``H_q`` (one per query head).
 Returns ``[B, H_q, 1, D]``. Duplicate valid positions are not allowed (they would be counted twice).
+
+Page-granular form (Quest): ``pages [B, H_s, P]`` int64 page ids, ``page_size``, and an optional ``last_page`` id
+that every head reads after its ``pages`` (so the caller need not concatenate it); page ``p`` holds positions
+``p * page_size + [0, page_size)``, those ``>= L`` (the last, partial page) are skipped. The kernel turns page ids
+into positions itself: no expanded ``idx`` is built. Page ids must be distinct and below ``ceil(L / page_size)``.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ if triton is not None:
 
     @triton.jit
     def _gather_decode_fwd(Q, K, V, IDX, OP, MP, LP, qk_scale, sqb, sqh, skb, skh, skt, svb, svh, svt, sib, sih,
-                           HS, G, KVDIV, N, LEN, CHUNK, NSPLIT,
-                           BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+                           HS, G, KVDIV, N, LEN, CHUNK, NSPLIT, NP, LAST,
+                           PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+        """``PAGE == 0``: ``IDX`` holds ``N`` positions (``-1`` = skip). ``PAGE > 0``: ``IDX`` holds ``NP`` page ids,
+        then page ``LAST`` if ``N`` covers one more page; position = page * PAGE + offset."""
         pid = tl.program_id(0)
         sp = tl.program_id(1)
         b = pid // HS
@@ -41,7 +48,12 @@ if triton is not None:
         for n0 in range(start, start + CHUNK, BLOCK_N):
             offs = n0 + offs_n
             nm = offs < N
-            idx = tl.load(IDX + b * sib + hs * sih + offs, mask=nm, other=-1)
+            if PAGE == 0:
+                idx = tl.load(IDX + b * sib + hs * sih + offs, mask=nm, other=-1)
+            else:
+                slot = offs // PAGE
+                page = tl.load(IDX + b * sib + hs * sih + slot, mask=nm & (slot < NP), other=0)
+                idx = tl.where(slot < NP, page, LAST) * PAGE + offs % PAGE
             ok = nm & (idx >= 0) & (idx < LEN)
             kt = tl.load(K + b * skb + kvh * skh + idx[:, None] * skt + offs_d[None, :], mask=ok[:, None], other=0.0)
             s = tl.dot(q, tl.trans(kt)) * qk_scale
@@ -82,14 +94,32 @@ def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_
     (no gathered copy) for all query heads that share it; a second kernel merges the splits by their log-sum-exp
     (two launches per step: at batch 1 the step is launch-bound, so PyTorch ops for the merge would cost more
     than the reads)."""
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
-    g = _check(q, k, idx)
-    b, hq, _, d = q.shape
-    hk, length = k.shape[1], k.shape[2]
-    hs, n = idx.shape[1:]
+    _check(q, k, idx)
     if valid is not None:
         idx = torch.where(valid, idx, -1)
+    return _launch(q, k, v, idx, idx.shape[2], 0, 0, -1, scale, block_n)
+
+
+def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | None = None,
+                               last_page: int | None = None, block_n: int = 64) -> torch.Tensor:
+    """The same kernels over whole pages: ``pages [B, H_s, P]`` (plus ``last_page``) are turned into positions in
+    the kernel, positions ``>= L`` masked there (still two launches, none to expand or mask the selection)."""
+    _check(q, k, pages)
+    n_pages = pages.shape[2] + (last_page is not None)
+    if n_pages == 0:
+        raise ValueError("gather_decode_pages_triton: no page selected")
+    last = -1 if last_page is None else last_page
+    return _launch(q, k, v, pages, n_pages * page_size, page_size, pages.shape[2], last, scale, block_n)
+
+
+def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n):
+    """Both kernels for ``n`` selected positions per head, given as positions (``page == 0``) or page ids."""
+    if triton is None or not (q.is_cuda or INTERPRET):
+        raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
+    b, hq, _, d = q.shape
+    hk, length = k.shape[1], k.shape[2]
+    hs = ids.shape[1]
+    g = hq // hk
     rows = g if hs == hk else 1
     kvdiv = 1 if hs == hk else g
     block_g = max(16, 1 << (rows - 1).bit_length())
@@ -101,11 +131,12 @@ def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_
     mp = torch.empty(b * hs * nsplit * block_g, device=q.device, dtype=torch.float32)
     lp = torch.empty_like(mp)
     scale = scale if scale is not None else d ** -0.5
-    idx = idx.contiguous()
+    ids = ids.contiguous()
     _gather_decode_fwd[(b * hs, nsplit)](
-        q, k, v, idx, op, mp, lp, scale * 1.4426950408889634, q.stride(0), q.stride(1),
-        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), idx.stride(0), idx.stride(1),
-        hs, rows, kvdiv, n, length, chunk, nsplit, BLOCK_G=block_g, BLOCK_N=block_n, D=d, num_warps=4, num_stages=2)
+        q, k, v, ids, op, mp, lp, scale * 1.4426950408889634, q.stride(0), q.stride(1),
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), ids.stride(0), ids.stride(1),
+        hs, rows, kvdiv, n, length, chunk, nsplit, n_ids, last, PAGE=page, BLOCK_G=block_g, BLOCK_N=block_n, D=d,
+        num_warps=4, num_stages=2)
     out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
     _merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
                                   BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=1)
@@ -130,6 +161,22 @@ def gather_decode_reference(q, k, v, idx, valid, scale: float | None = None) -> 
     if hs != q.shape[1]:
         mask = mask.repeat_interleave(g, 1)
     return attention(q, k, v, causal=False, mask=mask[:, :, None, :], scale=scale, backend="math")
+
+
+def expand_pages(pages, page_size: int, length: int, last_page: int | None = None):
+    """Page ids ``[B, H_s, P]`` (then ``last_page``) -> positions ``idx [B, H_s, P' page_size]`` and ``valid``
+    (``None`` when ``length`` is a multiple of ``page_size``, else ``idx < length``)."""
+    if last_page is not None:
+        pages = torch.cat([pages, pages.new_full((*pages.shape[:2], 1), last_page)], -1)
+    idx = (pages[..., None] * page_size + torch.arange(page_size, device=pages.device)).reshape(*pages.shape[:2], -1)
+    return idx, (None if length % page_size == 0 else idx < length)
+
+
+def gather_decode_pages_reference(q, k, v, pages, page_size: int, scale: float | None = None,
+                                  last_page: int | None = None) -> torch.Tensor:
+    """Reference for :func:`gather_decode_pages_triton`: pages expanded to positions, then the dense masked step."""
+    idx, valid = expand_pages(pages, page_size, k.shape[2], last_page)
+    return gather_decode_reference(q, k, v, idx, valid, scale)
 
 
 def gather_decode_attention(q, k, v, idx, valid, scale: float | None = None) -> torch.Tensor:
