@@ -23,10 +23,18 @@ from common import bench, graphed, record  # noqa: E402
 from leanformer.sparse import build_decode  # noqa: E402
 
 
+def _spy(fn, seen: dict, name: str):
+    """``fn`` that also records its arguments in ``seen[name]``."""
+    def call(*a, **kw):
+        seen[name] = (a, kw)
+        return fn(*a, **kw)
+    return call
+
+
 def check(args, b: int = 2, length: int = 8191) -> dict:
     """Each method/impl's step vs the fp32 dense-masked reference on the same selection (error at most twice the
     same-precision reference's): ``{method/impl: ok}``."""
-    from leanformer.sparse.kernels.decode import gather_decode_reference, run_decode
+    from leanformer.sparse.kernels import decode as kd
 
     k = torch.randn(b, args.kv_heads, length, args.dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
@@ -37,17 +45,25 @@ def check(args, b: int = 2, length: int = 8191) -> dict:
         for impl in args.impls:
             m = build_decode(name, impl=impl)
             m.observe_prefill(0, q_prompt, k, v)
+            # The selection the step used: intercept the kernel entry point the method's module calls (token
+            # positions through run_decode, or Quest's page ids through gather_decode_pages_triton).
             seen = {}
             mod = sys.modules[type(m).attend.__module__]
-            real = mod.run_decode
-            mod.run_decode = lambda *a, seen=seen: seen.setdefault("a", a) and run_decode(*a)
+            real = {f: getattr(mod, f) for f in ("run_decode", "gather_decode_pages_triton") if hasattr(mod, f)}
+            for f in real:
+                setattr(mod, f, _spy(real[f], seen, f))
             try:
                 out, info = m.attend(0, q, k, v, sparsity=1 - args.budget)
             finally:
-                mod.run_decode = real
-            _, _, _, idx, valid, scale, _ = seen["a"]
-            ref = gather_decode_reference(q.float(), k.float(), v.float(), idx, valid, scale)
-            base = gather_decode_reference(q, k, v, idx, valid, scale)
+                for f, fn in real.items():
+                    setattr(mod, f, fn)
+            if "run_decode" in seen:
+                _, _, _, idx, valid, scale, _ = seen["run_decode"][0]
+            else:
+                (_, _, _, pages, page_size, scale), opts = seen["gather_decode_pages_triton"]
+                idx, valid = kd.expand_pages(pages, page_size, length, opts.get("last_page"))
+            ref = kd.gather_decode_reference(q.float(), k.float(), v.float(), idx, valid, scale)
+            base = kd.gather_decode_reference(q, k, v, idx, valid, scale)
             err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
             ok = err <= 2 * err_base + 1e-5
             verdict[f"{name}/{info['impl']}"] = ok
