@@ -96,3 +96,27 @@ def test_mean_ci_and_summary(tmp_path):
 def test_phase():
     assert [phase("dense", "dense"), phase("vs", "dense"), phase("dense", "quest"), phase("vs", "quest")] == \
         ["dense", "prefill", "decode", "both"]
+
+
+def test_opening_retries_a_locked_journal_mode_switch_and_raises_other_errors(tmp_path):
+    import sqlite3
+
+    class Flaky:  # answers "database is locked" to the first two WAL switches, as SQLite may when ranks race
+        def __init__(self, conn, error):
+            self.conn, self.error, self.calls = conn, error, 0
+
+        def execute(self, sql, *args):
+            if sql.startswith("PRAGMA journal_mode"):
+                self.calls += 1
+                if self.calls <= 2:
+                    raise sqlite3.OperationalError(self.error)
+            return self.conn.execute(sql, *args)
+
+    with ResultsStore(tmp_path / "r.db") as store:
+        real = store.conn
+        store.conn = flaky = Flaky(real, "database is locked")
+        assert store._setup(timeout_s=5.0) == "wal" and flaky.calls == 3
+        store.conn = Flaky(real, "disk I/O error")
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            store._setup(timeout_s=5.0)
+        store.conn = real

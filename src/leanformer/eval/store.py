@@ -18,6 +18,7 @@ import math
 import os
 import sqlite3
 import statistics
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -76,14 +77,30 @@ class ResultsStore:
             # isolation_level=None: autocommit; each INSERT is its own transaction, committed before it returns.
             self.conn = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
             self.conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            self.conn.execute("PRAGMA synchronous=FULL")
-            self.conn.execute(SCHEMA)
+            mode = self._setup(timeout_s)
         except sqlite3.DatabaseError as e:
             raise UserError(f"results store {self.path} cannot be opened as SQLite: {e}") from None
         if str(mode).lower() != "wal":
             raise UserError(f"results store {self.path}: cannot switch to WAL mode (got {mode!r}); is it on a "
                             "network file system?")
+
+    def _setup(self, timeout_s: float) -> str:
+        """WAL mode and the schema. Ranks of a sharded sweep open one new store at the same moment, and SQLite can
+        answer "database is locked" to a journal-mode switch without waiting on the busy handler: retry until
+        ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        delay = 0.01
+        while True:
+            try:
+                mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                self.conn.execute("PRAGMA synchronous=FULL")
+                self.conn.execute(SCHEMA)
+                return mode
+            except sqlite3.OperationalError as e:
+                if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 0.5)
 
     def done(self, key: str) -> set[int]:
         return {r[0] for r in self.conn.execute("SELECT sample FROM results WHERE cell_key = ?", (key,))}
