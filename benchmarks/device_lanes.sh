@@ -26,10 +26,10 @@ if [ "$BATCH" = reference ]; then
     # 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
     ref="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 560 python3 -m leanformer.reference.train \
         --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=400"
-    lane 0 ref-copy "$ref mixture.copy_fraction=0.2 mixture.answer_only=false"
-    lane 1 ref-copy-answer-only "$ref mixture.copy_fraction=0.2"
-    lane 2 ref-copy-lr3e-3 "$ref mixture.copy_fraction=0.2 mixture.answer_only=false lr=3e-3"
-    lane 3 ref-copy-short "$ref mixture.copy_fraction=0.2 mixture.answer_only=false mixture.short_steps=4000"
+    lane 0 ref-copy "$ref"
+    lane 1 ref-copy-answer-only "$ref mixture.answer_only=true"
+    lane 2 ref-copy-lr3e-3 "$ref lr=3e-3"
+    lane 3 ref-copy-short "$ref mixture.short_steps=4000"
 elif [ "$BATCH" = bench ]; then
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk && \
         python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk
