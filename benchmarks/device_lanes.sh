@@ -25,19 +25,20 @@ lane() {  # lane GPU NAME 'command; command; ...'
 if [ "$BATCH" = reference ]; then
     # 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
     ref="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 560 python3 -m leanformer.reference.train \
-        --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=400"
+        --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=380"
     lane 0 ref-copy "$ref"
     lane 1 ref-copy-answer-only "$ref mixture.answer_only=true"
     lane 2 ref-copy-lr3e-3 "$ref lr=3e-3"
     lane 3 ref-copy-short "$ref mixture.short_steps=4000"
 elif [ "$BATCH" = bench ]; then
-    python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk && \
-        python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk
-    lane 0 hourglass "timeout 150 python3 benchmarks/bench_hourglass.py speed --compile; timeout 380 python3 \
-        benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile --data-dir /tmp/shk"
-    lane 1 compare-dtp "timeout 380 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10; \
-        timeout 170 python3 benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --seconds 35 \
-        --models vanilla dtp-fixed dtp-unigram"
+    python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
+    lane 0 hourglass "timeout 200 python3 benchmarks/bench_hourglass.py speed --compile --models vanilla \
+        hg-avg-repeat; timeout 340 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 45 \
+        --compile --data-dir /tmp/shk"
+    lane 1 compare-dtp "timeout 330 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10; \
+        timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 170 python3 \
+        benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --seconds 35 --models vanilla dtp-fixed \
+        dtp-unigram"
     # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
     lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c 'timeout 100 python3 benchmarks/bench_sparse_decode.py \
         --repeat 30; timeout 150 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 \
