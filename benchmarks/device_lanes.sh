@@ -28,7 +28,7 @@ if [ "$BATCH" = reference ]; then
         --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=380"
     lane 0 ref-copy "$ref"
     lane 1 ref-copy-answer-only "$ref mixture.answer_only=true"
-    lane 2 ref-copy-lr3e-3 "$ref lr=3e-3"
+    lane 2 ref-copy-d384 "$ref model.d_model=384 model.n_heads=6"  # capacity probe: 14M, too big to ship as one file
     lane 3 ref-copy-short "$ref mixture.short_steps=4000"
 elif [ "$BATCH" = bench ]; then
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
