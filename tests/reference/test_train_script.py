@@ -29,3 +29,7 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint_and_card_data(tmp
 
     model = load_model(tmp_path, device="cpu")
     assert model.config.d_model == 32 and model.config.vocab_size == 4096
+    # the model card: accuracy table from the recorded scores, budget, and the command that reproduces the run
+    card = (tmp_path / "README.md").read_text()
+    assert f"| niah | {acc['mean']:.3f} |" in card and "320 tokens" in card
+    assert "6 steps" in card and "'mixture.lengths=[320]'" in card and "model.d_model=32" in card

@@ -181,6 +181,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     (out / "model.json").write_text(json.dumps(meta, indent=2))
     model.float()
     return {"steps": step + 1, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
+            "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
 
 
@@ -238,14 +239,17 @@ def main(argv=None) -> None:
     ap.add_argument("set", nargs="*", help="overrides key.sub=value")
     args = ap.parse_args(argv)
     from leanformer.config import apply_overrides
+    from leanformer.reference.card import write_card
 
     raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.set)
     rc = from_dict(ReferenceConfig, raw)
     out = Path(args.out)
     info = {} if args.skip_train else train(rc, out, args.device, args.workers, not args.no_compile)
     acc = evaluate(out, rc, args.device)
-    report = {"config": raw, "training": info, "dense_accuracy": acc}
+    report = {"config": raw, "resolved_config": dataclasses.asdict(rc), "config_file": args.config,
+              "overrides": args.set, "training": info, "dense_accuracy": acc}
     (out / "training.json").write_text(json.dumps(report, indent=1))
+    write_card(out)
     print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))
 
 

@@ -1,0 +1,98 @@
+"""The model card of a reference checkpoint, written from what the training script recorded (``training.json``,
+``model.json``): architecture, tokenizer, data mixture, training budget, dense accuracy per task and length, and the
+command that reproduces it.
+
+    python -m leanformer.reference.card MODEL_DIR      # writes MODEL_DIR/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from leanformer.errors import UserError
+from leanformer.reference.mixture import TRAIN_SEED_BASE
+
+CARD_NAME = "README.md"
+
+
+def card_text(model_dir: str | Path) -> str:
+    d = Path(model_dir)
+    try:
+        report = json.loads((d / "training.json").read_text())
+        meta = json.loads((d / "model.json").read_text())
+    except FileNotFoundError as e:
+        raise UserError(f"{d} is not a reference-checkpoint folder: {e.filename} is missing") from None
+    cfg = report.get("resolved_config", report["config"])
+    info, acc = report.get("training", {}), report["dense_accuracy"]
+    m = meta["config"]
+    lengths = sorted({int(L) for per in acc.values() for L in per})
+    rows = [f"| {task} | " + " | ".join(f"{per[str(L)]['mean']:.3f}" if str(L) in per else "—" for L in lengths)
+            + " |" for task, per in acc.items()]
+    n_eval = max((len(v["scores"]) for per in acc.values() for v in per.values()), default=0)
+    mix = cfg.get("mixture", {})
+    overrides = " ".join(f"'{o}'" if any(c in o for c in " []{}") else o for o in report.get("overrides", []))
+    lines = [
+        f"# leanformer reference checkpoint: {m.get('n_layers')} layers, d {m.get('d_model')}",
+        "",
+        f"A Llama-style `gpt` ({info.get('params', '?'):,} parameters, {info.get('non_embedding_params', '?'):,} "
+        "without embeddings) with a byte-level BPE tokenizer trained on the same data, for the sparse-frontier demo "
+        "(`leanformer demo`). Converts to `transformers.LlamaForCausalLM` with `to_hf()`.",
+        "",
+        "## Architecture",
+        "",
+        "| field | value |",
+        "| --- | --- |",
+        *[f"| {k} | {'auto' if v is None else v} |" for k, v in m.items() if k != "name"],
+        "",
+        "## Training data",
+        "",
+        f"Mixture (`leanformer.reference.mixture`): Shakespeare training plays {mix.get('shakespeare_fraction')} of "
+        f"batches, copy sequences {mix.get('copy_fraction', 0.0)}, the rest task-suite samples with weights "
+        f"{mix.get('tasks', 'default')}; prompt lengths {mix.get('lengths')} tokens"
+        + (f" after {mix.get('short_steps')} steps at {mix.get('short_lengths')}" if mix.get("short_steps") else "")
+        + f"; answer-only loss on task samples: {mix.get('answer_only', False)}. Task samples use seeds >= "
+        f"{TRAIN_SEED_BASE:,}; evaluation uses seeds 0..{max(n_eval - 1, 0)} (a test checks they never meet).",
+        "",
+        "## Training budget",
+        "",
+        f"{info.get('steps', '?')} steps, {info.get('tokens', 0):,} trained tokens, "
+        f"{info.get('train_seconds', 0):.0f} s on {info.get('device_name', 'one GPU')} "
+        f"(peak LR {cfg.get('lr')}, warmup {cfg.get('warmup_steps')} steps, cosine to "
+        f"{cfg.get('final_lr_fraction', 0.05)} of the peak).",
+        "",
+        f"## Dense accuracy ({n_eval} samples per cell, the harness's prompt encoding and scorers)",
+        "",
+        "| task | " + " | ".join(f"{L} tokens" for L in lengths) + " |",
+        "| --- | " + " | ".join("---" for _ in lengths) + " |",
+        *rows,
+        "",
+        "## Reproduce",
+        "",
+        "```bash",
+        "PYTHONPATH=src python3 -m leanformer.reference.train"
+        + (f" --config {report['config_file']}" if report.get("config_file") else "")
+        + f" --out OUT {overrides}".rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_card(model_dir: str | Path) -> Path:
+    from leanformer.config import atomic_write_text
+
+    path = Path(model_dir) / CARD_NAME
+    atomic_write_text(path, card_text(model_dir))
+    return path
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("model_dir")
+    print(write_card(ap.parse_args(argv).model_dir))
+
+
+if __name__ == "__main__":
+    main()
