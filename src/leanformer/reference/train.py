@@ -20,7 +20,7 @@ import os
 import time
 from pathlib import Path
 
-from leanformer.config import cfg, from_dict, load_yaml
+from leanformer.config import atomic_write_text, cfg, from_dict, load_yaml
 from leanformer.errors import UserError
 from leanformer.models.gpt import GPTConfig
 from leanformer.reference.mixture import ApproxCounter, MixtureConfig, batch_plan, bytes_per_token, make_batch
@@ -178,7 +178,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     model.to(torch.bfloat16).save_pretrained(out)  # bf16 keeps the file under 16 MB; loading casts back
     meta = json.loads((out / "model.json").read_text())
     meta["tokenizer"] = "files"  # tokenizer.json beside the weights (see train.checkpoint.load_tokenizer)
-    (out / "model.json").write_text(json.dumps(meta, indent=2))
+    atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     model.float()
     return {"steps": step + 1, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
@@ -248,7 +248,7 @@ def main(argv=None) -> None:
     acc = evaluate(out, rc, args.device)
     report = {"config": raw, "resolved_config": dataclasses.asdict(rc), "config_file": args.config,
               "overrides": args.set, "training": info, "dense_accuracy": acc}
-    (out / "training.json").write_text(json.dumps(report, indent=1))
+    atomic_write_text(out / "training.json", json.dumps(report, indent=1))
     write_card(out)
     print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))
 
