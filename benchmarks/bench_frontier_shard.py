@@ -16,9 +16,9 @@ Model: a random-weight ``transformers.LlamaForCausalLM`` saved with ``save_pretr
 tokenizer (``src/leanformer/assets/reference``), loaded by the harness like any HF checkpoint directory (GPU: hidden
 512, 8 layers, 8 heads, 2 KV heads, MLP 1408; ``--tiny``: hidden 64, 2 layers). Grid: niah and story_filtering at
 2048 and 4096 tokens (``--tiny``: 512), the dense pair, block_topk and vertical_slash prefill, snapkv decode,
-sparsities 0.5 and 0.9, 8 samples per cell (``--tiny``: 4), 24 new tokens, method parameters scaled down (as in
-``configs/frontier/cpu-example.yaml``) so that 0.9 is reachable at these lengths. NVLink multicast stays off
-(``NCCL_NVLS_ENABLE=0``, ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``).
+sparsities 0.5 and 0.9, 16 samples per cell in batches of 8 (``--tiny``: 4), 24 new tokens, method parameters
+scaled down (as in ``configs/frontier/cpu-example.yaml``) so that 0.9 is reachable at these lengths. NVLink
+multicast stays off (``NCCL_NVLS_ENABLE=0``, ``TORCH_SYMM_MEM_DISABLE_MULTICAST=1``).
 
     PYTHONPATH=src python3 benchmarks/bench_frontier_shard.py                           # 2 GPUs: 1 vs 2 processes
     PYTHONPATH=src python3 benchmarks/bench_frontier_shard.py --tiny --device cpu       # CPU check, ~2 min
@@ -142,13 +142,13 @@ def main() -> None:
     p.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     p.add_argument("--tiny", action="store_true", help="tiny model, one short length, 4 samples (CPU check)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process on CPU")
-    p.add_argument("--samples", type=int, default=None, help="samples per cell (default 8; --tiny: 4)")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default 4; --tiny: 2)")
+    p.add_argument("--samples", type=int, default=None, help="samples per cell (default 16; --tiny: 4)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per batch (default 8; --tiny: 2)")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed one-sample sweep")
     args = p.parse_args()
     args.lengths = [512] if args.tiny else [2048, 4096]
-    args.samples = args.samples or (4 if args.tiny else 8)
-    args.batch_size = args.batch_size or (2 if args.tiny else 4)
+    args.samples = args.samples or (4 if args.tiny else 16)
+    args.batch_size = args.batch_size or (2 if args.tiny else 8)
     if args.procs < 2:
         p.error("--procs must be at least 2 (the sharded run is compared with one process)")
 
