@@ -29,7 +29,7 @@ if [ "$BATCH" = reference ]; then
     lane 0 ref-copy "$ref"
     lane 1 ref-copy-answer-only "$ref mixture.answer_only=true"
     lane 2 ref-copy-d384 "$ref model.d_model=384 model.n_heads=6"  # capacity probe: 14M, too big to ship as one file
-    lane 3 ref-copy-short "$ref mixture.short_steps=4000"
+    lane 3 ref-copy-warm1500 "$ref mixture.copy_warmup_steps=1500 mixture.short_steps=3000"
 elif [ "$BATCH" = bench ]; then
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
     lane 0 hourglass "timeout 200 python3 benchmarks/bench_hourglass.py speed --compile --models vanilla \

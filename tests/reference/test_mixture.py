@@ -122,3 +122,9 @@ def test_shipped_tokenizer_is_what_the_recipe_trains_and_splits_digits(tmp_path)
         ids = tok.encode(text)
         assert tok.decode(ids) == text
         assert [tok.decode([i]) for i in ids if tok.decode([i]).isdigit()] == [c for c in text if c.isdigit()]
+
+
+def test_copy_warmup_steps_are_copy_batches_only():
+    mix = dataclasses.replace(MIX, copy_fraction=0.1, copy_warmup_steps=30)
+    assert {batch_plan(mix, 2, s)["kind"] for s in range(30)} == {"copy"}
+    assert {batch_plan(mix, 2, s)["kind"] for s in range(30, 130)} == {"copy", "shakespeare", "tasks"}

@@ -44,6 +44,8 @@ class MixtureConfig:
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
+    copy_warmup_steps: int = cfg(0, ge=0, help="the first steps are copy batches only: retrieval is learned fast "
+                                              "once the model can copy by content, and hardly before")
     answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
     answer_space: bool = cfg(False, help="write the gold answer after '<answer>' with a leading space, so its first "
                                          "word is tokenized as it is in the prompt (' Rosa', not 'Rosa')")
@@ -94,6 +96,8 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     length = rng.choice(mix.short_lengths if step < mix.short_steps and mix.short_lengths else mix.lengths)
     n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
     u = rng.random()
+    if step < mix.copy_warmup_steps:
+        return {"kind": "copy", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
     if u < mix.shakespeare_fraction:
         return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}
     if u < mix.shakespeare_fraction + mix.copy_fraction:
