@@ -33,3 +33,15 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint_and_card_data(tmp
     card = (tmp_path / "README.md").read_text()
     assert f"| niah | {acc['mean']:.3f} |" in card and "320 tokens" in card
     assert "6 steps" in card and "'mixture.lengths=[320]'" in card and "model.d_model=32" in card
+
+
+def test_card_of_a_folder_without_training_record_is_a_one_line_error(tmp_path, capsys):
+    import pytest
+
+    from leanformer.reference import card
+
+    with pytest.raises(SystemExit) as e:
+        card.main([str(tmp_path)])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "training.json is missing" in err and err.count("\n") == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from leanformer.errors import UserError
@@ -92,7 +93,11 @@ def write_card(model_dir: str | Path) -> Path:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_dir")
-    print(write_card(ap.parse_args(argv).model_dir))
+    try:
+        print(write_card(ap.parse_args(argv).model_dir))
+    except UserError as e:  # one line and status 2, as the leanformer CLI does
+        print(f"leanformer: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
