@@ -2,9 +2,9 @@
 warm-up on content-copy batches make it learn fast? (issue 11; see benchmarks/README.md, "Reference checkpoint").
 
 Trains a tiny model on niah samples (``--needles`` needles, one asked; answer-only loss, digits-split reference
-tokenizer, answer after '<answer>' with a leading space) mixed with copy batches
-(:func:`leanformer.reference.mixture.copy_rows`: random tokens whose second half is copied in chunks from random
-places of the first), all copy for the first ``--copy-only-steps``. Every 50 steps it prints the training loss, the
+tokenizer, answer after '<answer>' with a leading space) mixed with copy batches (random tokens whose second half is
+copied in chunks from random places of the first), all copy for the first ``--copy-only-steps`` — both laid out by
+the reference mixture's own ``make_batch``. Every 50 steps it prints the training loss, the
 answer loss on a fixed held-out niah batch and the fraction of held-out answers predicted exactly (teacher-forced
 argmax on every answer token), and records the curve as ``probe_retrieval-*.json``.
 
@@ -28,23 +28,19 @@ from common import record  # noqa: E402
 
 from leanformer.data import HFTokenizer  # noqa: E402
 from leanformer.models.gpt import GPT, GPTConfig  # noqa: E402
-from leanformer.reference.mixture import TRAIN_SEED_BASE, copy_rows, task_sequence  # noqa: E402
+from leanformer.reference.mixture import TRAIN_SEED_BASE, MixtureConfig, make_batch  # noqa: E402
 from leanformer.tasks.niah import NIAH  # noqa: E402
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "src" / "leanformer" / "assets" / "reference"
 
 
-def niah_batch(task, tok, length: int, seeds) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``ids``, training labels (answer only) and the answer mask, right-padded."""
-    seqs = [task_sequence(task, tok, length, s, answer_space=True) for s in seeds]
-    width = max(len(s) for s, _ in seqs)
-    ids = np.full((len(seqs), width), tok.pad_id)
-    labels = np.full((len(seqs), width), -100)
-    for r, (s, start) in enumerate(seqs):
-        ids[r, :len(s)] = s
-        labels[r, start:len(s) - 1] = s[start + 1:]
-    labels = torch.tensor(labels)
-    return torch.tensor(ids), labels, labels >= 0
+def batch(kind: str, mix: MixtureConfig, tok, task, n: int, seeds, tokens_seed: int = 0):
+    """A batch laid out by the reference mixture itself (:func:`make_batch`): niah samples (answer-only labels) or
+    copy rows; returns ``input_ids`` and ``labels`` tensors."""
+    plan = {"kind": kind, "length": mix.lengths[0], "n": n}
+    plan.update({"items": [("niah", s) for s in seeds]} if kind == "tasks" else {"tokens_seed": tokens_seed})
+    b = make_batch(plan, mix, tok, np.zeros(1, dtype=np.int64), {"niah": task}, tok.pad_id)
+    return torch.from_numpy(b["input_ids"]), torch.from_numpy(b["labels"])
 
 
 def main() -> None:
@@ -69,17 +65,15 @@ def main() -> None:
                           n_kv_heads=heads, max_seq_len=1024, tie_embeddings=True))
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(0)
-    held_out = niah_batch(task, tok, args.length, range(64))  # evaluation seeds, never trained on
+    mix = MixtureConfig(lengths=[args.length], answer_margin=40, answer_only=True, answer_space=True)
+    held_out = batch("tasks", mix, tok, task, 64, range(64))  # evaluation seeds, never trained on
     curve, t0, losses = [], time.perf_counter(), []
     for step in range(args.steps):
         if rng.random() < (1.0 if step < args.copy_only_steps else args.copy_fraction):
-            ids, learn = copy_rows(args.batch_size, args.length, tok.vocab_size, [tok.pad_id, tok.eos_id], rng)
-            ids = torch.from_numpy(ids)
-            labels = torch.where(torch.from_numpy(learn[:, 1:]), ids[:, 1:], -100)
-            ids = ids[:, :-1]
+            ids, labels = batch("copy", mix, tok, task, args.batch_size, (), tokens_seed=step)
         else:
             seeds = range(TRAIN_SEED_BASE + step * 1000, TRAIN_SEED_BASE + step * 1000 + args.batch_size)
-            ids, labels, _ = niah_batch(task, tok, args.length, seeds)
+            ids, labels = batch("tasks", mix, tok, task, args.batch_size, seeds)
         _, loss = model(ids, targets=labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -88,7 +82,8 @@ def main() -> None:
         losses.append(float(loss))
         if (step + 1) % 50 == 0:
             with torch.no_grad():
-                ids, labels, mask = held_out
+                ids, labels = held_out
+                mask = labels >= 0
                 logits = model(ids)
                 answer_loss = float(F.cross_entropy(logits[mask], labels[mask]))
                 right = (logits.argmax(-1) == labels) | ~mask

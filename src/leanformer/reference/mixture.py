@@ -96,11 +96,10 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     length = rng.choice(mix.short_lengths if step < mix.short_steps and mix.short_lengths else mix.lengths)
     n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
     u = rng.random()
-    if step < mix.copy_warmup_steps:
-        return {"kind": "copy", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
-    if u < mix.shakespeare_fraction:
+    warmup = step < mix.copy_warmup_steps
+    if not warmup and u < mix.shakespeare_fraction:
         return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}
-    if u < mix.shakespeare_fraction + mix.copy_fraction:
+    if warmup or u < mix.shakespeare_fraction + mix.copy_fraction:
         return {"kind": "copy", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
     names = list(mix.tasks)
     weights = [mix.tasks[k] for k in names]
