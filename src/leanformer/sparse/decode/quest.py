@@ -66,9 +66,9 @@ class Quest(DecodeMethod):
         return st["kmin"], st["kmax"]
 
     def select_pages(self, layer, q, k, sparsity=None, scores=page_scores):
-        """The top pages ``[B, H_s, want - 1]`` among the complete pages before the current (last) one, by
-        ``scores`` (:func:`page_scores` or its Triton twin), and the page summaries read; the current page
-        ``ceil(L / page_size) - 1`` is always read as well."""
+        """The top pages ``[B, H_s, want - 1]`` (in no particular order) among the complete pages before the
+        current (last) one, by ``scores`` (:func:`page_scores` or its Triton twin), and the page summaries read;
+        the current page ``ceil(L / page_size) - 1`` is always read as well."""
         p = self.params
         b, hk, length, _ = k.shape
         n_pages = math.ceil(length / p.page_size)
@@ -77,7 +77,9 @@ class Quest(DecodeMethod):
         hs = hk if p.share_gqa else q.shape[1]
         if want > 1:
             s = scores(q, kmin[:, :, :n_pages - 1], kmax[:, :, :n_pages - 1], p.share_gqa)
-            top = torch.topk(s, want - 1, dim=-1).indices
+            # unsorted: the decode kernels take pages in any order, and sorting the k winners would be one more
+            # launch per step (a whole kernel at batch 1, where the step is launch-bound)
+            top = torch.topk(s, want - 1, dim=-1, sorted=False).indices
         else:
             top = torch.empty(b, hs, 0, device=k.device, dtype=torch.long)
         return top, 2 * (n_pages - 1) * b * hk

@@ -14,6 +14,7 @@ into positions itself: no expanded ``idx`` is built. Page ids must be distinct a
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,11 +27,14 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _gather_decode_fwd(Q, K, V, IDX, OP, MP, LP, qk_scale, sqb, sqh, skb, skh, skt, svb, svh, svt, sib, sih,
-                           HS, G, KVDIV, N, LEN, CHUNK, NSPLIT, NP, LAST,
-                           PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
-        """``PAGE == 0``: ``IDX`` holds ``N`` positions (``-1`` = skip). ``PAGE > 0``: ``IDX`` holds ``NP`` page ids,
-        then page ``LAST`` if ``N`` covers one more page; position = page * PAGE + offset."""
+    def _gather_decode_fwd(Q, K, V, IDX, VALID, OP, MP, LP, OUT, qk_scale, sqb, sqh, skb, skh, skt, svb, svh, svt,
+                           sib, sih, HS, G, KVDIV, N, LEN, CHUNK, NSPLIT, NP, LAST,
+                           PAGE: tl.constexpr, HAS_VALID: tl.constexpr, ONE_SPLIT: tl.constexpr,
+                           BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+        """``PAGE == 0``: ``IDX`` holds ``N`` positions (``-1`` = skip), masked by ``VALID`` (same strides) when
+        ``HAS_VALID``. ``PAGE > 0``: ``IDX`` holds ``NP`` page ids, then page ``LAST`` if ``N`` covers one more
+        page; position = page * PAGE + offset. ``ONE_SPLIT``: the program owns all ``N`` positions and writes the
+        normalised output itself (no merge launch)."""
         pid = tl.program_id(0)
         sp = tl.program_id(1)
         b = pid // HS
@@ -50,6 +54,8 @@ if triton is not None:
             nm = offs < N
             if PAGE == 0:
                 idx = tl.load(IDX + b * sib + hs * sih + offs, mask=nm, other=-1)
+                if HAS_VALID:
+                    nm = nm & tl.load(VALID + b * sib + hs * sih + offs, mask=nm, other=0).to(tl.int1)
             else:
                 slot = offs // PAGE
                 page = tl.load(IDX + b * sib + hs * sih + slot, mask=nm & (slot < NP), other=0)
@@ -66,10 +72,16 @@ if triton is not None:
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             l_i = l_i * alpha + tl.sum(p, 1)
             m_i = m_new
-        row = (pid * NSPLIT + sp) * BLOCK_G + offs_g
-        tl.store(OP + row[:, None] * D + offs_d[None, :], acc)
-        tl.store(MP + row, m_i)
-        tl.store(LP + row, l_i)
+        if ONE_SPLIT:
+            out = acc / l_i[:, None]
+            tl.store(OUT + (pid * G + offs_g)[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                     mask=gm[:, None])
+        else:
+            # only the G real query rows: the padding rows of the dot tile are never merged
+            row = (pid * NSPLIT + sp) * BLOCK_G + offs_g
+            tl.store(OP + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
+            tl.store(MP + row, m_i, mask=gm)
+            tl.store(LP + row, l_i, mask=gm)
 
     @triton.jit
     def _merge_splits(OP, MP, LP, OUT, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
@@ -89,21 +101,48 @@ if triton is not None:
         tl.store(OUT + (r * ROWS + g) * D + offs_d, out.to(OUT.dtype.element_ty))
 
 
-def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = 64) -> torch.Tensor:
+# Split-K plan. A program holds two pipeline stages of a BLOCK_N x 128 bf16 K and V tile (2 x 32 KB of shared
+# memory), so about three fit on an H200 SM (228 KB); the split count aims for that many programs per SM in one
+# round (all resident, no tail wave), never below one block per split. Batch 1, 8 KV heads, 8192 kept keys:
+# 43 splits of 192 keys (344 programs on 132 SMs); batch 16: 3 splits of 2752 keys (384 programs); a grid already
+# full without splitting (batch 16 x 32 query-head selections) runs as one split with no merge launch.
+BLOCK_N = 64
+NUM_WARPS = 4
+NUM_STAGES = 2
+PROGRAMS_PER_SM = 3
+
+
+def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[int, int]:
+    """``(splits, chunk)`` for ``heads`` = batch x selection heads reading ``n`` positions each: ``chunk`` is a
+    multiple of ``block_n`` and every split holds at least one position (the last may be partial)."""
+    blocks = max(1, math.ceil(n / block_n))
+    nsplit = max(1, min(blocks, PROGRAMS_PER_SM * sms // heads))
+    chunk = math.ceil(blocks / nsplit) * block_n
+    return max(1, math.ceil(n / chunk)), chunk
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device`` (4 for the CPU interpreter)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
     """Fused split-K kernel: each program reads ``idx`` positions of one selection head straight from the cache
-    (no gathered copy) for all query heads that share it; a second kernel merges the splits by their log-sum-exp
-    (two launches per step: at batch 1 the step is launch-bound, so PyTorch ops for the merge would cost more
-    than the reads)."""
+    (no gathered copy) for all query heads that share it, skipping those ``valid`` masks out; a second kernel
+    merges the splits by their log-sum-exp (at most two launches per step, none to mask or copy the selection:
+    at batch 1 the step is launch-bound, so PyTorch ops around the kernel would cost more than the reads)."""
     _check(q, k, idx)
-    if valid is not None:
-        idx = torch.where(valid, idx, -1)
-    return _launch(q, k, v, idx, idx.shape[2], 0, 0, -1, scale, block_n)
+    if valid is not None and valid.shape != idx.shape:
+        raise ValueError(f"valid {tuple(valid.shape)} must have the shape of idx {tuple(idx.shape)}")
+    return _launch(q, k, v, idx, idx.shape[2], 0, 0, -1, scale, block_n, valid)
 
 
 def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | None = None,
-                               last_page: int | None = None, block_n: int = 64) -> torch.Tensor:
+                               last_page: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
     """The same kernels over whole pages: ``pages [B, H_s, P]`` (plus ``last_page``) are turned into positions in
-    the kernel, positions ``>= L`` masked there (still two launches, none to expand or mask the selection)."""
+    the kernel, positions ``>= L`` masked there (still at most two launches, none to expand or mask the
+    selection). Pages may come in any order (e.g. unsorted top-k)."""
     _check(q, k, pages)
     n_pages = pages.shape[2] + (last_page is not None)
     if n_pages == 0:
@@ -112,7 +151,7 @@ def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | No
     return _launch(q, k, v, pages, n_pages * page_size, page_size, pages.shape[2], last, scale, block_n)
 
 
-def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n):
+def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None):
     """Both kernels for ``n`` selected positions per head, given as positions (``page == 0``) or page ids."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
@@ -123,23 +162,25 @@ def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n):
     rows = g if hs == hk else 1
     kvdiv = 1 if hs == hk else g
     block_g = max(16, 1 << (rows - 1).bit_length())
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count if q.is_cuda else 4
-    nsplit = max(1, min(math.ceil(4 * sms / (b * hs)), math.ceil(n / block_n)))
-    chunk = math.ceil(n / nsplit / block_n) * block_n
-    nsplit = math.ceil(n / chunk)
-    op = torch.empty(b * hs * nsplit * block_g, d, device=q.device, dtype=torch.float32)
-    mp = torch.empty(b * hs * nsplit * block_g, device=q.device, dtype=torch.float32)
-    lp = torch.empty_like(mp)
+    nsplit, chunk = split_plan(b * hs, n, _sm_count(q.device), block_n)
+    out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
+    if nsplit > 1:
+        op = torch.empty(b * hs * nsplit * block_g, d, device=q.device, dtype=torch.float32)
+        mp = torch.empty(b * hs * nsplit * block_g, device=q.device, dtype=torch.float32)
+        lp = torch.empty_like(mp)
+    else:  # not touched by the kernel (ONE_SPLIT)
+        op = mp = lp = out
     scale = scale if scale is not None else d ** -0.5
     ids = ids.contiguous()
+    valid = ids if valid is None else valid.contiguous()
     _gather_decode_fwd[(b * hs, nsplit)](
-        q, k, v, ids, op, mp, lp, scale * 1.4426950408889634, q.stride(0), q.stride(1),
+        q, k, v, ids, valid, op, mp, lp, out, scale * 1.4426950408889634, q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), ids.stride(0), ids.stride(1),
-        hs, rows, kvdiv, n, length, chunk, nsplit, n_ids, last, PAGE=page, BLOCK_G=block_g, BLOCK_N=block_n, D=d,
-        num_warps=4, num_stages=2)
-    out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
-    _merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
-                                  BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=1)
+        hs, rows, kvdiv, n, length, chunk, nsplit, n_ids, last, PAGE=page, HAS_VALID=valid is not ids,
+        ONE_SPLIT=nsplit == 1, BLOCK_G=block_g, BLOCK_N=block_n, D=d, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+    if nsplit > 1:
+        _merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
+                                      BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=1)
     return out.view(b, hq, 1, d)
 
 
