@@ -5,7 +5,9 @@
 For each length: dense causal SDPA with the cuDNN backend (keys/values expanded to all query heads beforehand, so
 the dense number is not charged for GQA), then every method x sparsity through ``sparse.prefill_attention`` (scoring,
 pattern building and the kernel, all timed), and the kernel alone on the same pattern; block top-k runs through both
-FlexAttention and the Triton tile kernel. Speedups are reported only for paths that pass a correctness check first.
+FlexAttention and the Triton tile kernel, the flex path once per ``--flex-options`` setting (one GPU call picks the
+best kernel options; each setting is checked for correctness on its own). Speedups are reported only for paths that
+pass a correctness check first.
 bf16, random q/k/v (the pattern of random data is diffuse: a speed test, not a quality test). Writes
 ``sparse_prefill-*.json`` (after each length, so a cut-short run keeps its data).
 """
@@ -27,6 +29,32 @@ from leanformer.nn.attention import repeat_kv  # noqa: E402
 from leanformer.sparse.kernels import run_pattern  # noqa: E402
 
 
+def parse_flex_options(items: list[str]) -> list[dict | None]:
+    """``["default", "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2"]`` -> ``[None, {...}]`` (ints / booleans)."""
+    out = []
+    for item in items:
+        if item == "default":
+            out.append(None)
+            continue
+        opts = {}
+        for pair in item.split(","):
+            key, _, val = pair.partition("=")
+            opts[key.strip()] = {"true": True, "false": False}.get(val.strip().lower(), None)
+            if opts[key.strip()] is None:
+                opts[key.strip()] = int(val)
+        out.append(opts)
+    return out
+
+
+def variants(method, args):
+    """``(impl, kernel_options, label)`` to run for a method: block top-k through flex (each option set) and triton."""
+    if method != "block_topk":
+        return [("auto", None, "auto")]
+    flex = [("flex", o, "flex" if o is None else "flex[" + ",".join(f"{k}={v}" for k, v in o.items()) + "]")
+            for o in args.flex_options]
+    return flex + [("triton", None, "triton")]
+
+
 def dense_cudnn(q, k, v):
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -44,16 +72,18 @@ def check(args, t: int = 3001) -> dict:
     ke, ve = repeat_kv(k, g), repeat_kv(v, g)
     verdict = {}
     for method in args.methods:
-        for impl in ["flex", "triton"] if method == "block_topk" else ["auto"]:
-            out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl)
+        for impl, opts, label in variants(method, args):
+            kw = {"kernel_options": opts} if opts else {}
+            out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl, **kw)
             mask = info["pattern"].to_mask()
             s = torch.matmul(q.float(), ke.float().transpose(-1, -2)) * args.dim ** -0.5
             ref = torch.matmul(torch.softmax(s.masked_fill_(~mask, float("-inf")), -1), ve.float())
             base = F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask)
             err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
             ok = err <= 2 * err_base + 1e-5 and not torch.isnan(out).any().item()
-            verdict[f"{method}/{info['impl']}"] = {"ok": ok, "err": err, "err_sdpa_same_precision": err_base}
-            print(f"check {method}/{info['impl']}: err {err:.2e} vs same-precision SDPA {err_base:.2e} -> "
+            key = f"{method}/{info['impl'] if label == 'auto' else label}"
+            verdict[key] = {"ok": ok, "err": err, "err_sdpa_same_precision": err_base}
+            print(f"check {key}: err {err:.2e} vs same-precision SDPA {err_base:.2e} -> "
                   f"{'ok' if ok else 'FAILED'}", flush=True)
             del s, ref, base, mask, out, info
     return verdict
@@ -71,18 +101,21 @@ def bench_length(t, args, verdict) -> list[dict]:
     rows = []
     for method in args.methods:
         for s in args.sparsities:
-            impls = ["flex", "triton"] if method == "block_topk" else ["auto"]
-            for impl in impls:
-                def call(method=method, s=s, impl=impl):
-                    return sparse.prefill_attention(q, k, v, method, s, impl=impl)
+            for impl, opts, label in variants(method, args):
+                kw = {"kernel_options": opts} if opts else {}
+
+                def call(method=method, s=s, impl=impl, kw=kw):
+                    return sparse.prefill_attention(q, k, v, method, s, impl=impl, **kw)
 
                 _, info = call()
                 total_ms = bench(call, warmup=1, repeat=args.repeat) * 1e3
                 pat, used = info["pattern"], info["impl"]
-                kernel_ms = bench(lambda pat=pat, used=used: run_pattern(q, k, v, pat, None, used),
+                kernel_ms = bench(lambda pat=pat, used=used, opts=opts: run_pattern(q, k, v, pat, None, used, opts),
                                   warmup=1, repeat=args.repeat) * 1e3
-                ok = verdict.get(f"{method}/{used}", {}).get("ok", False)
-                row = {"seq_len": t, "method": method, "impl": used, "checked": ok, "requested_sparsity": s,
+                key = f"{method}/{used if label == 'auto' else label}"
+                ok = verdict.get(key, {}).get("ok", False)
+                row = {"seq_len": t, "method": method, "impl": used, "kernel_options": opts, "variant": key,
+                       "checked": ok, "requested_sparsity": s,
                        "sparsity": float(info["sparsity"]), "total_ms": total_ms, "kernel_ms": kernel_ms,
                        "estimation_ms": total_ms - kernel_ms, "dense_cudnn_ms": dense_ms,
                        "speedup": dense_ms / total_ms if ok else None,
@@ -91,7 +124,7 @@ def bench_length(t, args, verdict) -> list[dict]:
                 rows.append(row)
                 speed = (f"speedup={dense_ms / total_ms:6.2f}x (kernel {dense_ms / kernel_ms:6.2f}x)" if ok
                          else "speedup not reported: correctness check failed")
-                print(f"T={t:>6} {method:>14} {used:>6} s={s:.2f} measured={row['sparsity']:.3f} "
+                print(f"T={t:>6} {key:>40} s={s:.2f} measured={row['sparsity']:.3f} "
                       f"total={total_ms:8.2f} ms kernel={kernel_ms:8.2f} ms {speed}", flush=True)
                 del info, pat
                 torch.cuda.empty_cache()
@@ -119,8 +152,16 @@ def main(argv=None):
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--flex-options", nargs="+", default=["default"],
+                    help='FlexAttention kernel options to sweep for block_topk, each "default" or '
+                         '"BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3" (ints, true/false)')
     ap.add_argument("--profile", action="store_true", help="print the top GPU ops of each method at the longest length")
     args = ap.parse_args(argv)
+    args.flex_options = parse_flex_options(args.flex_options)
+    # every (length, option set) is a separate compiled flex kernel; past the limit Dynamo silently runs eager
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
     torch.manual_seed(42)
     verdict = check(args)
     torch.cuda.empty_cache()
@@ -129,11 +170,11 @@ def main(argv=None):
         rows += bench_length(t, args, verdict)
         torch.cuda.empty_cache()
         record("sparse_prefill", {"checks": verdict, "rows": rows})  # after each length: partial runs keep data
-    print(f"{'T':>7} {'method':>14} {'impl':>6} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
+    print(f"{'T':>7} {'variant':>40} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
           f"{'dense ms':>9} {'speedup':>8}")
     for r in rows:
         sp = f"{r['speedup']:7.2f}x" if r["speedup"] else "   n/a"
-        print(f"{r['seq_len']:>7} {r['method']:>14} {r['impl']:>6} {r['requested_sparsity']:>5.2f} "
+        print(f"{r['seq_len']:>7} {r['variant']:>40} {r['requested_sparsity']:>5.2f} "
               f"{r['sparsity']:>6.3f} {r['total_ms']:>9.2f} {r['kernel_ms']:>9.2f} {r['dense_cudnn_ms']:>9.2f} {sp}")
     if args.profile:
         profile(args, max(args.lengths))

@@ -9,14 +9,15 @@ from leanformer.sparse.kernels.tile_attention import tile_attention, tile_attent
 PREFILL_IMPLS = ("triton", "flex")
 
 
-def run_pattern(q, k, v, pattern: TilePattern, scale, impl: str):
-    """Dispatch a resolved ``impl`` (``reference``, ``triton`` or ``flex``) for a prefill pattern."""
+def run_pattern(q, k, v, pattern: TilePattern, scale, impl: str, kernel_options: dict | None = None):
+    """Dispatch a resolved ``impl`` (``reference``, ``triton`` or ``flex``) for a prefill pattern;
+    ``kernel_options`` go to FlexAttention (the other paths take none)."""
     if impl == "reference":
         return tile_attention_reference(q, k, v, pattern, scale)
     if impl == "flex":
         from leanformer.sparse.kernels.flex_block import flex_block_attention
 
-        return flex_block_attention(q, k, v, pattern, scale)
+        return flex_block_attention(q, k, v, pattern, scale, kernel_options)
     return tile_attention(q, k, v, pattern, scale)
 
 

@@ -15,8 +15,10 @@ Asked for ``sparsity`` s, ``topk`` becomes the largest uniform k whose kept pair
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
+import torch.nn.functional as F
 
 from leanformer.sparse.base import (
     PrefillMethod,
@@ -36,6 +38,8 @@ class BlockTopKParams:
     topk: int = 8
     block_size: int = 128
     impl: str = "auto"
+    # FlexAttention kernel options (BLOCK_M, BLOCK_N, num_warps, num_stages, ...), merged over flex_block's defaults
+    kernel_options: dict | None = None
 
 
 def kept_for_k(n_blocks: int, block_size: int, seq_len: int, device=None) -> torch.Tensor:
@@ -54,27 +58,47 @@ def k_for_budget(budget: torch.Tensor, n_blocks: int, block_size: int, seq_len: 
     return k.clamp(min=1, max=n_blocks)
 
 
-def block_pattern(scores: torch.Tensor, k_rows: torch.Tensor, block_size: int, seq_len: int) -> TilePattern:
-    """Top ``k_rows [B, H, NQB]`` key blocks of each query block by ``scores [B, H, NQB, NKB]`` (future = -inf),
-    with the sink, diagonal and sub-diagonal blocks forced."""
+@lru_cache(maxsize=16)
+def topk_bias(n: int, device) -> torch.Tensor:
+    """Additive ``[NQB, NKB]`` fp32 for block scores: ``-inf`` on future blocks and on the diagonal (kept apart, as
+    the one partial block), ``+inf`` on the sink block and the block below the diagonal (forced), 0 elsewhere."""
+    i = torch.arange(n, device=device)
+    forced = (i[None, :] == 0) | (i[None, :] == i[:, None] - 1)
+    bias = torch.where(forced, float("inf"), torch.zeros((), device=device))
+    return bias.masked_fill_(i[None, :] >= i[:, None], float("-inf"))
+
+
+def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -> TilePattern:
+    """Top key blocks of each query block by ``scores [B, H, NQB, NKB]`` biased with :func:`topk_bias` (future and
+    diagonal ``-inf``, sink and sub-diagonal ``+inf``).
+
+    Query block ``i`` keeps ``min(max(k, forced), i + 1)`` blocks for ``k_rows`` (an int, or ``[B, H, NQB]``):
+    the best ``cnt - 1`` off-diagonal blocks (forced ones first) from one ``topk``, then its diagonal, last."""
     b, h, n, _ = scores.shape
-    i = torch.arange(n, device=scores.device)
-    s = scores.clone()
-    s[..., i, i] = float("inf")
-    s[..., i[1:], i[1:] - 1] = float("inf")
-    s[..., 0] = float("inf")
-    kmax = int(k_rows.max().clamp(min=3, max=n))
-    tiles = torch.topk(s, kmax, dim=-1).indices.int().contiguous()
+    dev = scores.device
+    i = torch.arange(n, device=dev)
     forced = (i + 1).clamp(max=3)
-    cnt = torch.minimum(torch.maximum(k_rows, forced), i + 1).clamp(max=kmax).int().contiguous()
-    empty = torch.zeros(b, h, 0, dtype=torch.int32, device=s.device)
-    zeros = torch.zeros(b, h, n, dtype=torch.int32, device=s.device)
-    bdiag = torch.zeros(b, h, n, dtype=torch.bool, device=s.device)
+    if isinstance(k_rows, int):
+        kmax = min(max(k_rows, min(n, 3)), n)  # known on the host: no device sync
+        cnt = torch.clamp(forced, min=min(k_rows, n)).minimum(i + 1).expand(b, h, n)
+    else:
+        cnt = torch.minimum(torch.maximum(k_rows, forced), i + 1)
+        kmax = int(cnt.max())
+    cnt = cnt.int().contiguous()
+    off = torch.topk(scores, kmax - 1, dim=-1).indices.int()
+    tiles = F.pad(off, (0, 1)).scatter_(-1, (cnt.long() - 1)[..., None], i.int().expand(b, h, n)[..., None])
+    empty = torch.zeros(b, h, 0, dtype=torch.int32, device=dev)
+    zeros = torch.zeros(b, h, n, dtype=torch.int32, device=dev)
+    bdiag = torch.zeros(b, h, n, dtype=torch.bool, device=dev)
     return TilePattern(block_size, seq_len, cnt, empty, zeros, bdiag, tiles=tiles)
 
 
 class BlockTopK(PrefillMethod):
-    """``q [B, H_q, T, D]``, ``k, v [B, H_kv, T, D]`` -> ``([B, H_q, T, D], info)``; causal."""
+    """``q [B, H_q, T, D]``, ``k, v [B, H_kv, T, D]`` -> ``([B, H_q, T, D], info)``; causal.
+
+    Estimation is a handful of launches, none over ``T x T``: one mean-pool reduction each for q and k, one
+    ``baddbmm`` per call (scores + forced/causal bias), one ``topk``, one scatter for the diagonal. The FlexAttention
+    path turns the tiles into a ``BlockMask`` of full blocks plus the causal diagonal (``kernels/flex_block.py``)."""
 
     name = "block_topk"
     Params = BlockTopKParams
@@ -88,13 +112,16 @@ class BlockTopK(PrefillMethod):
         b, h = q.shape[:2]
         bs = p.block_size
         n = -(-t // bs)
-        scores = pooled_block_scores(q, k, bs, scale)
+        scores = pooled_block_scores(q, k, bs, scale, bias=topk_bias(n, q.device))
         if requested is None:
-            kk = torch.full((b, h), p.topk, device=q.device)
+            kk = p.topk
         else:
-            kk = k_for_budget(torch.full((b, h), (1 - requested) * causal_pairs(t), device=q.device), n, bs, t)
-        pattern = block_pattern(scores, kk[..., None].expand(b, h, n), bs, t)
-        out = run_pattern(q, k, v, pattern, scale, impl)
+            # uniform budget: the table is NQB floats, so k is found on the host without a device sync
+            budget = torch.tensor([[(1 - requested) * causal_pairs(t)]], dtype=torch.float64)
+            kk = int(k_for_budget(budget, n, bs, t))
+        pattern = block_pattern(scores, kk, bs, t)
+        del scores
+        out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
         kept = pattern.kept_pairs()
         total = causal_pairs(t)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, b * h * n * n, impl,

@@ -1,0 +1,118 @@
+"""Fast estimation and mask-building branches of the sparse prefill methods against plain references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from leanformer.sparse.kernels import from_tiles, tile_attention_reference
+from leanformer.sparse.kernels.flex_block import DEFAULT_KERNEL_OPTIONS, flex_block_attention, resolve_kernel_options
+from leanformer.sparse.prefill.block_topk import block_pattern, topk_bias
+from leanformer.sparse.prefill.estimate import pool_blocks, pooled_block_scores, vs_scores
+
+
+def _naive_vs(q, k, w, scale):
+    b, hq, t, _ = q.shape
+    s = (q.float()[:, :, t - w:] @ k.float().repeat_interleave(hq // k.shape[1], 1).transpose(-1, -2)) * scale
+    pos = torch.arange(t - w, t)
+    p = s.masked_fill(torch.arange(t)[None, :] > pos[:, None], float("-inf")).softmax(-1)
+    slash = torch.zeros(b, hq, t)
+    for r in range(w):
+        c = torch.arange(int(pos[r]) + 1)
+        slash[..., pos[r] - c] += p[..., r, c]
+    return p.sum(-2) / w, slash / w
+
+
+@pytest.mark.parametrize("t, w", [(40, 40), (40, 1), (33, 7), (5, 2)])
+def test_vs_scores_diagonal_sums_edge_windows(t, w, helpers):
+    q, k, _ = helpers.make_qkv(2, 4, 2, t)
+    vert, slash, _ = vs_scores(q, k, w, 0.25)
+    nv, ns = _naive_vs(q, k, w, 0.25)
+    torch.testing.assert_close(vert, nv)
+    torch.testing.assert_close(slash, ns)
+
+
+def test_vs_scores_key_head_chunks_agree(helpers):
+    q, k, _ = helpers.make_qkv(1, 6, 3, 50)
+    whole = vs_scores(q, k, 9, 0.25, tail=3)
+    chunked = vs_scores(q, k, 9, 0.25, tail=3, max_elems=1)  # one key head at a time
+    for a, b in zip(whole, chunked):
+        torch.testing.assert_close(a, b)
+
+
+def test_vs_scores_half_precision_close_to_fp32(helpers):
+    q, k, _ = helpers.make_qkv(1, 4, 2, 70, dtype=torch.bfloat16)
+    vert, slash, _ = vs_scores(q, k, 16, 0.25)
+    nv, ns = _naive_vs(q, k, 16, 0.25)
+    assert (vert - nv).abs().max() < 2e-3 and (slash - ns).abs().max() < 2e-3
+
+
+@pytest.mark.parametrize("t", [64, 77])
+def test_pool_blocks_reads_half_precision_with_fp32_sums(t):
+    x = torch.randn(2, 3, t, 8).bfloat16()
+    n = -(-t // 16)
+    pad = F.pad(x.float(), (0, 0, 0, n * 16 - t)).reshape(2, 3, n, 16, 8).sum(-2)
+    counts = torch.tensor([16.0] * (n - 1) + [t - (n - 1) * 16.0])
+    out = pool_blocks(x, 16)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, pad / counts[:, None])
+
+
+def test_block_scores_bias_forces_and_drops(helpers):
+    q, k, _ = helpers.make_qkv(1, 4, 2, 70)
+    n = 9
+    plain = pooled_block_scores(q, k, 8, 0.25)
+    biased = pooled_block_scores(q, k, 8, 0.25, bias=topk_bias(n, q.device))
+    i = torch.arange(n)
+    causal = i[None, :] <= i[:, None]
+    assert torch.isneginf(plain[..., ~causal]).all() and torch.isfinite(plain[..., causal]).all()
+    assert torch.isneginf(biased[..., i, i]).all()
+    assert torch.isposinf(biased[..., 1:, 0]).all() and torch.isposinf(biased[..., i[1:], i[1:] - 1]).all()
+    free = causal & (i[None, :] != i[:, None]) & (i[None, :] != 0) & (i[None, :] != i[:, None] - 1)
+    torch.testing.assert_close(biased[..., free], plain[..., free])
+
+
+def test_block_pattern_host_k_equals_per_row_k(helpers):
+    q, k, _ = helpers.make_qkv(2, 4, 2, 150)
+    n = -(-150 // 8)
+    scores = pooled_block_scores(q, k, 8, 0.25, bias=topk_bias(n, q.device))
+    a = block_pattern(scores, 5, 8, 150)
+    b = block_pattern(scores, torch.full((2, 4, n), 5), 8, 150)
+    assert torch.equal(a.tile_cnt, b.tile_cnt)
+    assert torch.equal(a.block_mask(), b.block_mask())
+    ar = torch.arange(n)
+    # the diagonal is the last valid tile of every row
+    assert torch.equal(torch.gather(a.tiles, -1, (a.tile_cnt.long() - 1)[..., None])[..., 0], ar.int().expand(2, 4, n))
+
+
+def test_kernel_options_defaults_and_cuts():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_kernel_options(128, cpu) is None
+    assert resolve_kernel_options(128, cuda) == DEFAULT_KERNEL_OPTIONS
+    assert resolve_kernel_options(32, cuda)["BLOCK_M"] == 32 and resolve_kernel_options(32, cuda)["BLOCK_N"] == 32
+    assert resolve_kernel_options(128, cuda, {"BLOCK_N": 128, "num_stages": 2})["BLOCK_N"] == 128
+    assert resolve_kernel_options(128, cpu, {"num_warps": 4}) == {"num_warps": 4}
+
+
+def test_flex_full_blocks_equal_mask_mod_only_and_reference(helpers):
+    """Compiled FlexAttention on CPU: the full-block mask (diagonal partial) and the all-partial mask give the
+    reference output, also when the diagonal is not the last listed tile."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    t, bs = 203, 32
+    n = -(-t // bs)
+    q, k, v = helpers.make_qkv(1, 4, 2, t)
+    blk = torch.rand(1, 4, n, n, generator=torch.Generator().manual_seed(0)) < 0.5
+    pat = from_tiles(blk, bs, t)
+    # reverse each row's valid tiles so the diagonal comes first
+    ar = torch.arange(pat.tiles.shape[-1])
+    rev = (pat.tile_cnt.long()[..., None] - 1 - ar).clamp(min=0)
+    pat.tiles = torch.gather(pat.tiles, -1, rev).contiguous()
+    ref = tile_attention_reference(q, k, v, pat)
+    try:
+        full = flex_block_attention(q, k, v, pat)
+    except Exception as e:  # no C++ compiler for Inductor's CPU template
+        pytest.skip(f"compiled FlexAttention unavailable on CPU: {type(e).__name__}")
+    partial = flex_block_attention(q, k, v, pat, mask_mod_only=True)
+    torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(partial, ref, atol=1e-5, rtol=1e-5)
