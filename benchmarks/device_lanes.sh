@@ -22,32 +22,49 @@ lane() {  # lane GPU NAME 'command; command; ...'
       echo "lane $2 rc $?" ) &
 }
 
+# 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
+ref_cmd="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 575 python3 -m leanformer.reference.train \
+    --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile"
 if [ "$BATCH" = reference ]; then
-    # 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
-    ref="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 560 python3 -m leanformer.reference.train \
-        --config configs/reference/small.yaml --out \$OUT --workers 15 --no-compile max_seconds=380"
+    ref="$ref_cmd max_seconds=360"
     # in order of priority: a machine with fewer GPUs runs the first ones only
     names=(ref-copy-warm1500 ref-copy ref-copy-answer-only ref-copy-d384)
     extra=("mixture.copy_warmup_steps=1500 mixture.short_steps=3000" "" "mixture.answer_only=true"
            "model.d_model=384 model.n_heads=6")  # the last: a 14M capacity probe, too big to ship as one file
     for ((i = 0; i < NGPU && i < ${#names[@]}; i++)); do lane $i "${names[$i]}" "$ref ${extra[$i]}"; done
-elif [ "$BATCH" = bench ]; then
-    python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
-    lane 0 hourglass "timeout 200 python3 benchmarks/bench_hourglass.py speed --compile --models vanilla \
-        hg-avg-repeat; timeout 340 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 45 \
-        --compile --data-dir /tmp/shk"
-    lane 1 compare-dtp "timeout 330 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10; \
-        timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 170 python3 \
+else
+    # the benchmark commands, grouped into lanes per machine size below
+    hourglass_speed="timeout 200 python3 benchmarks/bench_hourglass.py speed --compile --models vanilla hg-avg-repeat"
+    hourglass_time="timeout 340 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 45 --compile \
+        --data-dir /tmp/shk"
+    compare10="timeout 330 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
+    dtp="timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 170 python3 \
         benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --seconds 35 --models vanilla dtp-fixed \
         dtp-unigram"
-    # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
-    lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c 'timeout 100 python3 benchmarks/bench_sparse_decode.py \
-        --repeat 30; timeout 150 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 \
-        --profile; timeout 90 python3 benchmarks/bench_dmc_decode.py --crs 1 4') & \
-        (CUDA_VISIBLE_DEVICES=3 timeout 340 python3 benchmarks/bench_t5_train.py --modes compiled --profile) & \
-        wait; timeout 200 python3 benchmarks/bench_frontier_shard.py --gpus 2"
-else
-    echo "unknown batch $BATCH (reference or bench)"; exit 2
+    decode="timeout 100 python3 benchmarks/bench_sparse_decode.py --repeat 30"
+    prefill="timeout 150 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 --profile"
+    prefill_sweep="timeout 330 python3 benchmarks/bench_sparse_prefill.py --lengths 131072 32768 \
+        --sparsities 0.9 0.95 --repeat 5 --profile --flex-options default \
+        BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2 BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3"
+    dmc="timeout 90 python3 benchmarks/bench_dmc_decode.py --crs 1 4"
+    t5="timeout 340 python3 benchmarks/bench_t5_train.py --modes compiled --profile"
+    shard="timeout 200 python3 benchmarks/bench_frontier_shard.py --gpus 2"
+    python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
+    if [ "$BATCH" = bench ]; then  # four GPUs
+        lane 0 hourglass "$hourglass_speed; $hourglass_time"
+        lane 1 compare-dtp "$compare10; $dtp"
+        # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
+        lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c '$decode; $prefill; $dmc') & \
+            (CUDA_VISIBLE_DEVICES=3 $t5) & wait; $shard"
+    elif [ "$BATCH" = pair1 ]; then  # two GPUs: a reference recipe beside the training comparisons
+        lane 0 ref-warm256 "$ref_cmd max_seconds=360 mixture.copy_warmup_length=256 mixture.copy_warmup_steps=1500"
+        lane 1 compare-dtp "$compare10; $dtp"
+    elif [ "$BATCH" = pair2 ]; then  # two GPUs: speed runs, then the sharded sweep over both
+        lane 0,1 speed "(CUDA_VISIBLE_DEVICES=0 bash -c '$hourglass_speed; $dmc; $decode') & \
+            (CUDA_VISIBLE_DEVICES=1 $prefill_sweep) & wait; $shard"
+    else
+        echo "unknown batch $BATCH (reference, bench, pair1 or pair2)"; exit 2
+    fi
 fi
 wait
 tar czf "$FINAL/$BATCH.tgz" --exclude='*.safetensors' --exclude='*.npy' --exclude='checkpoints' -C "$R" . 2>/dev/null

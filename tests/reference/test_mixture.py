@@ -128,3 +128,12 @@ def test_copy_warmup_steps_are_copy_batches_only():
     mix = dataclasses.replace(MIX, copy_fraction=0.1, copy_warmup_steps=30)
     assert {batch_plan(mix, 2, s)["kind"] for s in range(30)} == {"copy"}
     assert {batch_plan(mix, 2, s)["kind"] for s in range(30, 130)} == {"copy", "shakespeare", "tasks"}
+
+
+def test_copy_warmup_length_sets_the_warmup_bucket_only():
+    mix = dataclasses.replace(MIX, copy_fraction=0.5, copy_warmup_steps=20, copy_warmup_length=64)
+    warm = [batch_plan(mix, 3, s) for s in range(20)]
+    assert {p["length"] for p in warm} == {64}
+    assert {p["n"] for p in warm} == {mix.tokens_per_batch // (64 + mix.answer_margin)}
+    later = [batch_plan(mix, 3, s) for s in range(20, 120)]
+    assert {p["length"] for p in later} <= set(mix.lengths) and any(p["kind"] == "copy" for p in later)

@@ -116,9 +116,10 @@ if triton is not None:
         tl.store(merged + bh, merge.to(tl.int8))
 
     @triton.jit
-    def _decode_kernel(q, k_pages, v_pages, page_table, lengths, m_out, l_out, acc_out, scale,
+    def _decode_kernel(q, k_pages, v_pages, page_table, lengths, m_out, l_out, acc_out, out, scale,
                        G, D, max_pages, pages_per_split, n_splits,
-                       PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr):
+                       PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+                       ONE_SPLIT: tl.constexpr):
         bh = tl.program_id(0)
         s = tl.program_id(1)
         g = tl.arange(0, BLOCK_G)
@@ -153,10 +154,15 @@ if triton is not None:
                 pv = tl.dot(pexp.to(vt.dtype), vt)
             acc = acc * corr[:, None] + pv
             m_i = m_new
-        row = (bh * n_splits + s) * BLOCK_G + g
-        tl.store(m_out + row, m_i)
-        tl.store(l_out + row, l_i)
-        tl.store(acc_out + row[:, None] * BLOCK_D + d[None, :], acc)
+        if ONE_SPLIT:  # the whole head in one program: normalise here, no partial states to merge
+            o = acc / l_i[:, None]
+            tl.store(out + bh * G * D + g[:, None] * D + d[None, :], o.to(out.dtype.element_ty),
+                     mask=gm[:, None] & dm[None, :])
+        else:
+            row = (bh * n_splits + s) * BLOCK_G + g
+            tl.store(m_out + row, m_i)
+            tl.store(l_out + row, l_i)
+            tl.store(acc_out + row[:, None] * BLOCK_D + d[None, :], acc)
 
 
 def _need_triton():
@@ -191,7 +197,8 @@ def _num_splits(programs: int, max_pages: int, device) -> int:
 def paged_decode_triton(q, k_pages, v_pages, page_table, lengths, scale: float | None = None,
                         n_splits: int | None = None) -> torch.Tensor:
     """Triton version of :func:`paged_decode_reference`: one program per (key head, split of its pages) handles
-    the whole GQA group (split-K flash decoding); partial softmax states are combined in PyTorch."""
+    the whole GQA group (split-K flash decoding); partial softmax states are combined in PyTorch. With one split
+    (large batches) the kernel normalises and writes the output itself."""
     _need_triton()
     b, hq, d = q.shape
     _, h, m = page_table.shape
@@ -199,13 +206,18 @@ def paged_decode_triton(q, k_pages, v_pages, page_table, lengths, scale: float |
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
     splits = n_splits or _num_splits(b * h, m, q.device)
     bg, bd = max(16, triton.next_power_of_2(g)), max(16, triton.next_power_of_2(d))
-    m_out = torch.empty(b * h, splits, bg, dtype=torch.float32, device=q.device)
+    one = splits == 1
+    parts = (b * h, 1, 1) if one else (b * h, splits, bg)  # unused placeholders when the kernel normalises
+    m_out = torch.empty(parts, dtype=torch.float32, device=q.device)
     l_out = torch.empty_like(m_out)
-    acc = torch.empty(b * h, splits, bg, bd, dtype=torch.float32, device=q.device)
+    acc = torch.empty(*parts, 1 if one else bd, dtype=torch.float32, device=q.device)
+    out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
     _decode_kernel[(b * h, splits)](q.to(k_pages.dtype).contiguous(), k_pages, v_pages, page_table, lengths,
-                                    m_out, l_out, acc, scale, g, d, m, math.ceil(m / splits), splits,
+                                    m_out, l_out, acc, out, scale, g, d, m, math.ceil(m / splits), splits,
                                     PAGE=k_pages.shape[1], BLOCK_G=bg, BLOCK_D=bd,
-                                    IEEE=k_pages.dtype == torch.float32)
+                                    IEEE=k_pages.dtype == torch.float32, ONE_SPLIT=one)
+    if one:
+        return out
     top = m_out.amax(1, keepdim=True)
     wgt = torch.where(m_out == float("-inf"), 0.0, torch.exp(m_out - top))
     out = (acc * wgt[..., None]).sum(1) / (l_out * wgt).sum(1)[..., None]

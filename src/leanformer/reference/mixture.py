@@ -46,6 +46,8 @@ class MixtureConfig:
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
     copy_warmup_steps: int = cfg(0, ge=0, help="the first steps are copy batches only: retrieval is learned fast "
                                               "once the model can copy by content, and hardly before")
+    copy_warmup_length: int = cfg(0, ge=0, help="bucket length of the warm-up's copy batches (0: the usual "
+                                               "lengths): an induction head forms much sooner in short sequences")
     answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
     answer_space: bool = cfg(False, help="write the gold answer after '<answer>' with a leading space, so its first "
                                          "word is tokenized as it is in the prompt (' Rosa', not 'Rosa')")
@@ -94,9 +96,11 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     """Which kind of batch step ``step`` is, its bucket length and, for task batches, (task, sample seed) pairs."""
     rng = random.Random(f"reference-mixture:{seed}:{step}")
     length = rng.choice(mix.short_lengths if step < mix.short_steps and mix.short_lengths else mix.lengths)
+    warmup = step < mix.copy_warmup_steps
+    if warmup and mix.copy_warmup_length:
+        length = mix.copy_warmup_length
     n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
     u = rng.random()
-    warmup = step < mix.copy_warmup_steps
     if not warmup and u < mix.shakespeare_fraction:
         return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}
     if warmup or u < mix.shakespeare_fraction + mix.copy_fraction:
