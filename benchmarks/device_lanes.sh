@@ -56,12 +56,13 @@ else
         # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
         lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c '$decode; $prefill; $dmc') & \
             (CUDA_VISIBLE_DEVICES=3 $t5) & wait; $shard"
-    elif [ "$BATCH" = pair1 ]; then  # two GPUs: a reference recipe beside the training comparisons
-        lane 0 ref-warm256 "$ref_cmd max_seconds=360 mixture.copy_warmup_length=256 mixture.copy_warmup_steps=1500"
-        lane 1 compare-dtp "$compare10; $dtp"
-    elif [ "$BATCH" = pair2 ]; then  # two GPUs: speed runs, then the sharded sweep over both
-        lane 0,1 speed "(CUDA_VISIBLE_DEVICES=0 bash -c '$hourglass_speed; $dmc; $decode') & \
-            (CUDA_VISIBLE_DEVICES=1 $prefill_sweep) & wait; $shard"
+    elif [ "$BATCH" = pair1 ]; then  # two GPUs: two reference recipes, copy warm-up on short rows
+        lane 0 ref-warm256 "$ref_cmd max_seconds=340 mixture.copy_warmup_length=256 mixture.copy_warmup_steps=1500"
+        lane 1 ref-warm128-lr1e3 "$ref_cmd max_seconds=340 mixture.copy_warmup_length=128 \
+            mixture.copy_warmup_steps=2500 mixture.short_steps=3500 lr=1e-3"
+    elif [ "$BATCH" = pair2 ]; then  # two GPUs: training comparisons and speed runs, then the sharded sweep
+        lane 0,1 pair "(CUDA_VISIBLE_DEVICES=0 bash -c '$compare10; $dmc') & \
+            (CUDA_VISIBLE_DEVICES=1 bash -c '$dtp; $hourglass_speed') & wait; $shard --samples 8"
     else
         echo "unknown batch $BATCH (reference, bench, pair1 or pair2)"; exit 2
     fi
