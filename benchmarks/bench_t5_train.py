@@ -8,13 +8,18 @@ weights (``T5.to_hf``), so their first losses must agree: ``first_loss`` is reco
 step (:func:`leanformer.analysis.flops.train_flops_per_token`, encoder + decoder + cross-attention + LM head, matmuls
 only) / step time / peak bf16 FLOP/s (``PEAK_BF16_FLOPS``).
 
-    PYTHONPATH=src python benchmarks/bench_t5_train.py                 # H200: ~4-6 min (two compiles)
-    PYTHONPATH=src python benchmarks/bench_t5_train.py --tiny --device cpu   # quick check of the script
+``--attn sdpa flex`` gives one leanformer row per ``T5Config.attn_impl`` (transformers runs once per mode).
+``--compile-optimizer`` runs clipping and the optimizer update as one compiled graph, for both models alike
+(:func:`compiled_clip_and_step`); its agreement with the eager AdamWScale is checked first and recorded.
+
+    PYTHONPATH=src python benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer
+    PYTHONPATH=src python benchmarks/bench_t5_train.py --tiny --device cpu --compile-optimizer   # script check
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import sys
 import time
@@ -33,7 +38,7 @@ from leanformer.data.span_corruption import (  # noqa: E402
     random_spans_noise_mask,
     span_corrupt,
 )
-from leanformer.models.t5 import T5, T5Config  # noqa: E402
+from leanformer.models.t5 import ATTN_IMPLS, T5, T5Config  # noqa: E402
 from leanformer.train.optim.adamw_scale import AdamWScale  # noqa: E402
 from leanformer.train.trainer import peak_flops  # noqa: E402
 
@@ -51,9 +56,81 @@ def make_batch(cfg: T5Config, batch: int, seq_len: int, device) -> dict:
     return {"input_ids": torch.from_numpy(x).to(device), "labels": torch.from_numpy(y).to(device)}
 
 
+def compiled_clip_and_step(params: list[torch.Tensor], opt: AdamWScale, max_norm: float = 1.0):
+    """``step()``: ``clip_grad_norm_`` + ``opt.step()`` (one param group, foreach) as one ``torch.compile`` graph.
+
+    AdamWScale counts steps in a Python int, which dynamo specialises on (a recompile every step, then eager after
+    the recompile limit), so this replays AdamWScale's foreach update with the bias-corrected step size as a 0-dim
+    device tensor refilled outside the graph; the state (``exp_avg``, ``exp_avg_sq``, ``step``) stays the optimizer's.
+    :func:`check_compiled_optimizer` compares it with ``opt.step()``."""
+    (group,) = opt.param_groups
+    b1, b2 = group["betas"]
+    if group["weight_decay"]:
+        raise ValueError("compiled_clip_and_step replays AdamWScale without weight decay (nanoT5 uses none)")
+    for p in params:
+        opt.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
+    ms = [opt.state[p]["exp_avg"] for p in params]
+    vs = [opt.state[p]["exp_avg_sq"] for p in params]
+    step_size = torch.zeros((), device=params[0].device)
+    opt._rms_scales(params)  # builds its per-tensor constants now, not inside the graph (no recompile)
+
+    @torch.compile
+    @torch.no_grad()
+    def update():
+        grads = [p.grad for p in params]
+        torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
+        torch._foreach_lerp_(ms, grads, 1.0 - b1)
+        torch._foreach_mul_(vs, b2)
+        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
+        upd = torch._foreach_sqrt(vs)
+        torch._foreach_add_(upd, group["eps"])
+        upd = torch._foreach_div(ms, upd)
+        torch._foreach_mul_(upd, opt._rms_scales(params))
+        torch._foreach_mul_(upd, step_size)
+        torch._foreach_sub_(params, upd)
+
+    def step():
+        t = opt.state[params[0]]["step"] + 1
+        for p in params:
+            opt.state[p]["step"] = t
+        step_size.fill_(opt._step_size(group, t))
+        update()
+
+    return step
+
+
+def check_compiled_optimizer(device, steps: int = 3) -> float:
+    """Max |difference| of a tiny T5's parameters after ``steps`` clipped AdamWScale steps, eager vs compiled."""
+    out = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        m = T5(T5Config(vocab_size=64, d_model=16, d_kv=4, d_ff=24, n_layers=1, n_heads=2)).to(device)
+        params = list(m.parameters())
+        opt = AdamWScale(params, lr=2e-2)
+        step = compiled_clip_and_step(params, opt) if compiled else None
+        g = torch.Generator().manual_seed(1)
+        for _ in range(steps):
+            for p in params:
+                p.grad = (torch.randn(p.shape, generator=g) * 0.3).to(device)
+            if compiled:
+                step()
+            else:
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+        out.append([p.detach().clone() for p in params])
+    return max(float((a - b).abs().max()) for a, b in zip(*out))
+
+
 def time_steps(loss_fn, model, batch, steps: int, warmup: int, device, bf16: bool, grad_accum: int,
-               profile_as: str | None = None) -> dict:
+               profile_as: str | None = None, compile_optimizer: bool = False) -> dict:
     opt = AdamWScale(model.parameters(), lr=2e-2)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if compile_optimizer:
+        clip_and_step = compiled_clip_and_step(params, opt)
+    else:
+        def clip_and_step():
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     micro = [{k: v.chunk(grad_accum)[i] for k, v in batch.items()} for i in range(grad_accum)]
     losses = []
@@ -65,8 +142,7 @@ def time_steps(loss_fn, model, batch, steps: int, warmup: int, device, bf16: boo
                 loss = loss_fn(mb)
             (loss / grad_accum).backward()
             total = total + loss.detach() / grad_accum
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
+        clip_and_step()
         opt.zero_grad(set_to_none=True)
         return total
 
@@ -91,19 +167,23 @@ def time_steps(loss_fn, model, batch, steps: int, warmup: int, device, bf16: boo
     return out
 
 
-def optimizer_times(model, device, repeat: int = 5) -> dict:
-    """Seconds per AdamWScale step over the model's parameters: foreach vs nanoT5's per-tensor loop."""
+def optimizer_times(model, device, compiled: bool, repeat: int = 5) -> dict:
+    """Seconds per AdamWScale step over the model's parameters: foreach vs nanoT5's per-tensor loop, and (with
+    ``compiled``) clipping + foreach step as one compiled graph."""
     out = {}
-    for name, foreach in (("optimizer_foreach_s", True), ("optimizer_loop_s", False)):
-        opt = AdamWScale(model.parameters(), lr=1e-6, foreach=foreach)
-        for p in model.parameters():
+    kinds = [("optimizer_foreach_s", True), ("optimizer_loop_s", False)]
+    for name, foreach in kinds + ([("optimizer_compiled_clip_step_s", "compiled")] if compiled else []):
+        params = list(model.parameters())
+        opt = AdamWScale(params, lr=1e-6, foreach=foreach is not False)
+        step = compiled_clip_and_step(params, opt) if foreach == "compiled" else opt.step
+        for p in params:
             p.grad = torch.randn_like(p) * 1e-3
-        opt.step()
+        step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(repeat):
-            opt.step()
+            step()
         if device.type == "cuda":
             torch.cuda.synchronize()
         out[name] = (time.perf_counter() - t0) / repeat
@@ -122,6 +202,11 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["compiled", "eager"], choices=["compiled", "eager"])
     ap.add_argument("--models", nargs="+", default=["leanformer", "transformers"],
                     choices=["leanformer", "transformers"])
+    ap.add_argument("--attn", nargs="+", choices=ATTN_IMPLS, default=None,
+                    help="leanformer rows, one per T5Config.attn_impl (default: sdpa flex on CUDA, sdpa on CPU: "
+                    "FlexAttention has no CPU backward)")
+    ap.add_argument("--compile-optimizer", action="store_true",
+                    help="clip + optimizer step as one torch.compile graph, for both models")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny config for a quick CPU check")
     ap.add_argument("--profile", action="store_true", help="top GPU ops of one step per model -> $OUT/t5_profile.txt")
@@ -139,11 +224,18 @@ def main() -> None:
     tgt_len = batch["labels"].shape[1]
     flops_step = train_flops_per_token(cfg, args.seq_len) * args.seq_len * args.batch_size
     peak = peak_flops(device)
+    attns = args.attn or (["sdpa", "flex"] if device.type == "cuda" else ["sdpa"])
+    extra = {}
+    if args.compile_optimizer:
+        extra["compiled_optimizer_max_abs_diff"] = diff = check_compiled_optimizer(device)
+        print(f"compiled clip + AdamWScale vs eager: max |param difference| {diff:.2e} after 3 steps", flush=True)
+    runs = [("leanformer", a) for a in attns if "leanformer" in args.models]
+    runs += [("transformers", None)] if "transformers" in args.models else []
     rows = []
     for mode in args.modes:
-        for name in args.models:
+        for name, attn in runs:
             torch.manual_seed(0)  # every run starts from the same weights
-            fresh = T5(cfg)
+            fresh = T5(dataclasses.replace(cfg, attn_impl=attn or "sdpa"))
             model = (fresh.to_hf() if name == "transformers" else fresh).to(device).train()
             if name == "transformers":
                 def fn(b, m=model):
@@ -152,14 +244,18 @@ def main() -> None:
             else:
                 def fn(b, m=model):
                     return m.compute_loss(b)[0]
-                impl = "sdpa"
+                impl = attn
             loss_fn = torch.compile(fn) if mode == "compiled" else fn
             try:
                 r = time_steps(loss_fn, model, batch, args.steps, args.warmup, device, device.type == "cuda",
-                               args.grad_accum, f"{name} {mode}" if args.profile else None)
+                               args.grad_accum, f"{name} {impl} {mode}" if args.profile else None,
+                               args.compile_optimizer)
             except torch.OutOfMemoryError as e:
                 r = {"error": f"out of memory: {str(e).splitlines()[0]}"}
-            r.update({"model": name, "mode": mode, "attn_implementation": impl, "params": ours.num_params(),
+            except NotImplementedError as e:  # e.g. FlexAttention's backward on CPU
+                r = {"error": str(e).splitlines()[0]}
+            r.update({"model": name, "mode": mode, "attn_implementation": impl,
+                      "compile_optimizer": args.compile_optimizer, "params": ours.num_params(),
                       "batch_size": args.batch_size, "seq_len": args.seq_len, "target_len": tgt_len,
                       "grad_accum": args.grad_accum, "flops_per_step": flops_step})
             if "step_s" in r:
@@ -173,16 +269,18 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             torch._dynamo.reset()
-    opt_t = optimizer_times(ours.to(device), device)
+    opt_t = optimizer_times(ours.to(device), device, args.compile_optimizer)
     for mode in args.modes:
-        by = {r["model"]: r for r in rows if r["mode"] == mode and "step_s" in r}
-        if len(by) == 2:
-            s = by["transformers"]["step_s"] / by["leanformer"]["step_s"]
-            print(f"{mode}: leanformer {by['leanformer']['step_s']:.4f} s/step, transformers "
-                  f"{by['transformers']['step_s']:.4f} s/step -> {s:.2f}x; vs nanoT5 A100 0.56 s/step: "
-                  f"{NANOT5_A100_S_PER_STEP / by['leanformer']['step_s']:.2f}x")
+        ok = [r for r in rows if r["mode"] == mode and "step_s" in r]
+        hf = next((r for r in ok if r["model"] == "transformers"), None)
+        for r in ok:
+            if r["model"] == "leanformer" and hf is not None:
+                print(f"{mode} ({r['attn_implementation']}): leanformer {r['step_s']:.4f} s/step, transformers "
+                      f"{hf['step_s']:.4f} s/step -> {hf['step_s'] / r['step_s']:.2f}x; vs nanoT5 A100 0.56 "
+                      f"s/step: {NANOT5_A100_S_PER_STEP / r['step_s']:.2f}x")
     print(opt_t)
-    path = record("t5_train_step", {"rows": rows, **opt_t, "nanoT5_A100_s_per_step": NANOT5_A100_S_PER_STEP})
+    path = record("t5_train_step", {"rows": rows, **opt_t, **extra,
+                                    "nanoT5_A100_s_per_step": NANOT5_A100_S_PER_STEP})
     print(f"recorded {path}")
 
 

@@ -6,6 +6,15 @@ anywhere, RMS norm without mean or bias (pre-norm), an untied LM head, no 1/sqrt
 init). Positions are learned scalar biases per head over log-spaced relative-distance buckets (bidirectional in the
 encoder, causal in the decoder), computed once per stack and shared by its layers; cross-attention has none.
 
+Two attention implementations (``T5Config.attn_impl``) compute the same function. ``"sdpa"`` builds the bias as a
+dense ``[1, H, T_q, T_k]`` tensor and passes it to ``F.scaled_dot_product_attention`` as ``attn_mask`` (only the
+memory-efficient kernel takes one, and the bias gradient is formed at ``[B, H, T_q, T_k]`` before it is summed).
+``"flex"`` runs self-attention through FlexAttention (:class:`FlexBias`): a ``score_mod`` adds the bias from a
+``[H, T_q + T_k - 1]`` table over relative distance, causality and key padding are a ``BlockMask``, and the bias
+gradient is accumulated straight into that table; cross-attention stays plain SDPA (flash-eligible without padding).
+FlexAttention has no backward on CPU in PyTorch, and no attention dropout; the decoder of cached generation
+(:meth:`T5.generate`) takes the dense path under either implementation.
+
 Initialisation follows the Mesh-TensorFlow / Hugging Face rules with one fix: the untied LM head gets std
 ``d_model^-0.5``, not 1 (nanoT5 issue #25: std 1 gives the logits 768x too much variance at T5-base).
 
@@ -17,6 +26,7 @@ Layout: ``input_ids [B, S]``, ``decoder_input_ids [B, T]``, hidden ``[B, T, d_mo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import torch
@@ -25,8 +35,11 @@ from torch import nn
 
 from leanformer.config import cfg
 from leanformer.data.span_corruption import SpanCorruptionConfig
+from leanformer.errors import ConfigError
 from leanformer.models.base import LeanModel, lm_loss
 from leanformer.nn import KVCache, RMSNorm, SwiGLU
+
+ATTN_IMPLS = ("sdpa", "flex")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -48,7 +61,14 @@ class T5Config:
     pad_token_id: int = cfg(0, ge=0)
     decoder_start_token_id: int = cfg(0, ge=0)
     init_factor: float = cfg(1.0, gt=0.0, help="scales every init std (Hugging Face initializer_factor)")
+    attn_impl: str = cfg("sdpa", choices=ATTN_IMPLS, help="sdpa: bias as a dense attn_mask; flex: FlexAttention "
+                         "score_mod + BlockMask (training needs CUDA; no attention dropout)")
     objective: SpanCorruptionConfig = dataclasses.field(default_factory=SpanCorruptionConfig)
+
+    def __post_init__(self):
+        if self.attn_impl not in ATTN_IMPLS:
+            raise ConfigError(f"model.attn_impl: {self.attn_impl!r} is not allowed; choose one of "
+                              f"{', '.join(map(repr, ATTN_IMPLS))}")
 
     @property
     def decoder_layers(self) -> int:
@@ -103,9 +123,85 @@ class RelativeBias(nn.Module):
         b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
         return self.embedding(b).permute(2, 0, 1).unsqueeze(0)
 
+    def by_distance(self, t_q: int, t_k: int) -> torch.Tensor:
+        """``[H, t_q + t_k - 1]``: column ``q - k + t_k - 1`` holds the bias of query ``q`` and key ``k``
+        (``key - query`` runs from ``t_k - 1`` down to ``-(t_q - 1)``), what :class:`FlexBias` indexes."""
+        rel = torch.arange(t_k - 1, -t_q, -1, device=self.embedding.weight.device)
+        b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
+        return self.embedding(b).t().contiguous()
+
+
+def _flex_api():
+    """``torch.nn.attention.flex_attention``, or a clear error on a torch without it."""
+    try:
+        import torch.nn.attention.flex_attention as api
+    except ImportError as e:
+        raise RuntimeError(f"attn_impl='flex' needs torch.nn.attention.flex_attention (torch >= 2.5); this is "
+                           f"torch {torch.__version__}: use attn_impl='sdpa'") from e
+    return api
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_flex():
+    return torch.compile(_flex_api().flex_attention, dynamic=False)
+
+
+def flex_attention(q, k, v, bias: FlexBias) -> torch.Tensor:
+    """``q [B, H, T_q, D]``, ``k, v [B, H, T_k, D]`` -> ``[B, H, T_q, D]`` under ``bias``, unscaled. Eagerly this
+    calls ``flex_attention`` compiled once, as PyTorch advises (uncompiled it materialises the scores); inside a
+    ``torch.compile`` region it calls the plain function, which the enclosing compile lowers to the fused kernel."""
+    if q.device.type == "cpu":
+        # Inductor's CPU flex template reads q, k, v as 4-D buffers: a transposed view fails to lower (torch 2.13)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    fn = _flex_api().flex_attention if torch.compiler.is_compiling() else _compiled_flex()
+    return fn(q, k, v, score_mod=bias.score_mod(), block_mask=bias.block_mask, scale=1.0)
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return kv_idx <= q_idx
+
+
+@dataclasses.dataclass(frozen=True)
+class FlexBias:
+    """What the flex path hands every self-attention layer of a stack instead of a dense bias: the relative-position
+    ``table [H, T_q + T_k - 1]`` (:meth:`RelativeBias.by_distance`), added to score ``(q, k)`` from column
+    ``q - k + T_k - 1`` by :meth:`score_mod`, and a ``BlockMask`` (None: every query sees every key). Gradients
+    reach the table (and so the bucket embedding) through FlexAttention's gradients of captured tensors."""
+
+    table: torch.Tensor
+    t_k: int
+    block_mask: object | None = None
+
+    @classmethod
+    def build(cls, rel: RelativeBias, t_q: int, t_k: int, causal: bool = False,
+              attention_mask: torch.Tensor | None = None) -> FlexBias:
+        """``attention_mask [B, T_k]`` (True / 1 = real key) masks keys per batch row; ``causal`` masks k > q."""
+        create_block_mask = _flex_api().create_block_mask
+        table = rel.by_distance(t_q, t_k)
+        if attention_mask is None:
+            mask = create_block_mask(_causal, None, None, t_q, t_k, device=table.device) if causal else None
+            return cls(table, t_k, mask)
+        # compared inside the mask_mod, not turned bool outside: the captured tensor stays the caller's (Inductor's
+        # CPU flex template rejects a computed one, torch 2.13)
+        keep = attention_mask
+
+        def keep_keys(b, h, q_idx, kv_idx):
+            return (keep[b, kv_idx] != 0) & (kv_idx <= q_idx) if causal else keep[b, kv_idx] != 0
+
+        return cls(table, t_k, create_block_mask(keep_keys, keep.shape[0], None, t_q, t_k, device=table.device))
+
+    def score_mod(self):
+        table, off = self.table, self.t_k - 1
+
+        def add_bias(score, b, h, q_idx, kv_idx):
+            return score + table[h, q_idx - kv_idx + off]
+
+        return add_bias
+
 
 class T5Attention(nn.Module):
-    """Multi-head attention without the 1/sqrt(d) scale; ``bias`` is added to the scores (``[B|1, H, T_q, T_k]``).
+    """Multi-head attention without the 1/sqrt(d) scale; ``bias`` is added to the scores (``[B|1, H, T_q, T_k]``,
+    or a :class:`FlexBias` for the FlexAttention path).
     ``kv`` is the key/value source (cross-attention) or a precomputed ``(k, v)`` pair; default: ``x`` itself."""
 
     def __init__(self, d_model: int, n_heads: int, d_kv: int, dropout: float = 0.0):
@@ -129,9 +225,15 @@ class T5Attention(nn.Module):
         k, v = kv if isinstance(kv, tuple) else self.project_kv(x if kv is None else kv)
         if cache is not None:
             k, v = cache.update(pos, k, v)
-        mask = bias.to(q.dtype) if bias is not None else None
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if isinstance(bias, FlexBias):
+            if self.training and self.dropout > 0:
+                raise ValueError("attn_impl='flex' has no attention dropout: train with dropout > 0 under "
+                                 "attn_impl='sdpa', or call .eval()")
+            y = flex_attention(q, k, v, bias)
+        else:
+            mask = bias.to(q.dtype) if bias is not None else None
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.o(y.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -183,6 +285,8 @@ class T5(LeanModel):
     def __init__(self, config: T5Config):
         super().__init__()
         self.config = c = config
+        if c.attn_impl == "flex":
+            _flex_api()
         self.shared = nn.Embedding(c.vocab_size, c.d_model)
         self.enc_bias = RelativeBias(c.n_heads, c.rel_buckets, c.rel_max_distance, bidirectional=True)
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.n_layers))
@@ -228,10 +332,13 @@ class T5(LeanModel):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``[B, S]`` -> encoder output ``[B, S, d_model]``."""
         s = input_ids.shape[1]
-        bias = self.enc_bias(s, s)
-        pad = padding_bias(attention_mask)
-        if pad is not None:
-            bias = bias + pad
+        if self.config.attn_impl == "flex":
+            bias = FlexBias.build(self.enc_bias, s, s, attention_mask=attention_mask)
+        else:
+            bias = self.enc_bias(s, s)
+            pad = padding_bias(attention_mask)
+            if pad is not None:
+                bias = bias + pad
         x = self.drop(self.shared(input_ids))
         for layer in self.encoder:
             x = layer(x, bias)
@@ -242,9 +349,12 @@ class T5(LeanModel):
         ``[B, S, d]`` or, with ``caches``, one precomputed cross ``(k, v)`` per layer (see :meth:`generate`)."""
         t = decoder_input_ids.shape[1]
         k_len = pos + t
-        self_bias = self.dec_bias(t, k_len, q_offset=pos)
-        future = torch.ones(t, k_len, dtype=torch.bool, device=self_bias.device).triu(pos + 1)
-        self_bias = self_bias.masked_fill(future, float("-inf"))
+        if self.config.attn_impl == "flex" and caches is None:
+            self_bias = FlexBias.build(self.dec_bias, t, t, causal=True)
+        else:
+            self_bias = self.dec_bias(t, k_len, q_offset=pos)
+            future = torch.ones(t, k_len, dtype=torch.bool, device=self_bias.device).triu(pos + 1)
+            self_bias = self_bias.masked_fill(future, float("-inf"))
         cross_bias = padding_bias(attention_mask)
         x = self.drop(self.shared(decoder_input_ids))
         for i, layer in enumerate(self.decoder):
