@@ -1,11 +1,12 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from leanformer.analysis.flops import forward_flops_per_token
-from leanformer.errors import ConfigError
+from leanformer.errors import ConfigError, UserError
 from leanformer.models import boundaries as B
 from leanformer.models.dynamic_pooling import DynamicPooling, DynamicPoolingConfig
 from leanformer.models.registry import build_model, model_config_from_dict
@@ -138,6 +139,41 @@ def test_unigram_targets_equal_the_per_byte_rule_on_random_text(vocab):
     ids[0, :6] = torch.tensor(list(b"nobler"))  # a word at the very start and one cut at the very end
     ids[1, -4:] = torch.tensor(list(b"nobl"))
     assert torch.equal(seg.targets(ids), _targets_per_byte(seg, ids))
+
+
+def test_unigram_stream_targets_are_the_per_byte_rule_over_the_whole_stream(vocab):
+    """Computed once per corpus in chunks that end at whitespace: equal to the rule applied to the stream as one row,
+    whatever the chunk size (a chunk never cuts a word)."""
+    seg = B.UnigramSegmenter.load(vocab)
+    g = torch.Generator().manual_seed(1)
+    alphabet = torch.tensor(list(b"abcdefghij nobler\n") + [259])
+    ids = alphabet[torch.randint(len(alphabet), (1, 500), generator=g)]
+    want = _targets_per_byte(seg, ids)[0].numpy()
+    for chunk in (7, 64, 1 << 16):
+        assert np.array_equal(seg.stream_targets(ids[0].numpy(), chunk=chunk), want), chunk
+
+
+def test_unigram_batch_targets_replace_segmenting_in_the_loss(vocab):
+    from leanformer.data.packing import RandomWindows
+
+    seg = B.UnigramSegmenter.load(vocab)
+    text = np.frombuffer(b"the nobler to be in the ring nobler things " * 20, dtype=np.uint8).astype(np.int64)
+    windows = RandomWindows(text, 32, 3, seed=5, aligned={"boundary_targets": seg.stream_targets(text),
+                                                          "echo": text})
+    batch = windows.batch(2)
+    assert torch.equal(batch["echo"], batch["input_ids"])  # aligned windows sit under the inputs
+    model = tiny("unigram", vocab)
+    loss_own = model.compute_loss({k: batch[k] for k in ("input_ids", "labels")})[0]
+    fresh = seg.targets(batch["input_ids"])
+    # the stream's targets equal per-window segmenting except where a window starts inside a word
+    inner = batch["input_ids"][:, :1] == 32
+    assert torch.equal(fresh[inner[:, 0]], batch["boundary_targets"][inner[:, 0]])
+    assert model.compute_loss({**batch, "boundary_targets": fresh})[0] == loss_own
+    assert model.compute_loss({**batch, "boundary_targets": torch.ones_like(fresh)})[0] != loss_own
+    with pytest.raises(ValueError, match="boundary_targets of shape"):
+        model.compute_loss({**batch, "boundary_targets": fresh[:, :-1]})
+    with pytest.raises(UserError, match="aligned array 'x' has 3 values"):
+        RandomWindows(text, 32, 3, aligned={"x": text[:3]})
 
 
 def test_unigram_viterbi_agrees_with_sentencepiece():

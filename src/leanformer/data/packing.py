@@ -80,17 +80,28 @@ def _window_batch(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> dict[
 
 
 class RandomWindows:
-    """Training batches of ``batch_size`` random windows; ``batch(i)`` is deterministic in ``(seed, i)``."""
+    """Training batches of ``batch_size`` random windows; ``batch(i)`` is deterministic in ``(seed, i)``.
 
-    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0):
+    ``aligned`` maps extra batch keys to arrays of per-token values aligned with ``tokens`` (e.g. boundary targets
+    computed once for the whole corpus); each batch carries the windows of those arrays under the inputs."""
+
+    def __init__(self, tokens: np.ndarray, seq_len: int, batch_size: int, seed: int = 0,
+                 aligned: dict[str, np.ndarray] | None = None):
         if len(tokens) < seq_len + 2:
             raise UserError(f"training split has {len(tokens)} tokens, fewer than data.seq_len+2={seq_len + 2}")
+        for key, arr in (aligned or {}).items():
+            if len(arr) != len(tokens):
+                raise UserError(f"aligned array {key!r} has {len(arr)} values for {len(tokens)} tokens")
         self.tokens, self.seq_len, self.batch_size, self.seed = tokens, seq_len, batch_size, seed
+        self.aligned = dict(aligned or {})
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, index])
         starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
-        return _window_batch(self.tokens, starts, self.seq_len)
+        out = _window_batch(self.tokens, starts, self.seq_len)
+        idx = starts[:, None] + np.arange(self.seq_len)[None, :]
+        out.update({key: torch.from_numpy(np.ascontiguousarray(arr[idx])) for key, arr in self.aligned.items()})
+        return out
 
 
 def sequential_windows(tokens: np.ndarray, seq_len: int, batch_size: int,

@@ -145,6 +145,21 @@ class UnigramSegmenter:
         """Piece end offsets (exclusive) of ``word``."""
         return self._split(word)
 
+    def stream_targets(self, tokens: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+        """:meth:`targets` of a whole 1-D byte stream (float32, same length), computed once so that training batches
+        slice it instead of segmenting every step. Chunks end at whitespace, so no word is cut in two."""
+        tokens = np.asarray(tokens)
+        out = np.empty(len(tokens), dtype=np.float32)
+        start = 0
+        while start < len(tokens):
+            end = min(start + chunk, len(tokens))
+            if end < len(tokens):  # extend to the next separator so the chunk's last word is whole
+                sep = np.flatnonzero((tokens[end:] > 255) | np.isin(tokens[end:], WHITESPACE))
+                end = end + int(sep[0]) + 1 if len(sep) else len(tokens)
+            out[start:end] = self.targets(torch.from_numpy(tokens[start:end].astype(np.int64))[None])[0].numpy()
+            start = end
+        return out
+
     def targets(self, ids: torch.Tensor) -> torch.Tensor:
         """``[B, T]`` byte ids -> 0/1 targets: whitespace bytes and ends of pieces that are not a word's last.
 

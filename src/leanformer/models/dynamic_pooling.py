@@ -199,20 +199,28 @@ class DynamicPooling(CachedGeneration, LeanModel):
         return logits, lm_loss(logits, targets) + self.config.boundary_loss_weight * self.boundary_loss(
             input_ids, logits, b, logits_b)
 
-    def boundary_loss(self, ids, logits, b, logits_b) -> torch.Tensor:
+    def boundary_loss(self, ids, logits, b, logits_b, targets=None) -> torch.Tensor:
+        """The boundary source's auxiliary loss; ``targets`` are precomputed unigram targets of ``ids`` (e.g. a
+        window of :meth:`UnigramSegmenter.stream_targets`), else they are segmented here."""
         c = self.config
         if c.boundaries == "gumbel":
             return B.binomial_prior_loss(b, c.prior)
         if c.boundaries == "entropy":
             return B.bce_loss(logits_b, B.entropy_targets(logits))
         if c.boundaries == "unigram":
-            return B.bce_loss(logits_b, self.segmenter.targets(ids))
+            if targets is None:
+                targets = self.segmenter.targets(ids)
+            elif targets.shape != ids.shape:
+                raise ValueError(f"boundary_targets of shape {tuple(targets.shape)} for input_ids of shape "
+                                 f"{tuple(ids.shape)}; they must match")
+            return B.bce_loss(logits_b, targets)
         return logits.new_zeros(())
 
     def compute_loss(self, batch):
+        """``input_ids``, ``labels`` and, for unigram boundaries, optional precomputed ``boundary_targets``."""
         logits, b, logits_b = self._run(batch["input_ids"])
         lm = lm_loss(logits, batch["labels"])
-        bl = self.boundary_loss(batch["input_ids"], logits, b, logits_b)
+        bl = self.boundary_loss(batch["input_ids"], logits, b, logits_b, batch.get("boundary_targets"))
         rate = float(b.detach().float().mean()) if b is not None else 1.0
         return lm + self.config.boundary_loss_weight * bl, {"lm_loss": float(lm.detach()),
                                                             "boundary_loss": float(bl.detach()),
