@@ -28,8 +28,8 @@ ref_cmd="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 575 pyt
 if [ "$BATCH" = reference ]; then
     ref="$ref_cmd max_seconds=360"
     # in order of priority: a machine with fewer GPUs runs the first ones only
-    names=(ref-copy-warm1500 ref-copy ref-copy-answer-only ref-copy-d384)
-    extra=("mixture.copy_warmup_steps=1500 mixture.short_steps=3000" "" "mixture.answer_only=true"
+    names=(ref-yaml ref-warm4000 ref-answer-only ref-d384)
+    extra=("" "mixture.copy_warmup_steps=4000 mixture.short_steps=5000" "mixture.answer_only=true"
            "model.d_model=384 model.n_heads=6")  # the last: a 14M capacity probe, too big to ship as one file
     for ((i = 0; i < NGPU && i < ${#names[@]}; i++)); do lane $i "${names[$i]}" "$ref ${extra[$i]}"; done
 else
@@ -56,10 +56,9 @@ else
         # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
         lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c '$decode; $prefill; $dmc') & \
             (CUDA_VISIBLE_DEVICES=3 $t5) & wait; $shard"
-    elif [ "$BATCH" = pair1 ]; then  # two GPUs: two reference recipes, copy warm-up on short rows
-        lane 0 ref-warm256 "$ref_cmd max_seconds=340 mixture.copy_warmup_length=256 mixture.copy_warmup_steps=1500"
-        lane 1 ref-warm128-lr1e3 "$ref_cmd max_seconds=340 mixture.copy_warmup_length=128 \
-            mixture.copy_warmup_steps=2500 mixture.short_steps=3500 lr=1e-3"
+    elif [ "$BATCH" = pair1 ]; then  # two GPUs: the yaml's recipe (copy warm-up in growing rows) and a longer warm-up
+        lane 0 ref-yaml "$ref_cmd max_seconds=340"
+        lane 1 ref-warm4000 "$ref_cmd max_seconds=340 mixture.copy_warmup_steps=4000 mixture.short_steps=5000"
     elif [ "$BATCH" = pair2 ]; then  # two GPUs: training comparisons and speed runs, then the sharded sweep
         lane 0,1 pair "(CUDA_VISIBLE_DEVICES=0 bash -c '$compare10; $dmc') & \
             (CUDA_VISIBLE_DEVICES=1 bash -c '$dtp; $hourglass_speed') & wait; $shard --samples 8"

@@ -130,10 +130,13 @@ def test_copy_warmup_steps_are_copy_batches_only():
     assert {batch_plan(mix, 2, s)["kind"] for s in range(30, 130)} == {"copy", "shakespeare", "tasks"}
 
 
-def test_copy_warmup_length_sets_the_warmup_bucket_only():
-    mix = dataclasses.replace(MIX, copy_fraction=0.5, copy_warmup_steps=20, copy_warmup_length=64)
-    warm = [batch_plan(mix, 3, s) for s in range(20)]
-    assert {p["length"] for p in warm} == {64}
-    assert {p["n"] for p in warm} == {mix.tokens_per_batch // (64 + mix.answer_margin)}
-    later = [batch_plan(mix, 3, s) for s in range(20, 120)]
-    assert {p["length"] for p in later} <= set(mix.lengths) and any(p["kind"] == "copy" for p in later)
+def test_copy_warmup_lengths_grow_in_stages_of_exact_width():
+    mix = dataclasses.replace(MIX, copy_fraction=0.5, copy_warmup_steps=40, copy_warmup_lengths=[16, 32])
+    warm = [batch_plan(mix, 3, s) for s in range(40)]
+    assert [p["width"] for p in warm] == [16] * 20 + [32] * 20
+    assert {p["kind"] for p in warm} == {"copy"}
+    assert warm[0]["n"] == mix.tokens_per_batch // 16
+    b = make_batch(warm[25], mix, ByteTokenizer(), None, None, pad_id=0)
+    assert b["input_ids"].shape == (mix.tokens_per_batch // 32, 32)  # no answer margin on warm-up rows
+    later = [batch_plan(mix, 3, s) for s in range(40, 140)]
+    assert all("width" not in p for p in later) and {p["length"] for p in later} <= set(mix.lengths)

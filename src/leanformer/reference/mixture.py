@@ -46,8 +46,10 @@ class MixtureConfig:
     answer_margin: int = cfg(160, ge=8, help="room after the prompt for '<answer>', the answer and EOS")
     copy_warmup_steps: int = cfg(0, ge=0, help="the first steps are copy batches only: retrieval is learned fast "
                                               "once the model can copy by content, and hardly before")
-    copy_warmup_length: int = cfg(0, ge=0, help="bucket length of the warm-up's copy batches (0: the usual "
-                                               "lengths): an induction head forms much sooner in short sequences")
+    copy_warmup_lengths: list[int] = cfg(
+        default_factory=list, help="row widths of the warm-up's copy batches, in stages of equal steps (e.g. "
+                                   "[64, 128, 256, 512]; empty: the usual lengths plus the answer margin): copying "
+                                   "by content is learned far sooner in short rows, and carries over as they grow")
     answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
     answer_space: bool = cfg(False, help="write the gold answer after '<answer>' with a leading space, so its first "
                                          "word is tokenized as it is in the prompt (' Rosa', not 'Rosa')")
@@ -97,8 +99,10 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     rng = random.Random(f"reference-mixture:{seed}:{step}")
     length = rng.choice(mix.short_lengths if step < mix.short_steps and mix.short_lengths else mix.lengths)
     warmup = step < mix.copy_warmup_steps
-    if warmup and mix.copy_warmup_length:
-        length = mix.copy_warmup_length
+    if warmup and mix.copy_warmup_lengths:
+        width = mix.copy_warmup_lengths[step * len(mix.copy_warmup_lengths) // mix.copy_warmup_steps]
+        return {"kind": "copy", "length": width, "width": width, "n": max(1, mix.tokens_per_batch // width),
+                "tokens_seed": rng.randrange(2**31)}
     n = max(1, mix.tokens_per_batch // (length + mix.answer_margin))
     u = rng.random()
     if not warmup and u < mix.shakespeare_fraction:
@@ -136,8 +140,9 @@ def copy_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.rando
 
 def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np.ndarray, tasks: dict,
                pad_id: int, counters: dict | None = None) -> dict[str, np.ndarray]:
-    """``input_ids``/``labels`` of shape ``[n, length + answer_margin]`` (labels -100 on padding)."""
-    width = plan["length"] + mix.answer_margin
+    """``input_ids``/``labels`` of shape ``[n, width]``: ``length + answer_margin`` unless the plan sets ``width``
+    (labels -100 on padding)."""
+    width = plan.get("width", plan["length"] + mix.answer_margin)
     ids = np.full((plan["n"], width + 1), pad_id, dtype=np.int64)
     valid = np.zeros((plan["n"], width + 1), dtype=bool)
     if plan["kind"] == "shakespeare":
