@@ -6,6 +6,7 @@
 #
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 6, 7, 8, 9, 10, 12: reruns and profiles
+#   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -49,6 +50,16 @@ else
     dmc="timeout 90 python3 benchmarks/bench_dmc_decode.py --crs 1 4"
     t5="timeout 340 python3 benchmarks/bench_t5_train.py --modes compiled --profile"
     shard="timeout 200 python3 benchmarks/bench_frontier_shard.py --gpus 2"
+    # the two-GPU batches' versions: longer limits (session 3 cut compare at 330 s and the sweep at 200 s)
+    compare10_long="timeout 570 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
+    dtp_steps="timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 480 python3 \
+        benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --budget steps --train-steps 700"
+    hourglass_speed_both="timeout 240 python3 benchmarks/bench_hourglass.py speed --modes eager compiled \
+        --models vanilla hg-avg-repeat"
+    dmc_all="timeout 110 python3 benchmarks/bench_dmc_decode.py"
+    t5_flex="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer \
+        --profile"
+    shard_long="timeout 330 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8"
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
     if [ "$BATCH" = bench ]; then  # four GPUs
         lane 0 hourglass "$hourglass_speed; $hourglass_time"
@@ -59,11 +70,16 @@ else
     elif [ "$BATCH" = pair1 ]; then  # two GPUs: the yaml's recipe (copy warm-up in growing rows) and a longer warm-up
         lane 0 ref-yaml "$ref_cmd max_seconds=340"
         lane 1 ref-warm4000 "$ref_cmd max_seconds=340 mixture.copy_warmup_steps=4000 mixture.short_steps=5000"
-    elif [ "$BATCH" = pair2 ]; then  # two GPUs: training comparisons and speed runs, then the sharded sweep
-        lane 0,1 pair "(CUDA_VISIBLE_DEVICES=0 bash -c '$compare10; $dmc') & \
-            (CUDA_VISIBLE_DEVICES=1 bash -c '$dtp; $hourglass_speed') & wait; $shard --samples 8"
+    elif [ "$BATCH" = pair2 ]; then  # two GPUs: the training comparisons (issues 9, 7)
+        lane 0 compare10 "$compare10_long"
+        lane 1 dtp "$dtp_steps"
+    elif [ "$BATCH" = pair3 ]; then  # two GPUs: sparse attention and DMC decode speed (3, 10) beside T5 (8)
+        lane 0 sparse-dmc "$decode; $prefill_sweep; $dmc_all"
+        lane 1 t5 "$t5_flex"
+    elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
+        lane 0,1 shard-hourglass "$shard_long; CUDA_VISIBLE_DEVICES=0 $hourglass_speed_both"
     else
-        echo "unknown batch $BATCH (reference, bench, pair1 or pair2)"; exit 2
+        echo "unknown batch $BATCH (reference, bench, pair1, pair2, pair3 or pair4)"; exit 2
     fi
 fi
 wait
