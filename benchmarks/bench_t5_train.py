@@ -60,32 +60,23 @@ def compiled_clip_and_step(params: list[torch.Tensor], opt: AdamWScale, max_norm
     """``step()``: ``clip_grad_norm_`` + ``opt.step()`` (one param group, foreach) as one ``torch.compile`` graph.
 
     AdamWScale counts steps in a Python int, which dynamo specialises on (a recompile every step, then eager after
-    the recompile limit), so this replays AdamWScale's foreach update with the bias-corrected step size as a 0-dim
-    device tensor refilled outside the graph; the state (``exp_avg``, ``exp_avg_sq``, ``step``) stays the optimizer's.
+    the recompile limit), so the graph holds the optimizer's own :meth:`AdamWScale.foreach_direction` times the
+    bias-corrected step size as a 0-dim device tensor refilled outside the graph; the state (``exp_avg``,
+    ``exp_avg_sq``, ``step``) stays the optimizer's.
     :func:`check_compiled_optimizer` compares it with ``opt.step()``."""
     (group,) = opt.param_groups
-    b1, b2 = group["betas"]
     if group["weight_decay"]:
         raise ValueError("compiled_clip_and_step replays AdamWScale without weight decay (nanoT5 uses none)")
     for p in params:
         opt.state[p].update(step=0, exp_avg=torch.zeros_like(p), exp_avg_sq=torch.zeros_like(p))
-    ms = [opt.state[p]["exp_avg"] for p in params]
-    vs = [opt.state[p]["exp_avg_sq"] for p in params]
     step_size = torch.zeros((), device=params[0].device)
     opt._rms_scales(params)  # builds its per-tensor constants now, not inside the graph (no recompile)
 
     @torch.compile
     @torch.no_grad()
     def update():
-        grads = [p.grad for p in params]
         torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
-        torch._foreach_lerp_(ms, grads, 1.0 - b1)
-        torch._foreach_mul_(vs, b2)
-        torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
-        upd = torch._foreach_sqrt(vs)
-        torch._foreach_add_(upd, group["eps"])
-        upd = torch._foreach_div(ms, upd)
-        torch._foreach_mul_(upd, opt._rms_scales(params))
+        upd = opt.foreach_direction(group, params)
         torch._foreach_mul_(upd, step_size)
         torch._foreach_sub_(params, upd)
 

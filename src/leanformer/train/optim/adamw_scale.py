@@ -80,21 +80,26 @@ class AdamWScale(torch.optim.Optimizer):
             self._root_numel[key] = torch.tensor([math.sqrt(p.numel()) for p in params], device=params[0].device)
         return list((torch.stack(norms) / self._root_numel[key]).clamp_(min=1e-3).unbind())
 
-    def _foreach_group(self, group: dict, params: list[torch.Tensor]) -> None:
+    def foreach_direction(self, group: dict, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Update the moments of ``params`` from their gradients and return each tensor's step direction
+        ``max(1e-3, RMS(p)) * m / (sqrt(v) + eps)``, before the bias-corrected LR: foreach kernels, no host sync, no
+        Python step counter (so a caller can put it inside ``torch.compile`` with the step size as a tensor)."""
         b1, b2 = group["betas"]
         grads = [p.grad for p in params]
         ms = [self.state[p]["exp_avg"] for p in params]
         vs = [self.state[p]["exp_avg_sq"] for p in params]
-        steps = {self.state[p]["step"] for p in params}
         torch._foreach_lerp_(ms, grads, 1.0 - b1)
         torch._foreach_mul_(vs, b2)
         torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
-        # per-tensor scale max(1e-3, RMS(p)) as 0-dim device tensors: no host sync
-        scales = self._rms_scales(params)
         upd = torch._foreach_sqrt(vs)
         torch._foreach_add_(upd, group["eps"])
         upd = torch._foreach_div(ms, upd)
-        torch._foreach_mul_(upd, scales)
+        torch._foreach_mul_(upd, self._rms_scales(params))
+        return upd
+
+    def _foreach_group(self, group: dict, params: list[torch.Tensor]) -> None:
+        steps = {self.state[p]["step"] for p in params}
+        upd = self.foreach_direction(group, params)
         if len(steps) == 1:
             torch._foreach_add_(params, upd, alpha=-self._step_size(group, steps.pop()))
         else:  # tensors joined at different steps (rare): per-tensor bias correction
