@@ -135,7 +135,7 @@ def main(argv=None):
     from leanformer.sparse.kernels import decode as kd
 
     # the fused kernel's knobs and the split count a per-KV-head selection of the budget gets at each batch size
-    sms, kept = kd._sm_count(torch.device("cuda")), round(args.budget * args.cache)
+    sms, kept = kd.sm_count(torch.device("cuda")), round(args.budget * args.cache)
     knobs = {"block_n": kd.BLOCK_N, "num_warps": kd.NUM_WARPS, "num_stages": kd.NUM_STAGES,
              "programs_per_sm": kd.PROGRAMS_PER_SM,
              "splits_per_kv_head": {b: kd.split_plan(b * args.kv_heads, kept, sms)[0] for b in args.batch}}

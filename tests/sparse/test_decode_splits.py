@@ -41,7 +41,7 @@ SCRIPT = textwrap.dedent("""
     import json
     import torch
     import leanformer.sparse.kernels.decode as kd
-    kd._sm_count = lambda device: 132  # the H200's plan on CPU tensors
+    kd.sm_count = lambda device: 132  # the H200's plan on CPU tensors
     g = torch.Generator().manual_seed(42)
     worst, plans = 0.0, []
     for b, hq, hk, hs in [(1, 8, 2, "kv"), (1, 4, 2, "q"), (2, 8, 2, "kv")]:
@@ -64,7 +64,7 @@ SCRIPT = textwrap.dedent("""
     # a grid full without splitting: one split, the kernel writes the output itself (no merge launch)
     q = torch.randn(2, 4, 1, 16, generator=g)
     k, v = torch.randn(2, 4, 300, 16, generator=g), torch.randn(2, 4, 300, 16, generator=g)
-    kd._sm_count = lambda device: 1
+    kd.sm_count = lambda device: 1
     idx = torch.rand(2, 4, 300, generator=g).topk(199, -1).indices
     worst = max(worst, (kd.gather_decode_triton(q, k, v, idx, None)
                         - kd.gather_decode_reference(q, k, v, idx, None)).abs().max().item())

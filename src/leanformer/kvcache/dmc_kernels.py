@@ -17,12 +17,12 @@ appends (Nawrot et al., 2024, Eq. 3–4 with hard decisions). It returns ``merge
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 
 from leanformer.nn.attention import attention
+from leanformer.nn.gpu import sm_count
 
 try:
     import triton
@@ -184,13 +184,8 @@ def dmc_update_triton(k_pages, v_pages, page_table, lengths, run, acc_k, acc_v, 
     return merged.bool()
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def _num_splits(programs: int, max_pages: int, device) -> int:
-    sms = _sm_count(device)
+    sms = sm_count(device)
     return max(1, min(max_pages, math.ceil(2 * sms / programs)))
 
 

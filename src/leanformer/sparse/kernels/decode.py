@@ -14,13 +14,13 @@ into positions itself: no expanded ``idx`` is built. Page ids must be distinct a
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import torch.nn.functional as F
 
 from leanformer.nn.attention import attention
+from leanformer.nn.gpu import sm_count
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
 if triton is not None:
@@ -121,12 +121,6 @@ def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[in
     return max(1, math.ceil(n / chunk)), chunk
 
 
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    """Streaming multiprocessors of ``device`` (4 for the CPU interpreter)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-
-
 def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
     """Fused split-K kernel: each program reads ``idx`` positions of one selection head straight from the cache
     (no gathered copy) for all query heads that share it, skipping those ``valid`` masks out; a second kernel
@@ -162,7 +156,7 @@ def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None):
     rows = g if hs == hk else 1
     kvdiv = 1 if hs == hk else g
     block_g = max(16, 1 << (rows - 1).bit_length())
-    nsplit, chunk = split_plan(b * hs, n, _sm_count(q.device), block_n)
+    nsplit, chunk = split_plan(b * hs, n, sm_count(q.device), block_n)
     out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
     if nsplit > 1:
         op = torch.empty(b * hs * nsplit * block_g, d, device=q.device, dtype=torch.float32)
