@@ -5,8 +5,10 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from leanformer.data import ByteTokenizer
+from leanformer.errors import ConfigError
 from leanformer.reference.mixture import (
     TRAIN_SEED_BASE,
     MixtureConfig,
@@ -140,3 +142,5 @@ def test_copy_warmup_lengths_grow_in_stages_of_exact_width():
     assert b["input_ids"].shape == (mix.tokens_per_batch // 32, 32)  # no answer margin on warm-up rows
     later = [batch_plan(mix, 3, s) for s in range(40, 140)]
     assert all("width" not in p for p in later) and {p["length"] for p in later} <= set(mix.lengths)
+    with pytest.raises(ConfigError, match=r"copy_warmup_lengths: \[8\] too short"):
+        dataclasses.replace(MIX, copy_warmup_lengths=[64, 8])

@@ -99,8 +99,9 @@ class RandomWindows:
         rng = np.random.default_rng([self.seed, index])
         starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
         out = _window_batch(self.tokens, starts, self.seq_len)
-        idx = starts[:, None] + np.arange(self.seq_len)[None, :]
-        out.update({key: torch.from_numpy(np.ascontiguousarray(arr[idx])) for key, arr in self.aligned.items()})
+        if self.aligned:
+            idx = starts[:, None] + np.arange(self.seq_len)[None, :]
+            out.update({key: torch.from_numpy(arr[idx]) for key, arr in self.aligned.items()})
         return out
 
 

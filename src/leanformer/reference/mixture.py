@@ -20,7 +20,7 @@ import random
 import numpy as np
 
 from leanformer.config import cfg
-from leanformer.errors import UserError
+from leanformer.errors import ConfigError, UserError
 
 TRAIN_SEED_BASE = 1_000_000_000
 ANSWER_PREFIX = "<answer>"
@@ -56,6 +56,12 @@ class MixtureConfig:
     short_lengths: list[int] = cfg(default_factory=list,
                                    help="curriculum: bucket lengths of the first short_steps steps (empty: none)")
     short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
+
+    def __post_init__(self):
+        short = [w for w in self.copy_warmup_lengths if w < 16]
+        if short:
+            raise ConfigError(f"mixture.copy_warmup_lengths: {short} too short; copy rows need at least 16 tokens "
+                              "(half random tokens, half chunks copied from them)")
 
 
 class ApproxCounter:
