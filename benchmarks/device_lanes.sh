@@ -7,6 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
+#   bash benchmarks/device_lanes.sh ref1|solo1|solo-compare|solo-dtp|solo-t5 COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -33,6 +34,12 @@ if [ "$BATCH" = reference ]; then
     extra=("" "mixture.copy_warmup_steps=4000 mixture.short_steps=5000" "mixture.answer_only=true"
            "model.d_model=384 model.n_heads=6")  # the last: a 14M capacity probe, too big to ship as one file
     for ((i = 0; i < NGPU && i < ${#names[@]}; i++)); do lane $i "${names[$i]}" "$ref ${extra[$i]}"; done
+elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (eager training of a 6.7M model leaves it idle
+    # most of the time; each gets fewer steps than alone): the yaml's, and a longer stage at 64-token copy rows
+    ref="${ref_cmd/--workers 15/--workers 7} max_seconds=400"
+    lane 0 ref-yaml "$ref"
+    lane 0 ref-copy64 "$ref mixture.copy_warmup_steps=2400 'mixture.copy_warmup_lengths=[64,64,128,256]' \
+        mixture.short_steps=4000"
 else
     # the benchmark commands, grouped into lanes per machine size below (limits from where session 3's runs ran out)
     compare10="timeout 570 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10"
@@ -63,10 +70,17 @@ else
     elif [ "$BATCH" = pair3 ]; then  # two GPUs: sparse attention and DMC decode speed (3, 10) beside T5 (8)
         lane 0 sparse-dmc "$decode; $prefill_sweep; $dmc"
         lane 1 t5 "$t5"
+    elif [ "$BATCH" = solo1 ]; then  # one GPU: Hourglass speed (6), then sparse decode and prefill (3)
+        lane 0 hourglass-sparse "$hourglass_speed; $decode; timeout 230 python3 benchmarks/bench_sparse_prefill.py \
+            --lengths 131072 32768 --sparsities 0.9 0.95 --repeat 3 --profile --flex-options default \
+            BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2"
+    elif [ "$BATCH" = solo-compare ]; then lane 0 compare10 "$compare10"  # one GPU: issue 9
+    elif [ "$BATCH" = solo-dtp ]; then lane 0 dtp "$dtp_steps"            # one GPU: issue 7
+    elif [ "$BATCH" = solo-t5 ]; then lane 0 t5 "$t5"                     # one GPU: issue 8
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, bench, pair1, pair2, pair3 or pair4)"; exit 2
+        echo "unknown batch $BATCH (reference, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp or solo-t5)"; exit 2
     fi
 fi
 wait
