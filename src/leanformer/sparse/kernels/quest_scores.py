@@ -47,9 +47,11 @@ if triton is not None:
         q = tl.load(Q + b * sqb + (h * G + offs_g)[:, None] * sqh + offs_d[None, :], mask=gm[:, None], other=0.0)
         mn = tl.load(KMIN + b * snb + h * snh + offs_p[:, None] * snp + offs_d[None, :], mask=pm[:, None], other=0.0)
         mx = tl.load(KMAX + b * sxb + h * sxh + offs_p[:, None] * sxp + offs_d[None, :], mask=pm[:, None], other=0.0)
+        # the compiler promotes bf16 min/max to fp32 (the interpreter does not): cast back for tl.dot
+        ty = KMAX.dtype.element_ty
         zero = tl.zeros_like(q)
-        s = tl.dot(tl.maximum(q, zero), tl.trans(mx), input_precision=PREC)
-        s += tl.dot(tl.minimum(q, zero), tl.trans(mn), input_precision=PREC)  # [BLOCK_G, BLOCK_P]; padded rows 0
+        s = tl.dot(tl.maximum(q, zero).to(ty), tl.trans(mx), input_precision=PREC)
+        s += tl.dot(tl.minimum(q, zero).to(ty), tl.trans(mn), input_precision=PREC)  # [BLOCK_G, BLOCK_P]; padded 0
         if SHARE:
             tl.store(OUT + pid * P + offs_p, tl.sum(s, 0), mask=pm)
         else:
