@@ -45,3 +45,51 @@ def test_card_of_a_folder_without_training_record_is_a_one_line_error(tmp_path, 
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "training.json is missing" in err and err.count("\n") == 1
+
+
+def test_train_then_evaluate_later_keeps_the_training_record_and_a_cut_evaluation_blocks_the_card(tmp_path,
+                                                                                                 capsys):
+    """--skip-eval records the training (no card); --skip-train evaluates later and keeps that record; an evaluation
+    cut short leaves the cells measured so far and a card refusal that says how to finish."""
+    import pytest
+
+    from leanformer.reference import card
+
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, tmp_path / f)
+    common = ["model.vocab_size=4096", "model.d_model=32", "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1",
+              "model.max_seq_len=1024", "eval_tasks=[niah]", "eval_lengths=[320, 400]", "eval_samples=2"]
+    ref_train.main(["--out", str(tmp_path), "--device", "cpu", "--workers", "1", "--no-compile", "--skip-eval",
+                    *common, "mixture.lengths=[320]", "mixture.tokens_per_batch=2000", "max_steps=3",
+                    "warmup_steps=1"])
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert report["training"]["steps"] == 3 and report["dense_accuracy"] == {}
+    assert report["evaluation_complete"] is False and not (tmp_path / "README.md").exists()
+    with pytest.raises(SystemExit):
+        card.main([str(tmp_path)])
+    assert "evaluation is incomplete (0 task x length cells" in capsys.readouterr().err
+
+    # an evaluation killed after its first cell: what was measured is on disk, the training record too
+    real, calls = ref_train.atomic_write_text, []
+
+    def dies_on_second_cell(path, text):
+        calls.append(json.loads(text))
+        if len(calls) == 2:  # save before evaluating, then after the first cell
+            real(path, text)
+            raise KeyboardInterrupt
+        real(path, text)
+
+    ref_train.atomic_write_text = dies_on_second_cell
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            ref_train.main(["--out", str(tmp_path), "--device", "cpu", "--skip-train", *common])
+    finally:
+        ref_train.atomic_write_text = real
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert list(report["dense_accuracy"]["niah"]) == ["320"] and report["evaluation_complete"] is False
+    assert report["training"]["steps"] == 3 and "max_steps=3" in report["overrides"]
+
+    ref_train.main(["--out", str(tmp_path), "--device", "cpu", "--skip-train", *common])
+    report = json.loads((tmp_path / "training.json").read_text())
+    assert list(report["dense_accuracy"]["niah"]) == ["320", "400"] and report["evaluation_complete"] is True
+    assert report["training"]["steps"] == 3 and "3 steps" in (tmp_path / "README.md").read_text()

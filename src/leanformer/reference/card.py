@@ -25,6 +25,11 @@ def card_text(model_dir: str | Path) -> str:
         meta = json.loads((d / "model.json").read_text())
     except FileNotFoundError as e:
         raise UserError(f"{d} is not a reference-checkpoint folder: {e.filename} is missing") from None
+    if not report.get("evaluation_complete", True):  # older records have no flag and were written whole
+        cells = sum(len(per) for per in report.get("dense_accuracy", {}).values())
+        raise UserError(f"{d / 'training.json'}: the evaluation is incomplete ({cells} task x length cells "
+                        "measured); finish it with python -m leanformer.reference.train --skip-train "
+                        f"--config CONFIG --out {d}")
     cfg = report.get("resolved_config", report["config"])
     info, acc = report.get("training", {}), report["dense_accuracy"]
     m = meta["config"]

@@ -201,8 +201,9 @@ def _prefetch(pool, seed: int, max_steps: int | None, ahead: int):
 
 
 def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
-             max_new_tokens: int = 128) -> dict:
-    """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder and scorers."""
+             max_new_tokens: int = 128, on_cell=None) -> dict:
+    """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder and scorers;
+    ``on_cell(results)`` after each (task, length) cell, e.g. to save what is measured so far."""
     import torch
 
     from leanformer.eval.generation import PromptEncoder, generate_batch
@@ -225,6 +226,8 @@ def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int 
                 scores += [task.score(g.text, s) for g, s in zip(gens, chunk)]
             results.setdefault(name, {})[str(L)] = {"mean": sum(scores) / len(scores), "scores": scores}
             print(f"{name:18s} {L:6d}  {sum(scores) / len(scores):.3f}", flush=True)
+            if on_cell is not None:
+                on_cell(results)
     return results
 
 
@@ -235,20 +238,41 @@ def main(argv=None) -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 2))
     ap.add_argument("--no-compile", action="store_true")
-    ap.add_argument("--skip-train", action="store_true", help="only evaluate an existing --out")
+    ap.add_argument("--skip-train", action="store_true",
+                    help="only evaluate an existing --out (its recorded training, if any, is kept)")
+    ap.add_argument("--skip-eval", action="store_true",
+                    help="only train: record the training, evaluate later with --skip-train")
     ap.add_argument("set", nargs="*", help="overrides key.sub=value")
     args = ap.parse_args(argv)
+    if args.skip_train and args.skip_eval:
+        raise SystemExit("--skip-train and --skip-eval together leave nothing to do")
     from leanformer.config import apply_overrides
     from leanformer.reference.card import write_card
 
     raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.set)
     rc = from_dict(ReferenceConfig, raw)
     out = Path(args.out)
-    info = {} if args.skip_train else train(rc, out, args.device, args.workers, not args.no_compile)
-    acc = evaluate(out, rc, args.device)
+    record = out / "training.json"
     report = {"config": raw, "resolved_config": dataclasses.asdict(rc), "config_file": args.config,
-              "overrides": args.set, "training": info, "dense_accuracy": acc}
-    atomic_write_text(out / "training.json", json.dumps(report, indent=1))
+              "overrides": args.set, "training": {}}
+    if args.skip_train:
+        if record.is_file():  # the record of how the weights were trained stays; only the accuracy is new
+            prev = json.loads(record.read_text())
+            report.update({k: prev[k] for k in ("config", "resolved_config", "config_file", "overrides", "training")
+                           if k in prev})
+    else:
+        report["training"] = train(rc, out, args.device, args.workers, not args.no_compile)
+
+    def save(acc: dict, complete: bool) -> None:
+        report.update(dense_accuracy=acc, evaluation_complete=complete)
+        atomic_write_text(record, json.dumps(report, indent=1))
+
+    save({}, False)  # the training record survives an evaluation that is cut short
+    if args.skip_eval:
+        print(f"trained; evaluate with --skip-train --out {out}")
+        return
+    acc = evaluate(out, rc, args.device, on_cell=lambda a: save(a, False))
+    save(acc, True)
     write_card(out)
     print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))
 
