@@ -7,7 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
-#   bash benchmarks/device_lanes.sh ref-solo|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-hg COMMIT  # one GPU (nvidia-h200)
+#   bash benchmarks/device_lanes.sh ref-solo|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -36,7 +36,7 @@ if [ "$BATCH" = reference ]; then
     for ((i = 0; i < NGPU && i < ${#names[@]}; i++)); do lane $i "${names[$i]}" "$ref ${extra[$i]}"; done
 elif [ "$BATCH" = ref-solo ]; then  # one GPU, the yaml's recipe alone (evaluation cells are saved as they finish;
     # a cut evaluation is finished by rerunning the script with --skip-train on the returned folder)
-    lane 0 ref-yaml "$ref_cmd max_seconds=400"
+    lane 0 ref-yaml "$ref_cmd max_seconds=450"
 elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (eager training of a 6.7M model leaves it idle
     # most of the time; each gets fewer steps than alone): the yaml's, and a longer stage at 64-token copy rows
     ref="${ref_cmd/--workers 15/--workers 7} max_seconds=400"
@@ -58,6 +58,8 @@ else
     t5="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer \
         --profile"
     shard="timeout 330 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8"
+    hourglass_time="timeout 540 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile \
+        --data-dir /tmp/shk"
     python3 benchmarks/bench_hourglass.py export --data-dir /tmp/shk
     if [ "$BATCH" = bench ]; then  # four GPUs: pair2 and pair3 side by side (then pair4 on any two of them)
         lane 0 compare10 "$compare10"
@@ -81,12 +83,15 @@ else
     elif [ "$BATCH" = solo-dtp ]; then lane 0 dtp "$dtp_steps"            # one GPU: issue 7
     elif [ "$BATCH" = solo-t5 ]; then lane 0 t5 "$t5"                     # one GPU: issue 8
     elif [ "$BATCH" = solo-hg ]; then  # one GPU: Hourglass vs vanilla at equal wall-clock time, compiled (issue 6)
-        lane 0 hourglass-time "timeout 540 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 \
-            --compile --data-dir /tmp/shk"
+        lane 0 hourglass-time "$hourglass_time"
+    elif [ "$BATCH" = ref-finish ]; then  # one GPU: finish the cut evaluation of a returned reference run (carry
+        # .scratch/ref-run: model.safetensors, model.json, tokenizer files, training.json), then solo-hg's run
+        lane 0 ref-finish "cp -r .scratch/ref-run \$OUT/ref-run && timeout 300 python3 -m leanformer.reference.train \
+            --config configs/reference/small.yaml --out \$OUT/ref-run --skip-train; $hourglass_time"
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, ref-solo, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5 or solo-hg)"; exit 2
+        echo "unknown batch $BATCH (reference, ref-solo, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-hg or ref-finish)"; exit 2
     fi
 fi
 wait

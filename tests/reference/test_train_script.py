@@ -47,10 +47,9 @@ def test_card_of_a_folder_without_training_record_is_a_one_line_error(tmp_path, 
     assert "training.json is missing" in err and err.count("\n") == 1
 
 
-def test_train_then_evaluate_later_keeps_the_training_record_and_a_cut_evaluation_blocks_the_card(tmp_path,
-                                                                                                 capsys):
+def test_train_then_evaluate_later_and_a_cut_evaluation_resumes(tmp_path, capsys):
     """--skip-eval records the training (no card); --skip-train evaluates later and keeps that record; an evaluation
-    cut short leaves the cells measured so far and a card refusal that says how to finish."""
+    cut short leaves the cells measured so far and a card refusal that says how to finish, and resumes from them."""
     import pytest
 
     from leanformer.reference import card
@@ -89,7 +88,12 @@ def test_train_then_evaluate_later_keeps_the_training_record_and_a_cut_evaluatio
     assert list(report["dense_accuracy"]["niah"]) == ["320"] and report["evaluation_complete"] is False
     assert report["training"]["steps"] == 3 and "max_steps=3" in report["overrides"]
 
+    # resuming keeps the measured cell (marked here with scores no model produces) and measures only the rest
+    report["dense_accuracy"]["niah"]["320"] = {"mean": 0.25, "scores": [0.25, 0.25]}
+    (tmp_path / "training.json").write_text(json.dumps(report))
     ref_train.main(["--out", str(tmp_path), "--device", "cpu", "--skip-train", *common])
     report = json.loads((tmp_path / "training.json").read_text())
     assert list(report["dense_accuracy"]["niah"]) == ["320", "400"] and report["evaluation_complete"] is True
+    assert report["dense_accuracy"]["niah"]["320"]["scores"] == [0.25, 0.25]
+    assert len(report["dense_accuracy"]["niah"]["400"]["scores"]) == 2
     assert report["training"]["steps"] == 3 and "3 steps" in (tmp_path / "README.md").read_text()

@@ -201,9 +201,10 @@ def _prefetch(pool, seed: int, max_steps: int | None, ahead: int):
 
 
 def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
-             max_new_tokens: int = 128, on_cell=None) -> dict:
+             max_new_tokens: int = 128, on_cell=None, done: dict | None = None) -> dict:
     """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder and scorers;
-    ``on_cell(results)`` after each (task, length) cell, e.g. to save what is measured so far."""
+    ``on_cell(results)`` after each (task, length) cell, e.g. to save what is measured so far. Cells in ``done``
+    (an earlier, interrupted evaluation's results) with ``eval_samples`` scores are kept, not measured again."""
     import torch
 
     from leanformer.eval.generation import PromptEncoder, generate_batch
@@ -217,6 +218,10 @@ def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int 
     for name in rc.eval_tasks:
         task = TASKS[name]()
         for L in rc.eval_lengths:
+            prev = (done or {}).get(name, {}).get(str(L))
+            if prev is not None and len(prev.get("scores", [])) == rc.eval_samples:
+                results.setdefault(name, {})[str(L)] = prev
+                continue
             samples = [task.generate(tok, L, s) for s in range(rc.eval_samples)]
             scores = []
             for i in range(0, len(samples), batch_size):
@@ -255,11 +260,14 @@ def main(argv=None) -> None:
     record = out / "training.json"
     report = {"config": raw, "resolved_config": dataclasses.asdict(rc), "config_file": args.config,
               "overrides": args.set, "training": {}}
+    done: dict = {}
     if args.skip_train:
         if record.is_file():  # the record of how the weights were trained stays; only the accuracy is new
             prev = json.loads(record.read_text())
             report.update({k: prev[k] for k in ("config", "resolved_config", "config_file", "overrides", "training")
                            if k in prev})
+            if prev.get("evaluation_complete") is False:  # an evaluation cut short resumes where it stopped
+                done = prev.get("dense_accuracy", {})
     else:
         report["training"] = train(rc, out, args.device, args.workers, not args.no_compile)
 
@@ -267,11 +275,11 @@ def main(argv=None) -> None:
         report.update(dense_accuracy=acc, evaluation_complete=complete)
         atomic_write_text(record, json.dumps(report, indent=1))
 
-    save({}, False)  # the training record survives an evaluation that is cut short
+    save(done, False)  # the training record survives an evaluation that is cut short
     if args.skip_eval:
         print(f"trained; evaluate with --skip-train --out {out}")
         return
-    acc = evaluate(out, rc, args.device, on_cell=lambda a: save(a, False))
+    acc = evaluate(out, rc, args.device, on_cell=lambda a: save(a, False), done=done)
     save(acc, True)
     write_card(out)
     print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))
