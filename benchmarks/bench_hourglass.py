@@ -141,8 +141,11 @@ def train_budget(model, data, args, device, budget: str, amount: float, flops_pe
         if step % args.eval_every == 0:
             ev = evaluate_lm(model, data["validation"], ByteTokenizer(), args.seq_len, args.batch_size, 8, device,
                              torch.bfloat16 if device.type == "cuda" else None)
+            prev = curve[-1] if curve else {"step": 0, "seconds": 0.0}
+            # step time over the interval and the model's own metrics (e.g. DTP's shortening): where the time went
             curve.append({"step": step, "seconds": spent_s, "flops": spent_flops, "train_loss": float(loss.detach()),
-                          "val_bits_per_byte": ev["bits_per_byte"]})
+                          "val_bits_per_byte": ev["bits_per_byte"],
+                          "ms_per_step": 1e3 * (spent_s - prev["seconds"]) / max(1, step - prev["step"]), **last})
     ev = evaluate_lm(model, data["test"], ByteTokenizer(), args.seq_len, args.batch_size, None, device,
                      torch.bfloat16 if device.type == "cuda" else None)
     return {"steps": step, "train_seconds": spent_s, "train_flops": spent_flops, "flops_per_token": flops_per_token,
