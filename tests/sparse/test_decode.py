@@ -82,10 +82,31 @@ def test_reads_fewer_keys_and_equals_masked_dense(method, s, monkeypatch):
         assert row[ok].unique().numel() == int(ok.sum())
 
 
+def test_quest_page_metadata_grows_in_place_as_decoding_fills_pages():
+    """Pages completed during decoding are appended to the min/max summaries (equal to summarising the whole cache
+    at once), in buffers that grow by doubling: a few reallocations over a long generation, not one per page."""
+    from leanformer.sparse.decode.quest import page_minmax
+
+    torch.manual_seed(0)
+    m = sparse.build_decode("quest", page_size=4, token_budget=16)
+    k = torch.randn(2, 2, 200, 8)
+    m.observe_prefill(0, None, k[:, :, :30], None)
+    buffers = set()
+    for length in range(30, 201):
+        kmin, kmax = m._metadata(0, k[:, :, :length])
+        ref_min, ref_max = page_minmax(k[:, :, :length], 4, 0, length // 4)
+        assert torch.equal(kmin, ref_min) and torch.equal(kmax, ref_max)
+        buffers.add(m.state[0]["buf"].data_ptr())
+    assert len(buffers) <= 4  # 7 pages at the start, 50 at the end: capacity 7 -> 14 -> 28 -> 56
+    # a new, shorter sequence starts over
+    kmin, _ = m._metadata(0, k[:, :, :9])
+    assert torch.equal(kmin, page_minmax(k[:, :, :9], 4, 0, 2)[0])
+
+
 def test_quest_bound_and_page_choice():
     q, k, v = _setup(b=1, hq=4, hk=2, t=64)
     m, (_, info) = _run("quest", None, q, k, v, token_budget=16)
-    kmin, kmax = m.state[0]["kmin"], m.state[0]["kmax"]
+    kmin, kmax = m._metadata(0, k)
     qs = q[:, :, -1:]
     scores = page_scores(qs, kmin, kmax, share_gqa=False)  # [1, 4, P]
     dots = (qs @ k.repeat_interleave(2, 1).transpose(-1, -2))[:, :, 0].reshape(1, 4, 16, 4)

@@ -43,6 +43,10 @@ def page_minmax(k: torch.Tensor, page_size: int, start: int, stop: int):
     return pages.amin(-2), pages.amax(-2)
 
 
+def _empty_meta() -> dict:
+    return {"n_meta": 0, "buf": None}  # buf [2 (min, max), B, H_kv, capacity, D]
+
+
 class Quest(DecodeMethod):
     """``q [B, H_q, 1, D]``, cache ``[B, H_kv, L, D]`` -> ``([B, H_q, 1, D], info)``."""
 
@@ -50,20 +54,31 @@ class Quest(DecodeMethod):
     Params = QuestParams
 
     def observe_prefill(self, layer, q, k, v, scale=None):
-        self.state[layer] = {"n_meta": 0, "kmin": None, "kmax": None}
+        self.state[layer] = _empty_meta()
 
     def _metadata(self, layer, k):
-        st = self.state.setdefault(layer, {"n_meta": 0, "kmin": None, "kmax": None})
+        """Min/max keys of the complete pages ``[B, H_kv, P, D]`` (views into buffers that grow by doubling, so a
+        page filled during decoding is one small write, not a copy of all the metadata)."""
+        st = self.state.setdefault(layer, _empty_meta())
         ps = self.params.page_size
         full = k.shape[2] // ps
-        if st["n_meta"] > full:  # a shorter cache than last time: a new sequence
-            st.update(n_meta=0, kmin=None, kmax=None)
+        if st["n_meta"] > full or (st["buf"] is not None and st["buf"].shape[:2] != (2, k.shape[0])):
+            st.update(_empty_meta())  # a shorter cache than last time, or another batch: a new sequence
         if st["n_meta"] < full:
             mn, mx = page_minmax(k, ps, st["n_meta"], full)
-            st["kmin"] = mn if st["kmin"] is None else torch.cat([st["kmin"], mn], 2)
-            st["kmax"] = mx if st["kmax"] is None else torch.cat([st["kmax"], mx], 2)
+            buf = st["buf"]
+            if buf is None or buf.shape[3] < full:
+                cap = max(full, 2 * (buf.shape[3] if buf is not None else 0))
+                grown = k.new_empty(2, *k.shape[:2], cap, k.shape[3])
+                if buf is not None:
+                    grown[:, :, :, :st["n_meta"]] = buf[:, :, :, :st["n_meta"]]
+                st["buf"] = buf = grown
+            buf[0, :, :, st["n_meta"]:full] = mn
+            buf[1, :, :, st["n_meta"]:full] = mx
             st["n_meta"] = full
-        return st["kmin"], st["kmax"]
+        if st["buf"] is None:
+            return None, None
+        return st["buf"][0, :, :, :full], st["buf"][1, :, :, :full]
 
     def select_pages(self, layer, q, k, sparsity=None, scores=page_scores):
         """The top pages ``[B, H_s, want - 1]`` (in no particular order) among the complete pages before the
