@@ -230,3 +230,31 @@ def test_config_errors_registry_and_flops(vocab):
     assert isinstance(model, DynamicPooling)
     f = {s: forward_flops_per_token(DynamicPoolingConfig(boundaries=s, fixed_k=4), 2048) for s in ("fixed", "none")}
     assert f["fixed"] < 0.5 * f["none"]
+
+
+def test_unigram_training_objective_labels_the_stream_once_and_batches_slice_it(vocab, monkeypatch):
+    """What ``leanformer train`` uses: a unigram model's objective attaches the stream's targets to every batch
+    (computed once per token stream, not per step); other boundary sources keep the plain causal-LM batches."""
+    from leanformer.data import ByteTokenizer
+
+    words = np.random.default_rng(0).choice(["the", "nobler", "to", "be", "in", "ring", "things"], 300)
+    text = np.frombuffer(" ".join(words).encode(), dtype=np.uint8).astype(np.int64)  # windows are unique
+    model = tiny("unigram", vocab)
+    calls = []
+    real = model.segmenter.stream_targets
+    monkeypatch.setattr(model.segmenter, "stream_targets", lambda t: calls.append(len(t)) or real(t))
+    obj = model.objective(ByteTokenizer(), 32)
+    for seed in (0, 1):
+        batch = obj.batches(text, 3, seed).batch(4)
+        want = real(text)
+        views = np.lib.stride_tricks.sliding_window_view(text, 32)
+        starts = [np.flatnonzero((views == batch["input_ids"][r].numpy()).all(1)) for r in range(3)]
+        assert all(len(s) == 1 for s in starts)
+        starts = [int(s[0]) for s in starts]
+        for r, s in enumerate(starts):
+            assert np.array_equal(batch["boundary_targets"][r].numpy(), want[s:s + 32])
+    assert calls == [len(text)]  # one labelling for two batch streams of the same tokens
+    obj.batches(text[:400], 3, 0)
+    assert calls == [len(text), 400]  # another stream (e.g. RHO loss's split) is labelled on its own
+    assert "boundary_targets" not in tiny("whitespace", vocab).objective(ByteTokenizer(), 32).batches(
+        text, 3, 0).batch(0)

@@ -226,5 +226,15 @@ class DynamicPooling(CachedGeneration, LeanModel):
                                                             "boundary_loss": float(bl.detach()),
                                                             "shortening": 1.0 / max(rate, 1e-9)}
 
+    def objective(self, tokenizer, seq_len: int):
+        """Unigram boundaries: batches carry their slice of the training stream's targets, labelled once
+        (:meth:`UnigramSegmenter.stream_targets`) instead of segmented every step."""
+        if self.segmenter is None:
+            return super().objective(tokenizer, seq_len)
+        from leanformer.train.objectives import AlignedTargetsLM
+
+        return AlignedTargetsLM(tokenizer, seq_len, self.config.vocab_size,
+                                lambda tokens: {"boundary_targets": self.segmenter.stream_targets(tokens)})
+
     def new_state(self, batch: int, max_len: int) -> _State:
         return _State(self, batch, max_len, self.embed.weight)

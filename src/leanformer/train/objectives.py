@@ -39,3 +39,20 @@ class CausalLM:
             self._byte_lengths = token_byte_lengths(self.tokenizer, self.vocab_size)
         return evaluate_lm(model, tokens, self.tokenizer, self.seq_len, batch_size, max_batches, device,
                            autocast_dtype, self._byte_lengths)
+
+
+class AlignedTargetsLM(CausalLM):
+    """:class:`CausalLM` whose batches also carry per-token arrays computed once per token stream by
+    ``per_token(tokens) -> {key: array}`` (e.g. unigram boundary targets of Dynamic Token Pooling), so no step
+    recomputes them; the arrays of the last stream are kept for the next ``batches`` call on it."""
+
+    def __init__(self, tokenizer, seq_len: int, vocab_size: int, per_token):
+        super().__init__(tokenizer, seq_len, vocab_size)
+        self.per_token = per_token
+        self._cache: tuple | None = None
+
+    def batches(self, tokens: np.ndarray, batch_size: int, seed: int) -> RandomWindows:
+        key = (tokens.__array_interface__["data"][0], len(tokens), tokens.strides)
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.per_token(tokens))
+        return RandomWindows(tokens, self.seq_len, batch_size, seed, aligned=self._cache[1])
