@@ -97,3 +97,28 @@ def test_train_then_evaluate_later_and_a_cut_evaluation_resumes(tmp_path, capsys
     assert report["dense_accuracy"]["niah"]["320"]["scores"] == [0.25, 0.25]
     assert len(report["dense_accuracy"]["niah"]["400"]["scores"]) == 2
     assert report["training"]["steps"] == 3 and "3 steps" in (tmp_path / "README.md").read_text()
+
+
+def test_a_compiler_failure_falls_back_to_eager_training_and_is_recorded(tmp_path, monkeypatch):
+    import torch
+
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, tmp_path / f)
+    seen = {}
+
+    def broken_compile(fn, **kw):
+        seen.update(kw)
+
+        def call(*a, **k):
+            raise RuntimeError("inductor: no kernel for this shape")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    ref_train.main(["--out", str(tmp_path), "--device", "cpu", "--workers", "1", "--skip-eval",
+                    "model.vocab_size=4096", "model.d_model=32", "model.n_layers=2", "model.n_heads=2",
+                    "model.n_kv_heads=1", "model.max_seq_len=1024", "mixture.lengths=[320]",
+                    "mixture.tokens_per_batch=2000", "max_steps=3", "warmup_steps=1"])
+    info = json.loads((tmp_path / "training.json").read_text())["training"]
+    assert seen == {"dynamic": True}  # one graph for every row width
+    assert info["steps"] == 3 and info["compiled"] is False
+    assert info["compile_error"] == "step 0: RuntimeError: inductor: no kernel for this shape"

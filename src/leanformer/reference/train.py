@@ -133,7 +133,9 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": rc.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=rc.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
-    loss_fn = torch.compile(model.compute_loss) if compile_ else model.compute_loss
+    # dynamic shapes: the mixture's nine row widths (and row counts) share one compiled graph, not nine
+    loss_fn = torch.compile(model.compute_loss, dynamic=True) if compile_ else model.compute_loss
+    compile_error = None
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
     ctx = mp.get_context("spawn")
@@ -153,9 +155,20 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
         for g in opt.param_groups:
             g["lr"] = rc.lr * mult
         b = {k: torch.from_numpy(v).to(dev, non_blocking=True) for k, v in batch.items()}
-        with amp:
-            loss, _ = loss_fn(b)
-        loss.backward()
+        try:
+            with amp:
+                loss, _ = loss_fn(b)
+            loss.backward()
+        except Exception as e:  # noqa: BLE001 - a compiler failure must not cost the run: the step is redone eagerly
+            if loss_fn is model.compute_loss:
+                raise
+            compile_error = f"step {step}: {type(e).__name__}: {str(e)[:400]}"
+            print(f"torch.compile failed at {compile_error}; training eagerly from here", flush=True)
+            opt.zero_grad(set_to_none=True)
+            loss_fn = model.compute_loss
+            with amp:
+                loss, _ = loss_fn(b)
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -181,6 +194,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     model.float()
     return {"steps": step + 1, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
+            "compiled": compile_ and compile_error is None, "compile_error": compile_error,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
 
