@@ -149,3 +149,20 @@ def test_bad_inputs_are_user_errors(helpers):
         sparse.prefill_attention(q, k, v, "block_topk", 0.5, window=3)
     with pytest.raises(UserError, match="impl"):
         sparse.prefill_attention(q, k, v, "block_topk", 0.5, impl="triton")
+
+
+def test_block_topk_budget_table_counts_kept_pairs_and_is_built_once_per_shape():
+    """The k-for-budget table equals counting kept pairs of a dense block mask, and is cached (at 128K tokens it
+    is a 1024 x 1024 host computation that would leave the GPU idle before every prefill)."""
+    from leanformer.sparse.prefill.block_topk import kept_for_k
+
+    n, bs, t = 5, 4, 18  # last block partial (2 rows)
+    table = kept_for_k(n, bs, t)
+    causal = torch.ones(t, t).tril().bool()
+    for k in range(1, n + 1):
+        keep = torch.zeros(t, t, dtype=torch.bool)
+        for i in range(n):
+            for j in range(max(0, i + 1 - k), i + 1):  # any min(k, i + 1) blocks of row i, the diagonal among them
+                keep[i * bs:(i + 1) * bs, j * bs:(j + 1) * bs] = True
+        assert table[k - 1].item() == (keep & causal).sum().item()
+    assert kept_for_k(n, bs, t) is table
