@@ -7,7 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
-#   bash benchmarks/device_lanes.sh ref-solo|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
+#   bash benchmarks/device_lanes.sh ref-solo|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -37,8 +37,8 @@ if [ "$BATCH" = reference ]; then
 elif [ "$BATCH" = ref-solo ]; then  # one GPU, the yaml's recipe alone (evaluation cells are saved as they finish;
     # a cut evaluation is finished by rerunning the script with --skip-train on the returned folder)
     lane 0 ref-yaml "$ref_cmd max_seconds=450"
-elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (eager training of a 6.7M model leaves it idle
-    # most of the time; each gets fewer steps than alone): the yaml's, and a longer stage at 64-token copy rows
+elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (a 6.7M model leaves much of it idle; each gets
+    # about half the steps it gets alone): the yaml's, and a longer stage at 64-token copy rows
     ref="${ref_cmd/--workers 15/--workers 7} max_seconds=400"
     lane 0 ref-yaml "$ref"
     lane 0 ref-copy64 "$ref mixture.copy_warmup_steps=2400 'mixture.copy_warmup_lengths=[64,64,128,256]' \
@@ -82,6 +82,9 @@ else
     elif [ "$BATCH" = solo-compare ]; then lane 0 compare10 "$compare10"  # one GPU: issue 9
     elif [ "$BATCH" = solo-dtp ]; then lane 0 dtp "$dtp_steps"            # one GPU: issue 7
     elif [ "$BATCH" = solo-t5 ]; then lane 0 t5 "$t5"                     # one GPU: issue 8
+    elif [ "$BATCH" = solo-t5-sparse ]; then  # one GPU: T5 (8), then block top-k prefill with the cached table (3)
+        lane 0 t5-sparse "${t5/timeout 570/timeout 440}; timeout 120 python3 benchmarks/bench_sparse_prefill.py \
+            --lengths 131072 32768 --sparsities 0.9 0.95 --methods block_topk streaming --repeat 5"
     elif [ "$BATCH" = solo-hg ]; then  # one GPU: Hourglass vs vanilla at equal wall-clock time, compiled (issue 6)
         lane 0 hourglass-time "$hourglass_time"
     elif [ "$BATCH" = ref-finish ]; then  # one GPU: finish the cut evaluation of a returned reference run (carry
@@ -91,7 +94,7 @@ else
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, ref-solo, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-hg or ref-finish)"; exit 2
+        echo "unknown batch $BATCH (reference, ref-solo, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
     fi
 fi
 wait
