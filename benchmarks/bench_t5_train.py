@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import gpu_profile, record  # noqa: E402
+from common import gpu_profile, record, utc_stamp  # noqa: E402
 
 from leanformer.analysis.flops import train_flops_per_token  # noqa: E402
 from leanformer.data.span_corruption import (  # noqa: E402
@@ -222,7 +222,7 @@ def main() -> None:
         print(f"compiled clip + AdamWScale vs eager: max |param difference| {diff:.2e} after 3 steps", flush=True)
     runs = [("leanformer", a) for a in attns if "leanformer" in args.models]
     runs += [("transformers", None)] if "transformers" in args.models else []
-    rows = []
+    rows, stamp = [], utc_stamp()
     for mode in args.modes:
         for name, attn in runs:
             torch.manual_seed(0)  # every run starts from the same weights
@@ -255,6 +255,9 @@ def main() -> None:
                 r["speedup_vs_nanoT5_A100"] = NANOT5_A100_S_PER_STEP / r["step_s"]
             rows.append(r)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}, flush=True)
+            # after every run: a benchmark cut short by its time limit keeps what it measured
+            record("t5_train_step", {"rows": rows, **extra, "complete": False,
+                                     "nanoT5_A100_s_per_step": NANOT5_A100_S_PER_STEP}, stamp=stamp)
             del model, fresh, loss_fn
             gc.collect()
             if device.type == "cuda":
@@ -270,8 +273,8 @@ def main() -> None:
                       f"{hf['step_s']:.4f} s/step -> {hf['step_s'] / r['step_s']:.2f}x; vs nanoT5 A100 0.56 "
                       f"s/step: {NANOT5_A100_S_PER_STEP / r['step_s']:.2f}x")
     print(opt_t)
-    path = record("t5_train_step", {"rows": rows, **opt_t, **extra,
-                                    "nanoT5_A100_s_per_step": NANOT5_A100_S_PER_STEP})
+    path = record("t5_train_step", {"rows": rows, **opt_t, **extra, "complete": True,
+                                    "nanoT5_A100_s_per_step": NANOT5_A100_S_PER_STEP}, stamp=stamp)
     print(f"recorded {path}")
 
 
