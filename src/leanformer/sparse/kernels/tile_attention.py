@@ -4,9 +4,10 @@
 ``(B, H_q)``; returns ``[B, H_q, T, D]`` in ``q.dtype``. Causal, top-left = bottom-right aligned (``T_q == T_k``).
 A query row with no kept key (impossible here: the diagonal tile is always kept) would return zeros.
 
-The Triton kernel is a FlashAttention-2 style forward (online softmax in fp32, exp2) with one program per
-``(query block, batch x head)``: it walks the kept tiles (contiguous key blocks, in steps of 64 keys), then the kept
-columns in chunks of 64 gathered by index, skipping columns that a kept block diagonal already covers. Work is
+The Triton kernel is a FlashAttention-2 style forward (online softmax in fp32, exp2 with the scale folded into one
+FMA per logit) with one program per ``(query block, batch x head)``: it walks the kept tiles (contiguous key blocks,
+in steps of 64 keys; only a diagonal or future tile evaluates the causal mask), then the kept columns in chunks of 64
+gathered by index, skipping columns that a kept block diagonal already covers. Work is
 proportional to the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))`` integers.
 """
 
@@ -71,13 +72,14 @@ if triton is not None:
             for sub in tl.static_range(0, BS // BN):
                 offs_k = kb * BS + sub * BN + offs_n
                 kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-                s = tl.dot(q, tl.trans(kt)) * qk_scale
-                ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
-                s = tl.where(ok, s, float("-inf"))
+                s = tl.dot(q, tl.trans(kt))  # raw logits: the scale is folded into the exponent below
+                if kb >= pid_m:  # only a diagonal (or future) tile needs the causal / end-of-sequence mask
+                    ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
+                    s = tl.where(ok, s, float("-inf"))
                 m_new = tl.maximum(m_i, tl.max(s, 1))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.exp2(s - m_safe[:, None])
-                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(s * qk_scale - (m_safe * qk_scale)[:, None])  # one FMA per logit
+                alpha = tl.exp2((m_i - m_safe) * qk_scale)
                 vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
                 l_i = l_i * alpha + tl.sum(p, 1)
@@ -91,13 +93,13 @@ if triton is not None:
             cov = tl.load(BDIAG + pid_bh * NQB + d, mask=cm & (d >= 0), other=1)
             cm = cm & (cov == 0)
             kt = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=cm[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(kt)) * qk_scale
+            s = tl.dot(q, tl.trans(kt))  # raw logits, as in the tile loop (m_i is kept in raw units)
             ok = cm[None, :] & (cols[None, :] <= offs_m[:, None])
             s = tl.where(ok, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s * qk_scale - (m_safe * qk_scale)[:, None])
+            alpha = tl.exp2((m_i - m_safe) * qk_scale)
             vt = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=cm[:, None], other=0.0)
             acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
             l_i = l_i * alpha + tl.sum(p, 1)
