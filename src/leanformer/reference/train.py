@@ -264,7 +264,7 @@ def main(argv=None) -> None:
     ap.add_argument("set", nargs="*", help="overrides key.sub=value")
     args = ap.parse_args(argv)
     if args.skip_train and args.skip_eval:
-        raise SystemExit("--skip-train and --skip-eval together leave nothing to do")
+        ap.error("--skip-train and --skip-eval together leave nothing to do")
     from leanformer.config import apply_overrides
     from leanformer.reference.card import write_card
 
