@@ -4,9 +4,12 @@ length with the harness's own prompt encoding and scorers, and write the model c
 
     PYTHONPATH=src python3 -m leanformer.reference.train --config configs/reference/small.yaml --out OUT_DIR
 
-Runs on one GPU (bf16 autocast, ``torch.compile``) with batches built ahead by worker processes; ``--device cpu``
-with a tiny config checks the whole path on a laptop. The output directory is a checkpoint directory that
-``leanformer.load`` and the ``frontier`` harness accept (weights in bf16 safetensors, tokenizer files beside them).
+Runs on one GPU (bf16 autocast, ``torch.compile`` with dynamic shapes, falling back to eager if the compiler
+fails) with batches built ahead by worker processes; ``--device cpu`` with a tiny config checks the whole path on a
+laptop. The output directory is a checkpoint directory that ``leanformer.load`` and the ``frontier`` harness accept
+(weights in bf16 safetensors, tokenizer files beside them). ``training.json`` is written when training ends and after
+every evaluated (task, length) cell; ``--skip-eval`` stops after training, ``--skip-train`` evaluates an existing
+folder (resuming an evaluation that was cut short), and the model card is written once the evaluation is complete.
 """
 
 from __future__ import annotations
