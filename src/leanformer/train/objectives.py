@@ -52,7 +52,9 @@ class AlignedTargetsLM(CausalLM):
         self._cache: tuple | None = None
 
     def batches(self, tokens: np.ndarray, batch_size: int, seed: int) -> RandomWindows:
+        # the same memory (a view of it counts) is the same stream; the cache holds the array itself, so no other
+        # array can be given its address while the arrays computed for it are kept
         key = (tokens.__array_interface__["data"][0], len(tokens), tokens.strides)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.per_token(tokens))
-        return RandomWindows(tokens, self.seq_len, batch_size, seed, aligned=self._cache[1])
+            self._cache = (key, tokens, self.per_token(tokens))
+        return RandomWindows(tokens, self.seq_len, batch_size, seed, aligned=self._cache[2])
