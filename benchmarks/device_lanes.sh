@@ -7,7 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
-#   bash benchmarks/device_lanes.sh ref-solo|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
+#   bash benchmarks/device_lanes.sh ref-solo|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -37,6 +37,8 @@ if [ "$BATCH" = reference ]; then
 elif [ "$BATCH" = ref-solo ]; then  # one GPU, the yaml's recipe alone (evaluation cells are saved as they finish;
     # a cut evaluation is finished by rerunning the script with --skip-train on the returned folder)
     lane 0 ref-yaml "$ref_cmd max_seconds=450"
+elif [ "$BATCH" = ref-recall ]; then  # one GPU: the recipe with 15% associative-recall batches (key matching)
+    lane 0 ref-recall "$ref_cmd max_seconds=450 mixture.recall_fraction=0.15"
 elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (a 6.7M model leaves much of it idle; each gets
     # about half the steps it gets alone): the yaml's, and a longer stage at 64-token copy rows
     ref="${ref_cmd/--workers 15/--workers 7} max_seconds=400"
@@ -66,9 +68,9 @@ else
         lane 1 dtp "$dtp_steps"
         lane 2 sparse-dmc "$decode; $prefill_sweep; $dmc"
         lane 3 t5 "$t5"
-    elif [ "$BATCH" = pair1 ]; then  # two GPUs: the yaml's recipe (copy warm-up in growing rows) and a longer warm-up
-        lane 0 ref-yaml "$ref_cmd max_seconds=340"
-        lane 1 ref-warm4000 "$ref_cmd max_seconds=340 mixture.copy_warmup_steps=4000 mixture.short_steps=5000"
+    elif [ "$BATCH" = pair1 ]; then  # two GPUs: the yaml's recipe, and the same with associative-recall batches
+        lane 0 ref-yaml "$ref_cmd max_seconds=450"
+        lane 1 ref-recall "$ref_cmd max_seconds=450 mixture.recall_fraction=0.15"
     elif [ "$BATCH" = pair2 ]; then  # two GPUs: the training comparisons (issues 9, 7)
         lane 0 compare10 "$compare10"
         lane 1 dtp "$dtp_steps"
@@ -94,7 +96,7 @@ else
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, ref-solo, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
+        echo "unknown batch $BATCH (reference, ref-solo, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
     fi
 fi
 wait

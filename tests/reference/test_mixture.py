@@ -144,3 +144,36 @@ def test_copy_warmup_lengths_grow_in_stages_of_exact_width():
     assert all("width" not in p for p in later) and {p["length"] for p in later} <= set(mix.lengths)
     with pytest.raises(ConfigError, match=r"copy_warmup_lengths: \[8\] too short"):
         dataclasses.replace(MIX, copy_warmup_lengths=[64, 8])
+
+
+def test_recall_batches_learn_exactly_the_values_of_queried_keys():
+    """Associative-recall rows: key-value pairs, then queries; the learned tokens are the queried values, and each
+    is what follows the same key in the first half (so only matching the key can predict it)."""
+    from leanformer.reference.mixture import recall_rows
+
+    rng = np.random.default_rng(3)
+    specials = [0, 1, 2]
+    ids, learn = recall_rows(4, 61, 50, specials, rng, key_len=2, value_len=3)
+    pairs = (61 // 2) // 5
+    for r in range(4):
+        assert not np.isin(ids[r], specials).any()
+        table = {tuple(ids[r, i * 5:i * 5 + 2]): tuple(ids[r, i * 5 + 2:i * 5 + 5]) for i in range(pairs)}
+        assert len(table) == pairs  # keys distinct
+        assert not learn[r, :pairs * 5].any()
+        t = pairs * 5
+        while t + 5 <= 61:
+            key, value = tuple(ids[r, t:t + 2]), tuple(ids[r, t + 2:t + 5])
+            assert table[key] == value and learn[r, t + 2:t + 5].all() and not learn[r, t:t + 2].any()
+            t += 5
+        assert not learn[r, t:].any()
+
+
+def test_recall_fraction_draws_recall_batches_and_fractions_must_fit():
+    mix = dataclasses.replace(MIX, shakespeare_fraction=0.2, copy_fraction=0.2, recall_fraction=0.3)
+    kinds = [batch_plan(mix, 0, s)["kind"] for s in range(400)]
+    assert 0.2 < kinds.count("recall") / 400 < 0.4 and "tasks" in kinds and "copy" in kinds
+    batch = make_batch(next(batch_plan(mix, 0, s) for s in range(400) if kinds[s] == "recall"), mix, ByteTokenizer(),
+                       np.zeros(10, dtype=np.int64), {}, 0)
+    assert batch["input_ids"].shape[1] == batch["labels"].shape[1] and (batch["labels"] != -100).any()
+    with pytest.raises(ConfigError, match=r"recall_fraction = 1.1 > 1"):
+        MixtureConfig(shakespeare_fraction=0.5, copy_fraction=0.3, recall_fraction=0.3)

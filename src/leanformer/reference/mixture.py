@@ -1,7 +1,8 @@
 """Training data for the reference checkpoints: Shakespeare language modelling mixed with task-suite samples.
 
-Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows, task samples
-or copy sequences: random tokens repeated twice, which teach induction-style copying), which tasks and which sample
+Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows, task samples,
+copy sequences — random tokens whose second half repeats chunks of the first, which teach induction-style copying —
+or associative recall — key-value pairs queried again, which teach matching a key), which tasks and which sample
 seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above any seed an
 evaluation uses (the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them apart and a
 test checks that the two never overlap).
@@ -40,6 +41,10 @@ class MixtureConfig:
     copy_fraction: float = cfg(0.0, ge=0.0, le=1.0,
                                help="share of batches that are random token sequences repeated twice (loss on the "
                                     "repeat): they teach copying by induction, which every retrieval task needs")
+    recall_fraction: float = cfg(0.0, ge=0.0, le=1.0,
+                                 help="share of batches that are multi-query associative recall (random key-value "
+                                      "pairs, then keys queried again, loss on their values): they teach matching a "
+                                      "queried key, the step after copying that needle tasks need")
     tasks: dict = cfg(default_factory=lambda: {"niah": 1.0, "variable_tracking": 1.0, "common_words": 0.5,
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})
@@ -58,6 +63,10 @@ class MixtureConfig:
     short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
 
     def __post_init__(self):
+        shares = self.shakespeare_fraction + self.copy_fraction + self.recall_fraction
+        if shares > 1.0 + 1e-9:
+            raise ConfigError(f"mixture: shakespeare_fraction + copy_fraction + recall_fraction = {shares:g} > 1; "
+                              "their sum is the share of batches that are not task samples")
         short = [w for w in self.copy_warmup_lengths if w < 16]
         if short:
             raise ConfigError(f"mixture.copy_warmup_lengths: {short} too short; copy rows need at least 16 tokens "
@@ -115,6 +124,8 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
         return {"kind": "shakespeare", "length": length, "n": n, "offsets_seed": rng.randrange(2**31)}
     if warmup or u < mix.shakespeare_fraction + mix.copy_fraction:
         return {"kind": "copy", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
+    if u < mix.shakespeare_fraction + mix.copy_fraction + mix.recall_fraction:
+        return {"kind": "recall", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
     names = list(mix.tasks)
     weights = [mix.tasks[k] for k in names]
     picks = rng.choices(names, weights=weights, k=n)
@@ -144,6 +155,32 @@ def copy_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.rando
     return ids, learn
 
 
+def recall_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.random.Generator,
+                key_len: int = 2, value_len: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Multi-query associative recall (the MQAR task of *Zoology*, Arora et al., 2023): the first half of a row is
+    ``key value`` pairs of random tokens (keys distinct), the second half queries them again in random order, each
+    query followed by its value; ``learn[t]`` marks the queried values' tokens. Predicting them needs what needle
+    tasks need: find the queried key earlier in the row and copy what follows it."""
+    regular = np.setdiff1d(np.arange(vocab_size), [s for s in specials if s is not None])
+    ids = regular[rng.integers(0, len(regular), size=(n, width))]
+    learn = np.zeros((n, width), dtype=bool)
+    pair = key_len + value_len
+    n_pairs = max(1, min((width // 2) // pair, len(regular)))
+    for r in range(n):
+        first = rng.choice(len(regular), size=n_pairs, replace=False)  # distinct first tokens: distinct keys
+        keys = np.concatenate([regular[first][:, None],
+                               regular[rng.integers(0, len(regular), size=(n_pairs, key_len - 1))]], 1)
+        values = regular[rng.integers(0, len(regular), size=(n_pairs, value_len))]
+        ids[r, :n_pairs * pair] = np.concatenate([keys, values], 1).reshape(-1)
+        t = n_pairs * pair
+        while t + pair <= width:
+            j = int(rng.integers(n_pairs))
+            ids[r, t:t + key_len], ids[r, t + key_len:t + pair] = keys[j], values[j]
+            learn[r, t + key_len:t + pair] = True
+            t += pair
+    return ids, learn
+
+
 def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np.ndarray, tasks: dict,
                pad_id: int, counters: dict | None = None) -> dict[str, np.ndarray]:
     """``input_ids``/``labels`` of shape ``[n, width]``: ``length + answer_margin`` unless the plan sets ``width``
@@ -157,10 +194,11 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
         for r, s in enumerate(starts):
             ids[r] = shakespeare_tokens[s:s + width + 1]
         valid[:] = True
-    elif plan["kind"] == "copy":
-        ids[:], valid[:] = copy_rows(plan["n"], width + 1, tokenizer.vocab_size,
-                                     [pad_id, getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)],
-                                     np.random.default_rng(plan["tokens_seed"]))
+    elif plan["kind"] in ("copy", "recall"):
+        rows = copy_rows if plan["kind"] == "copy" else recall_rows
+        ids[:], valid[:] = rows(plan["n"], width + 1, tokenizer.vocab_size,
+                                [pad_id, getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)],
+                                np.random.default_rng(plan["tokens_seed"]))
     else:
         for r, (name, seed) in enumerate(plan["items"]):
             counters = counters or {}
