@@ -133,14 +133,19 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
     return {"kind": "tasks", "length": length, "n": n, "items": list(zip(picks, seeds))}
 
 
+def _random_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.random.Generator):
+    """The non-special token ids, and ``[n, width]`` tokens drawn uniformly from them."""
+    regular = np.setdiff1d(np.arange(vocab_size), [s for s in specials if s is not None])
+    return regular, regular[rng.integers(0, len(regular), size=(n, width))]
+
+
 def copy_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.random.Generator,
               chunk: tuple[int, int] = (8, 32)) -> tuple[np.ndarray, np.ndarray]:
     """Rows of random (non-special) tokens whose second half is made of chunks copied from random places in the
     first half; ``learn[t]`` marks the tokens a copy predicts (every chunk token but its first). Chunk lengths and
     source offsets vary, so the only way to predict the repeat is by content (an induction head), not by a fixed
     distance."""
-    regular = np.setdiff1d(np.arange(vocab_size), [s for s in specials if s is not None])
-    ids = regular[rng.integers(0, len(regular), size=(n, width))]
+    regular, ids = _random_rows(n, width, vocab_size, specials, rng)
     learn = np.zeros((n, width), dtype=bool)
     half = width // 2
     lo, hi = min(chunk[0], half - 1), min(chunk[1], half - 1)
@@ -161,8 +166,7 @@ def recall_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.ran
     ``key value`` pairs of random tokens (keys distinct), the second half queries them again in random order, each
     query followed by its value; ``learn[t]`` marks the queried values' tokens. Predicting them needs what needle
     tasks need: find the queried key earlier in the row and copy what follows it."""
-    regular = np.setdiff1d(np.arange(vocab_size), [s for s in specials if s is not None])
-    ids = regular[rng.integers(0, len(regular), size=(n, width))]
+    regular, ids = _random_rows(n, width, vocab_size, specials, rng)
     learn = np.zeros((n, width), dtype=bool)
     pair = key_len + value_len
     n_pairs = max(1, min((width // 2) // pair, len(regular)))
