@@ -19,7 +19,9 @@ from leanformer.errors import ConfigError
 from leanformer.models import t5 as t5_module
 from leanformer.models.t5 import T5, FlexBias, RelativeBias, T5Config, padding_bias
 
-TINY = dict(vocab_size=97, d_model=32, d_kv=8, d_ff=48, n_layers=2, n_heads=4, rel_buckets=8, rel_max_distance=20)
+# d_kv 16: FlexAttention's GPU kernels multiply with tl.dot, which needs every dimension >= 16 (the CUDA tests
+# below failed on the H200 with d_kv 8, session 5)
+TINY = dict(vocab_size=97, d_model=32, d_kv=16, d_ff=48, n_layers=2, n_heads=4, rel_buckets=8, rel_max_distance=20)
 
 
 def tiny(impl: str, device: str = "cpu", **kw) -> T5:
@@ -53,6 +55,10 @@ def test_attn_impl_is_validated():
     with pytest.raises(ConfigError, match="attn_impl"):
         from_dict(T5Config, {"attn_impl": "flash"}, prefix="model")
     assert T5Config().attn_impl == "sdpa"
+    t5_module.check_flex_head_dim(8, "cpu")  # the CPU template takes any head size
+    t5_module.check_flex_head_dim(16, "cuda")
+    with pytest.raises(ConfigError, match="d_kv >= 16.*got d_kv=8"):
+        t5_module.check_flex_head_dim(8, "cuda")
 
 
 def test_bias_table_by_distance_matches_the_dense_bias():

@@ -146,10 +146,18 @@ def _compiled_flex():
     return torch.compile(_flex_api().flex_attention, dynamic=False)
 
 
+def check_flex_head_dim(d_kv: int, device_type: str) -> None:
+    """FlexAttention's GPU kernels multiply with ``tl.dot``, which needs every dimension >= 16."""
+    if device_type != "cpu" and d_kv < 16:
+        raise ConfigError(f"attn_impl='flex' on {device_type} needs d_kv >= 16 (FlexAttention's Triton kernels); "
+                          f"got d_kv={d_kv}: use attn_impl='sdpa' or a larger d_kv")
+
+
 def flex_attention(q, k, v, bias: FlexBias) -> torch.Tensor:
     """``q [B, H, T_q, D]``, ``k, v [B, H, T_k, D]`` -> ``[B, H, T_q, D]`` under ``bias``, unscaled. Eagerly this
     calls ``flex_attention`` compiled once, as PyTorch advises (uncompiled it materialises the scores); inside a
     ``torch.compile`` region it calls the plain function, which the enclosing compile lowers to the fused kernel."""
+    check_flex_head_dim(q.shape[-1], q.device.type)
     if q.device.type == "cpu":
         # Inductor's CPU flex template reads q, k, v as 4-D buffers: a transposed view fails to lower (torch 2.13)
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
