@@ -122,3 +122,84 @@ def test_a_compiler_failure_falls_back_to_eager_training_and_is_recorded(tmp_pat
     assert seen == {"dynamic": True}  # one graph for every row width
     assert info["steps"] == 3 and info["compiled"] is False
     assert info["compile_error"] == "step 0: RuntimeError: inductor: no kernel for this shape"
+
+
+TOY = ["--device", "cpu", "--workers", "1", "--no-compile", "--skip-eval", "model.vocab_size=4096", "model.d_model=32",
+       "model.n_layers=2", "model.n_heads=2", "model.n_kv_heads=1", "model.max_seq_len=1024", "mixture.lengths=[320]",
+       "mixture.tokens_per_batch=2000", "mixture.copy_fraction=0.3", "warmup_steps=2"]
+
+
+def _train_subprocess(out: Path, *args: str, crash_at: str | None = None):
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    env.pop("LEANFORMER_CRASH_AT", None)
+    if crash_at:
+        env["LEANFORMER_CRASH_AT"] = crash_at
+    return subprocess.run([sys.executable, "-m", "leanformer.reference.train", "--out", str(out), *TOY, *args],
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
+    """SIGKILLed right after its third checkpoint (steps 0-2 done), a rerun continues at step 3 with the optimizer,
+    clock and token count it had, and ends with exactly the weights of a run never interrupted."""
+    from safetensors.torch import load_file
+
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    for d in (whole, cut):
+        d.mkdir()
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, d / f)
+    args = ("max_steps=6", "checkpoint_every_s=1e-9")
+    assert _train_subprocess(whole, *args).returncode == 0
+    assert _train_subprocess(cut, *args, crash_at="ckpt.renamed@3").returncode == -9  # killed
+    assert not (cut / "model.safetensors").exists() and (cut / "checkpoints" / "step_00000002").is_dir()
+    rerun = _train_subprocess(cut, *args)
+    assert rerun.returncode == 0 and "resuming from" in rerun.stdout and "(step 3," in rerun.stdout
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch_equal(a[k], b[k]) for k in a)
+    ta = json.loads((whole / "training.json").read_text())["training"]
+    tb = json.loads((cut / "training.json").read_text())["training"]
+    assert ta["steps"] == tb["steps"] == 6 and ta["tokens"] == tb["tokens"]
+    assert not (cut / "checkpoints").exists()  # finished: nothing left to resume
+    # a rerun with another configuration refuses the leftover state instead of mixing two runs
+    assert _train_subprocess(cut, *args, crash_at="ckpt.renamed@2").returncode == -9
+    other = _train_subprocess(cut, "max_steps=6", "checkpoint_every_s=1e-9", "lr=1e-3")
+    assert other.returncode == 1 and "was written by a run with another configuration" in other.stderr
+
+
+def torch_equal(x, y) -> bool:
+    import torch
+
+    return bool(torch.equal(x, y))
+
+
+def test_init_from_continues_a_finished_checkpoint_on_new_data(tmp_path, monkeypatch):
+    """A second job starts from the first one's weights and tokenizer and reads the data steps after its own."""
+    import pytest
+    from safetensors.torch import load_file
+
+    first, more = tmp_path / "first", tmp_path / "more"
+    first.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, first / f)
+    ref_train.main(["--out", str(first), *TOY, "max_steps=3"])
+    starts, real = [], ref_train._prefetch
+
+    def recording(pool, seed, start, stop, ahead):
+        starts.append((start, stop))
+        return real(pool, seed, start, stop, ahead)
+
+    monkeypatch.setattr(ref_train, "_prefetch", recording)
+    # a vanishing learning rate: the weights written are the ones loaded (both bf16 files), not a fresh init
+    ref_train.main(["--out", str(more), *TOY, "max_steps=2", "lr=1e-20", f"init_from={first}"])
+    assert starts == [(3, 5)]  # data steps 3 and 4: not the batches the first job trained on
+    assert (more / "tokenizer.json").read_bytes() == (first / "tokenizer.json").read_bytes()
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(more / "model.safetensors"))
+    assert all(torch_equal(a[k], b[k]) for k in a)
+    info = json.loads((more / "training.json").read_text())["training"]
+    assert info["steps"] == 2 and info["data_step_offset"] == 3 and info["init_from"] == str(first)
+    with pytest.raises(Exception, match="init_from=.*not a finished reference checkpoint"):
+        ref_train.main(["--out", str(tmp_path / "bad"), *TOY, "max_steps=1", f"init_from={tmp_path / 'nowhere'}"])

@@ -68,7 +68,10 @@ def card_text(model_dir: str | Path) -> str:
         f"{info.get('steps', '?')} steps, {info.get('tokens', 0):,} trained tokens, "
         f"{info.get('train_seconds', 0):.0f} s on {info.get('device_name', 'one GPU')} "
         f"(peak LR {cfg.get('lr')}, warmup {cfg.get('warmup_steps')} steps, cosine to "
-        f"{cfg.get('final_lr_fraction', 0.05)} of the peak).",
+        f"{cfg.get('final_lr_fraction', 0.05)} of the peak)"
+        + (f", continuing a checkpoint ({Path(info['init_from']).name}) trained for "
+           f"{info.get('data_step_offset', 0)} steps before (its weights and data order; a fresh optimizer)."
+           if info.get("init_from") else "."),
         "",
         f"## Dense accuracy ({n_eval} samples per cell, the harness's prompt encoding and scorers)",
         "",

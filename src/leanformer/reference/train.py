@@ -20,6 +20,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -46,6 +47,11 @@ class ReferenceConfig:
     eval_samples: int = cfg(50, ge=1)
     eval_tasks: list[str] = cfg(default_factory=lambda: ["niah", "variable_tracking", "common_words", "qa",
                                                           "story_retrieval", "story_multihop", "story_filtering"])
+    checkpoint_every_s: float = cfg(120.0, gt=0.0, help="seconds between resumable checkpoints (model, optimizer, "
+                                                        "step, clock) under OUT/checkpoints; a rerun resumes there")
+    init_from: str | None = cfg(None, help="a finished reference checkpoint folder to continue training from: its "
+                                           "weights and tokenizer, a fresh optimizer, and the data steps after its "
+                                           "own (a longer budget spread over several jobs)")
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------
@@ -120,7 +126,21 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     from leanformer.data import HFTokenizer, load_source, token_stream
     from leanformer.models.gpt import GPT
 
+    from leanformer.train.checkpoint import latest_checkpoint, load_model, load_trainer_state, save_checkpoint
+
     out.mkdir(parents=True, exist_ok=True)
+    init = Path(rc.init_from) if rc.init_from else None
+    offset = 0  # data steps already trained on by ``init`` (its batches are not seen again)
+    if init is not None:
+        try:
+            done = json.loads((init / "training.json").read_text())["training"]
+            offset = int(done["steps"]) + int(done.get("data_step_offset", 0))
+        except (OSError, KeyError, ValueError) as e:
+            raise UserError(f"init_from={rc.init_from!r}: not a finished reference checkpoint folder "
+                            f"(training.json with its training steps): {e}") from None
+        for f in ("tokenizer.json", "tokenizer_config.json"):
+            if not (out / f).is_file() and (init / f).is_file():
+                shutil.copy(init / f, out / f)
     if not (out / "tokenizer.json").is_file():
         train_tokenizer(out, rc.tokenizer_vocab, rc.seed)
     tok = HFTokenizer.from_pretrained(out)
@@ -132,22 +152,37 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     torch.manual_seed(rc.seed)
     dev = torch.device(device)
     model = GPT(rc.model).to(dev)
+    if init is not None:
+        model.load_state_dict(load_model(init, device=device).float().state_dict())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": rc.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=rc.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     # dynamic shapes: the mixture's nine row widths (and row counts) share one compiled graph, not nine
     loss_fn = torch.compile(model.compute_loss, dynamic=True) if compile_ else model.compute_loss
-    compile_error = None
+    log, elapsed, start, tokens, compile_error = [], 0.0, 0, 0, None
+    resume = latest_checkpoint(out)
+    if resume is not None:  # a run cut short: same config, continue from its last checkpoint
+        state = load_trainer_state(resume, opt)
+        if state.get("config") != dataclasses.asdict(rc):
+            raise UserError(f"{resume} was written by a run with another configuration; rerun with that one, or "
+                            f"delete {out / 'checkpoints'} to start over")
+        model.load_state_dict(load_model(resume, device=device).state_dict())
+        start, elapsed, tokens, log = state["step"] + 1, state["elapsed"], state["tokens"], state["log"]
+        compile_error = state.get("compile_error")
+        print(f"resuming from {resume} (step {start}, {elapsed:.0f} s of {rc.max_seconds:.0f})", flush=True)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
     ctx = mp.get_context("spawn")
     pool = ctx.Pool(workers, initializer=_worker_init,
                     initargs=(str(out), dataclasses.asdict(rc.mixture), str(sh_path)))
-    batches = _prefetch(pool, rc.seed, rc.max_steps, ahead=4 * workers)
-    log, elapsed, step, tokens = [], 0.0, 0, 0
-    t_start = time.perf_counter()
-    for step, batch in enumerate(batches):
+    batches = _prefetch(pool, rc.seed, offset + start, rc.max_steps and offset + rc.max_steps, ahead=4 * workers)
+    step, last_ckpt = start - 1, elapsed
+    t_start = time.perf_counter() - elapsed
+    for step, batch in enumerate(batches, start=start):
+        if elapsed >= rc.max_seconds or (rc.max_steps and step >= rc.max_steps):
+            step -= 1  # a resumed run whose budget was already spent
+            break
         frac = min(1.0, elapsed / rc.max_seconds)
         if rc.max_steps:
             frac = max(frac, step / rc.max_steps)
@@ -185,6 +220,11 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t_start  # wall time, data waits included: the budget bounds the job
         tokens += int((b["labels"] != -100).sum())
+        if elapsed - last_ckpt >= rc.checkpoint_every_s:
+            save_checkpoint(out, step, model, opt, {"config": dataclasses.asdict(rc), "elapsed": elapsed,
+                                                    "tokens": tokens, "log": log, "compile_error": compile_error},
+                            tokenizer_spec="files", keep_last=1)
+            last_ckpt = elapsed
         if elapsed >= rc.max_seconds or (rc.max_steps and step + 1 >= rc.max_steps):
             break
     pool.terminate()
@@ -196,20 +236,22 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     meta["tokenizer"] = "files"  # tokenizer.json beside the weights (see train.checkpoint.load_tokenizer)
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     model.float()
-    return {"steps": step + 1, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
+    shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the finished weights are saved: nothing to resume
+    return {"steps": step + 1, "init_from": rc.init_from, "data_step_offset": offset, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
             "compiled": compile_ and compile_error is None, "compile_error": compile_error,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
 
 
-def _prefetch(pool, seed: int, max_steps: int | None, ahead: int):
-    """Batches in step order, at most ``ahead`` built in advance (``Pool.imap`` would queue an endless stream)."""
+def _prefetch(pool, seed: int, start: int, stop: int | None, ahead: int):
+    """Batches of data steps ``start, start + 1, ...`` (up to ``stop``) in order, at most ``ahead`` built in advance
+    (``Pool.imap`` would queue an endless stream)."""
     from collections import deque
 
     pending: deque = deque()
-    step = 0
+    step = start
     while True:
-        while len(pending) < ahead and (max_steps is None or step < max_steps):
+        while len(pending) < ahead and (stop is None or step < stop):
             pending.append(pool.apply_async(_worker_batch, ((seed, step),)))
             step += 1
         if not pending:
