@@ -7,7 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
-#   bash benchmarks/device_lanes.sh ref-solo|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
+#   bash benchmarks/device_lanes.sh ref-solo|ref-continue|gpu-tests|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -37,6 +37,12 @@ if [ "$BATCH" = reference ]; then
 elif [ "$BATCH" = ref-solo ]; then  # one GPU, the yaml's recipe alone (evaluation cells are saved as they finish;
     # a cut evaluation is finished by rerunning the script with --skip-train on the returned folder)
     lane 0 ref-yaml "$ref_cmd max_seconds=450"
+elif [ "$BATCH" = ref-continue ]; then  # one GPU: continue the shipped checkpoint (its weights, tokenizer and data
+    # order; a fresh optimizer at half the peak LR) for another job's budget; ship it if its card beats the shipped one
+    lane 0 ref-continue "$ref_cmd max_seconds=420 lr=1e-3 init_from=src/leanformer/assets/reference"
+elif [ "$BATCH" = gpu-tests ]; then  # one GPU: the GPU tests and the kernels' other tests, the whole report kept
+    lane 0 gpu-tests "timeout 400 python3 -m pytest -p no:cacheprovider -rA tests/sparse/test_gpu.py \
+        tests/models/test_t5_flex.py tests/models/test_dmc_cache.py tests/sparse/test_kernels_interpret.py"
 elif [ "$BATCH" = ref-recall ]; then  # one GPU: the recipe with 15% associative-recall batches (key matching)
     lane 0 ref-recall "$ref_cmd max_seconds=450 mixture.recall_fraction=0.15"
 elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (a 6.7M model leaves much of it idle; each gets
@@ -57,7 +63,7 @@ else
         --sparsities 0.9 0.95 --repeat 5 --profile --flex-options default \
         BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2 BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3"
     dmc="timeout 110 python3 benchmarks/bench_dmc_decode.py"
-    t5="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer \
+    t5="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn flex sdpa --compile-optimizer \
         --profile"
     shard="timeout 330 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8"
     hourglass_time="timeout 540 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile \
@@ -96,7 +102,7 @@ else
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, ref-solo, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
+        echo "unknown batch $BATCH (reference, ref-solo, ref-continue, gpu-tests, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
     fi
 fi
 wait
