@@ -11,6 +11,7 @@ only) / step time / peak bf16 FLOP/s (``PEAK_BF16_FLOPS``).
 ``--attn sdpa flex`` gives one leanformer row per ``T5Config.attn_impl`` (transformers runs once per mode).
 ``--compile-optimizer`` runs clipping and the optimizer update as one compiled graph, for both models alike
 (:func:`compiled_clip_and_step`); its agreement with the eager AdamWScale is checked first and recorded.
+``--sdpa-check`` first records which SDPA kernels can run each of the model's attention calls (:func:`sdpa_backends`).
 
     PYTHONPATH=src python benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer
     PYTHONPATH=src python benchmarks/bench_t5_train.py --tiny --device cpu --compile-optimizer   # script check
@@ -183,6 +184,56 @@ def optimizer_times(model, device, compiled: bool, repeat: int = 5) -> dict:
     return out
 
 
+def sdpa_backends(model: T5, batch: dict, device) -> list[dict]:
+    """Which SDPA kernel can run each distinct attention call of one training step (forward + backward, bf16
+    autocast): every call of an eager forward is captured, then replayed alone under each backend with fresh leaf
+    inputs. A backend PyTorch cannot use there raises, and the first line of its reason is kept. (The profile of
+    session 5 showed an fp32 math-path attention; this says which call, and why the fused kernels refused it.)"""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    calls, real = {}, F.scaled_dot_product_attention
+
+    def capture(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kw):
+        key = (tuple(q.shape), tuple(k.shape), None if attn_mask is None else tuple(attn_mask.shape), is_causal)
+        if key not in calls:
+            calls[key] = (q.detach(), k.detach(), v.detach(),
+                          None if attn_mask is None else (attn_mask.detach(), attn_mask.requires_grad,
+                                                          attn_mask.stride()), is_causal, scale)
+        return real(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **kw)
+
+    F.scaled_dot_product_attention = capture
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            model.compute_loss(batch)
+    finally:
+        F.scaled_dot_product_attention = real
+    rows = []
+    for (qs, ks, ms, causal), (q, k, v, mask, _, scale) in calls.items():
+        row = {"q": list(qs), "k": list(ks), "mask": None if ms is None else list(ms), "is_causal": causal,
+               "dtype": str(q.dtype).replace("torch.", "")}
+        if mask is not None:
+            row.update(mask_requires_grad=mask[1], mask_stride=list(mask[2]), mask_dtype=str(mask[0].dtype))
+        for name in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
+            backend = getattr(SDPBackend, name, None)
+            if backend is None:
+                continue
+            leaves = [t.clone().requires_grad_(True) for t in (q, k, v)]
+            m = None
+            if mask is not None:
+                m = mask[0].clone().requires_grad_(mask[1])
+            try:
+                with sdpa_kernel(backend):
+                    out = real(*leaves, attn_mask=m, is_causal=causal, scale=scale)
+                    out.float().sum().backward()
+                row[name.lower()] = "ok"
+            except RuntimeError as e:
+                row[name.lower()] = str(e).strip().splitlines()[0][:200]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-size", type=int, default=128)
@@ -201,6 +252,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a tiny config for a quick CPU check")
     ap.add_argument("--profile", action="store_true", help="top GPU ops of one step per model -> $OUT/t5_profile.txt")
+    ap.add_argument("--sdpa-check", action="store_true",
+                    help="first report which SDPA kernels can run each attention call of leanformer's T5 (recorded)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -217,6 +270,9 @@ def main() -> None:
     peak = peak_flops(device)
     attns = args.attn or (["sdpa", "flex"] if device.type == "cuda" else ["sdpa"])
     extra = {}
+    if args.sdpa_check:
+        torch.manual_seed(0)
+        extra["sdpa_backends"] = sdpa_backends(T5(cfg).to(device).train(), batch, device)
     if args.compile_optimizer:
         extra["compiled_optimizer_max_abs_diff"] = diff = check_compiled_optimizer(device)
         print(f"compiled clip + AdamWScale vs eager: max |param difference| {diff:.2e} after 3 steps", flush=True)

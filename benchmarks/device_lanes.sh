@@ -63,7 +63,7 @@ else
         --sparsities 0.9 0.95 --repeat 5 --profile --flex-options default \
         BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2 BLOCK_M=64,BLOCK_N=64,num_warps=4,num_stages=3"
     dmc="timeout 110 python3 benchmarks/bench_dmc_decode.py"
-    t5="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn flex sdpa --compile-optimizer \
+    t5="timeout 570 python3 benchmarks/bench_t5_train.py --modes compiled --attn flex sdpa --compile-optimizer --sdpa-check \
         --profile"
     shard="timeout 330 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8"
     hourglass_time="timeout 540 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile \

@@ -103,3 +103,27 @@ def test_bad_config_names_the_value():
     with pytest.raises(ConfigError, match="ff_act"):
         from leanformer.config import from_dict
         from_dict(T5Config, {"ff_act": "swish"}, prefix="model")
+
+
+def test_attention_masks_reach_sdpa_with_unit_stride(monkeypatch):
+    """SDPA's fused GPU kernels (memory-efficient, cuDNN) need the mask's last dimension contiguous; a strided mask
+    (the relative bias as a permuted view) sends a call to the math path, which runs in fp32 under bf16 autocast."""
+    import torch.nn.functional as F
+
+    from leanformer.models import t5 as t5_module
+
+    seen, real = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        if attn_mask is not None:
+            seen.append((tuple(attn_mask.shape), attn_mask.stride()))
+        return real(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(t5_module.F, "scaled_dot_product_attention", spy)
+    m = tiny().train()
+    x, y = torch.randint(0, 97, (2, 15)), torch.randint(0, 97, (2, 9))
+    m(x, labels=y)  # no padding mask: the encoder gets the relative bias alone
+    m(x, labels=y, attention_mask=torch.ones(2, 15, dtype=torch.long))
+    # encoder and decoder self-attention (with and without padding), cross-attention over padded keys
+    assert {s[0][-2:] for s in seen} == {(15, 15), (9, 9), (1, 15)}
+    assert all(stride[-1] == 1 for _, stride in seen), seen

@@ -121,7 +121,10 @@ class RelativeBias(nn.Module):
         dev = self.embedding.weight.device
         rel = torch.arange(t_k, device=dev)[None, :] - torch.arange(q_offset, q_offset + t_q, device=dev)[:, None]
         b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.embedding(b).permute(2, 0, 1).unsqueeze(0)
+        # contiguous: SDPA's fused GPU kernels need a unit-stride mask, and the permuted view is the likely reason
+        # the encoder's self-attention ran on the math path in session 5's H200 profile (fp32 under autocast, ~40 ms
+        # of a 181 ms T5-base step)
+        return self.embedding(b).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     def by_distance(self, t_q: int, t_k: int) -> torch.Tensor:
         """``[H, t_q + t_k - 1]``: column ``q - k + t_k - 1`` holds the bias of query ``q`` and key ``k``
