@@ -201,5 +201,16 @@ def test_init_from_continues_a_finished_checkpoint_on_new_data(tmp_path, monkeyp
     assert all(torch_equal(a[k], b[k]) for k in a)
     info = json.loads((more / "training.json").read_text())["training"]
     assert info["steps"] == 2 and info["data_step_offset"] == 3 and info["init_from"] == str(first)
+    # its card reproduces it as the chain of both jobs, the second continuing the first's output
+    from leanformer.reference import card
+
+    report = json.loads((more / "training.json").read_text())
+    report.update(dense_accuracy={"niah": {"320": {"mean": 0.5, "scores": [0.5]}}}, evaluation_complete=True)
+    (more / "training.json").write_text(json.dumps(report))
+    text = card.card_text(more)
+    cmds = [ln for ln in text.splitlines() if ln.startswith("PYTHONPATH=src python3 -m leanformer.reference.train")]
+    assert len(cmds) == 2 and "--out OUT1 " in cmds[0] and "max_steps=3" in cmds[0] and "init_from" not in cmds[0]
+    assert "--out OUT " in cmds[1] and "init_from=OUT1" in cmds[1] and "max_steps=2" in cmds[1]
+    assert "continuing a checkpoint (first) trained for 3 steps" in text
     with pytest.raises(Exception, match="init_from=.*not a finished reference checkpoint"):
         ref_train.main(["--out", str(tmp_path / "bad"), *TOY, "max_steps=1", f"init_from={tmp_path / 'nowhere'}"])

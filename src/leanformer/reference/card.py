@@ -38,7 +38,10 @@ def card_text(model_dir: str | Path) -> str:
             + " |" for task, per in acc.items()]
     n_eval = max((len(v["scores"]) for per in acc.values() for v in per.values()), default=0)
     mix = cfg.get("mixture", {})
-    overrides = " ".join(f"'{o}'" if any(c in o for c in " []{}") else o for o in report.get("overrides", []))
+    # a checkpoint continued from another (init_from) is reproduced by its whole chain of jobs, oldest first
+    jobs = [*info.get("init_chain", []), {"config_file": report.get("config_file"),
+                                          "overrides": report.get("overrides", [])}]
+    commands = [_train_command(job, i, len(jobs)) for i, job in enumerate(jobs)]
     lines = [
         f"# leanformer reference checkpoint: {m.get('n_layers')} layers, d {m.get('d_model')}",
         "",
@@ -82,13 +85,20 @@ def card_text(model_dir: str | Path) -> str:
         "## Reproduce",
         "",
         "```bash",
-        "PYTHONPATH=src python3 -m leanformer.reference.train"
-        + (f" --config {report['config_file']}" if report.get("config_file") else "")
-        + f" --out OUT {overrides}".rstrip(),
+        *commands,
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def _train_command(job: dict, i: int, n: int) -> str:
+    """Job ``i`` of ``n``: the last writes ``OUT``, earlier ones ``OUT1, OUT2, ...``, each continuing the one before."""
+    out = "OUT" if i == n - 1 else f"OUT{i + 1}"
+    args = [f"init_from={'OUT' + str(i)}" if o.startswith("init_from=") else o for o in job.get("overrides") or []]
+    quoted = " ".join(f"'{o}'" if any(c in o for c in " []{}") else o for o in args)
+    return ("PYTHONPATH=src python3 -m leanformer.reference.train"
+            + (f" --config {job['config_file']}" if job.get("config_file") else "") + f" --out {out} {quoted}").rstrip()
 
 
 def write_card(model_dir: str | Path) -> Path:

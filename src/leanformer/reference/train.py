@@ -130,11 +130,14 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
 
     out.mkdir(parents=True, exist_ok=True)
     init = Path(rc.init_from) if rc.init_from else None
-    offset = 0  # data steps already trained on by ``init`` (its batches are not seen again)
+    offset, chain = 0, []  # data steps already trained on by ``init`` (not seen again); the jobs that made it
     if init is not None:
         try:
-            done = json.loads((init / "training.json").read_text())["training"]
+            prev = json.loads((init / "training.json").read_text())
+            done = prev["training"]
             offset = int(done["steps"]) + int(done.get("data_step_offset", 0))
+            chain = [*done.get("init_chain", []), {"config_file": prev.get("config_file"),
+                                                   "overrides": prev.get("overrides", [])}]
         except (OSError, KeyError, ValueError) as e:
             raise UserError(f"init_from={rc.init_from!r}: not a finished reference checkpoint folder "
                             f"(training.json with its training steps): {e}") from None
@@ -237,7 +240,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     model.float()
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the finished weights are saved: nothing to resume
-    return {"steps": step + 1, "init_from": rc.init_from, "data_step_offset": offset, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
+    return {"steps": step + 1, "init_from": rc.init_from, "data_step_offset": offset, "init_chain": chain, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
             "compiled": compile_ and compile_error is None, "compile_error": compile_error,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
