@@ -10,6 +10,9 @@ laptop. The output directory is a checkpoint directory that ``leanformer.load`` 
 (weights in bf16 safetensors, tokenizer files beside them). ``training.json`` is written when training ends and after
 every evaluated (task, length) cell; ``--skip-eval`` stops after training, ``--skip-train`` evaluates an existing
 folder (resuming an evaluation that was cut short), and the model card is written once the evaluation is complete.
+Training checkpoints every ``checkpoint_every_s`` (``OUT/checkpoints``: weights, optimizer, step, clock) and a rerun
+of a killed job resumes there; ``init_from=DIR`` continues a finished checkpoint in a new job (its weights and
+tokenizer, a fresh optimizer, the data steps after its own), so a budget longer than one job is a chain of jobs.
 """
 
 from __future__ import annotations
@@ -125,7 +128,6 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
 
     from leanformer.data import HFTokenizer, load_source, token_stream
     from leanformer.models.gpt import GPT
-
     from leanformer.train.checkpoint import latest_checkpoint, load_model, load_trainer_state, save_checkpoint
 
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +242,8 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     atomic_write_text(out / "model.json", json.dumps(meta, indent=2))
     model.float()
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the finished weights are saved: nothing to resume
-    return {"steps": step + 1, "init_from": rc.init_from, "data_step_offset": offset, "init_chain": chain, "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
+    return {"steps": step + 1, "init_from": rc.init_from, "data_step_offset": offset, "init_chain": chain,
+            "train_seconds": elapsed, "wall_seconds": wall, "tokens": tokens, "log": log,
             "compiled": compile_ and compile_error is None, "compile_error": compile_error,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
