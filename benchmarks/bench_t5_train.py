@@ -184,10 +184,10 @@ def optimizer_times(model, device, compiled: bool, repeat: int = 5) -> dict:
     return out
 
 
-def sdpa_backends(model: T5, batch: dict, device) -> list[dict]:
+def sdpa_backends(forward, device) -> list[dict]:
     """Which SDPA kernel can run each distinct attention call of one training step (forward + backward, bf16
-    autocast): every call of an eager forward is captured, then replayed alone under each backend with fresh leaf
-    inputs. A backend PyTorch cannot use there raises, and the first line of its reason is kept. (The profile of
+    autocast): every call of an eager ``forward()`` is captured, then replayed alone under each backend with fresh
+    leaf inputs. A backend PyTorch cannot use there raises, and the first line of its reason is kept. (The profile of
     session 5 showed an fp32 math-path attention; this says which call, and why the fused kernels refused it.)"""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -205,7 +205,7 @@ def sdpa_backends(model: T5, batch: dict, device) -> list[dict]:
     F.scaled_dot_product_attention = capture
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            model.compute_loss(batch)
+            forward()
     finally:
         F.scaled_dot_product_attention = real
     rows = []
@@ -270,9 +270,14 @@ def main() -> None:
     peak = peak_flops(device)
     attns = args.attn or (["sdpa", "flex"] if device.type == "cuda" else ["sdpa"])
     extra = {}
-    if args.sdpa_check:
+    if args.sdpa_check:  # both models: transformers' T5 builds its position bias the same way
         torch.manual_seed(0)
-        extra["sdpa_backends"] = sdpa_backends(T5(cfg).to(device).train(), batch, device)
+        check = T5(cfg).to(device).train()
+        hf = check.to_hf().to(device).train()
+        extra["sdpa_backends"] = {
+            "leanformer": sdpa_backends(lambda: check.compute_loss(batch), device),
+            "transformers": sdpa_backends(lambda: hf(input_ids=batch["input_ids"], labels=batch["labels"]), device)}
+        del check, hf
     if args.compile_optimizer:
         extra["compiled_optimizer_max_abs_diff"] = diff = check_compiled_optimizer(device)
         print(f"compiled clip + AdamWScale vs eager: max |param difference| {diff:.2e} after 3 steps", flush=True)
