@@ -42,10 +42,10 @@ def reference_dir() -> Path | None:
 
 
 def run(args) -> int:
-    model = Path(args.model) if args.model else reference_dir()
-    if args.train or model is None:
+    if args.train or (args.model is None and reference_dir() is None):
         return run_training_demo(args)
-    return run_frontier_demo(args, model)
+    # the packaged checkpoint by its name (leanformer.eval.models.PACKAGED): stores and reports say "reference"
+    return run_frontier_demo(args, args.model or "leanformer:reference")
 
 
 # ---- the sparse-frontier study --------------------------------------------------------------------------------
@@ -53,7 +53,7 @@ def run(args) -> int:
 FULL = {"samples": 10, "lengths": [1024, 2048, 4096], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95]}
 
 
-def run_frontier_demo(args, model: Path) -> int:
+def run_frontier_demo(args, model: str) -> int:
     import yaml
 
     from leanformer.analysis.report import ReportOptions, build_report
@@ -62,7 +62,7 @@ def run_frontier_demo(args, model: Path) -> int:
 
     out = Path(args.out)
     raw = yaml.safe_load(packaged("configs/frontier-demo.yaml").read_text())
-    raw.update(models=[str(model)], store=str(out / "results.db"),
+    raw.update(models=[model], store=str(out / "results.db"),
                device="cpu" if args.device == "auto" else args.device)
     if args.full:
         raw.update(FULL)

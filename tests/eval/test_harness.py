@@ -140,3 +140,22 @@ def test_sparse_cells_record_measured_sparsity_and_flops(tiny_model, tmp_path):
         assert dense["seed"] == pre["seed"] == dec["seed"] and dense["answer"] == pre["answer"]
         if dense["prefill_flops"] is not None:
             assert pre["prefill_flops"] < dense["prefill_flops"] and dec["decode_flops"] < dense["decode_flops"]
+
+
+def test_the_packaged_reference_checkpoint_runs_by_name(tmp_path, monkeypatch):
+    """``leanformer:reference`` is the checkpoint shipped in the package: a sweep loads it from the install and the
+    store names it by that name (reports then say "reference", not an install path); a missing one is a clear error."""
+    from leanformer.eval import models
+
+    path = models.resolve_spec("leanformer:reference")
+    assert path.endswith("assets/reference") and models.resolve_spec("some/hub-model") == "some/hub-model"
+    assert models.context_length("leanformer:reference") == 8448
+    c = harness.load_config({"models": ["leanformer:reference"], "tasks": ["niah"], "lengths": [300], "samples": 1,
+                             "max_new_tokens": 4, "device": "cpu", "progress": False,
+                             "store": str(tmp_path / "r.db")})
+    harness.run_sweep(c)
+    with ResultsStore(c.store) as store:
+        assert [r["model"] for r in store.rows()] == ["leanformer:reference"]
+    monkeypatch.setitem(models.PACKAGED, "leanformer:reference", "assets/nothing-here")
+    with pytest.raises(UserError, match="leanformer:reference.*ships no weights"):
+        models.resolve_spec("leanformer:reference")

@@ -2,7 +2,9 @@
 
 - Hugging Face causal LMs: a local directory with ``config.json`` or a hub name (``AutoModelForCausalLM``);
 - our checkpoints (a run or checkpoint directory with ``model.json``): ``leanformer.load(dir).to_hf()``, so sparse
-  methods attach to the same ``LlamaForCausalLM`` code path.
+  methods attach to the same ``LlamaForCausalLM`` code path; ``leanformer:reference`` names the reference checkpoint
+  shipped in the package (what ``leanformer demo`` studies), so results stores and reports carry that name rather than
+  an install path.
 
 Also: the sparse-method adapter (:func:`method_names`, :func:`attach`, :func:`measured_sparsity` over
 :mod:`leanformer.sparse`) and the FLOP adapter over :func:`leanformer.analysis.flops.sample_flops`. Either module
@@ -17,6 +19,21 @@ from pathlib import Path
 from leanformer.errors import UserError
 
 
+PACKAGED = {"leanformer:reference": "assets/reference"}
+
+
+def resolve_spec(spec: str) -> str:
+    """A packaged checkpoint's name (:data:`PACKAGED`) -> its directory; any other spec unchanged."""
+    if spec not in PACKAGED:
+        return spec
+    from importlib import resources
+
+    path = Path(str(resources.files("leanformer").joinpath(PACKAGED[spec])))
+    if not (path / "model.safetensors").is_file():
+        raise UserError(f"model {spec!r}: this install of leanformer ships no weights in {path}")
+    return str(path)
+
+
 def _is_ours(spec: str) -> bool:
     p = Path(spec)
     if not p.is_dir() or (p / "config.json").is_file():
@@ -26,6 +43,7 @@ def _is_ours(spec: str) -> bool:
 
 def context_length(spec: str) -> int | None:
     """Maximum positions of the model (from its config, without loading weights); None when unknown."""
+    spec = resolve_spec(spec)
     if _is_ours(spec):
         from leanformer.train.checkpoint import read_model_meta, resolve_checkpoint
 
@@ -43,6 +61,7 @@ def open_tokenizer(spec: str, override: str | None = None):
     """``override`` ('byte', 'hf:<name>', a path) if given; else the checkpoint's tokenizer or the HF one."""
     from leanformer.data.tokenizers import HFTokenizer, get_tokenizer
 
+    spec = resolve_spec(spec)
     if override:
         return get_tokenizer(override)
     if _is_ours(spec):
@@ -72,6 +91,7 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", device_map:
     (``CUDA_VISIBLE_DEVICES``) or run one process."""
     import torch
 
+    spec = resolve_spec(spec)
     dev = _device(device)
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     dt = names[dtype] if dtype != "auto" else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
