@@ -18,7 +18,6 @@ from pathlib import Path
 
 from leanformer.errors import UserError
 
-
 PACKAGED = {"leanformer:reference": "assets/reference"}
 
 
