@@ -35,17 +35,22 @@ def packaged(name: str):
     return resources.files("leanformer").joinpath(name)
 
 
+REFERENCE = "leanformer:reference"  # the packaged checkpoint's name in sweeps (leanformer.eval.models.PACKAGED)
+
+
 def reference_dir() -> Path | None:
-    """The packaged reference checkpoint, or None while it is not shipped."""
-    d = Path(str(packaged("assets/reference")))
+    """The packaged reference checkpoint, or None in an install without it."""
+    from leanformer.eval.models import PACKAGED
+
+    d = Path(str(packaged(PACKAGED[REFERENCE])))
     return d if (d / "model.safetensors").is_file() else None
 
 
 def run(args) -> int:
     if args.train or (args.model is None and reference_dir() is None):
         return run_training_demo(args)
-    # the packaged checkpoint by its name (leanformer.eval.models.PACKAGED): stores and reports say "reference"
-    return run_frontier_demo(args, args.model or "leanformer:reference")
+    # the packaged checkpoint by its name, which stores and reports then carry instead of an install path
+    return run_frontier_demo(args, args.model or REFERENCE)
 
 
 # ---- the sparse-frontier study --------------------------------------------------------------------------------
