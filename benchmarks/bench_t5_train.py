@@ -11,7 +11,7 @@ only) / step time / peak bf16 FLOP/s (``PEAK_BF16_FLOPS``).
 ``--attn sdpa flex`` gives one leanformer row per ``T5Config.attn_impl`` (transformers runs once per mode).
 ``--compile-optimizer`` runs clipping and the optimizer update as one compiled graph, for both models alike
 (:func:`compiled_clip_and_step`); its agreement with the eager AdamWScale is checked first and recorded.
-``--sdpa-check`` first records which SDPA kernels can run each of the model's attention calls (:func:`sdpa_backends`).
+``--sdpa-check`` first records which SDPA kernels can run each attention call of both models (:func:`sdpa_backends`).
 
     PYTHONPATH=src python benchmarks/bench_t5_train.py --modes compiled --attn sdpa flex --compile-optimizer
     PYTHONPATH=src python benchmarks/bench_t5_train.py --tiny --device cpu --compile-optimizer   # script check
@@ -253,7 +253,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a tiny config for a quick CPU check")
     ap.add_argument("--profile", action="store_true", help="top GPU ops of one step per model -> $OUT/t5_profile.txt")
     ap.add_argument("--sdpa-check", action="store_true",
-                    help="first report which SDPA kernels can run each attention call of leanformer's T5 (recorded)")
+                    help="first report which SDPA kernels can run each attention call of both models (recorded)")
     args = ap.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda":

@@ -40,10 +40,9 @@ REFERENCE = "leanformer:reference"  # the packaged checkpoint's name in sweeps (
 
 def reference_dir() -> Path | None:
     """The packaged reference checkpoint, or None in an install without it."""
-    from leanformer.eval.models import PACKAGED
+    from leanformer.eval.models import packaged_dir
 
-    d = Path(str(packaged(PACKAGED[REFERENCE])))
-    return d if (d / "model.safetensors").is_file() else None
+    return packaged_dir(REFERENCE)
 
 
 def run(args) -> int:

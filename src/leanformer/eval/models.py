@@ -21,15 +21,22 @@ from leanformer.errors import UserError
 PACKAGED = {"leanformer:reference": "assets/reference"}
 
 
+def packaged_dir(name: str) -> Path | None:
+    """The directory of the packaged checkpoint ``name`` (a key of :data:`PACKAGED`), None if it has no weights."""
+    from importlib import resources
+
+    path = Path(str(resources.files("leanformer").joinpath(PACKAGED[name])))
+    return path if (path / "model.safetensors").is_file() else None
+
+
 def resolve_spec(spec: str) -> str:
     """A packaged checkpoint's name (:data:`PACKAGED`) -> its directory; any other spec unchanged."""
     if spec not in PACKAGED:
         return spec
-    from importlib import resources
-
-    path = Path(str(resources.files("leanformer").joinpath(PACKAGED[spec])))
-    if not (path / "model.safetensors").is_file():
-        raise UserError(f"model {spec!r}: this install of leanformer ships no weights in {path}")
+    path = packaged_dir(spec)
+    if path is None:
+        raise UserError(f"model {spec!r}: this install of leanformer ships no weights "
+                        f"(leanformer/{PACKAGED[spec]}/model.safetensors)")
     return str(path)
 
 
