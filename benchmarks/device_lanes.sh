@@ -27,6 +27,8 @@ lane() {  # lane GPU NAME 'command; command; ...'
 # 8 layers x d 256 (6.7M parameters) as in configs/reference/small.yaml; the variants differ in the mixture.
 ref_cmd="cp src/leanformer/assets/reference/tokenizer* \$OUT/ && timeout 575 python3 -m leanformer.reference.train \
     --config configs/reference/small.yaml --out \$OUT --workers 15"
+gpu_tests="timeout 400 python3 -m pytest -p no:cacheprovider -rA tests/sparse/test_gpu.py tests/models/test_t5_flex.py \
+    tests/models/test_dmc_cache.py tests/sparse/test_kernels_interpret.py"
 if [ "$BATCH" = reference ]; then
     ref="$ref_cmd max_seconds=360"
     # in order of priority: a machine with fewer GPUs runs the first ones only
@@ -38,11 +40,13 @@ elif [ "$BATCH" = ref-solo ]; then  # one GPU, the yaml's recipe alone (evaluati
     # a cut evaluation is finished by rerunning the script with --skip-train on the returned folder)
     lane 0 ref-yaml "$ref_cmd max_seconds=450"
 elif [ "$BATCH" = ref-continue ]; then  # one GPU: continue the shipped checkpoint (its weights, tokenizer and data
-    # order; a fresh optimizer at half the peak LR) for another job's budget; ship it if its card beats the shipped one
+    # order; a fresh optimizer at half the peak LR) for another job's budget; ship it if its card beats the shipped one.
+    # The GPU tests share the GPU meanwhile (a few minutes of small kernels; the training is budgeted in seconds, so
+    # it loses a few steps, nothing else)
     lane 0 ref-continue "$ref_cmd max_seconds=420 lr=1e-3 init_from=src/leanformer/assets/reference"
+    lane 0 gpu-tests "$gpu_tests"
 elif [ "$BATCH" = gpu-tests ]; then  # one GPU: the GPU tests and the kernels' other tests, the whole report kept
-    lane 0 gpu-tests "timeout 400 python3 -m pytest -p no:cacheprovider -rA tests/sparse/test_gpu.py \
-        tests/models/test_t5_flex.py tests/models/test_dmc_cache.py tests/sparse/test_kernels_interpret.py"
+    lane 0 gpu-tests "$gpu_tests"
 elif [ "$BATCH" = ref-recall ]; then  # one GPU: the recipe with 15% associative-recall batches (key matching)
     lane 0 ref-recall "$ref_cmd max_seconds=450 mixture.recall_fraction=0.15"
 elif [ "$BATCH" = ref1 ]; then  # one GPU, two recipes sharing it (a 6.7M model leaves much of it idle; each gets
