@@ -5,11 +5,7 @@ softmax on odd lengths and GQA without a GPU."""
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -43,52 +39,8 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
-# The smallest kernel with what every kernel here relies on: a loop bounded by a loaded value. Triton 3.6's
-# interpreter cannot run it under NumPy >= 2.4 (``int()`` of a one-element array: "only 0-dimensional arrays can be
-# converted to Python scalars"), as on the GPU machine's image; there the compiled kernels are checked by the GPU
-# tests instead, and these skip rather than report the interpreter's failure as the kernels'.
-PROBE = textwrap.dedent("""
-    import torch, triton, triton.language as tl
-    @triton.jit
-    def count(X, O):
-        pid = tl.program_id(0)
-        acc = 0
-        for j in range(0, tl.load(X + pid)):
-            acc += 1
-        tl.store(O + pid, acc)
-    o = torch.zeros(2, dtype=torch.int32)
-    count[(2,)](torch.tensor([3, 2], dtype=torch.int32), o)
-    print(o.tolist())
-""")
-
-
-def _run(script: str, timeout: int):
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
-
-
-@functools.cache
-def _interpreter_problem() -> str | None:
-    res = _run(PROBE, 60)
-    if res.returncode == 0 and res.stdout.strip().splitlines()[-1] == "[3, 2]":
-        return None
-    import numpy
-    import triton
-    why = (res.stderr.strip().splitlines() or [res.stdout.strip()])[-1]
-    return f"the Triton {triton.__version__} interpreter (NumPy {numpy.__version__}) cannot run a minimal kernel: {why}"
-
-
-def _interpret(script: str, timeout: int = 120) -> str:
-    """Run ``script`` under ``TRITON_INTERPRET=1`` in a fresh interpreter; its last printed line."""
-    if (problem := _interpreter_problem()) is not None:
-        pytest.skip(problem)
-    res = _run(script, timeout)
-    assert res.returncode == 0, res.stderr[-2000:]
-    return res.stdout.strip().splitlines()[-1]
-
-
-def test_triton_kernels_match_references_in_interpreter():
-    assert float(_interpret(SCRIPT)) < 1e-5
+def test_triton_kernels_match_references_in_interpreter(triton_interpret):
+    assert float(triton_interpret(SCRIPT)) < 1e-5
 
 
 QUEST_SCRIPT = textwrap.dedent("""
@@ -140,7 +92,7 @@ QUEST_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_quest_kernels_match_references_in_interpreter():
-    worst = json.loads(_interpret(QUEST_SCRIPT))  # largest error of each kernel and of Quest's triton path
+def test_quest_kernels_match_references_in_interpreter(triton_interpret):
+    worst = json.loads(triton_interpret(QUEST_SCRIPT))  # largest error of each kernel and of Quest's triton path
     print(worst)
     assert all(err < 1e-5 for err in worst.values()), worst

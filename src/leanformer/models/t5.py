@@ -9,6 +9,8 @@ encoder, causal in the decoder), computed once per stack and shared by its layer
 Two attention implementations (``T5Config.attn_impl``) compute the same function. ``"sdpa"`` builds the bias as a
 dense ``[1, H, T_q, T_k]`` tensor and passes it to ``F.scaled_dot_product_attention`` as ``attn_mask`` (only the
 memory-efficient kernel takes one, and the bias gradient is formed at ``[B, H, T_q, T_k]`` before it is summed).
+``"sdpa_split"`` hands SDPA the same bias detached, so cuDNN's fused kernel runs, and computes the bias gradient
+beside it (:mod:`leanformer.models.bias_grad`: Triton kernels on CUDA); no attention dropout.
 ``"flex"`` runs self-attention through FlexAttention (:class:`FlexBias`): a ``score_mod`` adds the bias from a
 ``[H, T_q + T_k - 1]`` table over relative distance, causality and key padding are a ``BlockMask``, and the bias
 gradient is accumulated straight into that table; cross-attention stays plain SDPA (flash-eligible without padding).
@@ -37,9 +39,10 @@ from leanformer.config import cfg
 from leanformer.data.span_corruption import SpanCorruptionConfig
 from leanformer.errors import ConfigError
 from leanformer.models.base import LeanModel, lm_loss
+from leanformer.models.bias_grad import attention_with_bias
 from leanformer.nn import KVCache, RMSNorm, SwiGLU
 
-ATTN_IMPLS = ("sdpa", "flex")
+ATTN_IMPLS = ("sdpa", "sdpa_split", "flex")
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -61,8 +64,9 @@ class T5Config:
     pad_token_id: int = cfg(0, ge=0)
     decoder_start_token_id: int = cfg(0, ge=0)
     init_factor: float = cfg(1.0, gt=0.0, help="scales every init std (Hugging Face initializer_factor)")
-    attn_impl: str = cfg("sdpa", choices=ATTN_IMPLS, help="sdpa: bias as a dense attn_mask; flex: FlexAttention "
-                         "score_mod + BlockMask (training needs CUDA; no attention dropout)")
+    attn_impl: str = cfg("sdpa", choices=ATTN_IMPLS, help="sdpa: bias as a dense attn_mask; sdpa_split: the same, "
+                         "the bias gradient computed beside SDPA so cuDNN can run (no attention dropout); flex: "
+                         "FlexAttention score_mod + BlockMask (training needs CUDA; no attention dropout)")
     objective: SpanCorruptionConfig = dataclasses.field(default_factory=SpanCorruptionConfig)
 
     def __post_init__(self):
@@ -215,9 +219,9 @@ class T5Attention(nn.Module):
     or a :class:`FlexBias` for the FlexAttention path).
     ``kv`` is the key/value source (cross-attention) or a precomputed ``(k, v)`` pair; default: ``x`` itself."""
 
-    def __init__(self, d_model: int, n_heads: int, d_kv: int, dropout: float = 0.0):
+    def __init__(self, d_model: int, n_heads: int, d_kv: int, dropout: float = 0.0, split_bias_grad: bool = False):
         super().__init__()
-        self.n_heads, self.d_kv, self.dropout = n_heads, d_kv, dropout
+        self.n_heads, self.d_kv, self.dropout, self.split_bias_grad = n_heads, d_kv, dropout, split_bias_grad
         inner = n_heads * d_kv
         self.q = nn.Linear(d_model, inner, bias=False)
         self.k = nn.Linear(d_model, inner, bias=False)
@@ -241,6 +245,11 @@ class T5Attention(nn.Module):
                 raise ValueError("attn_impl='flex' has no attention dropout: train with dropout > 0 under "
                                  "attn_impl='sdpa', or call .eval()")
             y = flex_attention(q, k, v, bias)
+        elif self.split_bias_grad and bias is not None and bias.requires_grad and torch.is_grad_enabled():
+            if self.training and self.dropout > 0:
+                raise ValueError("attn_impl='sdpa_split' has no attention dropout: train with dropout > 0 under "
+                                 "attn_impl='sdpa', or call .eval()")
+            y = attention_with_bias(q, k, v, bias, scale=1.0)
         else:
             mask = bias.to(q.dtype) if bias is not None else None
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0,
@@ -252,7 +261,7 @@ class EncoderLayer(nn.Module):
     def __init__(self, c: T5Config):
         super().__init__()
         self.attn_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.attn = T5Attention(c.d_model, c.n_heads, c.d_kv, c.dropout)
+        self.attn = T5Attention(c.d_model, c.n_heads, c.d_kv, c.dropout, c.attn_impl == "sdpa_split")
         self.ff_norm = RMSNorm(c.d_model, c.norm_eps)
         self.ff = SwiGLU(c.d_model, c.d_ff, act=c.ff_act, dropout=c.dropout)
         self.drop = nn.Dropout(c.dropout)
@@ -266,7 +275,7 @@ class DecoderLayer(nn.Module):
     def __init__(self, c: T5Config):
         super().__init__()
         self.self_norm = RMSNorm(c.d_model, c.norm_eps)
-        self.self_attn = T5Attention(c.d_model, c.n_heads, c.d_kv, c.dropout)
+        self.self_attn = T5Attention(c.d_model, c.n_heads, c.d_kv, c.dropout, c.attn_impl == "sdpa_split")
         self.cross_norm = RMSNorm(c.d_model, c.norm_eps)
         self.cross_attn = T5Attention(c.d_model, c.n_heads, c.d_kv, c.dropout)
         self.ff_norm = RMSNorm(c.d_model, c.norm_eps)
