@@ -308,8 +308,8 @@ def main() -> None:
                                args.compile_optimizer)
             except torch.OutOfMemoryError as e:
                 r = {"error": f"out of memory: {str(e).splitlines()[0]}"}
-            except NotImplementedError as e:  # e.g. FlexAttention's backward on CPU
-                r = {"error": str(e).splitlines()[0]}
+            except Exception as e:  # e.g. FlexAttention's backward on CPU: the row records why, the others run
+                r = {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"}
             r.update({"model": name, "mode": mode, "attn_implementation": impl,
                       "compile_optimizer": args.compile_optimizer, "params": ours.num_params(),
                       "batch_size": args.batch_size, "seq_len": args.seq_len, "target_len": tgt_len,

@@ -7,10 +7,10 @@ computed here, from what the backward already has: ``dBias = sum_broadcast(P * (
 softmax backward summed over the dimensions the bias is broadcast along (T5: the batch).
 
 * :func:`bias_grad_reference`: plain PyTorch (fp32), any device, the ground truth;
-* :func:`bias_grad_triton`: two Triton kernels (GPU; also runs on CPU under ``TRITON_INTERPRET=1``): the row
-  log-sum-exp of the biased scores, then ``P * (dP - delta)`` per ``[BM, BN]`` tile, recomputing ``P`` and
-  ``dP = dO V^T`` with ``tl.dot`` and summing over the batch inside the program (no ``[B, H, T, T]`` tensor and no
-  atomics). Both take the same arguments.
+* :func:`bias_grad_triton`: two Triton kernels (GPU; also runs on CPU under ``TRITON_INTERPRET=1``): per query
+  row the log-sum-exp of the biased scores and ``delta = dO . O``; then ``P * (dP - delta)`` per ``[BM, BN]`` tile,
+  recomputing ``P`` and ``dP = dO V^T`` with ``tl.dot`` and summing over the batch inside the program (no
+  ``[B, H, T, T]`` tensor and no atomics). Both take the same arguments; any strides with a unit last one.
 * :func:`attention_with_bias`: the attention op: SDPA on the detached bias, gradients of ``q, k, v`` from SDPA's
   own backward, the bias gradient from the op above (``torch.ops.leanformer.attention_bias_grad``, opaque to
   ``torch.compile``). Without a bias gradient to compute it is plain SDPA.
@@ -42,16 +42,18 @@ def bias_grad_reference(q, k, v, o, do, bias, scale: float) -> torch.Tensor:
 if triton is not None:
 
     @triton.jit
-    def _row_lse(Q, K, BIAS, LSE, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sb_b, sb_h, sb_q, sb_k, H, TQ, TK, DH, scale,
-                 BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
-        """``LSE[b*H + h, i] = logsumexp_j(q_i . k_j * scale + bias_ij)``; ``+inf`` where every key is masked."""
+    def _row_stats(Q, K, BIAS, O, DO, LSE, DELTA, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sb_b, sb_h, sb_q, sb_k,
+                   so_b, so_h, so_t, sd_b, sd_h, sd_t, H, TQ, TK, DH, scale,
+                   BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr, PREC: tl.constexpr):
+        """Per query row ``i`` of ``(b, h)``: ``LSE = logsumexp_j(q_i . k_j * scale + bias_ij)`` (``+inf`` where
+        every key is masked) and ``DELTA = dO_i . O_i``."""
         bh, pid_m = tl.program_id(0), tl.program_id(1)
         b, h = bh // H, bh % H
         offs_m = pid_m * BM + tl.arange(0, BM)
         offs_d = tl.arange(0, BD)
         row_ok = offs_m < TQ
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :],
-                    mask=row_ok[:, None] & (offs_d[None, :] < DH), other=0.0)
+        rd_ok = row_ok[:, None] & (offs_d[None, :] < DH)
+        q = tl.load(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :], mask=rd_ok, other=0.0)
         m_i = tl.full([BM], float("-inf"), tl.float32)
         l_i = tl.zeros([BM], tl.float32)
         for start in range(0, TK, BN):
@@ -68,6 +70,9 @@ if triton is not None:
             m_i = m_new
         lse = tl.where(m_i == float("-inf"), float("inf"), m_i + tl.log(l_i))
         tl.store(LSE + bh * TQ + offs_m, lse, mask=row_ok)
+        o = tl.load(O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_d[None, :], mask=rd_ok, other=0.0)
+        do = tl.load(DO + b * sd_b + h * sd_h + offs_m[:, None] * sd_t + offs_d[None, :], mask=rd_ok, other=0.0)
+        tl.store(DELTA + bh * TQ + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=row_ok)
 
     @triton.jit
     def _bias_grad_tiles(Q, K, V, DO, LSE, DELTA, BIAS, G, sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t,
@@ -121,14 +126,14 @@ def bias_grad_triton(q, k, v, o, do, bias, scale: float, block_m: int = 64, bloc
     if groups not in (1, bsz):
         raise ValueError(f"bias_grad_triton: bias batch size {groups} must be 1 or {bsz}")
     full = b4.expand(bsz, h, tq, tk)
-    q, k, v, do = (_unit_last(t) for t in (q, k, v, do))
+    q, k, v, o, do = (_unit_last(t) for t in (q, k, v, o, do))
     lse = torch.empty(bsz * h, tq, device=q.device, dtype=torch.float32)
+    delta = torch.empty_like(lse)
     bd = max(16, triton.next_power_of_2(dh))
     prec = "ieee" if q.dtype == torch.float32 else "tf32"  # fp32 inputs: exact products, as the reference
-    _row_lse[(bsz * h, triton.cdiv(tq, block_m))](
-        q, k, full, lse, *q.stride()[:3], *k.stride()[:3], *full.stride(), h, tq, tk, dh, scale,
-        BM=block_m, BN=block_n, BD=bd, PREC=prec)
-    delta = (do.float() * o.float()).sum(-1).reshape(bsz * h, tq).contiguous()
+    _row_stats[(bsz * h, triton.cdiv(tq, block_m))](
+        q, k, full, o, do, lse, delta, *q.stride()[:3], *k.stride()[:3], *full.stride(), *o.stride()[:3],
+        *do.stride()[:3], h, tq, tk, dh, scale, BM=block_m, BN=block_n, BD=bd, PREC=prec)
     g = torch.empty(groups, h, tq, tk, device=q.device, dtype=torch.float32)
     _bias_grad_tiles[(groups * h, triton.cdiv(tq, block_m), triton.cdiv(tk, block_n))](
         q, k, v, do, lse, delta, full, g, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *do.stride()[:3],
@@ -156,12 +161,12 @@ class _BiasGradTap(torch.autograd.Function):
     def forward(ctx, y, q, k, v, bias, scale):
         ctx.save_for_backward(q, k, v, y, bias)
         ctx.scale = scale
-        return y.clone()
+        return y.view_as(y)  # no copy: the output is the input, the backward adds the bias gradient
 
     @staticmethod
     def backward(ctx, dy):
         q, k, v, y, bias = ctx.saved_tensors
-        g = torch.ops.leanformer.attention_bias_grad(q, k, v, y, dy.contiguous(), bias, ctx.scale)
+        g = torch.ops.leanformer.attention_bias_grad(q, k, v, y, dy, bias, ctx.scale)
         return dy, None, None, None, g.to(bias.dtype), None
 
 
