@@ -177,3 +177,35 @@ def test_recall_fraction_draws_recall_batches_and_fractions_must_fit():
     assert batch["input_ids"].shape[1] == batch["labels"].shape[1] and (batch["labels"] != -100).any()
     with pytest.raises(ConfigError, match=r"recall_fraction = 1.1 > 1"):
         MixtureConfig(shakespeare_fraction=0.5, copy_fraction=0.3, recall_fraction=0.3)
+
+
+@pytest.mark.parametrize("name, length", [("niah", 1500), ("story_retrieval", 9000)])
+def test_keyed_answers_lead_each_item_with_its_query_and_still_score_full(name, length):
+    tok = ByteTokenizer()
+    task = TASKS[name]()
+    seed = TRAIN_SEED_BASE + 5
+    sample = task.generate(tok, length, seed)
+    keyed = sample.meta["keyed_answer_text"]
+    assert keyed != sample.answer_text and task.score(keyed, sample) == 1.0
+    ids, start = task_sequence(task, tok, length, seed, keyed=True)
+    assert tok.decode(ids[:start]) == sample.prompt and tok.decode(ids[start:]) == keyed
+    items = keyed[len("<answer>"):-len("</answer>")].split(", ")
+    query = items[0].rsplit(":", 1)[0]  # the query part is copied from the prompt as written there
+    assert query.split(" ", 1)[-1] in sample.prompt
+    mix = MixtureConfig(lengths=[length], tokens_per_batch=length + 1000, shakespeare_fraction=0.0,
+                        tasks={name: 1.0}, answer_only=True, keyed_answers=True, answer_margin=1000)  # bytes
+    plan = batch_plan(mix, 0, 0)
+    batch = make_batch(plan, mix, tok, np.zeros(10, dtype=np.int64), {name: task, "niah": TASKS["niah"]()},
+                       tok.pad_id)
+    labels = batch["labels"][0]
+    seq, start = task_sequence(task, tok, length, plan["items"][0][1], keyed=True)
+    assert labels[labels != -100].tolist() == seq[start:]
+
+
+def test_tasks_without_a_keyed_form_train_on_their_plain_answer():
+    tok = ByteTokenizer()
+    task = TASKS["variable_tracking"]()
+    sample = task.generate(tok, 1500, TRAIN_SEED_BASE + 2)
+    assert "keyed_answer_text" not in sample.meta
+    assert task_sequence(task, tok, 1500, TRAIN_SEED_BASE + 2, keyed=True) == task_sequence(
+        task, tok, 1500, TRAIN_SEED_BASE + 2)

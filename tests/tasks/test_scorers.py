@@ -65,6 +65,11 @@ def test_story_retrieval_and_multihop():
     s = _sample("story_retrieval", ["Misty Harbor", "Ada Blake", "shiny copper kettle"])
     assert sr.score("<answer>the misty harbor, Ada Blake, a Shiny Copper Kettle</answer>", s) == 1.0
     assert sr.score("<answer>Misty Harbor, Bo Blake, shiny copper kettle</answer>", s) == pytest.approx(2 / 3)
+    keyed = ("<answer>(1) location in chapter 2: The Misty Harbor, (2) character in chapter 5: Bo Blake, (3) item in "
+             "chapter 1: shiny copper kettle</answer>")
+    assert sr.score(keyed, s) == pytest.approx(2 / 3)  # 'QUERY: ANSWER' items count as ANSWER
+    assert split_items("<answer>a: b: Cat, dog</answer>", keyed=True) == ["cat", "dog"]
+    assert split_items("<answer>a: b: Cat, dog</answer>") == ["b cat", "dog"]  # colons are punctuation otherwise
     mh = TASKS["story_multihop"]()
     s = _sample("story_multihop", "worn leather saddle")
     assert mh.score("<answer>The worn leather saddle.</answer>", s) == 1.0

@@ -58,6 +58,9 @@ class MixtureConfig:
     answer_only: bool = cfg(False, help="task samples: loss on the answer tokens only (the prompt is context)")
     answer_space: bool = cfg(False, help="write the gold answer after '<answer>' with a leading space, so its first "
                                          "word is tokenized as it is in the prompt (' Rosa', not 'Rosa')")
+    keyed_answers: bool = cfg(False, help="task samples whose task has a keyed form (niah, story_retrieval) are "
+                                          "answered item by item as 'QUERY: ANSWER' (Task.keyed_items), which their "
+                                          "scorers accept: copy the query, then look it up (mind answer_margin)")
     short_lengths: list[int] = cfg(default_factory=list,
                                    help="curriculum: bucket lengths of the first short_steps steps (empty: none)")
     short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
@@ -94,15 +97,16 @@ def bytes_per_token(task, tokenizer, length: int = 2048, seed: int = TRAIN_SEED_
 
 
 def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounter | None = None,
-                  answer_space: bool = False) -> tuple[list[int], int]:
+                  answer_space: bool = False, keyed: bool = False) -> tuple[list[int], int]:
     """Token ids of prompt + answer prefix + gold answer + EOS, and the index where the answer prefix starts.
+    ``keyed``: the gold answer in its keyed form where the task has one (:meth:`Task.keyed_items`).
 
     With ``counter`` the filler is fitted by approximate counts (the prompt lands within a few % of ``length``).
     ``counters`` in :func:`make_batch` are keyed by ``(task name, length)``."""
     sample = task.generate(counter or tokenizer, length, seed)
     prompt = list(tokenizer.encode(sample.prompt))
-    answer = sample.answer_text[len(ANSWER_PREFIX):] if sample.answer_text.startswith(ANSWER_PREFIX) \
-        else sample.answer_text
+    text = sample.meta.get("keyed_answer_text", sample.answer_text) if keyed else sample.answer_text
+    answer = text[len(ANSWER_PREFIX):] if text.startswith(ANSWER_PREFIX) else text
     ids = prompt + list(tokenizer.encode(ANSWER_PREFIX)) + list(tokenizer.encode(" " * answer_space + answer))
     if getattr(tokenizer, "eos_id", None) is not None:
         ids.append(tokenizer.eos_id)
@@ -208,10 +212,12 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
             counters = counters or {}
             try:
                 seq, answer_start = task_sequence(tasks[name], tokenizer, plan["length"], seed,
-                                                  counters.get((name, plan["length"])), mix.answer_space)
+                                                  counters.get((name, plan["length"])), mix.answer_space,
+                                                  mix.keyed_answers)
             except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
                 seq, answer_start = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
-                                                  counters.get(("niah", plan["length"])), mix.answer_space)
+                                                  counters.get(("niah", plan["length"])), mix.answer_space,
+                                                  mix.keyed_answers)
             seq = seq[:width + 1]
             ids[r, :len(seq)] = seq
             # labels[t] = ids[t + 1]: with answer_only, only targets from the answer prefix on are learned

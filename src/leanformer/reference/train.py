@@ -50,6 +50,8 @@ class ReferenceConfig:
     eval_samples: int = cfg(50, ge=1)
     eval_tasks: list[str] = cfg(default_factory=lambda: ["niah", "variable_tracking", "common_words", "qa",
                                                           "story_retrieval", "story_multihop", "story_filtering"])
+    eval_max_new_tokens: int = cfg(128, ge=1, help="generation budget per evaluation sample (keyed answers need "
+                                                   "~300 for story_retrieval's 16 queries)")
     checkpoint_every_s: float = cfg(120.0, gt=0.0, help="seconds between resumable checkpoints (model, optimizer, "
                                                         "step, clock) under OUT/checkpoints; a rerun resumes there")
     init_from: str | None = cfg(None, help="a finished reference checkpoint folder to continue training from: its "
@@ -344,7 +346,8 @@ def main(argv=None) -> None:
     if args.skip_eval:
         print(f"trained; evaluate with --skip-train --out {out}")
         return
-    acc = evaluate(out, rc, args.device, on_cell=lambda a: save(a, False), done=done)
+    acc = evaluate(out, rc, args.device, max_new_tokens=rc.eval_max_new_tokens, on_cell=lambda a: save(a, False),
+                   done=done)
     save(acc, True)
     write_card(out)
     print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))

@@ -86,6 +86,13 @@ class Task:
     def score(self, prediction: str, sample: Sample) -> float:
         raise NotImplementedError
 
+    def keyed_items(self, plan: Any) -> list[str] | None:
+        """The gold answer items, each led by the query it answers, in a form :meth:`score` also accepts (e.g.
+        ``key K is: V`` for ``V``); None where the task has no such form. A model trained to write these copies the
+        query first and then its answer, two copying steps instead of one lookup (``Sample.meta["keyed_answer_text"]``;
+        used by the reference checkpoints' training mixture, never by the evaluation)."""
+        return None
+
     def params(self) -> dict:
         """The task's parameters (part of the harness's cell key)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -112,9 +119,12 @@ class Task:
         plan = self.plan(rng, length, count)
         n, tokens = fit(lambda k: count(self.prompt(plan, k)), length, f"task {self.name!r}")
         answer, items = self.gold(plan)
+        meta = {"filler_units": n}
+        if (keyed := self.keyed_items(plan)) is not None:
+            meta["keyed_answer_text"] = f"{_TAG_OPEN}{', '.join(keyed)}{_TAG_CLOSE}"
         return Sample(task=self.name, prompt=self.prompt(plan, n), answer=answer,
                       answer_text=f"{_TAG_OPEN}{', '.join(items)}{_TAG_CLOSE}", seed=seed, length=length,
-                      prompt_tokens=tokens, meta={"filler_units": n})
+                      prompt_tokens=tokens, meta=meta)
 
 
 def fit(tokens_of, length: int, what: str) -> tuple[int, int]:
@@ -167,10 +177,12 @@ def normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-def split_items(text: str | None) -> list[str]:
+def split_items(text: str | None, keyed: bool = False) -> list[str]:
     """Answer items: the extracted answer split on commas, semicolons and new lines; numbering dropped;
-    normalized; empty items removed."""
+    normalized; empty items removed. ``keyed``: an item ``QUERY: ANSWER`` counts as ``ANSWER``."""
     items = re.split(r"[,;\n]", extract_answer(text))
+    if keyed:
+        items = [it.rsplit(":", 1)[-1] for it in items]
     out = [normalize(_NUMBERING.sub("", it)) for it in items]
     return [it for it in out if it]
 

@@ -3,7 +3,8 @@ Retrieval; several queries per sample, default 16).
 
 Queries are distinct (chapter, attribute) pairs; attributes are the location visited, the character met and the
 item bought (only chapters with a purchase). Answer: one item per query in order,
-``<answer>ANSWER 1, ANSWER 2, ...</answer>``. Score: the fraction of queries answered right.
+``<answer>ANSWER 1, ANSWER 2, ...</answer>``; an item may also be written ``QUERY: ANSWER`` (the text after its last
+colon is taken). Score: the fraction of queries answered right.
 """
 
 from __future__ import annotations
@@ -50,5 +51,9 @@ class StoryRetrieval(StoryTask):
     def gold(self, plan: dict) -> tuple[list[str], list[str]]:
         return list(plan["answers"]), list(plan["answers"])
 
+    def keyed_items(self, plan: dict) -> list[str]:
+        return [f"({i}) {a} in chapter {k}: {ans}"
+                for i, ((k, a), ans) in enumerate(zip(plan["queries"], plan["answers"]), 1)]
+
     def score(self, prediction: str, sample: Sample) -> float:
-        return fraction_correct(split_items(prediction), [normalize(a) for a in sample.answer])
+        return fraction_correct(split_items(prediction, keyed=True), [normalize(a) for a in sample.answer])
