@@ -2,8 +2,8 @@
 
 ``n_needles`` needles "The value for key K is: V." (K a pseudo-word, V a 7-digit number) sit at random depths in
 filler sentences; ``n_queries`` of them are asked for. Answer: the values in the order of the queried keys,
-``<answer>V1, V2, ...</answer>``; an item may also be written ``K: V`` or ``key K is: V`` (its last word is
-taken). Score: the fraction of queried values right.
+``<answer>V1, V2, ...</answer>``; an item may also be written ``K: V`` (its last word is taken). Score: the
+fraction of queried values right.
 """
 
 from __future__ import annotations
@@ -56,7 +56,9 @@ class NIAH(Task):
         return values, values
 
     def keyed_items(self, plan: dict) -> list[str]:
-        return [f"key {plan['keys'][i]} is: {plan['values'][i]}" for i in plan["queries"]]
+        # led by the key as the question lists it, not as the needle says it ("key K is: V"): with that form a
+        # CPU mini-run copied keys from the needles, repeating one, instead of taking the question's next key
+        return [f"{plan['keys'][i]}: {plan['values'][i]}" for i in plan["queries"]]
 
     def score(self, prediction: str, sample: Sample) -> float:
         pred = [it.split()[-1] for it in split_items(prediction)]
