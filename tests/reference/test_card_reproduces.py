@@ -21,7 +21,8 @@ def test_harness_reproduces_the_model_card_on_a_slice(tmp_path):
     acc = report["dense_accuracy"]
     length = min(int(L) for per in acc.values() for L in per)
     c = harness.load_config({"models": [str(SHIPPED)], "tasks": sorted(acc), "lengths": [length],
-                             "samples": SLICE, "seed": 0, "max_new_tokens": 128, "chat_template": "off",
+                             "samples": SLICE, "seed": 0, "chat_template": "off",
+                             "max_new_tokens": report["config"].get("eval_max_new_tokens", 128),
                              "device": "cpu", "dtype": "fp32", "batch_size": SLICE, "progress": False,
                              "store": str(tmp_path / "r.db")})
     harness.run_sweep(c)
