@@ -240,15 +240,15 @@ class T5Attention(nn.Module):
         k, v = kv if isinstance(kv, tuple) else self.project_kv(x if kv is None else kv)
         if cache is not None:
             k, v = cache.update(pos, k, v)
-        if isinstance(bias, FlexBias):
-            if self.training and self.dropout > 0:
-                raise ValueError("attn_impl='flex' has no attention dropout: train with dropout > 0 under "
-                                 "attn_impl='sdpa', or call .eval()")
+        flex = isinstance(bias, FlexBias)
+        split = (not flex and self.split_bias_grad and bias is not None and bias.requires_grad
+                 and torch.is_grad_enabled())
+        if (flex or split) and self.training and self.dropout > 0:
+            raise ValueError(f"attn_impl={'flex' if flex else 'sdpa_split'!r} has no attention dropout: train with "
+                             "dropout > 0 under attn_impl='sdpa', or call .eval()")
+        if flex:
             y = flex_attention(q, k, v, bias)
-        elif self.split_bias_grad and bias is not None and bias.requires_grad and torch.is_grad_enabled():
-            if self.training and self.dropout > 0:
-                raise ValueError("attn_impl='sdpa_split' has no attention dropout: train with dropout > 0 under "
-                                 "attn_impl='sdpa', or call .eval()")
+        elif split:
             y = attention_with_bias(q, k, v, bias, scale=1.0)
         else:
             mask = bias.to(q.dtype) if bias is not None else None

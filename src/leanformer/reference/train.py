@@ -186,10 +186,8 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     batches = _prefetch(pool, rc.seed, offset + start, rc.max_steps and offset + rc.max_steps, ahead=4 * workers)
     step, last_ckpt = start - 1, elapsed
     t_start = time.perf_counter() - elapsed
-    for step, batch in enumerate(batches, start=start):
-        if elapsed >= rc.max_seconds or (rc.max_steps and step >= rc.max_steps):
-            step -= 1  # a resumed run whose budget was already spent
-            break
+    spent = elapsed >= rc.max_seconds or (rc.max_steps and start >= rc.max_steps)  # a resumed run, budget used up
+    for step, batch in enumerate(() if spent else batches, start=start):
         frac = min(1.0, elapsed / rc.max_seconds)
         if rc.max_steps:
             frac = max(frac, step / rc.max_steps)
