@@ -143,24 +143,34 @@ def test_sdpa_split_refuses_attention_dropout_in_training_and_generates_like_sdp
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_kernels_error_at_most_twice_bf16_sdpa():
-    """bf16, T5-base-like shapes: the kernels' bias gradient against the fp64 truth, no worse than 2x the error of
-    SDPA's own bf16 bias gradient (the memory-efficient kernel) on the same inputs."""
+    """bf16, T5-base-like shapes: the kernels' bias gradient against the fp64 truth, close to the fp32 reference's
+    on the same bf16 inputs and no worse than 2x the error of SDPA's own bf16 bias gradient (the memory-efficient
+    kernel) where that kernel's backward runs (on the H200 image it refuses T = 114 and 77: 'LSE is not correctly
+    aligned (strideH)')."""
     from leanformer.models.bias_grad import bias_grad_triton
 
+    compared = 0
     for b, h, t, d, bias_batch in [(8, 4, 512, 64, 1), (4, 4, 114, 64, 1), (3, 2, 77, 64, 3)]:
         q, k, v, do, bias = _inputs(b, h, t, t, d, bias_batch, dtype=torch.float64, device="cuda", seed=t)
         q = q * 0.3
         o, truth = _autograd_bias_grad(q, k, v, do, bias, 1.0)
         lo = [x.bfloat16() for x in (q, k, v, do)]
         o16 = torch.nn.functional.scaled_dot_product_attention(*lo[:3], attn_mask=bias.bfloat16(), scale=1.0)
-        got = bias_grad_triton(*lo[:3], o16, lo[3], bias.float(), 1.0)
+        err = (bias_grad_triton(*lo[:3], o16, lo[3], bias.float(), 1.0).double() - truth).abs().max().item()
+        ref = (bias_grad_reference(*lo[:3], o16, lo[3], bias.float(), 1.0).double() - truth).abs().max().item()
+        assert err <= 1.5 * ref + 1e-6, f"shape {(b, h, t, d)}: kernels' error {err:.4g}, fp32 reference's {ref:.4g}"
         bias16 = bias.bfloat16().requires_grad_()
         y = torch.nn.functional.scaled_dot_product_attention(*lo[:3], attn_mask=bias16, scale=1.0)
-        (y * lo[3]).sum().backward()
-        err, base = (got.double() - truth).abs().max().item(), (bias16.grad.double() - truth).abs().max().item()
-        ref = (bias_grad_reference(*lo[:3], o16, lo[3], bias.float(), 1.0).double() - truth).abs().max().item()
-        assert err <= 2 * base + 1e-6, (f"shape {(b, h, t, d)}: kernels' error {err:.4g} vs SDPA bf16's {base:.4g} "
-                                        f"(the fp32 reference on the same bf16 inputs: {ref:.4g})")
+        try:
+            (y * lo[3]).sum().backward()
+        except RuntimeError as e:  # the baseline kernel's own limits, not ours
+            if "aligned" not in str(e):
+                raise
+            continue
+        base = (bias16.grad.double() - truth).abs().max().item()
+        assert err <= 2 * base + 1e-6, f"shape {(b, h, t, d)}: kernels' error {err:.4g} vs SDPA bf16's {base:.4g}"
+        compared += 1
+    assert compared >= 1, "SDPA's bf16 bias gradient ran on none of the shapes: nothing to compare against"
 
 
 @pytest.mark.gpu
