@@ -63,7 +63,10 @@ def card_text(model_dir: str | Path) -> str:
         f"the rest task-suite samples with weights "
         f"{mix.get('tasks', 'default')}; prompt lengths {mix.get('lengths')} tokens"
         + (f" after {mix.get('short_steps')} steps at {mix.get('short_lengths')}" if mix.get("short_steps") else "")
-        + f"; answer-only loss on task samples: {mix.get('answer_only', False)}. Task samples use seeds >= "
+        + f"; answer-only loss on task samples: {mix.get('answer_only', False)}"
+        + ("; keyed answers (niah and story_retrieval answered item by item as `QUERY: ANSWER`, "
+           f"answer margin {mix.get('answer_margin')} tokens)" if mix.get("keyed_answers") else "")
+        + ". Task samples use seeds >= "
         f"{TRAIN_SEED_BASE:,}; evaluation uses seeds 0..{max(n_eval - 1, 0)} (a test checks they never meet).",
         "",
         "## Training budget",
@@ -76,7 +79,8 @@ def card_text(model_dir: str | Path) -> str:
            f"{info.get('data_step_offset', 0)} steps before (its weights and data order; a fresh optimizer)."
            if info.get("init_from") else "."),
         "",
-        f"## Dense accuracy ({n_eval} samples per cell, the harness's prompt encoding and scorers)",
+        f"## Dense accuracy ({n_eval} samples per cell, the harness's prompt encoding and scorers, greedy, "
+        f"at most {cfg.get('eval_max_new_tokens', 128)} new tokens)",
         "",
         "| task | " + " | ".join(f"{L} tokens" for L in lengths) + " |",
         "| --- | " + " | ".join("---" for _ in lengths) + " |",
