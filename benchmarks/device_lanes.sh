@@ -7,7 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
-#   bash benchmarks/device_lanes.sh ref-solo|ref-continue|ref-keyed|ref-keyed-continue|ref-keyed-more|gpu-tests|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-split|solo-t5-flex|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
+#   bash benchmarks/device_lanes.sh ref-solo|ref-continue|ref-keyed|ref-keyed-continue|ref-keyed-more|ref-uneven|gpu-tests|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-split|solo-t5-flex|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -55,11 +55,15 @@ elif [ "$BATCH" = ref-keyed-continue ]; then  # one GPU: continue ref-keyed's ch
     lane 0 ref-keyed-continue "$ref_cmd max_seconds=330 lr=1e-3 init_from=.scratch/ref-keyed mixture.keyed_answers=true \
         mixture.answer_margin=320 eval_max_new_tokens=320 model.max_seq_len=8576"
     lane 0 bf16-test "timeout 200 python3 -m pytest -p no:cacheprovider -rA tests/models/test_bias_grad.py -k cuda"
-elif [ "$BATCH" = ref-keyed-more ]; then  # one GPU: the shipped checkpoint (session 7: story_retrieval 0.43 at 4K,
-    # 1.0 / 0.96 at 1K / 2K) continued with story_retrieval weighted 3.0 and prompts of 2K-8K only
-    lane 0 ref-keyed-more "$ref_cmd max_seconds=400 lr=1e-3 init_from=src/leanformer/assets/reference \
+elif [ "$BATCH" = ref-keyed-more ] || [ "$BATCH" = ref-uneven ]; then  # one GPU: the shipped checkpoint (session 7:
+    # story_retrieval 0.43 at 4K, 1.0 / 0.96 at 1K / 2K; its wrong items are earlier chapters' attributes) continued
+    # with story_retrieval weighted 3.0 and prompts of 2K-8K only; ref-uneven: and stories with uneven chapter lengths
+    more="$ref_cmd max_seconds=400 lr=1e-3 init_from=src/leanformer/assets/reference \
         'mixture.tasks={niah: 1.0, variable_tracking: 1.0, common_words: 0.5, qa: 0.5, story_retrieval: 3.0, \
         story_multihop: 1.5, story_filtering: 1.5}' 'mixture.lengths=[2048, 4096, 8192]'"
+    uneven="'mixture.task_params={story_retrieval: {uneven_chapters: true}, story_multihop: {uneven_chapters: true}, \
+        story_filtering: {uneven_chapters: true}}'"
+    if [ "$BATCH" = ref-uneven ]; then lane 0 ref-uneven "$more $uneven"; else lane 0 ref-keyed-more "$more"; fi
 elif [ "$BATCH" = gpu-tests ]; then  # one GPU: the GPU tests and the kernels' other tests, the whole report kept
     lane 0 gpu-tests "$gpu_tests"
 elif [ "$BATCH" = ref-recall ]; then  # one GPU: the recipe with 15% associative-recall batches (key matching)
@@ -131,7 +135,7 @@ else
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, ref-solo, ref-continue, ref-keyed, ref-keyed-continue, ref-keyed-more, gpu-tests, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-split, solo-t5-flex, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
+        echo "unknown batch $BATCH (reference, ref-solo, ref-continue, ref-keyed, ref-keyed-continue, ref-keyed-more, ref-uneven, gpu-tests, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-split, solo-t5-flex, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
     fi
 fi
 wait

@@ -209,3 +209,19 @@ def test_tasks_without_a_keyed_form_train_on_their_plain_answer():
     assert "keyed_answer_text" not in sample.meta
     assert task_sequence(task, tok, 1500, TRAIN_SEED_BASE + 2, keyed=True) == task_sequence(
         task, tok, 1500, TRAIN_SEED_BASE + 2)
+
+
+def test_task_params_shape_the_training_generators_only():
+    mix = MixtureConfig(tasks={"niah": 1.0, "story_retrieval": 1.0},
+                        task_params={"story_retrieval": {"uneven_chapters": True, "n_queries": 4}})
+    task = mix.task("story_retrieval")
+    assert task.uneven_chapters and task.n_queries == 4 and type(mix.task("niah")) is TASKS["niah"]
+    sample = task.generate(ByteTokenizer(), 3000, TRAIN_SEED_BASE + 1)
+    assert len(sample.answer) == 4 and sample.prompt != TASKS["story_retrieval"]().generate(
+        ByteTokenizer(), 3000, TRAIN_SEED_BASE + 1).prompt
+    with pytest.raises(ConfigError, match="'qa' is not a task of the mixture.*niah, story_retrieval"):
+        MixtureConfig(tasks={"niah": 1.0, "story_retrieval": 1.0}, task_params={"qa": {}})
+    with pytest.raises(ConfigError, match="task_params.story_retrieval.*bad parameters.*chapters_uneven"):
+        MixtureConfig(tasks={"story_retrieval": 1.0}, task_params={"story_retrieval": {"chapters_uneven": True}})
+    with pytest.raises(ConfigError, match="task_params.story_retrieval.*n_queries=0"):
+        MixtureConfig(tasks={"story_retrieval": 1.0}, task_params={"story_retrieval": {"n_queries": 0}})

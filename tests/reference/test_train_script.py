@@ -214,3 +214,21 @@ def test_init_from_continues_a_finished_checkpoint_on_new_data(tmp_path, monkeyp
     assert "continuing a checkpoint (first) trained for 3 steps" in text
     with pytest.raises(Exception, match="init_from=.*not a finished reference checkpoint"):
         ref_train.main(["--out", str(tmp_path / "bad"), *TOY, "max_steps=1", f"init_from={tmp_path / 'nowhere'}"])
+
+
+def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path):
+    from leanformer.reference import card
+
+    shipped = ROOT / "src" / "leanformer" / "assets" / "reference"
+    report = json.loads((shipped / "training.json").read_text())
+    (tmp_path / "model.json").write_text((shipped / "model.json").read_text())
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    text = card.card_text(tmp_path)
+    assert "keyed answers (niah and story_retrieval answered item by item" in text
+    assert "at most 320 new tokens" in text and "training generators' parameters" not in text
+    report["resolved_config"]["mixture"]["task_params"] = {"story_retrieval": {"uneven_chapters": True}}
+    report["resolved_config"]["mixture"]["keyed_answers"] = False
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    text = card.card_text(tmp_path)
+    assert "training generators' parameters {'story_retrieval': {'uneven_chapters': True}}" in text
+    assert "keyed answers" not in text

@@ -140,3 +140,41 @@ def test_longer_contexts_hold_more_filler_and_more_chapters(byte):
                                                                                    re.M))
     a, b = (TASKS["niah"]().generate(byte, n, 3) for n in (2001, 8001))
     assert a.answer == b.answer and b.meta["filler_units"] > 3 * a.meta["filler_units"]
+
+
+def _lines_per_chapter(prompt: str) -> list[int]:
+    bodies = re.split(r"\n\nChapter \d+\.\n", prompt.split("\n\nChapter 1.\n", 1)[1])
+    return [sum(1 for line in b.splitlines() if line.startswith('"') or " said " in line or " asked " in line)
+            for b in bodies]
+
+
+@pytest.mark.parametrize("name", ["story_retrieval", "story_multihop", "story_filtering"])
+def test_uneven_chapters_spread_the_filler_unevenly_and_keep_the_task_exact(name, byte):
+    even, uneven = TASKS[name](), TASKS[name](uneven_chapters=True)
+    for seed in (0, 1):
+        a, b = even.generate(byte, 9000, seed), uneven.generate(byte, 9000, seed)
+        assert (b.prompt, b.answer) == (uneven.generate(byte, 9000, seed).prompt, b.answer)  # deterministic
+        ca, cb = _lines_per_chapter(a.prompt), _lines_per_chapter(b.prompt)
+        assert max(ca) - min(ca) <= 1  # even: chapters at most one conversation line apart
+        assert max(cb) >= 3 * max(1, min(cb)), cb  # uneven: a long chapter is several times a short one
+        assert 0.95 * 9000 <= len(byte.encode(b.prompt)) <= 9000
+        assert uneven.score(b.answer_text, b) == 1.0 and uneven.score(SOLVERS[name](b.prompt), b) == 1.0
+
+
+def test_uneven_chapter_counts_only_grow_with_the_filler(byte):
+    import random
+
+    task = TASKS["story_retrieval"](uneven_chapters=True)
+    plan = task.plan(random.Random(5), 6000, lambda t: len(t.encode()))
+    prev = task.lines_per_chapter(plan, 0)
+    for n in range(1, 200):
+        counts = task.lines_per_chapter(plan, n)
+        assert sum(counts) == n and all(c >= p for c, p in zip(counts, prev))
+        prev = counts
+    assert TASKS["story_retrieval"]().generate(byte, 4001, 7).prompt == TASKS["story_retrieval"](
+        uneven_chapters=False).generate(byte, 4001, 7).prompt
+
+
+def test_uneven_chapters_enter_the_cell_key_only_when_on():
+    assert TASKS["story_retrieval"]().params() == {"n_queries": 16}
+    assert TASKS["story_retrieval"](uneven_chapters=True).params() == {"n_queries": 16, "uneven_chapters": True}

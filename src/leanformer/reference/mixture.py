@@ -61,6 +61,9 @@ class MixtureConfig:
     keyed_answers: bool = cfg(False, help="task samples whose task has a keyed form (niah, story_retrieval) are "
                                           "answered item by item as 'QUERY: ANSWER' (Task.keyed_items), which their "
                                           "scorers accept: copy the query, then look it up (mind answer_margin)")
+    task_params: dict = cfg(default_factory=dict,
+                            help="per task, parameters of its generator for the training samples, e.g. "
+                                 "{story_retrieval: {uneven_chapters: true}}; evaluation always uses the defaults")
     short_lengths: list[int] = cfg(default_factory=list,
                                    help="curriculum: bucket lengths of the first short_steps steps (empty: none)")
     short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
@@ -70,10 +73,27 @@ class MixtureConfig:
         if shares > 1.0 + 1e-9:
             raise ConfigError(f"mixture: shakespeare_fraction + copy_fraction + recall_fraction = {shares:g} > 1; "
                               "their sum is the share of batches that are not task samples")
+        for name, params in self.task_params.items():
+            if name not in self.tasks:
+                raise ConfigError(f"mixture.task_params: {name!r} is not a task of the mixture; its tasks are "
+                                  f"{', '.join(self.tasks)}")
+            if not isinstance(params, dict):
+                raise ConfigError(f"mixture.task_params.{name}: {params!r} is not a mapping of parameters")
+            try:
+                self.task(name)
+            except UserError as e:
+                raise ConfigError(f"mixture.task_params.{name}: {e}") from None
         short = [w for w in self.copy_warmup_lengths if w < 16]
         if short:
             raise ConfigError(f"mixture.copy_warmup_lengths: {short} too short; copy rows need at least 16 tokens "
                               "(half random tokens, half chunks copied from them)")
+
+
+    def task(self, name: str):
+        """Task ``name``'s generator for training samples (with its ``task_params``)."""
+        from leanformer.tasks import get_task
+
+        return get_task(name, **self.task_params.get(name, {}))
 
 
 class ApproxCounter:

@@ -98,12 +98,11 @@ def _worker_init(tok_dir: str, mix: dict, shakespeare_path: str):
     import numpy as np
 
     from leanformer.data import HFTokenizer
-    from leanformer.tasks import TASKS
 
     _W["tok"] = HFTokenizer.from_pretrained(tok_dir)
     _W["mix"] = from_dict(MixtureConfig, mix)
     _W["shakespeare"] = np.load(shakespeare_path)
-    _W["tasks"] = {name: TASKS[name]() for name in set(_W["mix"].tasks) | {"niah"}}
+    _W["tasks"] = {name: _W["mix"].task(name) for name in set(_W["mix"].tasks) | {"niah"}}
     # Calibrated per (task, length), 3% under the real count so prompts stay within the batch width.
     _W["counters"] = {}
     for name, task in _W["tasks"].items():

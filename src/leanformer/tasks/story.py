@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from typing import ClassVar
 
 from leanformer.errors import UserError
 from leanformer.tasks.base import Task
@@ -98,12 +99,25 @@ def make_chapters(rng: random.Random, n: int, no_purchase: int = 0, sale_prob: f
     return chapters
 
 
+@dataclasses.dataclass
 class StoryTask(Task):
-    """Base of the story tasks: plans a narrative sized to the length; subclasses ask questions about it."""
+    """Base of the story tasks: plans a narrative sized to the length; subclasses ask questions about it.
+
+    ``uneven_chapters``: the conversation lines go to chapters at random, in proportion to per-chapter weights drawn
+    from [0.2, 1.8] (a chapter's length varies about ninefold), instead of evenly; only a chapter's header then tells
+    where it is, not its position in the story. Off by default (the benchmark's samples); a training option."""
+
+    uneven_chapters: bool = False
 
     intro = "Read the following story of a traveller's journey, told in numbered chapters."
-    core_share: float = 0.4
-    sale_prob: float = 0.3
+    core_share: ClassVar[float] = 0.4
+    sale_prob: ClassVar[float] = 0.3
+
+    def params(self) -> dict:
+        p = super().params()
+        if not p["uneven_chapters"]:  # the default leaves the harness's cell keys as they were before the option
+            del p["uneven_chapters"]
+        return p
 
     def min_chapters(self) -> int:
         return 2
@@ -117,9 +131,21 @@ class StoryTask(Task):
         n = max(self.min_chapters(), int(self.core_share * length / per_chapter))
         if n > MAX_CHAPTERS:
             raise UserError(f"{self.name}: length {length} needs {n} chapters; at most {MAX_CHAPTERS} are supported")
-        return {"chapters": make_chapters(rng, n, self.no_purchase(), self.sale_prob)}
+        plan = {"chapters": make_chapters(rng, n, self.no_purchase(), self.sale_prob)}
+        if self.uneven_chapters:
+            plan["spread"] = (rng.random(), [rng.uniform(0.2, 1.8) for _ in range(n)])
+        return plan
+
+    def lines_per_chapter(self, plan: dict, n: int) -> list[int]:
+        """How many of the ``n`` conversation lines each chapter gets (each count non-decreasing in ``n``)."""
+        c = len(plan["chapters"])
+        if "spread" not in plan:
+            return [n // c + (i < n % c) for i in range(c)]
+        seed, weights = plan["spread"]
+        counts = [0] * c
+        for i in random.Random(seed).choices(range(c), weights, k=n):  # line j's chapter: a prefix-stable stream
+            counts[i] += 1
+        return counts
 
     def context(self, plan: dict, n: int) -> str:
-        chapters = plan["chapters"]
-        c = len(chapters)
-        return "\n\n".join(ch.render(n // c + (i < n % c)) for i, ch in enumerate(chapters))
+        return "\n\n".join(ch.render(k) for ch, k in zip(plan["chapters"], self.lines_per_chapter(plan, n)))
