@@ -3,6 +3,9 @@ generation (left padding must not change outputs), stop at </answer>."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -149,7 +152,8 @@ def test_the_packaged_reference_checkpoint_runs_by_name(tmp_path, monkeypatch):
 
     path = models.resolve_spec("leanformer:reference")
     assert path.endswith("assets/reference") and models.resolve_spec("some/hub-model") == "some/hub-model"
-    assert models.context_length("leanformer:reference") == 8448
+    shipped = json.loads((Path(path) / "model.json").read_text())["config"]["max_seq_len"]
+    assert models.context_length("leanformer:reference") == shipped >= 8192 + 128  # 8K prompts and their answers
     c = harness.load_config({"models": ["leanformer:reference"], "tasks": ["niah"], "lengths": [300], "samples": 1,
                              "max_new_tokens": 4, "device": "cpu", "progress": False,
                              "store": str(tmp_path / "r.db")})
