@@ -26,6 +26,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="a larger grid (more samples, lengths and sparsities)")
     p.add_argument("--train", action="store_true", help="train and evaluate the default GPT instead")
     p.add_argument("--model", default=None, help="a checkpoint directory to study instead of the packaged one")
+    p.add_argument("--workers", default="auto",
+                   help="processes sharing the sweep (auto: 2 on a CPU with 2+ cores for the packaged model, whose "
+                        "decoding is overhead-bound, else 1)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="overrides of the frontier grid (e.g. samples=2) or, with --train, of the training config")
     return p
@@ -71,12 +74,31 @@ def run_frontier_demo(args, model: str) -> int:
     if args.full:
         raw.update(FULL)
     c = harness.load_config(apply_overrides(raw, list(args.overrides)))
-    print(f"leanformer demo: sparse-frontier sweep of {model} into {c.store}")
-    harness.run_sweep(c, log=lambda *a: None)
+    workers = demo_workers(args.workers, c.device, model)
+    print(f"leanformer demo: sparse-frontier sweep of {model} into {c.store}"
+          + (f" ({workers} processes)" if workers > 1 else ""))
+    harness.run_sweep_processes(c, workers)
     report = build_report(c.store, out / "report", ReportOptions(length=max(c.lengths)))
     print(summarize(c.store))
     print(f"\nreport with plots: {report}")
     return 0
+
+
+def demo_workers(value: str, device: str, model: str) -> int:
+    """``--workers``: a positive integer, or ``auto``."""
+    import os
+
+    from leanformer.errors import UserError
+
+    if value == "auto":
+        return 2 if device == "cpu" and (os.cpu_count() or 1) >= 2 and model == REFERENCE else 1
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise UserError(f"--workers {value!r}: give a positive number of processes or 'auto'")
+    return n
 
 
 def summarize(store: str | Path) -> str:

@@ -49,3 +49,38 @@ def test_two_ranks_fill_every_cell_exactly_once(tiny_model, tmp_path):
 def test_device_map_without_accelerate_is_one_clear_error(tiny_model):
     with pytest.raises(UserError, match="device_map='auto' needs the 'accelerate' package"):
         load_model(tiny_model, device_map="auto")
+
+
+def test_local_worker_processes_fill_every_cell_once_and_resume(tiny_model, tmp_path, capsys):
+    """``leanformer frontier --workers 2``: two spawned processes share the grid and one store; the rows equal a
+    one-process sweep's, and a rerun adds nothing. Bad worker counts are refused before any work."""
+    from leanformer.cli import main
+
+    store = tmp_path / "workers.db"
+    assert main([*sweep_args(tiny_model, store), "--workers", "2"]) == 0
+    assert "2 processes: 2 cells, 0 samples already done, 6 added" in capsys.readouterr().out
+    with ResultsStore(store) as s:
+        rows = {(r["cell_key"], r["sample"]): r["output"] for r in s.rows()}
+    c = harness.load_config({"models": [tiny_model], "tasks": ["niah"], "lengths": [701, 903], "samples": 3,
+                             "batch_size": 2, "max_new_tokens": 4, "tokenizer": "byte", "device": "cpu",
+                             "store": str(tmp_path / "one.db"), "progress": False})
+    harness.run_sweep(c)
+    with ResultsStore(c.store) as s:
+        assert rows == {(r["cell_key"], r["sample"]): r["output"] for r in s.rows()}
+    assert harness.run_sweep_processes(harness.load_config({**c.__dict__, "store": str(store)}), 2) == {
+        "cells": 2, "done_before": 6, "added": 0}
+    with pytest.raises(UserError, match="workers=0"):
+        harness.run_sweep_processes(c, 0)
+    assert main([*sweep_args(tiny_model, store), "--workers", "2", "--world-size", "2"]) != 0
+    assert "--workers 2 shards the grid itself: not with world size 2" in capsys.readouterr().err
+
+
+def test_demo_worker_count():
+    from leanformer.demo import REFERENCE, demo_workers
+
+    assert demo_workers("3", "cpu", "x") == 3
+    assert demo_workers("auto", "cuda", REFERENCE) == 1 and demo_workers("auto", "cpu", "some/dir") == 1
+    assert demo_workers("auto", "cpu", REFERENCE) == (2 if (os.cpu_count() or 1) >= 2 else 1)
+    for bad in ("0", "two"):
+        with pytest.raises(UserError, match=f"--workers '{bad}'"):
+            demo_workers(bad, "cpu", REFERENCE)

@@ -35,6 +35,9 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="validate and print the grid size, run nothing")
     p.add_argument("--rank", type=int, default=None, help="this process's shard (default: $RANK or 0)")
     p.add_argument("--world-size", type=int, default=None, help="number of shards (default: $WORLD_SIZE or 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local processes sharing the grid, one shard each (CPU: small models decode faster as "
+                        "several one-thread processes than as one many-thread process); not with --rank/torchrun")
     return p
 
 
@@ -78,6 +81,15 @@ def run(args: argparse.Namespace) -> int:
     if args.dry_run:
         cells = harness.shard(harness.validate(c), rank, world)
         print(f"grid ok: {len(cells)} cells x {c.samples} samples for rank {rank}/{world}; store {c.store}")
+        return 0
+    if args.workers != 1:
+        if world != 1:
+            raise UserError(f"--workers {args.workers} shards the grid itself: not with world size {world} "
+                            "(--world-size / torchrun)")
+        stats = harness.run_sweep_processes(c, args.workers)
+        print(f"{args.workers} processes: {stats['cells']} cells, {stats['done_before']} samples already done, "
+              f"{stats['added']} added; store {c.store}")
+        print(harness.summarize(c))
         return 0
     stats = harness.run_sweep(c, rank, world)
     print(f"rank {rank}/{world}: {stats['cells']} cells, {stats['done_before']} samples already done, "
