@@ -4,7 +4,8 @@ With the reference checkpoint shipped in the package (``leanformer/assets/refere
 is a sparse-frontier study on this machine: a sweep of every prefill and decode method over a ladder of sparsities
 on the story tasks and niah / variable tracking at two lengths (``configs/frontier/demo.yaml``), the analysis report
 with plots, and a summary table (dense accuracy, accuracy per method and sparsity, the safe sparsity per phase).
-It resumes like every sweep. ``--full`` widens the grid; ``--device cuda`` runs it on a GPU.
+It resumes like every sweep. ``--full`` widens the grid; ``--device cuda`` runs it on a GPU; on the CPU two
+one-thread processes share the grid (``--workers``), which decodes the small model 1.5x faster than one process.
 
 With ``--train`` (or in an install without the packaged checkpoint) the demo trains the default model
 (``configs/gpt-shakespeare.yaml``) on the CPU instead and prints its test bits per byte next to the unigram entropy.
