@@ -88,7 +88,6 @@ class MixtureConfig:
             raise ConfigError(f"mixture.copy_warmup_lengths: {short} too short; copy rows need at least 16 tokens "
                               "(half random tokens, half chunks copied from them)")
 
-
     def task(self, name: str):
         """Task ``name``'s generator for training samples (with its ``task_params``)."""
         from leanformer.tasks import get_task
