@@ -47,13 +47,12 @@ elif [ "$BATCH" = ref-continue ]; then  # one GPU: continue the shipped checkpoi
     lane 0 gpu-tests "$gpu_tests"
 elif [ "$BATCH" = ref-keyed ]; then  # one GPU: the yaml's recipe with keyed answers (niah and story_retrieval
     # answered 'QUERY: ANSWER' item by item: copy the query, then look it up), longer answers and positions to match
-    lane 0 ref-keyed "$ref_cmd max_seconds=380 mixture.keyed_answers=true mixture.answer_margin=320 \
-        eval_max_new_tokens=320 model.max_seq_len=8576"
+    # (all in the yaml since session 7)
+    lane 0 ref-keyed "$ref_cmd"
 elif [ "$BATCH" = ref-keyed-continue ]; then  # one GPU: continue ref-keyed's checkpoint (carry .scratch/ref-keyed:
     # model.safetensors, model.json, training.json, tokenizer files) with the same recipe at half the peak LR (session
     # 7: its first 380 s gave niah 0.95 / story_retrieval 0.39 at 4K); the bias-gradient bf16 test shares the GPU
-    lane 0 ref-keyed-continue "$ref_cmd max_seconds=330 lr=1e-3 init_from=.scratch/ref-keyed mixture.keyed_answers=true \
-        mixture.answer_margin=320 eval_max_new_tokens=320 model.max_seq_len=8576"
+    lane 0 ref-keyed-continue "$ref_cmd max_seconds=330 lr=1e-3 init_from=.scratch/ref-keyed"
     lane 0 bf16-test "timeout 200 python3 -m pytest -p no:cacheprovider -rA tests/models/test_bias_grad.py -k cuda"
 elif [ "$BATCH" = ref-keyed-more ] || [ "$BATCH" = ref-uneven ]; then  # one GPU: the shipped checkpoint (session 7:
     # story_retrieval 0.43 at 4K, 1.0 / 0.96 at 1K / 2K; its wrong items are earlier chapters' attributes) continued

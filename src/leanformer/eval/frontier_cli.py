@@ -86,13 +86,10 @@ def run(args: argparse.Namespace) -> int:
         if world != 1:
             raise UserError(f"--workers {args.workers} shards the grid itself: not with world size {world} "
                             "(--world-size / torchrun)")
-        stats = harness.run_sweep_processes(c, args.workers)
-        print(f"{args.workers} processes: {stats['cells']} cells, {stats['done_before']} samples already done, "
-              f"{stats['added']} added; store {c.store}")
-        print(harness.summarize(c))
-        return 0
-    stats = harness.run_sweep(c, rank, world)
-    print(f"rank {rank}/{world}: {stats['cells']} cells, {stats['done_before']} samples already done, "
+        stats, who = harness.run_sweep_processes(c, args.workers), f"{args.workers} processes"
+    else:
+        stats, who = harness.run_sweep(c, rank, world), f"rank {rank}/{world}"
+    print(f"{who}: {stats['cells']} cells, {stats['done_before']} samples already done, "
           f"{stats['added']} added; store {c.store}")
     if rank == 0:
         print(harness.summarize(c))

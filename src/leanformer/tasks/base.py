@@ -88,7 +88,7 @@ class Task:
 
     def keyed_items(self, plan: Any) -> list[str] | None:
         """The gold answer items, each led by the query it answers, in a form :meth:`score` also accepts (e.g.
-        ``key K is: V`` for ``V``); None where the task has no such form. A model trained to write these copies the
+        ``K: V`` for ``V``); None where the task has no such form. A model trained to write these copies the
         query first and then its answer, two copying steps instead of one lookup (``Sample.meta["keyed_answer_text"]``;
         used by the reference checkpoints' training mixture, never by the evaluation)."""
         return None
