@@ -185,3 +185,15 @@ def test_quest_triton_step_vs_reference(share, monkeypatch):
     base = gather_decode_pages_reference(q[:, :, -1:], k, v, pages, ps, scale, **seen["kw"])
     err_fast, err_base = (outs["triton"].float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
     assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)
+
+
+@pytest.mark.parametrize("n,k", [(1024, 25), (1024, 512), (257, 13), (4096, 100)])
+def test_block_select_triton_vs_reference(n, k):
+    from leanformer.sparse.kernels.block_select import topk_rows, topk_rows_triton
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    s = torch.randn(4, 32, n, device="cuda", generator=g)
+    s[..., ::7] = s[..., 1::7][..., : s[..., ::7].shape[-1]]  # ties
+    s[0, :, n // 2:] = float("-inf")
+    assert torch.equal(topk_rows_triton(s, k), topk_rows(s, k))
+    assert torch.equal(topk_rows_triton(s.bfloat16(), k), topk_rows(s.bfloat16(), k))

@@ -18,9 +18,13 @@ import torch.nn.functional as F
 
 from leanformer.sparse.kernels.pattern import TilePattern
 
-# Forward defaults for d = 128 half precision on H100 / H200 (Inductor's own sm90 choice for this shape).
-# ROWS_GUARANTEED_SAFE=True is also valid here (every query keeps its diagonal block): a candidate for sweeps.
-DEFAULT_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 8, "num_stages": 3}
+# Forward defaults for d = 128 half precision on an H200, the best of a sweep (session 8, block top-k at 32K and 128K,
+# sparsity 0.9 / 0.95; results/sparse_prefill-20261129T114738Z.json): 128 x 128 tiles, 8 warps, 3 stages, TMA loads
+# (ignored where the GPU or the strides do not allow them), the softmax scale folded into q once, and no guard for
+# fully masked rows - none exist here, every query keeps its diagonal block. Against Inductor's own sm90 choice
+# (128 x 64, no TMA, no prescale) the kernel is ~10% faster at 128K.
+DEFAULT_KERNEL_OPTIONS = {"BLOCK_M": 128, "BLOCK_N": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True,
+                          "PRESCALE_QK": True, "ROWS_GUARANTEED_SAFE": True}
 
 
 @lru_cache(maxsize=1)

@@ -30,6 +30,7 @@ from leanformer.sparse.base import (
     pick_impl,
 )
 from leanformer.sparse.kernels import TilePattern, run_pattern
+from leanformer.sparse.kernels.block_select import topk_blocks
 from leanformer.sparse.prefill.estimate import pooled_block_scores
 
 
@@ -85,11 +86,14 @@ def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -
     if isinstance(k_rows, int):
         kmax = min(max(k_rows, min(n, 3)), n)  # known on the host: no device sync
         cnt = torch.clamp(forced, min=min(k_rows, n)).minimum(i + 1).expand(b, h, n)
+        # every row uses either all kmax - 1 picks or (row i < kmax - 1) its i causal blocks, the lowest indices
+        # among its picks (the rest score -inf): the set is enough, so one Triton select in index order
+        off = topk_blocks(scores, kmax - 1)
     else:
         cnt = torch.minimum(torch.maximum(k_rows, forced), i + 1)
         kmax = int(cnt.max())
+        off = torch.topk(scores, kmax - 1, dim=-1).indices.int()  # rows use a prefix of their own length: by rank
     cnt = cnt.int().contiguous()
-    off = torch.topk(scores, kmax - 1, dim=-1).indices.int()
     tiles = F.pad(off, (0, 1)).scatter_(-1, (cnt.long() - 1)[..., None], i.int().expand(b, h, n)[..., None])
     empty = torch.zeros(b, h, 0, dtype=torch.int32, device=dev)
     zeros = torch.zeros(b, h, n, dtype=torch.int32, device=dev)
