@@ -193,7 +193,7 @@ def test_block_select_triton_vs_reference(n, k):
 
     g = torch.Generator(device="cuda").manual_seed(0)
     s = torch.randn(4, 32, n, device="cuda", generator=g)
-    s[..., ::7] = s[..., 1::7][..., : s[..., ::7].shape[-1]]  # ties
+    s[..., 1::7] = s[..., ::7][..., : s[..., 1::7].shape[-1]]  # ties
     s[0, :, n // 2:] = float("-inf")
     assert torch.equal(topk_rows_triton(s, k), topk_rows(s, k))
     assert torch.equal(topk_rows_triton(s.bfloat16(), k), topk_rows(s.bfloat16(), k))
