@@ -43,17 +43,13 @@ def _pad_last(x: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x.int(), (0, size - x.shape[-1])).contiguous()
 
 
-def build_block_mask(pattern: TilePattern, mask_mod_only: bool = False, pad: bool | None = None):
+def build_block_mask(pattern: TilePattern, mask_mod_only: bool = False):
     """``BlockMask`` equal to ``pattern`` (explicit tiles, no columns). Sizes are block counts, not tokens.
 
     Every query block's tiles hold its diagonal (the pattern invariant). The full-block list is the tile list with the
     diagonal entry overwritten by the last valid tile, so its first ``cnt - 1`` entries are exactly the off-diagonal
     tiles; the diagonal is the one partial block. ``mask_mod_only=True`` instead lists every tile as partial (the
-    causal ``mask_mod`` evaluated everywhere): slower, the same output; tests compare the two.
-
-    ``pad`` (default: off the GPU) widens the index lists to the number of key blocks, which ``BlockMask.to_dense``
-    and the eager path need; the compiled CUDA kernel reads them through their strides, so there they keep the
-    width of the pattern (at 128K tokens and sparsity 0.95: 27 instead of 1024 per query block, ~0.15 ms less)."""
+    causal ``mask_mod`` evaluated everywhere): slower, the same output; tests compare the two."""
     from torch.nn.attention.flex_attention import BlockMask
 
     if pattern.tiles is None or pattern.cols.shape[-1]:
@@ -67,15 +63,12 @@ def build_block_mask(pattern: TilePattern, mask_mod_only: bool = False, pad: boo
     if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
         kwargs["compute_q_blocks"] = False  # forward only: skip the transposed (backward) index
     # BlockMask.to_dense and the eager path size the key-block dim from the index tensors' last dim: pad to NKB
-    if pad is None:
-        pad = tiles.device.type != "cuda"
-    width = n if pad else tiles.shape[-1]
     if mask_mod_only:
-        return BlockMask.from_kv_blocks(cnt, _pad_last(tiles, width), **kwargs)
+        return BlockMask.from_kv_blocks(cnt, _pad_last(tiles, n), **kwargs)
     i = torch.arange(n, device=tiles.device, dtype=tiles.dtype)
     last = torch.gather(tiles, -1, (cnt.long() - 1).clamp(min=0)[..., None])
-    full_idx = _pad_last(torch.where(tiles == i[:, None], last, tiles), width)
-    diag_idx = _pad_last(i[:, None].expand(b, h, n, 1), n if pad else 1)
+    full_idx = _pad_last(torch.where(tiles == i[:, None], last, tiles), n)
+    diag_idx = _pad_last(i[:, None].expand(b, h, n, 1), n)
     diag_cnt = torch.ones(b, h, n, dtype=torch.int32, device=tiles.device)
     return BlockMask.from_kv_blocks(diag_cnt, diag_idx, cnt - 1, full_idx, **kwargs)
 
