@@ -37,6 +37,13 @@ def test_frontier_demo_writes_store_report_and_summary(tmp_path, capsys):
     assert "-> prefill:" in printed and "-> decode:" in printed
     assert main(args) == 0  # resumes: nothing new to run, nothing duplicated
     assert len(sqlite3.connect(out / "results.db").execute("select * from results").fetchall()) == 5
+    # a new checkpoint in the same folder: the old store goes aside and the study starts afresh
+    torch.manual_seed(7)
+    tiny_checkpoint(ckpt)
+    capsys.readouterr()
+    assert main(args) == 0
+    assert "moved to" in capsys.readouterr().out and (out / "results-stale-1.db").is_file()
+    assert len(sqlite3.connect(out / "results.db").execute("select * from results").fetchall()) == 5
 
 
 def test_demo_trains_default_model_while_no_reference_is_shipped(tmp_path, capsys, monkeypatch):

@@ -67,6 +67,7 @@ def run_frontier_demo(args, model: str) -> int:
     from leanformer.analysis.report import ReportOptions, build_report
     from leanformer.config import apply_overrides
     from leanformer.eval import harness
+    from leanformer.eval.store import StaleStoreError
 
     out = Path(args.out)
     raw = yaml.safe_load(packaged("configs/frontier-demo.yaml").read_text())
@@ -78,6 +79,10 @@ def run_frontier_demo(args, model: str) -> int:
     workers = demo_workers(args.workers, c.device, model)
     print(f"leanformer demo: sparse-frontier sweep of {model} into {c.store}"
           + (f" ({workers} processes)" if workers > 1 else ""))
+    try:
+        harness.validate(c)
+    except StaleStoreError as e:  # the demo's own folder, from an older checkpoint: keep it aside, start afresh
+        print(f"{e.path} holds results of an earlier checkpoint of {e.model}: moved to {e.move_aside()}")
     harness.run_sweep_processes(c, workers)
     report = build_report(c.store, out / "report", ReportOptions(length=max(c.lengths)))
     print(summarize(c.store))

@@ -163,3 +163,27 @@ def test_the_packaged_reference_checkpoint_runs_by_name(tmp_path, monkeypatch):
     monkeypatch.setitem(models.PACKAGED, "leanformer:reference", "assets/nothing-here")
     with pytest.raises(UserError, match="leanformer:reference.*ships no weights"):
         models.resolve_spec("leanformer:reference")
+
+
+def test_fingerprint_follows_weights_not_cards_and_a_changed_checkpoint_is_not_resumed(tiny_model, tmp_path):
+    import shutil
+
+    from leanformer.eval.models import model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    fp = model_fingerprint(str(model))
+    assert fp.startswith("sha256:") and fp == model_fingerprint(str(model))
+    (model / "README.md").write_text("a new card")
+    (model / "training.json").write_text("{}")
+    assert model_fingerprint(str(model)) == fp
+    assert model_fingerprint("org/not-a-local-dir") == "name:org/not-a-local-dir"
+    c = _config(str(model), tmp_path / "r.db", tasks=["niah"], samples=1, task_params={})
+    assert harness.run_sweep(c)["added"] == 1
+    weights = next(model.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert model_fingerprint(str(model)) != fp
+    with pytest.raises(UserError, match="from checkpoint sha256:.*resuming would mix the two"):
+        harness.run_sweep(c)

@@ -9,7 +9,8 @@ import textwrap
 
 import pytest
 
-from leanformer.eval.store import COLUMNS, ResultsStore, cell_key, mean_ci, phase, summary_table
+from leanformer.errors import UserError
+from leanformer.eval.store import COLUMNS, ResultsStore, StaleStoreError, cell_key, mean_ci, phase, summary_table
 
 SCHEMA_COLUMNS = ["cell_key", "sample", "model", "model_params", "prefill_method", "decode_method", "sparsity",
                   "prefill_sparsity", "decode_sparsity", "task", "length", "seed", "prompt_tokens", "output_tokens",
@@ -120,3 +121,31 @@ def test_opening_retries_a_locked_journal_mode_switch_and_raises_other_errors(tm
         with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
             store._setup(timeout_s=5.0)
         store.conn = real
+
+
+def test_a_model_name_means_one_checkpoint_per_store(tmp_path):
+    path = tmp_path / "r.db"
+    with ResultsStore(path) as store:
+        store.check_model("m", "sha256:aaa")
+        store.add(_row())
+        store.check_model("m", "sha256:aaa")  # the same checkpoint resumes
+        store.check_model("other", "sha256:bbb")  # another name is independent
+        with pytest.raises(StaleStoreError, match=r"holds 1 samples of model 'm' from checkpoint sha256:aaa") as e:
+            store.check_model("m", "sha256:ccc")
+    assert isinstance(e.value, UserError) and e.value.model == "m"
+    moved = e.value.move_aside()
+    assert moved == tmp_path / "r-stale-1.db" and moved.is_file() and not path.exists()
+    with ResultsStore(moved) as old:
+        assert old.count() == 1
+    with ResultsStore(path) as fresh:
+        assert fresh.count() == 0
+        fresh.check_model("m", "sha256:ccc")
+
+
+def test_rows_without_a_recorded_checkpoint_are_not_resumed(tmp_path):
+    """A store written before fingerprints were kept: its rows cannot be vouched for."""
+    with ResultsStore(tmp_path / "r.db") as store:
+        store.add(_row())
+        with pytest.raises(StaleStoreError, match="did not fingerprint"):
+            store.check_model("m", "sha256:aaa")
+        store.check_model("new", "sha256:aaa")  # a name with no rows is simply recorded

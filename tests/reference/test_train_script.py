@@ -221,6 +221,8 @@ def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path
 
     shipped = ROOT / "src" / "leanformer" / "assets" / "reference"
     report = json.loads((shipped / "training.json").read_text())
+    report["resolved_config"]["mixture"]["keyed_answers"] = True
+    report["resolved_config"]["mixture"]["task_params"] = {}
     (tmp_path / "model.json").write_text((shipped / "model.json").read_text())
     (tmp_path / "training.json").write_text(json.dumps(report))
     text = card.card_text(tmp_path)

@@ -169,7 +169,12 @@ def validate(c: FrontierConfig) -> list[dict]:
     grid = build_grid(c)
     # A read-only or full disk must fail now, not after hours of generation (about 4 KiB per result row).
     check_output_dir(Path(c.store).absolute().parent, 4096 * len(grid) * c.samples, "the results store")
-    ResultsStore(c.store).close()
+    # a model name must mean one checkpoint in a store: an updated checkpoint never resumes on the old one's rows
+    from leanformer.eval.models import model_fingerprint
+
+    with ResultsStore(c.store) as store:
+        for model in c.models:
+            store.check_model(model, model_fingerprint(model))
     return grid
 
 

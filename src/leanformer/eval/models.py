@@ -14,6 +14,7 @@ missing means only dense methods / NULL FLOP columns, never a crash.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from pathlib import Path
 
 from leanformer.errors import UserError
@@ -61,6 +62,45 @@ def context_length(spec: str) -> int | None:
     except (OSError, ValueError) as e:
         raise UserError(f"cannot read the config of model {spec!r}: {str(e).splitlines()[0]}") from None
     return getattr(config, "max_position_embeddings", None)
+
+
+# files that decide a model's outputs: weights, configs, tokenizer (not a card, not a training report)
+_IDENTITY_SUFFIXES = {".safetensors", ".bin", ".pt", ".json", ".model", ".txt", ".tiktoken"}
+_IDENTITY_SKIP = {"training.json", "trainer_state.json"}
+_FULL_HASH_BYTES = 256 << 20
+_SAMPLE_BYTES = 16 << 20
+
+
+def model_fingerprint(spec: str) -> str:
+    """The identity of a model's files, so that a results store never mixes two checkpoints under one name.
+
+    A directory (ours, resolved to its checkpoint, or a Hugging Face one): SHA-256 over the names, sizes and
+    contents of its weight, config and tokenizer files (files over 256 MiB: their size and first and last 16 MiB).
+    A hub name that is not a local directory is its own identity (``name:<spec>``): pin a revision in the name if the
+    hub copy may change."""
+    path = resolve_spec(spec)
+    if _is_ours(path):
+        from leanformer.train.checkpoint import resolve_checkpoint
+
+        path = resolve_checkpoint(path)
+    root = Path(path)
+    if not root.is_dir():
+        return f"name:{spec}"
+    h = hashlib.sha256()
+    for f in sorted(root.iterdir()):
+        if not f.is_file() or f.suffix not in _IDENTITY_SUFFIXES or f.name in _IDENTITY_SKIP:
+            continue
+        size = f.stat().st_size
+        h.update(f"{f.name}\0{size}\0".encode())
+        with f.open("rb") as fh:
+            if size <= _FULL_HASH_BYTES:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+            else:
+                h.update(fh.read(_SAMPLE_BYTES))
+                fh.seek(size - _SAMPLE_BYTES)
+                h.update(fh.read(_SAMPLE_BYTES))
+    return "sha256:" + h.hexdigest()
 
 
 def open_tokenizer(spec: str, override: str | None = None):

@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS results (
   PRIMARY KEY (cell_key, sample)
 );
 """
+# which checkpoint each model name in the store stands for (see leanformer.eval.models.model_fingerprint)
+MODELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+  model TEXT PRIMARY KEY,
+  fingerprint TEXT NOT NULL,
+  created_at TEXT
+);
+"""
 COLUMNS = ("cell_key", "sample", "model", "model_params", "prefill_method", "decode_method", "sparsity",
            "prefill_sparsity", "decode_sparsity", "task", "length", "seed", "prompt_tokens", "output_tokens",
            "output", "answer", "score", "prefill_flops", "decode_flops", "time_s", "params", "created_at")
@@ -95,6 +103,7 @@ class ResultsStore:
                 mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 self.conn.execute("PRAGMA synchronous=FULL")
                 self.conn.execute(SCHEMA)
+                self.conn.execute(MODELS_SCHEMA)
                 return mode
             except sqlite3.OperationalError as e:
                 if ("locked" not in str(e) and "busy" not in str(e)) or time.monotonic() > deadline:
@@ -124,6 +133,19 @@ class ResultsStore:
             raise UserError(f"results store {self.path}: cannot write ({e}); the {self.count()} samples already "
                             "committed are kept, and re-running the same command resumes") from None
 
+    def check_model(self, model: str, fingerprint: str) -> None:
+        """Record that ``model`` means the checkpoint ``fingerprint`` here, or raise :class:`StaleStoreError` if the
+        store already holds results of that name from another checkpoint (or from before fingerprints were kept:
+        rows without one cannot be vouched for)."""
+        row = self.conn.execute("SELECT fingerprint FROM models WHERE model = ?", (model,)).fetchone()
+        if row is not None and row[0] == fingerprint:
+            return
+        n = self.conn.execute("SELECT COUNT(*) FROM results WHERE model = ?", (model,)).fetchone()[0]
+        if row is not None or n:
+            raise StaleStoreError(self.path, model, n, row[0] if row else None, fingerprint)
+        self.conn.execute("INSERT OR IGNORE INTO models (model, fingerprint, created_at) VALUES (?, ?, ?)",
+                          (model, fingerprint, datetime.now(UTC).isoformat(timespec="seconds")))
+
     def rows(self, where: str = "", args: tuple = ()) -> list[dict]:
         cur = self.conn.execute(f"SELECT * FROM results {where}", args)
         names = [d[0] for d in cur.description]
@@ -140,6 +162,29 @@ class ResultsStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class StaleStoreError(UserError):
+    """A store holds results of a model name from another checkpoint: resuming would mix the two."""
+
+    def __init__(self, path: Path, model: str, n_rows: int, stored: str | None, current: str):
+        self.path, self.model = Path(path), model
+        was = f"checkpoint {stored[:19]}" if stored else "a checkpoint it did not fingerprint (older leanformer)"
+        super().__init__(f"results store {path} holds {n_rows} samples of model {model!r} from {was}, not the "
+                         f"current one ({current[:19]}); resuming would mix the two. Write to a new store "
+                         f"(store=PATH) or delete {path} to start over")
+
+    def move_aside(self) -> Path:
+        """Rename the store (and its WAL files) to ``<name>-stale-<n>.db`` beside it; returns the new path."""
+        n = 1
+        while (dest := self.path.with_name(f"{self.path.stem}-stale-{n}{self.path.suffix}")).exists():
+            n += 1
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(self.path) + suffix)
+            if side.exists():
+                side.rename(str(dest) + suffix)
+        self.path.rename(dest)
+        return dest
 
 
 def mean_ci(scores: list[float], level: float = 0.95) -> tuple[float, float]:

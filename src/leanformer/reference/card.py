@@ -100,7 +100,9 @@ def card_text(model_dir: str | Path) -> str:
 def _train_command(job: dict, i: int, n: int) -> str:
     """Job ``i`` of ``n``: the last writes ``OUT``, earlier ones ``OUT1, OUT2, ...``, each continuing the one before."""
     out = "OUT" if i == n - 1 else f"OUT{i + 1}"
-    args = [f"init_from={'OUT' + str(i)}" if o.startswith("init_from=") else o for o in job.get("overrides") or []]
+    # runs of spaces inside an override (a shell line continuation) mean nothing to YAML: one space reads better
+    args = [f"init_from={'OUT' + str(i)}" if o.startswith("init_from=") else " ".join(o.split())
+            for o in job.get("overrides") or []]
     quoted = " ".join(f"'{o}'" if any(c in o for c in " []{}") else o for o in args)
     return ("PYTHONPATH=src python3 -m leanformer.reference.train"
             + (f" --config {job['config_file']}" if job.get("config_file") else "") + f" --out {out} {quoted}").rstrip()
