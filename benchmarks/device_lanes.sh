@@ -54,9 +54,10 @@ elif [ "$BATCH" = ref-keyed-continue ]; then  # one GPU: continue ref-keyed's ch
     # 7: its first 380 s gave niah 0.95 / story_retrieval 0.39 at 4K); the bias-gradient bf16 test shares the GPU
     lane 0 ref-keyed-continue "$ref_cmd max_seconds=330 lr=1e-3 init_from=.scratch/ref-keyed"
     lane 0 bf16-test "timeout 200 python3 -m pytest -p no:cacheprovider -rA tests/models/test_bias_grad.py -k cuda"
-elif [ "$BATCH" = ref-keyed-more ] || [ "$BATCH" = ref-uneven ]; then  # one GPU: the shipped checkpoint (session 7:
-    # story_retrieval 0.43 at 4K, 1.0 / 0.96 at 1K / 2K; its wrong items are earlier chapters' attributes) continued
-    # with story_retrieval weighted 3.0 and prompts of 2K-8K only; ref-uneven: and stories with uneven chapter lengths
+elif [ "$BATCH" = ref-keyed-more ] || [ "$BATCH" = ref-uneven ]; then  # one GPU: session 7's checkpoint (story_retrieval
+    # 0.43 at 4K; its wrong items were earlier chapters' attributes) continued with story_retrieval weighted 3.0 and
+    # prompts of 2K-8K only; ref-uneven: and stories with uneven chapter lengths (session 8: 0.99 at 4K, shipped; init
+    # from the shipped folder, so rerunning it now continues the shipped model once more)
     more="$ref_cmd max_seconds=400 lr=1e-3 init_from=src/leanformer/assets/reference \
         'mixture.tasks={niah: 1.0, variable_tracking: 1.0, common_words: 0.5, qa: 0.5, story_retrieval: 3.0, \
         story_multihop: 1.5, story_filtering: 1.5}' 'mixture.lengths=[2048, 4096, 8192]'"
