@@ -155,7 +155,8 @@ def main(argv=None):
     ap.add_argument("--flex-options", nargs="+", default=["default"],
                     help='FlexAttention kernel options to sweep for block_topk, each "default" or '
                          '"BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3" (ints, true/false)')
-    ap.add_argument("--profile", action="store_true", help="print the top GPU ops of each method at the longest length")
+    ap.add_argument("--profile", action="store_true",
+                    help="print the top GPU ops of each method at the longest and shortest length")
     args = ap.parse_args(argv)
     args.flex_options = parse_flex_options(args.flex_options)
     # every (length, option set) is a separate compiled flex kernel; past the limit Dynamo silently runs eager
@@ -176,8 +177,9 @@ def main(argv=None):
         sp = f"{r['speedup']:7.2f}x" if r["speedup"] else "   n/a"
         print(f"{r['seq_len']:>7} {r['variant']:>40} {r['requested_sparsity']:>5.2f} "
               f"{r['sparsity']:>6.3f} {r['total_ms']:>9.2f} {r['kernel_ms']:>9.2f} {r['dense_cudnn_ms']:>9.2f} {sp}")
-    if args.profile:
-        profile(args, max(args.lengths))
+    if args.profile:  # the longest length, where the kernel dominates, and the shortest, where launches show
+        for t in sorted({max(args.lengths), min(args.lengths)}, reverse=True):
+            profile(args, t)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 
-from leanformer.sparse.kernels.block_select import topk_blocks, topk_rows
+from leanformer.sparse.kernels.block_select import block_tiles, select_block_tiles, topk_rows
 
 
 def _brute(row: list[float], k: int) -> list[int]:
@@ -33,9 +33,26 @@ def test_reference_is_the_k_largest_lowest_index_first(k):
                                    torch.topk(s, k, -1).values.sort(-1).values)
 
 
+def test_block_tiles_keep_the_best_blocks_then_the_diagonal():
+    """Row i keeps min(max(min(i + 1, 3), k), i + 1) tiles: its best off-diagonal blocks, then i; every causal
+    block while it has no more than that."""
+    n, k = 11, 5
+    g = torch.Generator().manual_seed(3)
+    i = torch.arange(n)
+    s = torch.randn(2, 3, n, n, generator=g).masked_fill(i[None, :] >= i[:, None], float("-inf"))
+    tiles, cnt = block_tiles(s, k)
+    assert tiles.shape == (2, 3, n, k) and cnt.dtype == torch.int32
+    for b, h, r in itertools.product(range(2), range(3), range(n)):
+        c = int(cnt[b, h, r])
+        assert c == min(max(min(r + 1, 3), k), r + 1)
+        assert int(tiles[b, h, r, c - 1]) == r
+        assert sorted(tiles[b, h, r, : c - 1].tolist()) == _brute(s[b, h, r, :r].tolist(), c - 1)
+
+
 def test_cpu_dispatch_is_the_reference_and_bad_input_is_refused():
     s = torch.randn(2, 9)
-    assert torch.equal(topk_blocks(s, 4), topk_rows(s, 4))
+    sq = torch.randn(2, 9, 9)
+    assert all(torch.equal(a, b) for a, b in zip(select_block_tiles(sq, 4), block_tiles(sq, 4)))
     with pytest.raises(ValueError, match="k=10 must be between 0 and the row length 9"):
         topk_rows(s, 10)
     with pytest.raises(TypeError, match="float scores"):
@@ -44,7 +61,7 @@ def test_cpu_dispatch_is_the_reference_and_bad_input_is_refused():
 
 SCRIPT = textwrap.dedent("""
     import torch
-    from leanformer.sparse.kernels.block_select import topk_rows, topk_rows_triton
+    from leanformer.sparse.kernels.block_select import block_tiles, block_tiles_triton, topk_rows, topk_rows_triton
     g = torch.Generator().manual_seed(1)
     bad = 0
     for n, ks, dtype in [(1, (0, 1), torch.float32), (37, (1, 5, 36, 37), torch.float32),
@@ -59,6 +76,14 @@ SCRIPT = textwrap.dedent("""
             s = s.to(dtype)
             for k in ks:
                 bad += int(not torch.equal(topk_rows_triton(s, k), topk_rows(s, k)))
+    # block tiles: square biased scores as block top-k makes them, k below, at and above 3, GQA-sized batches
+    for n in (1, 2, 5, 33):
+        i = torch.arange(n)
+        s = torch.randn(2, 3, n, n, generator=g).masked_fill(i[None, :] >= i[:, None], float("-inf"))
+        s[..., 1:, 0] = float("inf")
+        for k in (1, 2, 3, 4, n):
+            a, b = block_tiles_triton(s, k), block_tiles(s, k)
+            bad += int(not (torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])))
     print(bad)
 """)
 

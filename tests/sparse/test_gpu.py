@@ -197,3 +197,11 @@ def test_block_select_triton_vs_reference(n, k):
     s[0, :, n // 2:] = float("-inf")
     assert torch.equal(topk_rows_triton(s, k), topk_rows(s, k))
     assert torch.equal(topk_rows_triton(s.bfloat16(), k), topk_rows(s.bfloat16(), k))
+    from leanformer.sparse.kernels.block_select import block_tiles, block_tiles_triton
+
+    m = min(n, 1024)  # square block scores as block top-k makes them: future -inf, sink +inf
+    i = torch.arange(m, device="cuda")
+    sq = torch.randn(2, 8, m, m, device="cuda", generator=g).masked_fill(i[None, :] >= i[:, None], float("-inf"))
+    sq[..., 1:, 0] = float("inf")
+    for a, b in zip(block_tiles_triton(sq, k), block_tiles(sq, k)):
+        assert torch.equal(a, b)

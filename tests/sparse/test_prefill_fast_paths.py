@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from leanformer.sparse.kernels import from_tiles, tile_attention_reference
-from leanformer.sparse.kernels.flex_block import DEFAULT_KERNEL_OPTIONS, flex_block_attention, resolve_kernel_options
+from leanformer.sparse.kernels.flex_block import (
+    DEFAULT_KERNEL_OPTIONS,
+    build_block_mask,
+    flex_block_attention,
+    resolve_kernel_options,
+)
 from leanformer.sparse.prefill.block_topk import block_pattern, topk_bias
 from leanformer.sparse.prefill.estimate import pool_blocks, pooled_block_scores, vs_scores
 
@@ -107,7 +114,10 @@ def test_flex_full_blocks_equal_mask_mod_only_and_reference(helpers):
     # reverse each row's valid tiles so the diagonal comes first
     ar = torch.arange(pat.tiles.shape[-1])
     rev = (pat.tile_cnt.long()[..., None] - 1 - ar).clamp(min=0)
+    ordered = from_tiles(blk, bs, t)
+    assert ordered.diag_last
     pat.tiles = torch.gather(pat.tiles, -1, rev).contiguous()
+    pat.diag_last = False
     ref = tile_attention_reference(q, k, v, pat)
     try:
         full = flex_block_attention(q, k, v, pat)
@@ -116,3 +126,7 @@ def test_flex_full_blocks_equal_mask_mod_only_and_reference(helpers):
     partial = flex_block_attention(q, k, v, pat, mask_mod_only=True)
     torch.testing.assert_close(full, ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(partial, ref, atol=1e-5, rtol=1e-5)
+    # diagonal last (the shortcut: its tile list is the full-block list as is): the same masks, the same output
+    fast, slow = build_block_mask(ordered), build_block_mask(dataclasses.replace(ordered, diag_last=False))
+    assert torch.equal(fast.to_dense(), slow.to_dense())
+    torch.testing.assert_close(flex_block_attention(q, k, v, ordered), ref, atol=1e-5, rtol=1e-5)

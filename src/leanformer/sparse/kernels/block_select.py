@@ -17,6 +17,7 @@ values (forced and forbidden blocks); rows holding NaN get an unspecified (but v
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
@@ -38,14 +39,32 @@ def _check(scores: torch.Tensor, k: int) -> None:
         raise ValueError(f"k={k} must be between 0 and the row length {scores.shape[-1]}")
 
 
+def block_tiles(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block top-k's tiles from its biased block scores ``[..., NQB, NKB]`` (``NQB == NKB``; row ``i`` is query
+    block ``i``): query block ``i`` keeps ``cnt_i = min(max(min(i + 1, 3), k), i + 1)`` blocks — the best
+    ``cnt_i - 1`` off-diagonal ones (:func:`topk_rows` of ``kmax - 1``, ``kmax = min(max(k, 3), NKB)``) then its
+    diagonal at entry ``cnt_i - 1``. Returns ``(tiles [..., NQB, kmax], cnt [..., NQB])`` int32; entries past
+    ``cnt_i`` hold unused picks (the last column 0 where the diagonal is not there). The reference; the Triton
+    kernel writes the same in its one launch (:func:`block_tiles_triton`)."""
+    n = scores.shape[-1]
+    kmax = min(max(k, min(n, 3)), n)
+    picks = topk_rows(scores, kmax - 1)
+    i = torch.arange(n, device=scores.device)
+    cnt = torch.clamp((i + 1).clamp(max=3), min=min(k, n)).minimum(i + 1).expand(picks.shape[:-1])
+    tiles = F.pad(picks, (0, 1)).scatter_(-1, (cnt - 1)[..., None], i.int().expand(picks.shape[:-1])[..., None])
+    return tiles, cnt.int().contiguous()
+
+
 if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _topk_rows_fwd(S, OUT, N, K, NP: tl.constexpr):
+    def _topk_rows_fwd(S, OUT, CNT, N, K, KREQ, TILES: tl.constexpr, NP: tl.constexpr):
         """One program per row: bisect for the ``K``-th largest key, then keep every larger key and the first
         ``K - #larger`` keys equal to it, written in index order (positions from a prefix sum). Keys are int32 and
-        a row of up to 1024 sits in one warp, so each bisection step's count is a warp reduction (no barrier)."""
+        a row of up to 1024 sits in one warp, so each bisection step's count is a warp reduction (no barrier).
+        ``TILES``: rows are query blocks (``N`` of them per head) and the output is :func:`block_tiles`' (width
+        ``K + 1``, the diagonal at ``cnt - 1``, the count in ``CNT``)."""
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, NP)
         valid = offs < N
@@ -69,7 +88,16 @@ if triton is not None:
         need = K - tl.sum(gt.to(tl.int32), 0)
         take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
         pos = tl.cumsum(take.to(tl.int32), 0) - 1
-        tl.store(OUT + row * K + pos, offs, mask=take)
+        if TILES:
+            i = (row % N).to(tl.int32)
+            cnt = tl.minimum(tl.maximum(tl.minimum(i + 1, 3), KREQ), i + 1)
+            base = OUT + row * (K + 1)
+            tl.store(base + pos, offs, mask=take & (pos != cnt - 1))
+            tl.store(base + cnt - 1, i)
+            tl.store(base + K, 0, mask=cnt - 1 != K)
+            tl.store(CNT + row, cnt)
+        else:
+            tl.store(OUT + row * K + pos, offs, mask=take)
 
 
 def topk_rows_triton(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -85,13 +113,38 @@ def topk_rows_triton(scores: torch.Tensor, k: int) -> torch.Tensor:
     s = scores.reshape(-1, n).contiguous()
     out = torch.empty(s.shape[0], k, device=scores.device, dtype=torch.int32)
     if k and s.shape[0]:
-        np_ = max(16, 1 << (n - 1).bit_length())
-        _topk_rows_fwd[(s.shape[0],)](s, out, n, k, NP=np_, num_warps=max(1, np_ // 1024))
+        _launch(s, out, out, n, k, k, False)
     return out.reshape(*lead, k)
 
 
-def topk_blocks(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """:func:`topk_rows_triton` where it runs (CUDA, rows up to :data:`MAX_TRITON_ROW`), else :func:`topk_rows`."""
+def block_tiles_triton(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_tiles` in one launch: the selection, the diagonal's placement and the counts."""
+    if triton is None or not (scores.is_cuda or INTERPRET):
+        raise RuntimeError("block_tiles_triton needs CUDA tensors and triton; use block_tiles")
+    n = scores.shape[-1]
+    if scores.shape[-2] != n:
+        raise ValueError(f"block_tiles takes square block scores [..., NQB, NKB], got {tuple(scores.shape)}")
+    if n > MAX_TRITON_ROW:
+        raise ValueError(f"rows of {n} scores are longer than the kernel's {MAX_TRITON_ROW}; use block_tiles")
+    kmax = min(max(k, min(n, 3)), n)
+    _check(scores, kmax - 1)
+    lead = scores.shape[:-1]
+    s = scores.reshape(-1, n).contiguous()
+    tiles = torch.empty(s.shape[0], kmax, device=scores.device, dtype=torch.int32)
+    cnt = torch.empty(s.shape[0], device=scores.device, dtype=torch.int32)
+    if s.shape[0]:
+        _launch(s, tiles, cnt, n, kmax - 1, min(k, n), True)
+    return tiles.reshape(*lead, kmax), cnt.reshape(lead)
+
+
+def _launch(s, out, cnt, n: int, k: int, k_requested: int, tiles: bool) -> None:
+    np_ = max(16, 1 << (n - 1).bit_length())
+    _topk_rows_fwd[(s.shape[0],)](s, out, cnt, n, k, k_requested, TILES=tiles, NP=np_, num_warps=max(1, np_ // 1024))
+
+
+def select_block_tiles(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_tiles_triton` where it runs (CUDA, rows up to :data:`MAX_TRITON_ROW`), else
+    :func:`block_tiles`."""
     if triton is not None and scores.is_cuda and scores.shape[-1] <= MAX_TRITON_ROW:
-        return topk_rows_triton(scores, k)
-    return topk_rows(scores, k)
+        return block_tiles_triton(scores, k)
+    return block_tiles(scores, k)

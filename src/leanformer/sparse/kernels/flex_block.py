@@ -60,17 +60,35 @@ def build_block_mask(pattern: TilePattern, mask_mod_only: bool = False):
     b, h = tiles.shape[:2]
     kwargs = {"BLOCK_SIZE": pattern.block_size, "mask_mod": _causal,
               "seq_lengths": (pattern.seq_len, pattern.seq_len)}
-    if "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters:
+    if _takes_compute_q_blocks():
         kwargs["compute_q_blocks"] = False  # forward only: skip the transposed (backward) index
     # BlockMask.to_dense and the eager path size the key-block dim from the index tensors' last dim: pad to NKB
     if mask_mod_only:
         return BlockMask.from_kv_blocks(cnt, _pad_last(tiles, n), **kwargs)
-    i = torch.arange(n, device=tiles.device, dtype=tiles.dtype)
-    last = torch.gather(tiles, -1, (cnt.long() - 1).clamp(min=0)[..., None])
-    full_idx = _pad_last(torch.where(tiles == i[:, None], last, tiles), n)
-    diag_idx = _pad_last(i[:, None].expand(b, h, n, 1), n)
-    diag_cnt = torch.ones(b, h, n, dtype=torch.int32, device=tiles.device)
-    return BlockMask.from_kv_blocks(diag_cnt, diag_idx, cnt - 1, full_idx, **kwargs)
+    if pattern.diag_last:  # the first cnt - 1 tiles are the off-diagonal ones already
+        full = tiles
+    else:
+        i = torch.arange(n, device=tiles.device, dtype=tiles.dtype)
+        last = torch.gather(tiles, -1, (cnt.long() - 1).clamp(min=0)[..., None])
+        full = torch.where(tiles == i[:, None], last, tiles)
+    diag_cnt, diag_idx = _diagonal_blocks(b, h, n, tiles.device)
+    return BlockMask.from_kv_blocks(diag_cnt, diag_idx, cnt - 1, _pad_last(full, n), **kwargs)
+
+
+@lru_cache(maxsize=1)
+def _takes_compute_q_blocks() -> bool:
+    from torch.nn.attention.flex_attention import BlockMask
+
+    return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
+
+
+@lru_cache(maxsize=16)
+def _diagonal_blocks(b: int, h: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(counts, indices)`` listing each query block's own diagonal as its one partial block, padded to ``n``;
+    the same for every pattern of a shape (read-only), so built once."""
+    i = torch.arange(n, device=device, dtype=torch.int32)
+    return (torch.ones(b, h, n, dtype=torch.int32, device=device),
+            _pad_last(i[:, None].expand(b, h, n, 1), n))
 
 
 def resolve_kernel_options(block_size: int, device: torch.device, kernel_options: dict | None = None) -> dict | None:

@@ -19,6 +19,7 @@ building it (tests check the two agree).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -38,6 +39,8 @@ class TilePattern:
     bdiag: torch.Tensor
     diags: torch.Tensor | None = None
     tiles: torch.Tensor | None = None
+    # every query block's diagonal is its last valid tile (entry tile_cnt - 1): the block mask needs no search for it
+    diag_last: bool = False
 
     @property
     def n_blocks(self) -> int:
@@ -132,10 +135,17 @@ def from_tiles(blk: torch.Tensor, block_size: int, seq_len: int) -> TilePattern:
     tiles = torch.sort(torch.where(blk, ar, BIG), -1).values[..., :kt]
     tiles = torch.where(tiles >= BIG, 0, tiles)
     b, h = blk.shape[:2]
-    empty = torch.zeros(b, h, 0, dtype=torch.int32, device=blk.device)
-    zeros = torch.zeros(b, h, n, dtype=torch.int32, device=blk.device)
-    bdiag = torch.zeros(b, h, n, dtype=torch.bool, device=blk.device)
-    return TilePattern(block_size, seq_len, tile_cnt.int(), empty, zeros, bdiag, tiles=tiles.int().contiguous())
+    # ascending block indices: the diagonal, the largest causal one, comes last
+    return TilePattern(block_size, seq_len, tile_cnt.int(), *no_columns(b, h, n, blk.device),
+                       tiles=tiles.int().contiguous(), diag_last=True)
+
+
+@lru_cache(maxsize=32)
+def no_columns(b: int, h: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(cols, col_cnt, bdiag)`` of a tiles-only pattern: no columns, no block diagonals. Shared per shape and
+    read-only (a pattern never writes its fields): three launches fewer per call."""
+    zeros = torch.zeros(b, h, n, dtype=torch.int32, device=device)
+    return zeros[..., :0], zeros, torch.zeros(b, h, n, dtype=torch.bool, device=device)
 
 
 def _columns(colmask: torch.Tensor, block_size: int, seq_len: int):

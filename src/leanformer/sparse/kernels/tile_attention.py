@@ -14,6 +14,7 @@ proportional to the kept tiles and columns, never to ``T^2``; the pattern is ``O
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 
 import torch
 
@@ -125,11 +126,11 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None) ->
     diag = pattern.diags is not None
     tiles = (pattern.diags if diag else pattern.tiles).contiguous()
     kt = tiles.shape[-1]
-    bdiag = pattern.bdiag.to(torch.int8).contiguous()
-    cols = pattern.cols.contiguous()
-    if cols.shape[-1] == 0:
-        cols = torch.zeros(b, h, 1, dtype=torch.int32, device=q.device)
     nqb = pattern.n_blocks
+    if pattern.cols.shape[-1] == 0:  # no column loop: BDIAG is never read, COLS needs one entry
+        cols, bdiag = _no_column_args(b, h, nqb, q.device)
+    else:
+        cols, bdiag = pattern.cols.contiguous(), pattern.bdiag.to(torch.int8).contiguous()
     bs = pattern.block_size
     grid = (nqb, b * h)
     _tile_attn_fwd[grid](
@@ -140,3 +141,10 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None) ->
         DIAG=diag, BS=bs, BN=min(bs, 64), D=d, num_warps=4 if bs <= 64 else 8, num_stages=2,
     )
     return o
+
+
+@lru_cache(maxsize=16)
+def _no_column_args(b: int, h: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Placeholder ``COLS`` / ``BDIAG`` for a pattern without columns (read-only; two launches fewer per call)."""
+    return (torch.zeros(b, h, 1, dtype=torch.int32, device=device),
+            torch.zeros(b, h, n, dtype=torch.int8, device=device))

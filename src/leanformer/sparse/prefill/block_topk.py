@@ -30,7 +30,8 @@ from leanformer.sparse.base import (
     pick_impl,
 )
 from leanformer.sparse.kernels import TilePattern, run_pattern
-from leanformer.sparse.kernels.block_select import topk_blocks
+from leanformer.sparse.kernels.block_select import select_block_tiles
+from leanformer.sparse.kernels.pattern import no_columns
 from leanformer.sparse.prefill.estimate import pooled_block_scores
 
 
@@ -64,13 +65,16 @@ def k_for_budget(budget: torch.Tensor, n_blocks: int, block_size: int, seq_len: 
 
 
 @lru_cache(maxsize=16)
-def topk_bias(n: int, device) -> torch.Tensor:
+def topk_bias(n: int, device, groups: int = 1) -> torch.Tensor:
     """Additive ``[NQB, NKB]`` fp32 for block scores: ``-inf`` on future blocks and on the diagonal (kept apart, as
-    the one partial block), ``+inf`` on the sink block and the block below the diagonal (forced), 0 elsewhere."""
+    the one partial block), ``+inf`` on the sink block and the block below the diagonal (forced), 0 elsewhere.
+    ``groups > 1``: repeated for the query heads of a GQA group, ``[groups * NQB, NKB]`` (what the scores' batched
+    matmul adds; cached, so no copy per call)."""
     i = torch.arange(n, device=device)
     forced = (i[None, :] == 0) | (i[None, :] == i[:, None] - 1)
     bias = torch.where(forced, float("inf"), torch.zeros((), device=device))
-    return bias.masked_fill_(i[None, :] >= i[:, None], float("-inf"))
+    bias = bias.masked_fill_(i[None, :] >= i[:, None], float("-inf"))
+    return bias.repeat(groups, 1) if groups > 1 else bias
 
 
 def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -> TilePattern:
@@ -80,25 +84,19 @@ def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -
     Query block ``i`` keeps ``min(max(k, forced), i + 1)`` blocks for ``k_rows`` (an int, or ``[B, H, NQB]``):
     the best ``cnt - 1`` off-diagonal blocks (forced ones first) from one ``topk``, then its diagonal, last."""
     b, h, n, _ = scores.shape
-    dev = scores.device
-    i = torch.arange(n, device=dev)
-    forced = (i + 1).clamp(max=3)
     if isinstance(k_rows, int):
-        kmax = min(max(k_rows, min(n, 3)), n)  # known on the host: no device sync
-        cnt = torch.clamp(forced, min=min(k_rows, n)).minimum(i + 1).expand(b, h, n)
         # every row uses either all kmax - 1 picks or (row i < kmax - 1) its i causal blocks, the lowest indices
-        # among its picks (the rest score -inf): the set is enough, so one Triton select in index order
-        off = topk_blocks(scores, kmax - 1)
-    else:
-        cnt = torch.minimum(torch.maximum(k_rows, forced), i + 1)
-        kmax = int(cnt.max())
-        off = torch.topk(scores, kmax - 1, dim=-1).indices.int()  # rows use a prefix of their own length: by rank
+        # among its picks (the rest score -inf): the set is enough, so one Triton launch, in index order
+        tiles, cnt = select_block_tiles(scores, k_rows)
+        return TilePattern(block_size, seq_len, cnt, *no_columns(b, h, n, scores.device), tiles=tiles,
+                           diag_last=True)
+    i = torch.arange(n, device=scores.device)
+    cnt = torch.minimum(torch.maximum(k_rows, (i + 1).clamp(max=3)), i + 1)
+    kmax = int(cnt.max())
+    off = torch.topk(scores, kmax - 1, dim=-1).indices.int()  # rows use a prefix of their own length: by rank
     cnt = cnt.int().contiguous()
     tiles = F.pad(off, (0, 1)).scatter_(-1, (cnt.long() - 1)[..., None], i.int().expand(b, h, n)[..., None])
-    empty = torch.zeros(b, h, 0, dtype=torch.int32, device=dev)
-    zeros = torch.zeros(b, h, n, dtype=torch.int32, device=dev)
-    bdiag = torch.zeros(b, h, n, dtype=torch.bool, device=dev)
-    return TilePattern(block_size, seq_len, cnt, empty, zeros, bdiag, tiles=tiles)
+    return TilePattern(block_size, seq_len, cnt, *no_columns(b, h, n, scores.device), tiles=tiles, diag_last=True)
 
 
 class BlockTopK(PrefillMethod):
@@ -120,7 +118,7 @@ class BlockTopK(PrefillMethod):
         b, h = q.shape[:2]
         bs = p.block_size
         n = -(-t // bs)
-        scores = pooled_block_scores(q, k, bs, scale, bias=topk_bias(n, q.device))
+        scores = pooled_block_scores(q, k, bs, scale, bias=topk_bias(n, q.device, h // k.shape[1]))
         if requested is None:
             kk = p.topk
         else:

@@ -100,7 +100,8 @@ def _causal_bias(n: int, device) -> torch.Tensor:
 def pooled_block_scores(q, k, block_size: int, scale: float, bias=None):
     """Mean-pooled query block . mean-pooled key block, ``[B, H_q, NQB, NKB]`` fp32.
 
-    ``bias`` (additive ``[NQB, NKB]`` fp32, default: ``-inf`` on future blocks) is added inside the one batched
+    ``bias`` (additive ``[NQB, NKB]`` fp32, or already repeated for the ``G`` heads of a group as ``[G * NQB, NKB]``;
+    default: ``-inf`` on future blocks) is added inside the one batched
     matmul per key head (``baddbmm``; the ``G`` query heads of a group are stacked as rows), so forcing or dropping
     blocks costs no extra pass over the scores."""
     b, hq, _, d = q.shape
@@ -110,7 +111,8 @@ def pooled_block_scores(q, k, block_size: int, scale: float, bias=None):
     n = qp.shape[-2]
     kp = pool_blocks(k, block_size)
     bias = _causal_bias(n, q.device) if bias is None else bias
-    rows = bias.expand(g, n, n).reshape(g * n, n)
+    # the G query heads of a group share one bias: [G * NQB, NKB] (given so, it is used as is: no copy per call)
+    rows = bias if bias.shape[-2] == g * n else bias.expand(g, n, n).reshape(g * n, n)
     s = torch.baddbmm(rows, qp.reshape(b * hk, g * n, d), kp.reshape(b * hk, n, d).transpose(-1, -2), alpha=scale)
     return s.reshape(b, hq, n, n)
 
