@@ -1,0 +1,85 @@
+"""Host time block top-k spends before its attention kernel starts (CPU; issue 3).
+
+    PYTHONPATH=src python benchmarks/bench_block_host.py [--baseline-src /path/to/older/checkout/src]
+
+At 32K tokens on an H200 a block top-k call holds ~1.5 ms of GPU work in a ~2.8 ms call: what the host does before the
+attention kernel is launched (pooling, scores, the selection, the pattern, the FlexAttention block mask, ~25 launches
+in session 8) is not hidden behind GPU work. This times that sequence on tiny CPU tensors, where it is almost all
+host overhead (dispatch, Python, allocation), best of five rounds; CUDA adds a launch per kernel on top.
+``--baseline-src`` runs the same measurement on another checkout's ``src`` in a subprocess, for a ratio from one run.
+Writes ``block_host-*.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record  # noqa: E402
+
+
+def measure(calls: int) -> list[float]:
+    """Microseconds per call of the pre-kernel sequence, five rounds (whichever leanformer is importable)."""
+    import inspect
+
+    from leanformer.sparse.base import causal_pairs
+    from leanformer.sparse.kernels.flex_block import build_block_mask
+    from leanformer.sparse.prefill import block_topk as bt
+    from leanformer.sparse.prefill.estimate import pooled_block_scores
+
+    torch.set_num_threads(1)
+    t, bs, hq, hk = 2048, 128, 8, 2
+    q, k = torch.randn(1, hq, t, 16), torch.randn(1, hk, t, 16)
+    n = t // bs
+    grouped = "groups" in inspect.signature(bt.topk_bias).parameters  # older checkouts: one [NQB, NKB] bias
+
+    def before_kernel():
+        bias = bt.topk_bias(n, q.device, hq // hk) if grouped else bt.topk_bias(n, q.device)
+        scores = pooled_block_scores(q, k, bs, 0.25, bias=bias)
+        budget = torch.tensor([[(1 - 0.9) * causal_pairs(t)]], dtype=torch.float64)
+        pattern = bt.block_pattern(scores, int(bt.k_for_budget(budget, n, bs, t)), bs, t)
+        return build_block_mask(pattern)
+
+    for _ in range(100):
+        before_kernel()
+    rounds = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            before_kernel()
+        rounds.append((time.perf_counter() - t0) / calls * 1e6)
+    return rounds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--baseline-src", default=None, help="another checkout's src directory to measure as well")
+    ap.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.measure_only:
+        print(json.dumps(measure(args.calls)))
+        return
+    results = {"this": measure(args.calls)}
+    if args.baseline_src:
+        env = {**os.environ, "PYTHONPATH": str(Path(args.baseline_src).resolve())}
+        out = subprocess.run([sys.executable, __file__, "--measure-only", "--calls", str(args.calls)], env=env,
+                             check=True, capture_output=True, text=True).stdout
+        results["baseline"] = json.loads(out.strip().splitlines()[-1])
+        results["baseline_src"] = args.baseline_src
+    for key in ("this", "baseline"):
+        if key in results:
+            print(f"{key}: block top-k before its kernel {min(results[key]):.1f} us of host time per call")
+    print("wrote", record("block_host", {**results, "seq_len": 2048, "heads": 8, "kv_heads": 2, "block_size": 128}))
+
+
+if __name__ == "__main__":
+    main()
