@@ -82,10 +82,11 @@ def _takes_compute_q_blocks() -> bool:
     return "compute_q_blocks" in inspect.signature(BlockMask.from_kv_blocks).parameters
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)
 def _diagonal_blocks(b: int, h: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(counts, indices)`` listing each query block's own diagonal as its one partial block, padded to ``n``;
-    the same for every pattern of a shape (read-only), so built once."""
+    the same for every pattern of a shape (read-only), so built once. The padded indices are ``B x H x n x n`` int32
+    (134 MB at 128K tokens and 32 heads): four shapes are kept, what a model's prefill at a few lengths needs."""
     i = torch.arange(n, device=device, dtype=torch.int32)
     return (torch.ones(b, h, n, dtype=torch.int32, device=device),
             _pad_last(i[:, None].expand(b, h, n, 1), n))
