@@ -1,5 +1,7 @@
 """The ``k`` largest entries of each row: a plain-PyTorch reference (``topk_rows``) and one Triton launch
-(``topk_rows_triton``), same signature and the same result, ties included.
+(``topk_rows_triton``), same signature and the same result, ties included; and block top-k's whole tile list built
+on that selection (``block_tiles`` / ``block_tiles_triton``: the picks, each query block's diagonal and the counts,
+in the same one launch; ``select_block_tiles`` dispatches).
 
 Block top-k's estimation picks, for each query block, the best ``k`` key blocks out of ``NKB`` scores. On an H200
 at 128K tokens (32 heads, 1024 x 1024 block scores per head) ``torch.topk`` on fp32 takes ~1.05 ms (a multi-pass
@@ -47,6 +49,8 @@ def block_tiles(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     ``cnt_i`` hold unused picks (the last column 0 where the diagonal is not there). The reference; the Triton
     kernel writes the same in its one launch (:func:`block_tiles_triton`)."""
     n = scores.shape[-1]
+    if scores.shape[-2] != n:
+        raise ValueError(f"block_tiles takes square block scores [..., NQB, NKB], got {tuple(scores.shape)}")
     kmax = min(max(k, min(n, 3)), n)
     picks = topk_rows(scores, kmax - 1)
     i = torch.arange(n, device=scores.device)

@@ -82,7 +82,9 @@ def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -
     diagonal ``-inf``, sink and sub-diagonal ``+inf``).
 
     Query block ``i`` keeps ``min(max(k, forced), i + 1)`` blocks for ``k_rows`` (an int, or ``[B, H, NQB]``):
-    the best ``cnt - 1`` off-diagonal blocks (forced ones first) from one ``topk``, then its diagonal, last."""
+    the best ``cnt - 1`` off-diagonal blocks (forced ones first), then its diagonal, last. An int ``k_rows`` takes the
+    one-launch selection of :func:`leanformer.sparse.kernels.block_select.select_block_tiles` (tiles in index order);
+    per-row counts take ``torch.topk`` (tiles by rank, since a row uses a prefix of its own length)."""
     b, h, n, _ = scores.shape
     if isinstance(k_rows, int):
         # every row uses either all kmax - 1 picks or (row i < kmax - 1) its i causal blocks, the lowest indices
@@ -102,9 +104,11 @@ def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -
 class BlockTopK(PrefillMethod):
     """``q [B, H_q, T, D]``, ``k, v [B, H_kv, T, D]`` -> ``([B, H_q, T, D], info)``; causal.
 
-    Estimation is a handful of launches, none over ``T x T``: one mean-pool reduction each for q and k, one
-    ``baddbmm`` per call (scores + forced/causal bias), one ``topk``, one scatter for the diagonal. The FlexAttention
-    path turns the tiles into a ``BlockMask`` of full blocks plus the causal diagonal (``kernels/flex_block.py``)."""
+    Estimation is four launches on a GPU, none over ``T x T``: one mean-pool reduction each for q and k, one
+    ``baddbmm`` (scores + the forced/causal bias, repeated for the GQA group once per shape), one Triton launch that
+    selects each query block's tiles, places its diagonal and writes the counts (``kernels/block_select.py``). The
+    FlexAttention path turns the tiles into a ``BlockMask`` of full blocks plus the causal diagonal
+    (``kernels/flex_block.py``)."""
 
     name = "block_topk"
     Params = BlockTopKParams
