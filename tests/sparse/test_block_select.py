@@ -57,6 +57,8 @@ def test_cpu_dispatch_is_the_reference_and_bad_input_is_refused():
         topk_rows(s, 10)
     with pytest.raises(TypeError, match="float scores"):
         topk_rows(torch.ones(2, 9, dtype=torch.long), 2)
+    with pytest.raises(ValueError, match=r"square block scores \[..., NQB, NKB\], got \(2, 9\)"):
+        block_tiles(s, 2)
 
 
 SCRIPT = textwrap.dedent("""
