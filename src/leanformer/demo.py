@@ -79,11 +79,11 @@ def run_frontier_demo(args, model: str) -> int:
     workers = demo_workers(args.workers, c.device, model)
     print(f"leanformer demo: sparse-frontier sweep of {model} into {c.store}"
           + (f" ({workers} processes)" if workers > 1 else ""))
-    try:
-        harness.validate(c)
+    try:  # the store's checkpoint check runs in the sweep's validation, before any sample
+        harness.run_sweep_processes(c, workers)
     except StaleStoreError as e:  # the demo's own folder, from an older checkpoint: keep it aside, start afresh
         print(f"{e.path} holds results of an earlier checkpoint of {e.model}: moved to {e.move_aside()}")
-    harness.run_sweep_processes(c, workers)
+        harness.run_sweep_processes(c, workers)
     report = build_report(c.store, out / "report", ReportOptions(length=max(c.lengths)))
     print(summarize(c.store))
     print(f"\nreport with plots: {report}")

@@ -204,11 +204,13 @@ def shard(cells: list[dict], rank: int, world: int) -> list[dict]:
     return [cell for i, cell in enumerate(cells) if i % world == rank]
 
 
-def run_sweep(c: FrontierConfig, rank: int = 0, world: int = 1, log=print) -> dict[str, Any]:
-    """Validate, then run this rank's shard of the grid. Returns counts: ``cells``, ``done_before``, ``added``."""
+def run_sweep(c: FrontierConfig, rank: int = 0, world: int = 1, log=print, grid: list[dict] | None = None
+              ) -> dict[str, Any]:
+    """Validate, then run this rank's shard of the grid. Returns counts: ``cells``, ``done_before``, ``added``.
+    ``grid``: what :func:`validate` returned for ``c`` already (processes started by :func:`run_sweep_processes`)."""
     from tqdm.auto import tqdm
 
-    cells = shard(validate(c), rank, world)
+    cells = shard(validate(c) if grid is None else grid, rank, world)
     store = ResultsStore(c.store)
     todo = {cell["key"]: [i for i in range(c.samples) if i not in store.done(cell["key"])] for cell in cells}
     total, pending = len(cells) * c.samples, sum(len(v) for v in todo.values())
@@ -226,11 +228,11 @@ def run_sweep(c: FrontierConfig, rank: int = 0, world: int = 1, log=print) -> di
     return stats
 
 
-def _sweep_worker(c: FrontierConfig, rank: int, world: int, threads: int) -> dict[str, Any]:
+def _sweep_worker(c: FrontierConfig, rank: int, world: int, threads: int, grid: list[dict]) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(threads)
-    return run_sweep(c, rank, world, log=lambda *a: None)
+    return run_sweep(c, rank, world, log=lambda *a: None, grid=grid)
 
 
 def run_sweep_processes(c: FrontierConfig, workers: int) -> dict[str, Any]:
@@ -246,10 +248,10 @@ def run_sweep_processes(c: FrontierConfig, workers: int) -> dict[str, Any]:
         raise UserError(f"workers={workers!r}: must be a positive integer")
     if workers == 1:
         return run_sweep(c, log=lambda *a: None)
-    validate(c)  # errors in the grid surface once, here, before any process starts
+    grid = validate(c)  # once, here: errors surface before any process starts, and the workers reuse the grid
     threads = max(1, (os.cpu_count() or workers) // workers)
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_sweep_worker, c, r, workers, threads) for r in range(workers)]
+        futures = [pool.submit(_sweep_worker, c, r, workers, threads, grid) for r in range(workers)]
         errors, stats = [], {"cells": 0, "done_before": 0, "added": 0}
         for f in futures:
             try:

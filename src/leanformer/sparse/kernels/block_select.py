@@ -41,6 +41,27 @@ def _check(scores: torch.Tensor, k: int) -> None:
         raise ValueError(f"k={k} must be between 0 and the row length {scores.shape[-1]}")
 
 
+def _check_square(scores: torch.Tensor) -> int:
+    n = scores.shape[-1]
+    if scores.shape[-2] != n:
+        raise ValueError(f"block_tiles takes square block scores [..., NQB, NKB], got {tuple(scores.shape)}")
+    return n
+
+
+def _kmax(k: int, n: int) -> int:
+    """Width of block top-k's tile list: ``k`` blocks, at least the three forced ones (sink, sub-diagonal, diagonal),
+    at most all ``n``."""
+    return min(max(k, min(n, 3)), n)
+
+
+def place_diagonal(picks: torch.Tensor, cnt: torch.Tensor) -> torch.Tensor:
+    """Tiles from off-diagonal ``picks [..., NQB, K]`` and counts ``cnt [..., NQB]``: one column more, query block
+    ``i``'s diagonal ``i`` at entry ``cnt_i - 1`` (the last column 0 elsewhere); int32."""
+    n = cnt.shape[-1]
+    i = torch.arange(n, device=cnt.device, dtype=torch.int32).expand(cnt.shape)
+    return F.pad(picks.int(), (0, 1)).scatter_(-1, (cnt.long() - 1)[..., None], i[..., None])
+
+
 def block_tiles(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Block top-k's tiles from its biased block scores ``[..., NQB, NKB]`` (``NQB == NKB``; row ``i`` is query
     block ``i``): query block ``i`` keeps ``cnt_i = min(max(min(i + 1, 3), k), i + 1)`` blocks — the best
@@ -48,15 +69,11 @@ def block_tiles(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     diagonal at entry ``cnt_i - 1``. Returns ``(tiles [..., NQB, kmax], cnt [..., NQB])`` int32; entries past
     ``cnt_i`` hold unused picks (the last column 0 where the diagonal is not there). The reference; the Triton
     kernel writes the same in its one launch (:func:`block_tiles_triton`)."""
-    n = scores.shape[-1]
-    if scores.shape[-2] != n:
-        raise ValueError(f"block_tiles takes square block scores [..., NQB, NKB], got {tuple(scores.shape)}")
-    kmax = min(max(k, min(n, 3)), n)
-    picks = topk_rows(scores, kmax - 1)
+    n = _check_square(scores)
+    picks = topk_rows(scores, _kmax(k, n) - 1)
     i = torch.arange(n, device=scores.device)
     cnt = torch.clamp((i + 1).clamp(max=3), min=min(k, n)).minimum(i + 1).expand(picks.shape[:-1])
-    tiles = F.pad(picks, (0, 1)).scatter_(-1, (cnt - 1)[..., None], i.int().expand(picks.shape[:-1])[..., None])
-    return tiles, cnt.int().contiguous()
+    return place_diagonal(picks, cnt), cnt.int().contiguous()
 
 
 if triton is not None:
@@ -107,38 +124,34 @@ if triton is not None:
 def topk_rows_triton(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The same selection in one launch (one program per row). Rows up to :data:`MAX_TRITON_ROW` long; fp32, bf16
     or fp16 scores (compared as fp32)."""
-    if triton is None or not (scores.is_cuda or INTERPRET):
-        raise RuntimeError("topk_rows_triton needs CUDA tensors and triton; use topk_rows")
     _check(scores, k)
-    n = scores.shape[-1]
-    if n > MAX_TRITON_ROW:
-        raise ValueError(f"rows of {n} scores are longer than the kernel's {MAX_TRITON_ROW}; use topk_rows")
-    lead = scores.shape[:-1]
-    s = scores.reshape(-1, n).contiguous()
+    s, n = _kernel_rows(scores, "topk_rows")
     out = torch.empty(s.shape[0], k, device=scores.device, dtype=torch.int32)
     if k and s.shape[0]:
         _launch(s, out, out, n, k, k, False)
-    return out.reshape(*lead, k)
+    return out.reshape(*scores.shape[:-1], k)
 
 
 def block_tiles_triton(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`block_tiles` in one launch: the selection, the diagonal's placement and the counts."""
-    if triton is None or not (scores.is_cuda or INTERPRET):
-        raise RuntimeError("block_tiles_triton needs CUDA tensors and triton; use block_tiles")
-    n = scores.shape[-1]
-    if scores.shape[-2] != n:
-        raise ValueError(f"block_tiles takes square block scores [..., NQB, NKB], got {tuple(scores.shape)}")
-    if n > MAX_TRITON_ROW:
-        raise ValueError(f"rows of {n} scores are longer than the kernel's {MAX_TRITON_ROW}; use block_tiles")
-    kmax = min(max(k, min(n, 3)), n)
+    kmax = _kmax(k, _check_square(scores))
     _check(scores, kmax - 1)
-    lead = scores.shape[:-1]
-    s = scores.reshape(-1, n).contiguous()
+    s, n = _kernel_rows(scores, "block_tiles")
     tiles = torch.empty(s.shape[0], kmax, device=scores.device, dtype=torch.int32)
     cnt = torch.empty(s.shape[0], device=scores.device, dtype=torch.int32)
     if s.shape[0]:
         _launch(s, tiles, cnt, n, kmax - 1, min(k, n), True)
-    return tiles.reshape(*lead, kmax), cnt.reshape(lead)
+    return tiles.reshape(*scores.shape[:-1], kmax), cnt.reshape(scores.shape[:-1])
+
+
+def _kernel_rows(scores: torch.Tensor, reference: str) -> tuple[torch.Tensor, int]:
+    """``scores`` as contiguous ``[rows, N]`` for the kernel, after checking it can run them."""
+    if triton is None or not (scores.is_cuda or INTERPRET):
+        raise RuntimeError(f"{reference}_triton needs CUDA tensors and triton; use {reference}")
+    n = scores.shape[-1]
+    if n > MAX_TRITON_ROW:
+        raise ValueError(f"rows of {n} scores are longer than the kernel's {MAX_TRITON_ROW}; use {reference}")
+    return scores.reshape(-1, n).contiguous(), n
 
 
 def _launch(s, out, cnt, n: int, k: int, k_requested: int, tiles: bool) -> None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
-import torch.nn.functional as F
 
 from leanformer.sparse.base import (
     PrefillMethod,
@@ -30,7 +29,7 @@ from leanformer.sparse.base import (
     pick_impl,
 )
 from leanformer.sparse.kernels import TilePattern, run_pattern
-from leanformer.sparse.kernels.block_select import select_block_tiles
+from leanformer.sparse.kernels.block_select import place_diagonal, select_block_tiles
 from leanformer.sparse.kernels.pattern import no_columns
 from leanformer.sparse.prefill.estimate import pooled_block_scores
 
@@ -97,8 +96,8 @@ def block_pattern(scores: torch.Tensor, k_rows, block_size: int, seq_len: int) -
     kmax = int(cnt.max())
     off = torch.topk(scores, kmax - 1, dim=-1).indices.int()  # rows use a prefix of their own length: by rank
     cnt = cnt.int().contiguous()
-    tiles = F.pad(off, (0, 1)).scatter_(-1, (cnt.long() - 1)[..., None], i.int().expand(b, h, n)[..., None])
-    return TilePattern(block_size, seq_len, cnt, *no_columns(b, h, n, scores.device), tiles=tiles, diag_last=True)
+    return TilePattern(block_size, seq_len, cnt, *no_columns(b, h, n, scores.device), tiles=place_diagonal(off, cnt),
+                       diag_last=True)
 
 
 class BlockTopK(PrefillMethod):
