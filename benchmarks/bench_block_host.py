@@ -7,7 +7,8 @@ attention kernel is launched (pooling, scores, the selection, the pattern, the F
 in session 8) is not hidden behind GPU work. This times that sequence on tiny CPU tensors, where it is almost all
 host overhead (dispatch, Python, allocation), best of five rounds; CUDA adds a launch per kernel on top.
 ``--baseline-src`` runs the same measurement on another checkout's ``src`` in a subprocess, for a ratio from one run.
-Writes ``block_host-*.json``.
+Writes ``block_host-*.json``. ``--cuda 32768 131072`` instead times each stage's host cost of a real-shape call on the
+GPU (``block_host_cuda-*.json``).
 """
 
 from __future__ import annotations
@@ -59,12 +60,77 @@ def measure(calls: int) -> list[float]:
     return rounds
 
 
+def measure_cuda(t: int, impl: str, calls: int = 50) -> dict:
+    """On a GPU at the real shape (32 query heads, 8 KV heads, d = 128, bf16, sparsity 0.9): host microseconds of each
+    stage of a block top-k call (the GPU runs behind, so these are launch and Python costs; ``info`` waits for the
+    kernel, as the call's ``.cpu()`` does), against the whole call's wall time, median of ``calls``."""
+    import statistics
+
+    from leanformer import sparse
+    from leanformer.sparse.base import causal_pairs, check_qkv, pick_impl
+    from leanformer.sparse.kernels import run_pattern
+    from leanformer.sparse.prefill import block_topk as bt
+    from leanformer.sparse.prefill.estimate import pooled_block_scores
+
+    q = torch.randn(1, 32, t, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 8, t, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    bs, n = 128, -(-t // 128)
+    stages: dict[str, list[float]] = {}
+
+    def one():
+        marks = [("start", time.perf_counter())]
+        method = sparse.build_prefill("block_topk", impl=impl)
+        check_qkv(q, k, v)
+        pick_impl(impl, q, ("flex", "triton"))
+        marks.append(("build+checks", time.perf_counter()))
+        scores = pooled_block_scores(q, k, bs, 128 ** -0.5, bias=bt.topk_bias(n, q.device, 4))
+        marks.append(("scores", time.perf_counter()))
+        budget = torch.tensor([[(1 - 0.9) * causal_pairs(t)]], dtype=torch.float64)
+        kk = int(bt.k_for_budget(budget, n, bs, t))
+        marks.append(("budget", time.perf_counter()))
+        pattern = bt.block_pattern(scores, kk, bs, t)
+        marks.append(("select", time.perf_counter()))
+        run_pattern(q, k, v, pattern, None, impl, kernel_options=method.params.kernel_options)
+        marks.append(("kernel launch", time.perf_counter()))
+        kept = pattern.kept_pairs()
+        (1 - kept / causal_pairs(t)).cpu()
+        marks.append(("info (waits for the GPU)", time.perf_counter()))
+        for (_, a), (name, b) in zip(marks, marks[1:]):
+            stages.setdefault(name, []).append((b - a) * 1e6)
+
+    for _ in range(5):
+        one()
+    stages.clear()
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        one()
+    walls = []
+    for _ in range(calls):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        sparse.prefill_attention(q, k, v, "block_topk", 0.9, impl=impl)
+        walls.append((time.perf_counter() - t0) * 1e6)
+    out = {name: statistics.median(xs) for name, xs in stages.items()}
+    out["whole call (wall)"] = statistics.median(walls)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--baseline-src", default=None, help="another checkout's src directory to measure as well")
     ap.add_argument("--measure-only", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cuda", type=int, nargs="*", default=None, metavar="T",
+                    help="instead: host time of each stage of a real-shape call on the GPU at these lengths")
     args = ap.parse_args(argv)
+    if args.cuda is not None:
+        res = {}
+        for t in args.cuda or [32768]:
+            for impl in ("triton", "flex"):
+                res[f"{t}/{impl}"] = r = measure_cuda(t, impl)
+                print(f"T={t} {impl}: " + ", ".join(f"{k} {v:.0f} us" for k, v in r.items()), flush=True)
+        print("wrote", record("block_host_cuda", {"stages_us": res, "heads": 32, "kv_heads": 8, "sparsity": 0.9}))
+        return
     if args.measure_only:
         print(json.dumps(measure(args.calls)))
         return

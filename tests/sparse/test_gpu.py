@@ -13,6 +13,7 @@ from leanformer import sparse
 from leanformer.nn.attention import repeat_kv
 from leanformer.sparse.kernels import from_diagonals, from_tiles, tile_attention, tile_attention_reference
 from leanformer.sparse.kernels.decode import gather_decode_attention, gather_decode_reference, gather_decode_triton
+from leanformer.sparse.kernels.pattern import reverse_tiles
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -60,6 +61,26 @@ def test_tile_kernel_explicit_tiles(dtype):
     blk = torch.rand(1, 4, n, n, device="cuda", generator=torch.Generator(device="cuda").manual_seed(2)) < 0.25
     pat = from_tiles(blk, bs, t)
     _assert_close_rule(tile_attention(q, k, v, pat), q, k, v, pat.to_mask())
+
+
+@pytest.mark.parametrize("config", [{"BN": 128, "num_stages": 3, "USE_TMA": True}, {"BN": 64, "USE_TMA": True},
+                                    {"BN": 128, "num_stages": 4, "USE_TMA": False}])
+@pytest.mark.parametrize("order", ["diag_last", "diag_first", "diagonals"])
+def test_tile_kernel_configs_and_tile_orders(config, order):
+    """Every launch setting on every kernel mode: explicit tiles with the diagonal last (block top-k) or anywhere,
+    and block diagonals with columns; 128-token blocks, an odd length, GQA, bf16."""
+    t, bs = 1201, 128
+    q, k, v = _qkv(2, 8, 2, t, 128, torch.bfloat16)
+    n = -(-t // bs)
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    if order == "diagonals":
+        pat = from_diagonals(torch.rand(2, 8, n, device="cuda", generator=gen) < 0.4,
+                             torch.rand(2, 8, t, device="cuda", generator=gen) < 0.05, bs, t)
+    else:
+        pat = from_tiles(torch.rand(2, 8, n, n, device="cuda", generator=gen) < 0.4, bs, t)
+        if order == "diag_first":
+            pat = reverse_tiles(pat)
+    _assert_close_rule(tile_attention(q, k, v, pat, config=config), q, k, v, pat.to_mask())
 
 
 def test_tile_kernel_equals_reference_fp32():

@@ -16,16 +16,24 @@ SCRIPT = textwrap.dedent("""
     import torch
     from leanformer.sparse.kernels import from_diagonals, from_tiles, tile_attention, tile_attention_reference
     from leanformer.sparse.kernels.decode import gather_decode_reference, gather_decode_triton
+    from leanformer.sparse.kernels.pattern import reverse_tiles
     g = torch.Generator().manual_seed(42)
     worst = 0.0
-    for t, bs, d, hq, hk in [(77, 16, 16, 4, 2), (45, 32, 16, 2, 1), (150, 128, 16, 2, 2)]:
+    # the kernel's three modes (block diagonals with or without columns; tiles with the diagonal last or first),
+    # each with the default launch settings, whole-tile steps with TMA loads, and 32-key steps
+    for t, bs, d, hq, hk in [(77, 16, 16, 4, 2), (45, 32, 16, 2, 1), (300, 128, 16, 2, 2)]:
         q, k, v = (torch.randn(1, h, t, d, generator=g) for h in (hq, hk, hk))
         n = -(-t // bs)
+        tiles = from_tiles(torch.rand(1, hq, n, n, generator=g) < 0.4, bs, t)
         for pat in (from_diagonals(torch.rand(1, hq, n, generator=g) < 0.4,
                                    torch.rand(1, hq, t, generator=g) < 0.2, bs, t),
-                    from_tiles(torch.rand(1, hq, n, n, generator=g) < 0.4, bs, t)):
-            out = tile_attention(q, k, v, pat)
-            worst = max(worst, (out - tile_attention_reference(q, k, v, pat)).abs().max().item())
+                    from_diagonals(torch.rand(1, hq, n, generator=g) < 0.4,
+                                   torch.zeros(1, hq, t, dtype=torch.bool), bs, t),
+                    tiles, reverse_tiles(tiles)):
+            ref = tile_attention_reference(q, k, v, pat)
+            for cfg in (None, {"BN": 128, "USE_TMA": True}, {"BN": 32, "num_stages": 3}):
+                out = tile_attention(q, k, v, pat, config=cfg)
+                worst = max(worst, (out - ref).abs().max().item())
     q = torch.randn(2, 8, 1, 16, generator=g)
     k, v = torch.randn(2, 2, 101, 16, generator=g), torch.randn(2, 2, 101, 16, generator=g)
     for hs in (2, 8):

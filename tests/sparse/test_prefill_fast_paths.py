@@ -15,6 +15,7 @@ from leanformer.sparse.kernels.flex_block import (
     flex_block_attention,
     resolve_kernel_options,
 )
+from leanformer.sparse.kernels.pattern import reverse_tiles
 from leanformer.sparse.prefill.block_topk import block_pattern, topk_bias
 from leanformer.sparse.prefill.estimate import pool_blocks, pooled_block_scores, vs_scores
 
@@ -111,13 +112,10 @@ def test_flex_full_blocks_equal_mask_mod_only_and_reference(helpers):
     q, k, v = helpers.make_qkv(1, 4, 2, t)
     blk = torch.rand(1, 4, n, n, generator=torch.Generator().manual_seed(0)) < 0.5
     pat = from_tiles(blk, bs, t)
-    # reverse each row's valid tiles so the diagonal comes first
-    ar = torch.arange(pat.tiles.shape[-1])
-    rev = (pat.tile_cnt.long()[..., None] - 1 - ar).clamp(min=0)
-    ordered = from_tiles(blk, bs, t)
+    ordered = pat
     assert ordered.diag_last
-    pat.tiles = torch.gather(pat.tiles, -1, rev).contiguous()
-    pat.diag_last = False
+    pat = reverse_tiles(ordered)  # the diagonal first
+    assert not pat.diag_last and torch.equal(pat.block_mask(), ordered.block_mask())
     ref = tile_attention_reference(q, k, v, pat)
     try:
         full = flex_block_attention(q, k, v, pat)
@@ -130,3 +128,16 @@ def test_flex_full_blocks_equal_mask_mod_only_and_reference(helpers):
     fast, slow = build_block_mask(ordered), build_block_mask(dataclasses.replace(ordered, diag_last=False))
     assert torch.equal(fast.to_dense(), slow.to_dense())
     torch.testing.assert_close(flex_block_attention(q, k, v, ordered), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_tile_kernel_config_defaults_and_errors():
+    from leanformer.errors import UserError
+    from leanformer.sparse.kernels.tile_attention import DEFAULT_CONFIG, resolve_config
+
+    assert resolve_config(128) == DEFAULT_CONFIG
+    assert resolve_config(64)["num_warps"] == 4 and resolve_config(32, {"BN": 128})["BN"] == 32
+    assert resolve_config(128, {"BN": 128, "USE_TMA": True}) == {**DEFAULT_CONFIG, "BN": 128, "USE_TMA": True}
+    with pytest.raises(UserError, match=r"BLOCK_M.*allowed"):
+        resolve_config(128, {"BLOCK_M": 64})
+    with pytest.raises(UserError, match="BN=48 must divide block_size 128"):
+        resolve_config(128, {"BN": 48})

@@ -11,14 +11,15 @@ PREFILL_IMPLS = ("triton", "flex")
 
 def run_pattern(q, k, v, pattern: TilePattern, scale, impl: str, kernel_options: dict | None = None):
     """Dispatch a resolved ``impl`` (``reference``, ``triton`` or ``flex``) for a prefill pattern;
-    ``kernel_options`` go to FlexAttention (the other paths take none)."""
+    ``kernel_options`` go to FlexAttention or, for ``triton``, to the tile kernel (``BN``, ``num_warps``,
+    ``num_stages``, ``USE_TMA``); the reference takes none."""
     if impl == "reference":
         return tile_attention_reference(q, k, v, pattern, scale)
     if impl == "flex":
         from leanformer.sparse.kernels.flex_block import flex_block_attention
 
         return flex_block_attention(q, k, v, pattern, scale, kernel_options)
-    return tile_attention(q, k, v, pattern, scale)
+    return tile_attention(q, k, v, pattern, scale, config=kernel_options)
 
 
 __all__ = ["TilePattern", "column_cost", "from_diagonals", "from_tiles", "run_pattern", "tile_attention",

@@ -18,7 +18,7 @@ building it (tests check the two agree).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import torch
@@ -138,6 +138,14 @@ def from_tiles(blk: torch.Tensor, block_size: int, seq_len: int) -> TilePattern:
     # ascending block indices: the diagonal, the largest causal one, comes last
     return TilePattern(block_size, seq_len, tile_cnt.int(), *no_columns(b, h, n, blk.device),
                        tiles=tiles.int().contiguous(), diag_last=True)
+
+
+def reverse_tiles(pattern: TilePattern) -> TilePattern:
+    """The same pattern with each query block's valid tiles listed in reverse (its diagonal first, so not
+    ``diag_last``): every kernel must give the same output for any tile order."""
+    ar = torch.arange(pattern.tiles.shape[-1], device=pattern.tiles.device)
+    rev = (pattern.tile_cnt.long()[..., None] - 1 - ar).clamp(min=0)
+    return replace(pattern, tiles=torch.gather(pattern.tiles, -1, rev).contiguous(), diag_last=False)
 
 
 @lru_cache(maxsize=32)

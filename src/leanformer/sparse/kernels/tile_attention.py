@@ -18,12 +18,14 @@ from functools import lru_cache
 
 import torch
 
+from leanformer.errors import UserError
 from leanformer.nn.attention import attention
 from leanformer.sparse.kernels.pattern import TilePattern
 
 try:
     import triton
     import triton.language as tl
+    from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # CPU-only installs
     triton = None
 
@@ -44,10 +46,29 @@ def tile_attention_reference(q, k, v, pattern: TilePattern, scale: float | None 
 if triton is not None:
 
     @triton.jit
-    def _tile_attn_fwd(Q, K, V, O, TILES, TCNT, COLS, CCNT, BDIAG, qk_scale,
+    def _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, MASKED: tl.constexpr):
+        """One block of keys into the online softmax; ``m_i`` stays in raw logit units (the scale is folded into the
+        exponent, one FMA per logit). Unmasked blocks hold no ``-inf`` logit, so they skip the empty-row guard."""
+        s = tl.dot(q, tl.trans(kt))
+        if MASKED:
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_safe = m_new
+        p = tl.exp2(s * qk_scale - (m_safe * qk_scale)[:, None])
+        alpha = tl.exp2((m_i - m_safe) * qk_scale)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        return acc, l_i, m_new
+
+    @triton.jit
+    def _tile_attn_fwd(Q, K, V, KD, VD, O, TILES, TCNT, COLS, CCNT, BDIAG, qk_scale,
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
-                       DIAG: tl.constexpr, BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+                       MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
+                       BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
         pid_m = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
@@ -60,59 +81,95 @@ if triton is not None:
                     other=0.0)
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
+        kv_row = (b * (H // GROUP) + hk) * T  # first row of this head in the [B * H_kv * T, D] descriptors
         m_i = tl.full([BS], float("-inf"), tl.float32)
         l_i = tl.zeros([BS], tl.float32)
         acc = tl.zeros([BS, D], tl.float32)
         row = pid_bh * NQB + pid_m
         n_t = tl.load(TCNT + row)
-        for j in range(0, n_t):
-            if DIAG:
-                kb = pid_m - tl.load(TILES + pid_bh * KT + j)
-            else:
+        if MODE == 0:  # explicit tiles, the diagonal anywhere in the list: every tile checks whether it needs masking
+            for j in range(0, n_t):
                 kb = tl.load(TILES + row * KT + j)
-            for sub in tl.static_range(0, BS // BN):
-                offs_k = kb * BS + sub * BN + offs_n
-                kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-                s = tl.dot(q, tl.trans(kt))  # raw logits: the scale is folded into the exponent below
-                if kb >= pid_m:  # only a diagonal (or future) tile needs the causal / end-of-sequence mask
+                for sub in tl.static_range(0, BS // BN):
+                    offs_k = kb * BS + sub * BN + offs_n
+                    kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T,
+                                 other=0.0)
+                    vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T,
+                                 other=0.0)
                     ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
-                    s = tl.where(ok, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-                p = tl.exp2(s * qk_scale - (m_safe * qk_scale)[:, None])  # one FMA per logit
-                alpha = tl.exp2((m_i - m_safe) * qk_scale)
+                    if kb >= pid_m:  # only a diagonal (or future) tile needs the causal / end-of-sequence mask
+                        acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+                    else:
+                        acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, False)
+        else:
+            # MODE 1: explicit tiles with the diagonal last (entries 0 .. n_t - 2 are off-diagonal);
+            # MODE 2: block diagonals, ascending, diagonal 0 first (entries 1 .. n_t - 1 are off-diagonal).
+            # Off-diagonal tiles are whole blocks before the query block: no mask, no bounds check, pipelined loads.
+            lo = 1 if MODE == 2 else 0
+            hi = n_t if MODE == 2 else n_t - 1
+            for j in tl.range(lo, hi, num_stages=STAGES):
+                if MODE == 2:
+                    kb = pid_m - tl.load(TILES + pid_bh * KT + j)
+                else:
+                    kb = tl.load(TILES + row * KT + j)
+                for sub in tl.static_range(0, BS // BN):
+                    start = kb * BS + sub * BN
+                    if USE_TMA:
+                        kt = KD.load([kv_row + start, 0])
+                        vt = VD.load([kv_row + start, 0])
+                    else:
+                        offs_k = start + offs_n
+                        kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :])
+                        vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :])
+                    acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, offs_n, False)
+            for sub in tl.static_range(0, BS // BN):  # the diagonal: causal and end-of-sequence mask
+                offs_k = pid_m * BS + sub * BN + offs_n
+                kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
                 vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-                acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-                l_i = l_i * alpha + tl.sum(p, 1)
-                m_i = m_new
-        n_c = tl.load(CCNT + row)
-        for c in range(0, n_c, BN):
-            offs_c = c + offs_n
-            cm = offs_c < n_c
-            cols = tl.load(COLS + pid_bh * NV + offs_c, mask=cm, other=0)
-            d = pid_m - cols // BS
-            cov = tl.load(BDIAG + pid_bh * NQB + d, mask=cm & (d >= 0), other=1)
-            cm = cm & (cov == 0)
-            kt = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=cm[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(kt))  # raw logits, as in the tile loop (m_i is kept in raw units)
-            ok = cm[None, :] & (cols[None, :] <= offs_m[:, None])
-            s = tl.where(ok, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s * qk_scale - (m_safe * qk_scale)[:, None])
-            alpha = tl.exp2((m_i - m_safe) * qk_scale)
-            vt = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=cm[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+                ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
+                acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+        if HAS_COLS:
+            n_c = tl.load(CCNT + row)
+            for c in range(0, n_c, BN):
+                offs_c = c + offs_n
+                cm = offs_c < n_c
+                cols = tl.load(COLS + pid_bh * NV + offs_c, mask=cm, other=0)
+                d = pid_m - cols // BS
+                cov = tl.load(BDIAG + pid_bh * NQB + d, mask=cm & (d >= 0), other=1)
+                cm = cm & (cov == 0)
+                kt = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=cm[:, None], other=0.0)
+                vt = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=cm[:, None], other=0.0)
+                ok = cm[None, :] & (cols[None, :] <= offs_m[:, None])
+                acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
         tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
                  mask=offs_m[:, None] < T)
 
 
-def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None) -> torch.Tensor:
-    """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`."""
+# Launch settings for 128-token blocks and head dim 128 (H200, bf16; benchmarks/bench_tile_kernel.py)
+DEFAULT_CONFIG = {"BN": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": False}
+
+
+def resolve_config(block_size: int, config: dict | None = None) -> dict:
+    """:data:`DEFAULT_CONFIG` under ``config``; ``BN`` cut to the block size, 4 warps for blocks under 128."""
+    bad = sorted(set(config or {}) - set(DEFAULT_CONFIG))
+    if bad:
+        raise UserError(f"unknown tile kernel option(s) {bad}; allowed: {sorted(DEFAULT_CONFIG)}")
+    cfg = dict(DEFAULT_CONFIG)
+    if block_size < 128:
+        cfg["num_warps"] = 4
+    cfg.update(config or {})
+    cfg["BN"] = min(cfg["BN"], block_size)
+    if block_size % cfg["BN"]:
+        raise UserError(f"tile kernel BN={cfg['BN']} must divide block_size {block_size}")
+    return cfg
+
+
+def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, config: dict | None = None):
+    """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`. ``config``: launch settings
+    (``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop, ``USE_TMA`` for its K/V loads)
+    over :data:`DEFAULT_CONFIG`."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("tile_attention needs CUDA tensors and triton; use tile_attention_reference")
     b, h, t, d = q.shape
@@ -120,25 +177,34 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None) ->
         raise ValueError(f"head dim {d} not supported by the Triton kernel (power of two 16..256)")
     if pattern.block_size not in (16, 32, 64, 128):
         raise ValueError(f"block_size {pattern.block_size} not supported by the Triton kernel (16, 32, 64 or 128)")
+    cfg = resolve_config(pattern.block_size, config)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q)
     scale = scale if scale is not None else d ** -0.5
     diag = pattern.diags is not None
+    mode = 2 if diag else (1 if pattern.diag_last else 0)
     tiles = (pattern.diags if diag else pattern.tiles).contiguous()
     kt = tiles.shape[-1]
     nqb = pattern.n_blocks
-    if pattern.cols.shape[-1] == 0:  # no column loop: BDIAG is never read, COLS needs one entry
+    has_cols = pattern.cols.shape[-1] > 0
+    if not has_cols:  # no column loop: COLS and BDIAG are never read
         cols, bdiag = _no_column_args(b, h, nqb, q.device)
     else:
         cols, bdiag = pattern.cols.contiguous(), pattern.bdiag.to(torch.int8).contiguous()
-    bs = pattern.block_size
+    bs, bn = pattern.block_size, cfg["BN"]
+    if cfg["USE_TMA"]:
+        kd = TensorDescriptor.from_tensor(k.view(-1, d), [bn, d])
+        vd = TensorDescriptor.from_tensor(v.view(-1, d), [bn, d])
+    else:
+        kd, vd = k, v
     grid = (nqb, b * h)
     _tile_attn_fwd[grid](
-        q, k, v, o, tiles, pattern.tile_cnt.contiguous(), cols, pattern.col_cnt.contiguous(), bdiag,
+        q, k, v, kd, vd, o, tiles, pattern.tile_cnt.contiguous(), cols, pattern.col_cnt.contiguous(), bdiag,
         scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
-        DIAG=diag, BS=bs, BN=min(bs, 64), D=d, num_warps=4 if bs <= 64 else 8, num_stages=2,
+        MODE=mode, HAS_COLS=has_cols, USE_TMA=cfg["USE_TMA"], STAGES=cfg["num_stages"], BS=bs, BN=bn, D=d,
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o
 

@@ -39,7 +39,8 @@ class BlockTopKParams:
     topk: int = 8
     block_size: int = 128
     impl: str = "auto"
-    # FlexAttention kernel options (BLOCK_M, BLOCK_N, num_warps, num_stages, ...), merged over flex_block's defaults
+    # kernel options merged over the kernel's defaults: FlexAttention's (BLOCK_M, BLOCK_N, num_warps, num_stages, ...)
+    # for impl "flex", the tile kernel's (BN, num_warps, num_stages, USE_TMA) for impl "triton"
     kernel_options: dict | None = None
 
 
