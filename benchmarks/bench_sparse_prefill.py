@@ -7,7 +7,9 @@ the dense number is not charged for GQA), then every method x sparsity through `
 pattern building and the kernel, all timed), and the kernel alone on the same pattern; block top-k runs through both
 FlexAttention and the Triton tile kernel, the flex path once per ``--flex-options`` setting (one GPU call picks the
 best kernel options; each setting is checked for correctness on its own). Speedups are reported only for paths that
-pass a correctness check first.
+pass a correctness check first. ``--stream N`` (default 4) also times each call back to back over N distinct inputs,
+as a model's layers call it, dense cuDNN the same way: one call's time then hides the host's work for the next one
+behind the GPU's, unless the method syncs (block top-k does not; the column methods need one for their shapes).
 bf16, random q/k/v (the pattern of random data is diffuse: a speed test, not a quality test). Writes
 ``sparse_prefill-*.json`` (after each length, so a cut-short run keeps its data).
 """
@@ -89,22 +91,38 @@ def check(args, t: int = 3001) -> dict:
     return verdict
 
 
+def stream_ms(fn, layers, repeat) -> float:
+    """Milliseconds per call of ``fn(q, k, v)`` over ``layers`` (distinct inputs) called back to back, as a model's
+    layers call attention: the host prepares the next call while the GPU runs this one, unless a call syncs."""
+    return bench(lambda: [fn(*x) for x in layers], warmup=1, repeat=repeat) * 1e3 / len(layers)
+
+
 def bench_length(t, args, verdict) -> list[dict]:
-    q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    def make():
+        return (torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16),
+                torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16),
+                torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16))
+
+    q, k, v = make()
+    layers = [(q, k, v)] + [make() for _ in range(args.stream - 1)] if args.stream else []
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g).contiguous(), repeat_kv(v, g).contiguous()
     dense_ms = bench(lambda: dense_cudnn(q, ke, ve), warmup=2, repeat=args.repeat) * 1e3
     ke = ve = None  # free the expanded copies
-    print(f"T={t} dense cuDNN {dense_ms:.2f} ms", flush=True)
+    dense_stream = None
+    if layers:
+        expanded = [(a, repeat_kv(b, g).contiguous(), repeat_kv(c, g).contiguous()) for a, b, c in layers]
+        dense_stream = stream_ms(dense_cudnn, expanded, args.repeat)
+        del expanded
+    print(f"T={t} dense cuDNN {dense_ms:.2f} ms" + (f", {dense_stream:.2f} ms a call in a stream of {len(layers)}"
+                                                    if layers else ""), flush=True)
     rows = []
     for method in args.methods:
         for s in args.sparsities:
             for impl, opts, label in variants(method, args):
                 kw = {"kernel_options": opts} if opts else {}
 
-                def call(method=method, s=s, impl=impl, kw=kw):
+                def call(q=q, k=k, v=v, method=method, s=s, impl=impl, kw=kw):
                     return sparse.prefill_attention(q, k, v, method, s, impl=impl, **kw)
 
                 _, info = call()
@@ -112,6 +130,8 @@ def bench_length(t, args, verdict) -> list[dict]:
                 pat, used = info["pattern"], info["impl"]
                 kernel_ms = bench(lambda pat=pat, used=used, opts=opts: run_pattern(q, k, v, pat, None, used, opts),
                                   warmup=1, repeat=args.repeat) * 1e3
+                in_stream = (stream_ms(lambda a, b, c, call=call: call(a, b, c), layers, args.repeat)
+                             if layers else None)
                 key = f"{method}/{used if label == 'auto' else label}"
                 ok = verdict.get(key, {}).get("ok", False)
                 row = {"seq_len": t, "method": method, "impl": used, "kernel_options": opts, "variant": key,
@@ -120,10 +140,14 @@ def bench_length(t, args, verdict) -> list[dict]:
                        "estimation_ms": total_ms - kernel_ms, "dense_cudnn_ms": dense_ms,
                        "speedup": dense_ms / total_ms if ok else None,
                        "kernel_speedup": dense_ms / kernel_ms if ok else None,
+                       "stream_ms": in_stream, "dense_cudnn_stream_ms": dense_stream,
+                       "stream_speedup": dense_stream / in_stream if ok and layers else None,
                        "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.dim, "dtype": "bf16"}
                 rows.append(row)
                 speed = (f"speedup={dense_ms / total_ms:6.2f}x (kernel {dense_ms / kernel_ms:6.2f}x)" if ok
                          else "speedup not reported: correctness check failed")
+                if layers and ok:
+                    speed += f" in a stream {dense_stream / in_stream:6.2f}x ({in_stream:.2f} ms a call)"
                 print(f"T={t:>6} {key:>40} s={s:.2f} measured={row['sparsity']:.3f} "
                       f"total={total_ms:8.2f} ms kernel={kernel_ms:8.2f} ms {speed}", flush=True)
                 del info, pat
@@ -155,6 +179,9 @@ def main(argv=None):
     ap.add_argument("--flex-options", nargs="+", default=["default"],
                     help='FlexAttention kernel options to sweep for block_topk, each "default" or '
                          '"BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3" (ints, true/false)')
+    ap.add_argument("--stream", type=int, default=4,
+                    help="also time calls back to back over this many distinct inputs (a model's layers), dense too; "
+                         "0: off")
     ap.add_argument("--profile", action="store_true",
                     help="print the top GPU ops of each method at the longest and shortest length")
     args = ap.parse_args(argv)

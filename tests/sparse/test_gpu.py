@@ -63,8 +63,8 @@ def test_tile_kernel_explicit_tiles(dtype):
     _assert_close_rule(tile_attention(q, k, v, pat), q, k, v, pat.to_mask())
 
 
-@pytest.mark.parametrize("config", [{"BN": 128, "num_stages": 3, "USE_TMA": True}, {"BN": 64, "USE_TMA": True},
-                                    {"BN": 128, "num_stages": 4, "USE_TMA": False}])
+@pytest.mark.parametrize("config", [{}, {"BN": 64, "num_stages": 3}, {"BM": 64, "num_warps": 4, "USE_TMA": False},
+                                    {"BM": 64, "BN": 64, "num_warps": 4}])
 @pytest.mark.parametrize("order", ["diag_last", "diag_first", "diagonals"])
 def test_tile_kernel_configs_and_tile_orders(config, order):
     """Every launch setting on every kernel mode: explicit tiles with the diagonal last (block top-k) or anywhere,
@@ -226,3 +226,18 @@ def test_block_select_triton_vs_reference(n, k):
     sq[..., 1:, 0] = float("inf")
     for a, b in zip(block_tiles_triton(sq, k), block_tiles(sq, k)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("impl", ["triton", "flex"])
+def test_block_topk_call_never_syncs(impl):
+    """Block top-k's call (estimation, selection, kernel, info) queues GPU work without waiting for it, so a model's
+    layers run back to back; CUDA's sync debug mode raises on any synchronising call."""
+    q, k, v = _qkv(1, 8, 2, 4096, 128, torch.bfloat16)
+    sparse.prefill_attention(q, k, v, "block_topk", 0.9, impl=impl)  # compile / autotune outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, info = sparse.prefill_attention(q, k, v, "block_topk", 0.9, impl=impl)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert float(info["sparsity"]) > 0.85 and out.shape == q.shape

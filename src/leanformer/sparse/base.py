@@ -7,7 +7,9 @@ Causal alignment is bottom-right (query ``i`` of ``T_q`` sees keys ``j <= i + T_
 *Sparsity* is the fraction of causal query-key pairs **not** computed: 0.95 means a 1/20 budget. Prefill methods
 count pairs inside the ``T x T`` causal triangle; decode methods count cache keys not read in one step. Every call
 returns ``(out, info)`` where ``info`` holds at least ``sparsity`` (measured), ``requested_sparsity``, ``kept_pairs``
-(or ``keys_read``) and ``estimation_pairs`` (the query-key scores computed to decide what to keep, reported apart).
+(or ``keys_read``) and ``estimation_pairs`` (the query-key scores computed to decide what to keep, reported apart);
+prefill methods add ``per_head_sparsity`` ``[B, H_q]`` and ``pattern``. Counts stay tensors on the inputs' device
+(reading them is the caller's sync, not the method's: block top-k's call has none, so calls queue back to back).
 """
 
 from __future__ import annotations

@@ -41,13 +41,22 @@ class SparseSession:
     def __init__(self, prefill=None, decode=None, prefill_sparsity=0.0, decode_sparsity=0.0):
         self.prefill, self.decode = prefill, decode
         self.prefill_sparsity, self.decode_sparsity = prefill_sparsity, decode_sparsity
-        self.stats: list[dict] = []
+        self._stats: list[dict] = []
+        self._pending: list[dict] = []
+
+    @property
+    def stats(self) -> list[dict]:
+        """One info dict per sparse call, 0-d tensors read as floats. Calls record their info as it comes (tensors
+        on the device) and it is read here, on access: a forward pass on a GPU is not stalled once per layer."""
+        if self._pending:
+            self._stats += [{k: float(v) if isinstance(v, torch.Tensor) and v.dim() == 0 else v for k, v in r.items()}
+                            for r in self._pending]
+            self._pending = []
+        return self._stats
 
     def _record(self, info, layer, phase):
         if info is not None:
-            row = {k: float(v) if isinstance(v, torch.Tensor) and v.dim() == 0 else v
-                   for k, v in info.items() if k != "pattern"}
-            self.stats.append(row | {"layer": layer, "phase": phase})
+            self._pending.append({k: v for k, v in info.items() if k != "pattern"} | {"layer": layer, "phase": phase})
 
     def attention(self, module, query, key, value, attention_mask=None, dropout: float = 0.0, scaling=None, **kwargs):
         """The ``AttentionInterface`` function: returns ``(out [B, T_q, H_q, D], None)``."""

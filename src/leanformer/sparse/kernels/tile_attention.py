@@ -5,10 +5,13 @@
 A query row with no kept key (impossible here: the diagonal tile is always kept) would return zeros.
 
 The Triton kernel is a FlashAttention-2 style forward (online softmax in fp32, exp2 with the scale folded into one
-FMA per logit) with one program per ``(query block, batch x head)``: it walks the kept tiles (contiguous key blocks,
-in steps of 64 keys; only a diagonal or future tile evaluates the causal mask), then the kept columns in chunks of 64
-gathered by index, skipping columns that a kept block diagonal already covers. Work is
-proportional to the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))`` integers.
+FMA per logit) with one program per ``BM`` query rows of a query block and ``batch x head``: it walks the kept
+off-diagonal tiles (whole key blocks before the query block, ``BN`` keys per step: no mask, no bounds check, loads
+software-pipelined and, with ``USE_TMA``, by TMA), then the diagonal tile under the causal mask (key steps wholly
+after the program's rows skipped), then the kept columns in chunks of ``BN`` gathered by index, skipping columns that
+a kept block diagonal already covers. Patterns whose tile lists put the diagonal elsewhere than where block top-k
+(last) or the block-diagonal form (first) put it take a slower mode that checks every tile. Work is proportional to
+the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))`` integers.
 """
 
 from __future__ import annotations
@@ -68,13 +71,15 @@ if triton is not None:
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
                        MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
-                       BS: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
-        pid_m = tl.program_id(0)
+                       BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+        # one program per (BM query rows, batch x head); BS // BM programs share a query block and its tiles
+        pid_m = tl.program_id(0) // (BS // BM)
+        part = tl.program_id(0) % (BS // BM)
         pid_bh = tl.program_id(1)
         b = pid_bh // H
         h = pid_bh % H
         hk = h // GROUP
-        offs_m = pid_m * BS + tl.arange(0, BS)
+        offs_m = pid_m * BS + part * BM + tl.arange(0, BM)
         offs_n = tl.arange(0, BN)
         offs_d = tl.arange(0, D)
         q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqt + offs_d[None, :], mask=offs_m[:, None] < T,
@@ -82,9 +87,9 @@ if triton is not None:
         k_base = K + b * skb + hk * skh
         v_base = V + b * svb + hk * svh
         kv_row = (b * (H // GROUP) + hk) * T  # first row of this head in the [B * H_kv * T, D] descriptors
-        m_i = tl.full([BS], float("-inf"), tl.float32)
-        l_i = tl.zeros([BS], tl.float32)
-        acc = tl.zeros([BS, D], tl.float32)
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        acc = tl.zeros([BM, D], tl.float32)
         row = pid_bh * NQB + pid_m
         n_t = tl.load(TCNT + row)
         if MODE == 0:  # explicit tiles, the diagonal anywhere in the list: every tile checks whether it needs masking
@@ -123,11 +128,14 @@ if triton is not None:
                         vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :])
                     acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, offs_n, False)
             for sub in tl.static_range(0, BS // BN):  # the diagonal: causal and end-of-sequence mask
-                offs_k = pid_m * BS + sub * BN + offs_n
-                kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-                vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
-                ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
-                acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+                if sub * BN < (part + 1) * BM:  # key steps wholly after this program's last row are skipped
+                    offs_k = pid_m * BS + sub * BN + offs_n
+                    kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T,
+                                 other=0.0)
+                    vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T,
+                                 other=0.0)
+                    ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
+                    acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
         if HAS_COLS:
             n_c = tl.load(CCNT + row)
             for c in range(0, n_c, BN):
@@ -147,12 +155,14 @@ if triton is not None:
                  mask=offs_m[:, None] < T)
 
 
-# Launch settings for 128-token blocks and head dim 128 (H200, bf16; benchmarks/bench_tile_kernel.py)
-DEFAULT_CONFIG = {"BN": 64, "num_warps": 8, "num_stages": 2, "USE_TMA": False}
+# Launch settings for 128-token blocks and head dim 128 (H100, bf16; benchmarks/bench_tile_kernel.py,
+# results/tile_kernel-20261205T182653Z.json): whole 128-key tiles per step, TMA loads, two stages
+DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True}
 
 
 def resolve_config(block_size: int, config: dict | None = None) -> dict:
-    """:data:`DEFAULT_CONFIG` under ``config``; ``BN`` cut to the block size, 4 warps for blocks under 128."""
+    """:data:`DEFAULT_CONFIG` under ``config``: ``BM`` query rows per program, ``BN`` keys per step (both cut to the
+    block size and dividing it), 4 warps for blocks under 128 tokens."""
     bad = sorted(set(config or {}) - set(DEFAULT_CONFIG))
     if bad:
         raise UserError(f"unknown tile kernel option(s) {bad}; allowed: {sorted(DEFAULT_CONFIG)}")
@@ -160,16 +170,17 @@ def resolve_config(block_size: int, config: dict | None = None) -> dict:
     if block_size < 128:
         cfg["num_warps"] = 4
     cfg.update(config or {})
-    cfg["BN"] = min(cfg["BN"], block_size)
-    if block_size % cfg["BN"]:
-        raise UserError(f"tile kernel BN={cfg['BN']} must divide block_size {block_size}")
+    for key in ("BM", "BN"):
+        cfg[key] = min(cfg[key], block_size)
+        if block_size % cfg[key]:
+            raise UserError(f"tile kernel {key}={cfg[key]} must divide block_size {block_size}")
     return cfg
 
 
 def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, config: dict | None = None):
     """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`. ``config``: launch settings
-    (``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop, ``USE_TMA`` for its K/V loads)
-    over :data:`DEFAULT_CONFIG`."""
+    (``BM`` query rows per program, ``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop,
+    ``USE_TMA`` for its K/V loads) over :data:`DEFAULT_CONFIG`."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("tile_attention needs CUDA tensors and triton; use tile_attention_reference")
     b, h, t, d = q.shape
@@ -197,13 +208,13 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         vd = TensorDescriptor.from_tensor(v.view(-1, d), [bn, d])
     else:
         kd, vd = k, v
-    grid = (nqb, b * h)
+    grid = (nqb * (bs // cfg["BM"]), b * h)
     _tile_attn_fwd[grid](
         q, k, v, kd, vd, o, tiles, pattern.tile_cnt.contiguous(), cols, pattern.col_cnt.contiguous(), bdiag,
         scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
-        MODE=mode, HAS_COLS=has_cols, USE_TMA=cfg["USE_TMA"], STAGES=cfg["num_stages"], BS=bs, BN=bn, D=d,
+        MODE=mode, HAS_COLS=has_cols, USE_TMA=cfg["USE_TMA"], STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o

@@ -123,7 +123,7 @@ class FlexPrefill(PrefillMethod):
         w = min(p.window, t)
         est = b * h * (w * t + (n * n if p.query_aware else 0))
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, est, impl,
-                              per_head_sparsity=(1 - kept / total).cpu(), query_aware_heads=qa.cpu(),
+                              per_head_sparsity=1 - kept / total, query_aware_heads=qa.cpu(),
                               pattern=pattern)
 
 

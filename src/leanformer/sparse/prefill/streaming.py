@@ -65,4 +65,4 @@ class StreamingPrefill(PrefillMethod):
         out = run_pattern(q, k, v, pattern, default_scale(q, scale), impl)
         kept = pattern.kept_pairs()
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, 0, impl,
-                              per_head_sparsity=(1 - kept / total).cpu(), pattern=pattern)
+                              per_head_sparsity=1 - kept / total, pattern=pattern)

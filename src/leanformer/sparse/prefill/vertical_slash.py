@@ -105,4 +105,4 @@ class VerticalSlash(PrefillMethod):
         kept = pattern.kept_pairs()
         w = min(p.window, t)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, b * h * w * t, impl,
-                              per_head_sparsity=(1 - kept / total).cpu(), pattern=pattern)
+                              per_head_sparsity=1 - kept / total, pattern=pattern)
