@@ -7,7 +7,7 @@
 #   bash benchmarks/device_lanes.sh reference COMMIT   # issue 11: four reference-checkpoint recipes side by side
 #   bash benchmarks/device_lanes.sh bench COMMIT       # issues 3, 7, 8, 9, 10: pair2 + pair3 on four GPUs
 #   bash benchmarks/device_lanes.sh pair1..pair4 COMMIT  # the same work for a two-GPU machine (nvidia-h200-x2)
-#   bash benchmarks/device_lanes.sh ref-solo|ref-continue|ref-keyed|ref-keyed-continue|ref-keyed-more|ref-uneven|gpu-tests|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-split|solo-t5-flex|solo-sparse|solo-tiles|solo-tiles2|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
+#   bash benchmarks/device_lanes.sh ref-solo|ref-continue|ref-keyed|ref-keyed-continue|ref-keyed-more|ref-uneven|gpu-tests|ref-recall|ref1|solo1|solo-compare|solo-dtp|solo-t5|solo-t5-split|solo-t5-flex|solo-sparse|solo-tiles|solo-tiles2|solo-sparse9|solo-t5-sparse|solo-hg|ref-finish COMMIT  # one GPU (nvidia-h200)
 #
 # Each command has its own timeout so that the whole batch ends inside the tool's 10-minute limit.
 set -u
@@ -146,6 +146,11 @@ else
             BM=64,BN=64,num_warps=4,num_stages=2,USE_TMA=false BM=64,BN=64,num_warps=4,num_stages=4,USE_TMA=false; \
             timeout 240 python3 benchmarks/bench_sparse_prefill.py --lengths 32768 131072 65536 \
             --sparsities 0.95 0.9 --methods block_topk streaming --repeat 10 --stream 4"
+    elif [ "$BATCH" = solo-sparse9 ]; then  # one GPU, issue 3: GPU tests, then every prefill method at every length and
+        # sparsity, calls timed alone and back to back (session 9's final sweep)
+        lane 0 sparse9 "timeout 150 python3 -m pytest -p no:cacheprovider -q -rfE tests/sparse/test_gpu.py \
+            tests/sparse/test_block_select.py; timeout 420 python3 benchmarks/bench_sparse_prefill.py \
+            --lengths 131072 32768 65536 --sparsities 0.95 0.9 0.8 0.5 --repeat 5 --stream 4"
     elif [ "$BATCH" = solo-t5-flex ]; then lane 0 t5-flex "${t5/--attn flex sdpa/--attn flex --models leanformer}"
     elif [ "$BATCH" = solo-t5-sparse ]; then  # one GPU: T5 (8), then block top-k prefill with the cached table (3)
         lane 0 t5-sparse "${t5/timeout 570/timeout 440}; timeout 120 python3 benchmarks/bench_sparse_prefill.py \
@@ -159,7 +164,7 @@ else
     elif [ "$BATCH" = pair4 ]; then  # two GPUs: the sharded frontier sweep (12), then Hourglass speed (6)
         lane 0,1 shard-hourglass "$shard; CUDA_VISIBLE_DEVICES=0 $hourglass_speed"
     else
-        echo "unknown batch $BATCH (reference, ref-solo, ref-continue, ref-keyed, ref-keyed-continue, ref-keyed-more, ref-uneven, gpu-tests, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-split, solo-t5-flex, solo-sparse, solo-tiles, solo-tiles2, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
+        echo "unknown batch $BATCH (reference, ref-solo, ref-continue, ref-keyed, ref-keyed-continue, ref-keyed-more, ref-uneven, gpu-tests, ref-recall, ref1, bench, pair1-pair4, solo1, solo-compare, solo-dtp, solo-t5, solo-t5-split, solo-t5-flex, solo-sparse, solo-tiles, solo-tiles2, solo-sparse9, solo-t5-sparse, solo-hg or ref-finish)"; exit 2
     fi
 fi
 wait

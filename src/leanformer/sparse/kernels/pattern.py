@@ -84,13 +84,24 @@ class TilePattern:
     def kept_pairs(self) -> torch.Tensor:
         """Computed query-key pairs per ``(batch, head)``, ``[B, H]`` float64, without building the mask."""
         bs, t = self.block_size, self.seq_len
-        rows = self.rows().double()
         # every query block keeps its diagonal tile (causal triangle); other tiles are rows x block_size
-        tiles = (rows * bs * (self.tile_cnt.double() - 1)).sum(-1) + (rows * (rows + 1) / 2).sum()
+        weights, offset = _tile_weights(bs, t, self.tile_cnt.device)
+        tiles = torch.matmul(self.tile_cnt.double(), weights) + offset
         if self.cols.shape[-1] == 0:
             return tiles
         cost = column_cost(self.bdiag, self.cols.long().clamp(max=t - 1), bs, t)
         return tiles + (cost * (self.cols < t)).sum(-1)
+
+
+@lru_cache(maxsize=32)
+def _tile_weights(block_size: int, seq_len: int, device) -> tuple[torch.Tensor, float]:
+    """``(w [NQB] float64, c)`` with ``kept = tile_cnt @ w + c`` for tiles-only counting: ``w_i = rows_i x
+    block_size`` per tile, ``c`` the diagonal triangles less the one full tile each count includes. Cached per shape
+    (read-only): counting is two launches, not a dozen (they sit between a model's attention kernels)."""
+    n = -(-seq_len // block_size)
+    rows = (seq_len - torch.arange(n, dtype=torch.float64) * block_size).clamp(max=block_size)
+    offset = float((rows * (rows + 1) / 2).sum() - (rows * block_size).sum())
+    return (rows * block_size).to(device), offset
 
 
 def column_cost(bdiag: torch.Tensor, cols: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
