@@ -35,6 +35,7 @@ from leanformer.sparse.prefill.estimate import pooled_block_scores
 
 # H100, bf16, 32 / 8 heads, d = 128 (results/sparse_prefill-20261205T184645Z.json): at 32K tokens (256 blocks) the
 # Triton path's whole call is faster (1.46 vs 1.65 ms at sparsity 0.95, 2.44 vs 2.47 at 0.9), at 64K and 128K flex's
+# (4.80 vs 4.82 and 7.79 vs 8.52 ms at 64K; 16.44 vs 18.44 and 30.71 vs 33.53 ms at 128K)
 AUTO_TRITON_BLOCKS = 256
 
 
@@ -120,7 +121,9 @@ class BlockTopK(PrefillMethod):
     ``baddbmm`` (scores + the forced/causal bias, repeated for the GQA group once per shape), one Triton launch that
     selects each query block's tiles, places its diagonal and writes the counts (``kernels/block_select.py``). The
     FlexAttention path turns the tiles into a ``BlockMask`` of full blocks plus the causal diagonal
-    (``kernels/flex_block.py``)."""
+    (``kernels/flex_block.py``); the Triton path hands them to the tile kernel (``kernels/tile_attention.py``).
+    ``impl="auto"`` on a GPU takes Triton up to :data:`AUTO_TRITON_BLOCKS` query blocks, flex beyond. Nothing in the
+    call waits for the GPU (``info`` holds device tensors), so a model's layers queue back to back."""
 
     name = "block_topk"
     Params = BlockTopKParams
