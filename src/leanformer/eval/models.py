@@ -48,13 +48,24 @@ def _is_ours(spec: str) -> bool:
     return (p / "model.json").is_file() or any(p.glob("*/model.json")) or any(p.glob("checkpoints/*/model.json"))
 
 
+def _our_checkpoint(spec: str):
+    """The checkpoint directory behind one of our model specs (a run folder resolves to its checkpoint); None for a
+    Hugging Face directory or a hub name."""
+    if not _is_ours(spec):
+        return None
+    from leanformer.train.checkpoint import resolve_checkpoint
+
+    return resolve_checkpoint(spec)
+
+
 def context_length(spec: str) -> int | None:
     """Maximum positions of the model (from its config, without loading weights); None when unknown."""
     spec = resolve_spec(spec)
-    if _is_ours(spec):
-        from leanformer.train.checkpoint import read_model_meta, resolve_checkpoint
+    ours = _our_checkpoint(spec)
+    if ours is not None:
+        from leanformer.train.checkpoint import read_model_meta
 
-        return read_model_meta(resolve_checkpoint(spec))["config"].get("max_seq_len")
+        return read_model_meta(ours)["config"].get("max_seq_len")
     try:
         from transformers import AutoConfig
 
@@ -79,11 +90,7 @@ def model_fingerprint(spec: str) -> str:
     A hub name that is not a local directory is its own identity (``name:<spec>``): pin a revision in the name if the
     hub copy may change."""
     path = resolve_spec(spec)
-    if _is_ours(path):
-        from leanformer.train.checkpoint import resolve_checkpoint
-
-        path = resolve_checkpoint(path)
-    root = Path(path)
+    root = Path(_our_checkpoint(path) or path)
     if not root.is_dir():
         return f"name:{spec}"
     h = hashlib.sha256()

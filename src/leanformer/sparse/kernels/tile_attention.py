@@ -17,7 +17,6 @@ the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block 
 from __future__ import annotations
 
 import os
-from functools import lru_cache
 
 import torch
 
@@ -198,8 +197,8 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     kt = tiles.shape[-1]
     nqb = pattern.n_blocks
     has_cols = pattern.cols.shape[-1] > 0
-    if not has_cols:  # no column loop: COLS and BDIAG are never read
-        cols, bdiag = _no_column_args(b, h, nqb, q.device)
+    if not has_cols:  # no column loop: COLS and BDIAG are never read (any valid int32 pointer fills the slots)
+        cols = bdiag = pattern.tile_cnt
     else:
         cols, bdiag = pattern.cols.contiguous(), pattern.bdiag.to(torch.int8).contiguous()
     bs, bn = pattern.block_size, cfg["BN"]
@@ -219,9 +218,3 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     )
     return o
 
-
-@lru_cache(maxsize=16)
-def _no_column_args(b: int, h: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Placeholder ``COLS`` / ``BDIAG`` for a pattern without columns (read-only; two launches fewer per call)."""
-    return (torch.zeros(b, h, 1, dtype=torch.int32, device=device),
-            torch.zeros(b, h, n, dtype=torch.int8, device=device))
