@@ -66,6 +66,16 @@ if triton is not None:
         return acc, l_i, m_new
 
     @triton.jit
+    def _bounded_step(q, k_base, v_base, offs_k, offs_m, offs_d, skt, svt, T, acc, l_i, m_i, qk_scale,
+                      MASKED: tl.constexpr):
+        """Keys ``offs_k`` loaded with a bounds check (the last block may be partial), the causal mask if
+        ``MASKED``."""
+        kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
+        vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T, other=0.0)
+        ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
+        return _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, MASKED)
+
+    @triton.jit
     def _tile_attn_fwd(Q, K, V, KD, VD, O, TILES, TCNT, COLS, CCNT, BDIAG, qk_scale,
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
@@ -96,15 +106,12 @@ if triton is not None:
                 kb = tl.load(TILES + row * KT + j)
                 for sub in tl.static_range(0, BS // BN):
                     offs_k = kb * BS + sub * BN + offs_n
-                    kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T,
-                                 other=0.0)
-                    vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T,
-                                 other=0.0)
-                    ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
                     if kb >= pid_m:  # only a diagonal (or future) tile needs the causal / end-of-sequence mask
-                        acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+                        acc, l_i, m_i = _bounded_step(q, k_base, v_base, offs_k, offs_m, offs_d, skt, svt, T, acc,
+                                                      l_i, m_i, qk_scale, True)
                     else:
-                        acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, False)
+                        acc, l_i, m_i = _bounded_step(q, k_base, v_base, offs_k, offs_m, offs_d, skt, svt, T, acc,
+                                                      l_i, m_i, qk_scale, False)
         else:
             # MODE 1: explicit tiles with the diagonal last (entries 0 .. n_t - 2 are off-diagonal);
             # MODE 2: block diagonals, ascending, diagonal 0 first (entries 1 .. n_t - 1 are off-diagonal).
@@ -128,13 +135,8 @@ if triton is not None:
                     acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, offs_n, False)
             for sub in tl.static_range(0, BS // BN):  # the diagonal: causal and end-of-sequence mask
                 if sub * BN < (part + 1) * BM:  # key steps wholly after this program's last row are skipped
-                    offs_k = pid_m * BS + sub * BN + offs_n
-                    kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :], mask=offs_k[:, None] < T,
-                                 other=0.0)
-                    vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :], mask=offs_k[:, None] < T,
-                                 other=0.0)
-                    ok = (offs_k[None, :] <= offs_m[:, None]) & (offs_k[None, :] < T)
-                    acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+                    acc, l_i, m_i = _bounded_step(q, k_base, v_base, pid_m * BS + sub * BN + offs_n, offs_m, offs_d,
+                                                  skt, svt, T, acc, l_i, m_i, qk_scale, True)
         if HAS_COLS:
             n_c = tl.load(CCNT + row)
             for c in range(0, n_c, BN):
