@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent("""
+    import sys
     import torch
     from leanformer.sparse.kernels import from_diagonals, from_tiles, tile_attention, tile_attention_reference
     from leanformer.sparse.kernels.decode import gather_decode_reference, gather_decode_triton
@@ -34,6 +35,11 @@ SCRIPT = textwrap.dedent("""
             for cfg in (None, {"BN": 128, "USE_TMA": False}, {"BM": 64, "BN": 32, "num_stages": 3}, {"BM": 32}):
                 out = tile_attention(q, k, v, pat, config=cfg)
                 worst = max(worst, (out - ref).abs().max().item())
+    # keys whose base is not 16-byte aligned (a contiguous view 3 elements into its storage): no TMA, same output
+    k_off = torch.randn(1, 2, 300 * 16 + 3, generator=g)[..., 3:].view(1, 2, 300, 16)
+    assert not sys.modules["leanformer.sparse.kernels.tile_attention"]._tma_ok(k_off, v)
+    ref = tile_attention_reference(q, k_off, v, tiles)
+    worst = max(worst, (tile_attention(q, k_off, v, tiles) - ref).abs().max().item())
     q = torch.randn(2, 8, 1, 16, generator=g)
     k, v = torch.randn(2, 2, 101, 16, generator=g), torch.randn(2, 2, 101, 16, generator=g)
     for hs in (2, 8):

@@ -11,8 +11,8 @@ PREFILL_IMPLS = ("triton", "flex")
 
 def run_pattern(q, k, v, pattern: TilePattern, scale, impl: str, kernel_options: dict | None = None):
     """Dispatch a resolved ``impl`` (``reference``, ``triton`` or ``flex``) for a prefill pattern;
-    ``kernel_options`` go to FlexAttention or, for ``triton``, to the tile kernel (``BN``, ``num_warps``,
-    ``num_stages``, ``USE_TMA``); the reference takes none."""
+    ``kernel_options`` go to FlexAttention or, for ``triton``, to the tile kernel (``BM``, ``BN``,
+    ``num_warps``, ``num_stages``, ``USE_TMA``); the reference takes none."""
     if impl == "reference":
         return tile_attention_reference(q, k, v, pattern, scale)
     if impl == "flex":

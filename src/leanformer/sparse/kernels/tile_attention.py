@@ -16,6 +16,7 @@ the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block 
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -178,10 +179,23 @@ def resolve_config(block_size: int, config: dict | None = None) -> dict:
     return cfg
 
 
+def _tma_ok(k: torch.Tensor, v: torch.Tensor) -> bool:
+    """TMA loads need a Hopper-class GPU (or the interpreter) and 16-byte aligned K/V bases; otherwise pointer
+    loads (the same kernel, ``USE_TMA=False``)."""
+    if k.data_ptr() % 16 or v.data_ptr() % 16:
+        return False
+    return INTERPRET or _capability(k.device)[0] >= 9
+
+
+@functools.lru_cache(maxsize=8)
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, config: dict | None = None):
     """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`. ``config``: launch settings
     (``BM`` query rows per program, ``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop,
-    ``USE_TMA`` for its K/V loads) over :data:`DEFAULT_CONFIG`."""
+    ``USE_TMA`` for its K/V loads, where the GPU has TMA and the bases are aligned) over :data:`DEFAULT_CONFIG`."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("tile_attention needs CUDA tensors and triton; use tile_attention_reference")
     b, h, t, d = q.shape
@@ -204,7 +218,8 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     else:
         cols, bdiag = pattern.cols.contiguous(), pattern.bdiag.to(torch.int8).contiguous()
     bs, bn = pattern.block_size, cfg["BN"]
-    if cfg["USE_TMA"]:
+    use_tma = cfg["USE_TMA"] and _tma_ok(k, v)
+    if use_tma:
         kd = TensorDescriptor.from_tensor(k.view(-1, d), [bn, d])
         vd = TensorDescriptor.from_tensor(v.view(-1, d), [bn, d])
     else:
@@ -215,7 +230,7 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
-        MODE=mode, HAS_COLS=has_cols, USE_TMA=cfg["USE_TMA"], STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
+        MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o
