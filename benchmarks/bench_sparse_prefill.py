@@ -64,12 +64,28 @@ def dense_cudnn(q, k, v):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def make_qkv(args, t: int):
+    """Random bf16 ``q [1, heads, t, dim]``, ``k, v [1, kv_heads, t, dim]`` on the GPU."""
+    return (torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16),
+            torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16),
+            torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16))
+
+
+def check_output(out, q, ke, ve, mask) -> dict:
+    """``out`` against the fp32 attention under ``mask`` (``ke, ve`` expanded to the query heads): ``ok`` when its
+    error is at most twice that of same-precision PyTorch SDPA (flash-attn's rule) and it holds no NaN."""
+    s = torch.matmul(q.float(), ke.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+    ref = torch.matmul(torch.softmax(s.masked_fill_(~mask, float("-inf")), -1), ve.float())
+    base = F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask)
+    err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
+    ok = err <= 2 * err_base + 1e-5 and not torch.isnan(out).any().item()
+    return {"ok": ok, "err": err, "err_sdpa_same_precision": err_base}
+
+
 def check(args, t: int = 3001) -> dict:
     """Fast path vs fp32 reference under the same mask, at a small odd length: ``{method/impl: ok}``. A speedup is
-    reported only for paths whose error is at most twice that of same-precision PyTorch SDPA (flash-attn's rule)."""
-    q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    reported only for paths that pass :func:`check_output`."""
+    q, k, v = make_qkv(args, t)
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g), repeat_kv(v, g)
     verdict = {}
@@ -77,17 +93,11 @@ def check(args, t: int = 3001) -> dict:
         for impl, opts, label in variants(method, args):
             kw = {"kernel_options": opts} if opts else {}
             out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl, **kw)
-            mask = info["pattern"].to_mask()
-            s = torch.matmul(q.float(), ke.float().transpose(-1, -2)) * args.dim ** -0.5
-            ref = torch.matmul(torch.softmax(s.masked_fill_(~mask, float("-inf")), -1), ve.float())
-            base = F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask)
-            err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
-            ok = err <= 2 * err_base + 1e-5 and not torch.isnan(out).any().item()
             key = f"{method}/{info['impl'] if label == 'auto' else label}"
-            verdict[key] = {"ok": ok, "err": err, "err_sdpa_same_precision": err_base}
-            print(f"check {key}: err {err:.2e} vs same-precision SDPA {err_base:.2e} -> "
-                  f"{'ok' if ok else 'FAILED'}", flush=True)
-            del s, ref, base, mask, out, info
+            verdict[key] = r = check_output(out, q, ke, ve, info["pattern"].to_mask())
+            print(f"check {key}: err {r['err']:.2e} vs same-precision SDPA {r['err_sdpa_same_precision']:.2e} -> "
+                  f"{'ok' if r['ok'] else 'FAILED'}", flush=True)
+            del out, info
     return verdict
 
 
@@ -98,13 +108,8 @@ def stream_ms(fn, layers, repeat) -> float:
 
 
 def bench_length(t, args, verdict) -> list[dict]:
-    def make():
-        return (torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16),
-                torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16),
-                torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16))
-
-    q, k, v = make()
-    layers = [(q, k, v)] + [make() for _ in range(args.stream - 1)] if args.stream else []
+    q, k, v = make_qkv(args, t)
+    layers = [(q, k, v)] + [make_qkv(args, t) for _ in range(args.stream - 1)] if args.stream else []
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g).contiguous(), repeat_kv(v, g).contiguous()
     dense_ms = bench(lambda: dense_cudnn(q, ke, ve), warmup=2, repeat=args.repeat) * 1e3
@@ -157,9 +162,7 @@ def bench_length(t, args, verdict) -> list[dict]:
 
 def profile(args, t: int, s: float = 0.95):
     """Where the time of one call goes (pattern estimation vs kernel), by GPU op."""
-    q = torch.randn(1, args.heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
-    k = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
-    v = torch.randn(1, args.kv_heads, t, args.dim, device="cuda", dtype=torch.bfloat16)
+    q, k, v = make_qkv(args, t)
     for method in args.methods:
         sparse.prefill_attention(q, k, v, method, s)
         torch.cuda.synchronize()

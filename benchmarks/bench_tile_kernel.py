@@ -20,10 +20,9 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sparse_prefill import dense_cudnn, parse_flex_options  # noqa: E402
+from bench_sparse_prefill import check_output, dense_cudnn, make_qkv, parse_flex_options  # noqa: E402
 from common import bench, record, utc_stamp  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
@@ -42,11 +41,6 @@ def load_kernel(path: str):
     return mod.tile_attention
 
 
-def qkv(args, t):
-    shape = (1, args.heads, t, args.dim), (1, args.kv_heads, t, args.dim), (1, args.kv_heads, t, args.dim)
-    return (torch.randn(*s, device="cuda", dtype=torch.bfloat16) for s in shape)
-
-
 def candidates(args, baseline):
     """``(label, fn(q, k, v, pattern))`` to time; FlexAttention only takes tile-only patterns (block top-k)."""
     out = [(f"triton[{','.join(f'{k}={v}' for k, v in c.items())}]",
@@ -58,7 +52,7 @@ def candidates(args, baseline):
 
 
 def check(args, cands, t: int = 3001) -> dict:
-    q, k, v = qkv(args, t)
+    q, k, v = make_qkv(args, t)
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g), repeat_kv(v, g)
     verdict = {}
@@ -66,23 +60,17 @@ def check(args, cands, t: int = 3001) -> dict:
         _, info = sparse.prefill_attention(q, k, v, method, 0.9, impl="triton")
         pat = info["pattern"]
         mask = pat.to_mask()
-        s = torch.matmul(q.float(), ke.float().transpose(-1, -2)) * args.dim ** -0.5
-        ref = torch.matmul(torch.softmax(s.masked_fill_(~mask, float("-inf")), -1), ve.float())
-        err_base = (F.scaled_dot_product_attention(q, ke, ve, attn_mask=mask).float() - ref).abs().max().item()
         for label, fn in cands:
             if label == "flex" and method != "block_topk":
                 continue
-            out = fn(q, k, v, pat)
-            err = (out.float() - ref).abs().max().item()
-            ok = err <= 2 * err_base + 1e-5 and not torch.isnan(out).any().item()
-            verdict[f"{method}/{label}"] = {"ok": ok, "err": err, "err_sdpa_same_precision": err_base}
-            print(f"check {method}/{label}: err {err:.2e} vs SDPA {err_base:.2e} -> {'ok' if ok else 'FAILED'}",
-                  flush=True)
+            verdict[f"{method}/{label}"] = r = check_output(fn(q, k, v, pat), q, ke, ve, mask)
+            print(f"check {method}/{label}: err {r['err']:.2e} vs SDPA {r['err_sdpa_same_precision']:.2e} -> "
+                  f"{'ok' if r['ok'] else 'FAILED'}", flush=True)
     return verdict
 
 
 def bench_length(t, args, cands, verdict) -> list[dict]:
-    q, k, v = qkv(args, t)
+    q, k, v = make_qkv(args, t)
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g).contiguous(), repeat_kv(v, g).contiguous()
     dense_ms = bench(lambda: dense_cudnn(q, ke, ve), warmup=2, repeat=args.repeat) * 1e3
