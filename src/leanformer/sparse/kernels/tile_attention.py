@@ -62,7 +62,7 @@ if triton is not None:
             m_safe = m_new
         p = tl.exp2(s * qk_scale - (m_safe * qk_scale)[:, None])
         alpha = tl.exp2((m_i - m_safe) * qk_scale)
-        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])  # accumulates in place (no second [BM, D] tile)
         l_i = l_i * alpha + tl.sum(p, 1)
         return acc, l_i, m_new
 
@@ -81,6 +81,7 @@ if triton is not None:
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
                        MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
+                       WARP_SPECIALIZE: tl.constexpr,
                        BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
         # one program per (BM query rows, batch x head); BS // BM programs share a query block and its tiles
         pid_m = tl.program_id(0) // (BS // BM)
@@ -119,7 +120,7 @@ if triton is not None:
             # Off-diagonal tiles are whole blocks before the query block: no mask, no bounds check, pipelined loads.
             lo = 1 if MODE == 2 else 0
             hi = n_t if MODE == 2 else n_t - 1
-            for j in tl.range(lo, hi, num_stages=STAGES):
+            for j in tl.range(lo, hi, num_stages=STAGES, warp_specialize=WARP_SPECIALIZE):
                 if MODE == 2:
                     kb = pid_m - tl.load(TILES + pid_bh * KT + j)
                 else:
@@ -159,7 +160,7 @@ if triton is not None:
 
 # Launch settings for 128-token blocks and head dim 128 (H100, bf16; benchmarks/bench_tile_kernel.py,
 # results/tile_kernel-20261205T182653Z.json): whole 128-key tiles per step, TMA loads, two stages
-DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True}
+DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "WARP_SPECIALIZE": False}
 
 
 def resolve_config(block_size: int, config: dict | None = None) -> dict:
@@ -230,7 +231,8 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
-        MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
+        MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"],
+        WARP_SPECIALIZE=bool(cfg["WARP_SPECIALIZE"]), BS=bs, BM=cfg["BM"], BN=bn, D=d,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o
