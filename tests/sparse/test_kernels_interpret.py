@@ -19,6 +19,8 @@ SCRIPT = textwrap.dedent("""
     from leanformer.sparse.kernels.decode import gather_decode_reference, gather_decode_triton
     from leanformer.sparse.kernels.pattern import reverse_tiles
     g = torch.Generator().manual_seed(42)
+    def gap(a, b):  # largest |a - b|; a NaN on one side only counts as infinite (max() would drop a NaN)
+        return (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0).nan_to_num(nan=float("inf")).max().item()
     worst = 0.0
     # the kernel's three modes (block diagonals with or without columns; tiles with the diagonal last or first),
     # each with the default launch settings (TMA loads), pointer loads, and programs of fewer rows than a block
@@ -34,12 +36,12 @@ SCRIPT = textwrap.dedent("""
             ref = tile_attention_reference(q, k, v, pat)
             for cfg in (None, {"BN": 128, "USE_TMA": False}, {"BM": 64, "BN": 32, "num_stages": 3}, {"BM": 32}):
                 out = tile_attention(q, k, v, pat, config=cfg)
-                worst = max(worst, (out - ref).abs().max().item())
+                worst = max(worst, gap(out, ref))
     # keys whose base is not 16-byte aligned (a contiguous view 3 elements into its storage): no TMA, same output
     k_off = torch.randn(1, 2, 300 * 16 + 3, generator=g)[..., 3:].view(1, 2, 300, 16)
     assert not sys.modules["leanformer.sparse.kernels.tile_attention"]._tma_ok(k_off, v)
     ref = tile_attention_reference(q, k_off, v, tiles)
-    worst = max(worst, (tile_attention(q, k_off, v, tiles) - ref).abs().max().item())
+    worst = max(worst, gap(tile_attention(q, k_off, v, tiles), ref))
     q = torch.randn(2, 8, 1, 16, generator=g)
     k, v = torch.randn(2, 2, 101, 16, generator=g), torch.randn(2, 2, 101, 16, generator=g)
     for hs in (2, 8):
@@ -48,7 +50,7 @@ SCRIPT = textwrap.dedent("""
         valid[..., 0] = True
         for vv in (None, valid):
             out = gather_decode_triton(q, k, v, idx, vv)
-            worst = max(worst, (out - gather_decode_reference(q, k, v, idx, vv)).abs().max().item())
+            worst = max(worst, gap(out, gather_decode_reference(q, k, v, idx, vv)))
     print(worst)
 """)
 
@@ -64,6 +66,8 @@ QUEST_SCRIPT = textwrap.dedent("""
     from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton
     from leanformer.sparse.kernels.quest_scores import page_scores, page_scores_triton
     g = torch.Generator().manual_seed(42)
+    def gap(a, b):  # largest |a - b|; a NaN on one side only counts as infinite (max() would drop a NaN)
+        return (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0).nan_to_num(nan=float("inf")).max().item()
     worst = {"scores": 0.0, "pages": 0.0, "quest": 0.0}
     # page scores: GQA groups 1 and 4, shared and per-head, 150 pages in 3 blocks of 64, views over the metadata
     for hq, hk in [(2, 2), (8, 2)]:
@@ -74,7 +78,7 @@ QUEST_SCRIPT = textwrap.dedent("""
             out = page_scores_triton(q, kmin, kmax, share)
             ref = page_scores(q, kmin, kmax, share)
             assert out.shape == ref.shape and out.dtype == torch.float32, (out.shape, ref.shape)
-            worst["scores"] = max(worst["scores"], (out - ref).abs().max().item())
+            worst["scores"] = max(worst["scores"], gap(out, ref))
     # page-granular decode: L = 101 (pages of 16: the last holds 5), several key blocks and splits
     for hq, hk in [(2, 2), (8, 2)]:
         q = torch.randn(2, hq, 1, 16, generator=g)
@@ -86,7 +90,7 @@ QUEST_SCRIPT = textwrap.dedent("""
                 for last in (n_pages - 1, None):
                     out = gather_decode_pages_triton(q, k, v, pages, ps, last_page=last)
                     ref = gather_decode_pages_reference(q, k, v, pages, ps, last_page=last)
-                    worst["pages"] = max(worst["pages"], (out - ref).abs().max().item())
+                    worst["pages"] = max(worst["pages"], gap(out, ref))
     # Quest end to end: the triton path against the reference path (same pages, same info)
     q = torch.randn(2, 8, 61, 16, generator=g)
     k, v = torch.randn(2, 2, 61, 16, generator=g), torch.randn(2, 2, 61, 16, generator=g)
@@ -101,7 +105,7 @@ QUEST_SCRIPT = textwrap.dedent("""
             assert info["impl"] == "triton"
             for key in ("keys_read", "keys_total", "sparsity", "kept_pairs", "estimation_pairs", "page_size"):
                 assert float(info[key]) == float(info_ref[key]), (key, info[key], info_ref[key])
-            worst["quest"] = max(worst["quest"], (out - ref).abs().max().item())
+            worst["quest"] = max(worst["quest"], gap(out, ref))
     print(json.dumps(worst))
 """)
 

@@ -6,12 +6,13 @@ A query row with no kept key (impossible here: the diagonal tile is always kept)
 
 The Triton kernel is a FlashAttention-2 style forward (online softmax in fp32, exp2 with the scale folded into one
 FMA per logit) with one program per ``BM`` query rows of a query block and ``batch x head``: it walks the kept
-off-diagonal tiles (whole key blocks before the query block, ``BN`` keys per step: no mask, no bounds check, loads
-software-pipelined and, with ``USE_TMA``, by TMA), then the diagonal tile under the causal mask (key steps wholly
-after the program's rows skipped), then the kept columns in chunks of ``BN`` gathered by index, skipping columns that
-a kept block diagonal already covers. Patterns whose tile lists put the diagonal elsewhere than where block top-k
-(last) or the block-diagonal form (first) put it take a slower mode that checks every tile. Work is proportional to
-the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))`` integers.
+tiles in one software-pipelined loop (``BN`` keys per step, loads by TMA with ``USE_TMA``), the diagonal tile's loads
+prefetched like the others' and only that tile under the causal mask (off-diagonal tiles are whole key blocks before
+the query block: no mask, no bounds check), then the kept columns in chunks of ``BN`` gathered by index, skipping
+columns that a kept block diagonal already covers. Patterns whose tile lists put the diagonal elsewhere than where
+block top-k (last) or the block-diagonal form (first) put it take a slower mode that checks every tile. Work is
+proportional to the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))``
+integers.
 """
 
 from __future__ import annotations
@@ -49,14 +50,11 @@ def tile_attention_reference(q, k, v, pattern: TilePattern, scale: float | None 
 if triton is not None:
 
     @triton.jit
-    def _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, MASKED: tl.constexpr):
-        """One block of keys into the online softmax; ``m_i`` stays in raw logit units (the scale is folded into the
-        exponent, one FMA per logit). Unmasked blocks hold no ``-inf`` logit, so they skip the empty-row guard."""
-        s = tl.dot(q, tl.trans(kt))
-        if MASKED:
-            s = tl.where(ok, s, float("-inf"))
+    def _softmax_update(s, vt, acc, l_i, m_i, qk_scale, GUARD: tl.constexpr):
+        """Logits ``s`` of one block of keys into the online softmax; ``m_i`` stays in raw logit units (the scale is
+        folded into the exponent, one FMA per logit). ``GUARD``: a row may have no finite logit yet (``-inf`` max)."""
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASKED:
+        if GUARD:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_safe = m_new
@@ -65,6 +63,14 @@ if triton is not None:
         acc = tl.dot(p.to(vt.dtype), vt, acc * alpha[:, None])  # accumulates in place (no second [BM, D] tile)
         l_i = l_i * alpha + tl.sum(p, 1)
         return acc, l_i, m_new
+
+    @triton.jit
+    def _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, MASKED: tl.constexpr):
+        """One block of keys, masked by ``ok`` if ``MASKED`` (then a row may have no kept key yet)."""
+        s = tl.dot(q, tl.trans(kt))
+        if MASKED:
+            s = tl.where(ok, s, float("-inf"))
+        return _softmax_update(s, vt, acc, l_i, m_i, qk_scale, MASKED)
 
     @triton.jit
     def _bounded_step(q, k_base, v_base, offs_k, offs_m, offs_d, skt, svt, T, acc, l_i, m_i, qk_scale,
@@ -81,7 +87,6 @@ if triton is not None:
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
                        MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
-                       WARP_SPECIALIZE: tl.constexpr,
                        BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
         # one program per (BM query rows, batch x head); BS // BM programs share a query block and its tiles
         pid_m = tl.program_id(0) // (BS // BM)
@@ -115,12 +120,13 @@ if triton is not None:
                         acc, l_i, m_i = _bounded_step(q, k_base, v_base, offs_k, offs_m, offs_d, skt, svt, T, acc,
                                                       l_i, m_i, qk_scale, False)
         else:
-            # MODE 1: explicit tiles with the diagonal last (entries 0 .. n_t - 2 are off-diagonal);
-            # MODE 2: block diagonals, ascending, diagonal 0 first (entries 1 .. n_t - 1 are off-diagonal).
-            # Off-diagonal tiles are whole blocks before the query block: no mask, no bounds check, pipelined loads.
-            lo = 1 if MODE == 2 else 0
-            hi = n_t if MODE == 2 else n_t - 1
-            for j in tl.range(lo, hi, num_stages=STAGES, warp_specialize=WARP_SPECIALIZE):
+            # MODE 1: explicit tiles with the diagonal last; MODE 2: block diagonals, ascending, diagonal 0 first.
+            # One software-pipelined loop over whole key blocks (TMA loads with USE_TMA), the diagonal's loads
+            # prefetched like any other; only the diagonal tile takes the causal mask, which also covers keys past
+            # the end of the sequence (pointer loads clamp their rows, TMA reads zeros or the next head's rows: all
+            # masked). No row is ever empty: the diagonal's first key step holds the block's first key, which every
+            # row of the block sees, so the first step any row takes has a finite logit.
+            for j in tl.range(0, n_t, num_stages=STAGES):
                 if MODE == 2:
                     kb = pid_m - tl.load(TILES + pid_bh * KT + j)
                 else:
@@ -131,14 +137,13 @@ if triton is not None:
                         kt = KD.load([kv_row + start, 0])
                         vt = VD.load([kv_row + start, 0])
                     else:
-                        offs_k = start + offs_n
+                        offs_k = tl.minimum(start + offs_n, T - 1)
                         kt = tl.load(k_base + offs_k[:, None] * skt + offs_d[None, :])
                         vt = tl.load(v_base + offs_k[:, None] * svt + offs_d[None, :])
-                    acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, offs_n, False)
-            for sub in tl.static_range(0, BS // BN):  # the diagonal: causal and end-of-sequence mask
-                if sub * BN < (part + 1) * BM:  # key steps wholly after this program's last row are skipped
-                    acc, l_i, m_i = _bounded_step(q, k_base, v_base, pid_m * BS + sub * BN + offs_n, offs_m, offs_d,
-                                                  skt, svt, T, acc, l_i, m_i, qk_scale, True)
+                    s = tl.dot(q, tl.trans(kt))
+                    if kb == pid_m:
+                        s = tl.where(start + offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
+                    acc, l_i, m_i = _softmax_update(s, vt, acc, l_i, m_i, qk_scale, False)
         if HAS_COLS:
             n_c = tl.load(CCNT + row)
             for c in range(0, n_c, BN):
@@ -160,7 +165,7 @@ if triton is not None:
 
 # Launch settings for 128-token blocks and head dim 128 (H100, bf16; benchmarks/bench_tile_kernel.py,
 # results/tile_kernel-20261205T182653Z.json): whole 128-key tiles per step, TMA loads, two stages
-DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True, "WARP_SPECIALIZE": False}
+DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True}
 
 
 def resolve_config(block_size: int, config: dict | None = None) -> dict:
@@ -231,8 +236,7 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
-        MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"],
-        WARP_SPECIALIZE=bool(cfg["WARP_SPECIALIZE"]), BS=bs, BM=cfg["BM"], BN=bn, D=d,
+        MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o
