@@ -243,10 +243,21 @@ def test_block_topk_call_never_syncs(impl):
     assert float(info["sparsity"]) > 0.8 and out.shape == q.shape  # 32 blocks: k is coarse
 
 
-def test_block_topk_auto_picks_by_length():
-    """``impl="auto"``: the Triton tile kernel up to 256 query blocks, FlexAttention beyond."""
-    from leanformer.sparse.prefill.block_topk import AUTO_TRITON_BLOCKS
-
-    for t, want in [(4096, "triton"), (AUTO_TRITON_BLOCKS * 128 + 1, "flex")]:
+def test_block_topk_auto_picks_by_block_size():
+    """``impl="auto"``: the Triton tile kernel for the block sizes it takes (short and long inputs), FlexAttention
+    for others (and its output still matches the reference)."""
+    for t, bs, want in [(4096, 128, "triton"), (40001, 128, "triton"), (1000, 256, "flex")]:
         q, k, v = _qkv(1, 2, 1, t, 64, torch.bfloat16)
-        assert sparse.prefill_attention(q, k, v, "block_topk", 0.9)[1]["impl"] == want
+        out, info = sparse.prefill_attention(q, k, v, "block_topk", 0.9, block_size=bs)
+        assert info["impl"] == want
+        if want == "flex":
+            _assert_close_rule(out, q, k, v, info["pattern"].to_mask())
+
+
+@pytest.mark.parametrize("d", [64, 256])
+def test_tile_kernel_defaults_fit_shared_memory(d):
+    """Head dims other than 128: the default stages / keys per step step down to fit the GPU's shared memory."""
+    t, bs = 700, 128
+    q, k, v = _qkv(1, 4, 2, t, d, torch.bfloat16)
+    pat = from_tiles(torch.rand(1, 4, 6, 6, device="cuda") < 0.5, bs, t)
+    _assert_close_rule(tile_attention(q, k, v, pat), q, k, v, pat.to_mask())

@@ -141,3 +141,20 @@ def test_tile_kernel_config_defaults_and_errors():
         resolve_config(128, {"BLOCK_M": 64})
     with pytest.raises(UserError, match="BN=48 must divide block_size 128"):
         resolve_config(128, {"BN": 48})
+
+
+def test_tile_kernel_defaults_step_down_to_fit_shared_memory():
+    from leanformer.sparse.kernels.tile_attention import DEFAULT_CONFIG, resolve_config, shared_memory
+
+    hopper, ampere = 232448, 166912  # opt-in shared memory per block: H100 / H200, A100
+    assert resolve_config(128, None, 128, 2, hopper) == DEFAULT_CONFIG  # 224 KB fits
+    assert shared_memory(DEFAULT_CONFIG, 128, 2) == 224 * 1024
+    a100 = resolve_config(128, None, 128, 2, ampere)  # fewer stages first: 160 KB
+    assert (a100["num_stages"], a100["BN"]) == (2, 128)
+    big = resolve_config(128, None, 256, 2, hopper)  # d = 256: two stages of 64 keys, 192 KB
+    assert (big["num_stages"], big["BN"]) == (2, 64) and shared_memory(big, 256, 2) <= hopper
+    fp32 = resolve_config(128, None, 128, 4, hopper)
+    assert shared_memory(fp32, 128, 4) <= hopper and fp32["num_stages"] == 2
+    # what the caller chose stays, even when it does not fit (Triton then says so)
+    assert resolve_config(128, {"num_stages": 3}, 128, 2, ampere) == {**DEFAULT_CONFIG, "BN": 64}
+    assert resolve_config(128, {"num_stages": 3, "BN": 128}, 256, 2, hopper)["num_stages"] == 3

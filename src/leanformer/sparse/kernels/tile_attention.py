@@ -163,14 +163,26 @@ if triton is not None:
                  mask=offs_m[:, None] < T)
 
 
-# Launch settings for 128-token blocks and head dim 128 (H100, bf16; benchmarks/bench_tile_kernel.py,
-# results/tile_kernel-20261205T182653Z.json): whole 128-key tiles per step, TMA loads, two stages
-DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 2, "USE_TMA": True}
+# Launch settings for 128-token blocks and head dim 128 (H200, bf16; benchmarks/bench_tile_kernel.py,
+# results/tile_kernel-20261205T194053Z.json): whole 128-key tiles per step, TMA loads, three stages (1.80 vs 2.10 ms
+# for two at 32K / 0.9; 14.4 vs 16.3 ms at 128K / 0.95). Three stages of K and V plus Q take 224 KB of shared memory
+# at d = 128: on smaller GPUs or larger heads the defaults step down (fewer stages, then fewer keys per step)
+DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True}
+BLOCK_SIZES = (16, 32, 64, 128)  # pattern block sizes the kernel takes
 
 
-def resolve_config(block_size: int, config: dict | None = None) -> dict:
+def shared_memory(cfg: dict, head_dim: int, itemsize: int) -> int:
+    """Bytes of shared memory the kernel's tiles take: the ``BM`` query rows and ``num_stages`` buffers of ``BN``
+    keys and values."""
+    return (cfg["BM"] + 2 * cfg["num_stages"] * cfg["BN"]) * head_dim * itemsize
+
+
+def resolve_config(block_size: int, config: dict | None = None, head_dim: int | None = None, itemsize: int = 2,
+                   smem_limit: int | None = None) -> dict:
     """:data:`DEFAULT_CONFIG` under ``config``: ``BM`` query rows per program, ``BN`` keys per step (both cut to the
-    block size and dividing it), 4 warps for blocks under 128 tokens."""
+    block size and dividing it), 4 warps for blocks under 128 tokens. With ``smem_limit`` (bytes per block), the
+    settings the caller left to the defaults step down until the tiles fit: ``num_stages`` to 2, then ``BN`` halved;
+    settings the caller chose are kept (Triton then reports what does not fit)."""
     bad = sorted(set(config or {}) - set(DEFAULT_CONFIG))
     if bad:
         raise UserError(f"unknown tile kernel option(s) {bad}; allowed: {sorted(DEFAULT_CONFIG)}")
@@ -182,6 +194,14 @@ def resolve_config(block_size: int, config: dict | None = None) -> dict:
         cfg[key] = min(cfg[key], block_size)
         if block_size % cfg[key]:
             raise UserError(f"tile kernel {key}={cfg[key]} must divide block_size {block_size}")
+    chosen = set(config or {})
+    while smem_limit is not None and shared_memory(cfg, head_dim, itemsize) > smem_limit:
+        if "num_stages" not in chosen and cfg["num_stages"] > 2:
+            cfg["num_stages"] -= 1
+        elif "BN" not in chosen and cfg["BN"] > 16:
+            cfg["BN"] //= 2
+        else:
+            break
     return cfg
 
 
@@ -198,6 +218,15 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+@functools.lru_cache(maxsize=8)
+def _smem_limit(device: torch.device) -> int | None:
+    """Shared memory one block may use on ``device`` (opt-in maximum); None under the interpreter."""
+    if INTERPRET or device.type != "cuda":
+        return None
+    props = torch.cuda.get_device_properties(device)
+    return getattr(props, "shared_memory_per_block_optin", None) or props.shared_memory_per_block
+
+
 def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, config: dict | None = None):
     """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`. ``config``: launch settings
     (``BM`` query rows per program, ``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop,
@@ -207,9 +236,9 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     b, h, t, d = q.shape
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head dim {d} not supported by the Triton kernel (power of two 16..256)")
-    if pattern.block_size not in (16, 32, 64, 128):
-        raise ValueError(f"block_size {pattern.block_size} not supported by the Triton kernel (16, 32, 64 or 128)")
-    cfg = resolve_config(pattern.block_size, config)
+    if pattern.block_size not in BLOCK_SIZES:
+        raise ValueError(f"block_size {pattern.block_size} not supported by the Triton kernel {BLOCK_SIZES}")
+    cfg = resolve_config(pattern.block_size, config, d, q.element_size(), _smem_limit(q.device))
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q)
     scale = scale if scale is not None else d ** -0.5

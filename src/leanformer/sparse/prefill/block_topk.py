@@ -31,12 +31,8 @@ from leanformer.sparse.base import (
 from leanformer.sparse.kernels import TilePattern, run_pattern
 from leanformer.sparse.kernels.block_select import place_diagonal, select_block_tiles
 from leanformer.sparse.kernels.pattern import no_columns
+from leanformer.sparse.kernels.tile_attention import BLOCK_SIZES as TILE_BLOCK_SIZES
 from leanformer.sparse.prefill.estimate import pooled_block_scores
-
-# H100, bf16, 32 / 8 heads, d = 128 (results/sparse_prefill-20261205T184645Z.json): at 32K tokens (256 blocks) the
-# Triton path's whole call is faster (1.46 vs 1.65 ms at sparsity 0.95, 2.44 vs 2.47 at 0.9), at 64K and 128K flex's
-# (4.80 vs 4.82 and 7.79 vs 8.52 ms at 64K; 16.44 vs 18.44 and 30.71 vs 33.53 ms at 128K)
-AUTO_TRITON_BLOCKS = 256
 
 
 @dataclass(kw_only=True, slots=True)
@@ -122,8 +118,9 @@ class BlockTopK(PrefillMethod):
     selects each query block's tiles, places its diagonal and writes the counts (``kernels/block_select.py``). The
     FlexAttention path turns the tiles into a ``BlockMask`` of full blocks plus the causal diagonal
     (``kernels/flex_block.py``); the Triton path hands them to the tile kernel (``kernels/tile_attention.py``).
-    ``impl="auto"`` on a GPU takes Triton up to :data:`AUTO_TRITON_BLOCKS` query blocks, flex beyond. Nothing in the
-    call waits for the GPU (``info`` holds device tensors), so a model's layers queue back to back."""
+    ``impl="auto"`` on a GPU takes Triton (FlexAttention for block sizes the tile kernel does not take: it takes 16,
+    32, 64 and 128). Nothing in the call waits for the GPU (``info`` holds device tensors), so a model's layers queue
+    back to back."""
 
     name = "block_topk"
     Params = BlockTopKParams
@@ -134,9 +131,9 @@ class BlockTopK(PrefillMethod):
         p = self.params
         bs = p.block_size
         n = -(-t // bs)
-        # auto on a GPU: the Triton tile kernel up to AUTO_TRITON_BLOCKS query blocks (its launch is cheaper on the
-        # host), FlexAttention beyond (its kernel is faster on long tile lists)
-        impl = pick_impl(p.impl, q, ("triton", "flex") if n <= AUTO_TRITON_BLOCKS else ("flex", "triton"))
+        # auto on a GPU: the Triton tile kernel (H200, results/tile_kernel-20261205T194053Z.json: 1.80 vs 2.40 ms at
+        # 32K / 0.9, 14.4 vs 16.0 ms at 128K / 0.95, and cheaper to launch), FlexAttention for other block sizes
+        impl = pick_impl(p.impl, q, ("triton", "flex") if bs in TILE_BLOCK_SIZES else ("flex", "triton"))
         scale = default_scale(q, scale)
         b, h = q.shape[:2]
         scores = pooled_block_scores(q, k, bs, scale, bias=topk_bias(n, q.device, h // k.shape[1]))
