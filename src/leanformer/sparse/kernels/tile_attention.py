@@ -166,23 +166,24 @@ if triton is not None:
 # Launch settings for 128-token blocks and head dim 128 (H200, bf16; benchmarks/bench_tile_kernel.py,
 # results/tile_kernel-20261205T194053Z.json): whole 128-key tiles per step, TMA loads, three stages (1.80 vs 2.10 ms
 # for two at 32K / 0.9; 14.4 vs 16.3 ms at 128K / 0.95). Three stages of K and V plus Q take 224 KB of shared memory
-# at d = 128: on smaller GPUs or larger heads the defaults step down (fewer stages, then fewer keys per step)
+# at d = 128: on smaller GPUs or larger heads the default steps down to fewer stages
 DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True}
 BLOCK_SIZES = (16, 32, 64, 128)  # pattern block sizes the kernel takes
 
 
-def shared_memory(cfg: dict, head_dim: int, itemsize: int) -> int:
-    """Bytes of shared memory the kernel's tiles take: the ``BM`` query rows and ``num_stages`` buffers of ``BN``
-    keys and values."""
-    return (cfg["BM"] + 2 * cfg["num_stages"] * cfg["BN"]) * head_dim * itemsize
+def shared_memory(cfg: dict, block_size: int, head_dim: int, itemsize: int) -> int:
+    """Bytes of shared memory the kernel's tiles take: the ``BM`` query rows and ``num_stages`` buffers of one key
+    block's keys and values (each of the block's ``block_size / BN`` key steps has its own buffers, so ``BN`` does not
+    change the total; measured: Triton asks for these bytes plus a few dozen for barriers)."""
+    return (cfg["BM"] + 2 * cfg["num_stages"] * block_size) * head_dim * itemsize
 
 
 def resolve_config(block_size: int, config: dict | None = None, head_dim: int | None = None, itemsize: int = 2,
                    smem_limit: int | None = None) -> dict:
     """:data:`DEFAULT_CONFIG` under ``config``: ``BM`` query rows per program, ``BN`` keys per step (both cut to the
-    block size and dividing it), 4 warps for blocks under 128 tokens. With ``smem_limit`` (bytes per block), the
-    settings the caller left to the defaults step down until the tiles fit: ``num_stages`` to 2, then ``BN`` halved;
-    settings the caller chose are kept (Triton then reports what does not fit)."""
+    block size and dividing it), 4 warps for blocks under 128 tokens. With ``smem_limit`` (bytes per block) and
+    ``num_stages`` left to the default, the stages step down (to 1) until the tiles fit; a ``num_stages`` the caller
+    chose is kept (Triton then reports what does not fit)."""
     bad = sorted(set(config or {}) - set(DEFAULT_CONFIG))
     if bad:
         raise UserError(f"unknown tile kernel option(s) {bad}; allowed: {sorted(DEFAULT_CONFIG)}")
@@ -194,14 +195,9 @@ def resolve_config(block_size: int, config: dict | None = None, head_dim: int | 
         cfg[key] = min(cfg[key], block_size)
         if block_size % cfg[key]:
             raise UserError(f"tile kernel {key}={cfg[key]} must divide block_size {block_size}")
-    chosen = set(config or {})
-    while smem_limit is not None and shared_memory(cfg, head_dim, itemsize) > smem_limit:
-        if "num_stages" not in chosen and cfg["num_stages"] > 2:
+    if smem_limit is not None and "num_stages" not in (config or {}):
+        while cfg["num_stages"] > 1 and shared_memory(cfg, block_size, head_dim, itemsize) > smem_limit:
             cfg["num_stages"] -= 1
-        elif "BN" not in chosen and cfg["BN"] > 16:
-            cfg["BN"] //= 2
-        else:
-            break
     return cfg
 
 
