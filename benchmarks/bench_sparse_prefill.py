@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, gpu_profile, record  # noqa: E402
+from common import bench, gpu_profile, record, utc_stamp  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
@@ -196,11 +196,12 @@ def main(argv=None):
     torch.manual_seed(42)
     verdict = check(args)
     torch.cuda.empty_cache()
-    rows = []
+    rows, stamp = [], utc_stamp()
     for t in args.lengths:
         rows += bench_length(t, args, verdict)
         torch.cuda.empty_cache()
-        record("sparse_prefill", {"checks": verdict, "rows": rows})  # after each length: partial runs keep data
+        # after each length, into the same file (rewritten atomically): a run cut short keeps what it measured
+        record("sparse_prefill", {"checks": verdict, "rows": rows}, stamp=stamp)
     print(f"{'T':>7} {'variant':>40} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
           f"{'dense ms':>9} {'speedup':>8}")
     for r in rows:
