@@ -5,7 +5,7 @@
 
 For each length x sparsity x method the pattern is made once (``sparse.prefill_attention``, bf16, 32 query heads /
 8 KV heads, d = 128, random data) and the attention kernel alone is timed for every ``--configs`` setting of
-``kernels.tile_attention`` (``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop, ``USE_TMA``
+``kernels.tile_attention`` (``BN`` keys per step, ``num_warps``, ``num_stages`` of the tile loop, ``USE_TMA``
 loads), beside FlexAttention on the same block top-k pattern and, with ``--baseline-kernel`` (an older
 ``tile_attention.py``, loaded under another name), the older kernel: ratios from one run. Each setting is checked
 against an fp32 reference at 3001 tokens first (error at most twice that of same-precision SDPA); failing ones

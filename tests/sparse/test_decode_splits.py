@@ -68,8 +68,7 @@ SCRIPT = textwrap.dedent("""
     k, v = torch.randn(2, 4, 300, 16, generator=g), torch.randn(2, 4, 300, 16, generator=g)
     kd.sm_count = lambda device: 1
     idx = torch.rand(2, 4, 300, generator=g).topk(199, -1).indices
-    worst = max(worst, gap(kd.gather_decode_triton(q, k, v, idx, None),
-                                   kd.gather_decode_reference(q, k, v, idx, None)))
+    worst = max(worst, gap(kd.gather_decode_triton(q, k, v, idx, None), kd.gather_decode_reference(q, k, v, idx, None)))
     plans.append(kd.split_plan(8, 199, 1)[0])
     print(json.dumps({"worst": worst, "plans": plans}))
 """)

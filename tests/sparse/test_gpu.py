@@ -256,7 +256,8 @@ def test_block_topk_auto_picks_by_block_size():
 
 @pytest.mark.parametrize("d", [64, 256])
 def test_tile_kernel_defaults_fit_shared_memory(d):
-    """Head dims other than 128: the default stages / keys per step step down to fit the GPU's shared memory."""
+    """Head dims other than 128: the default number of stages steps down to fit the GPU's shared memory (d = 256
+    needs one stage on Hopper; too many would fail to launch)."""
     t, bs = 700, 128
     q, k, v = _qkv(1, 4, 2, t, d, torch.bfloat16)
     pat = from_tiles(torch.rand(1, 4, 6, 6, device="cuda") < 0.5, bs, t)

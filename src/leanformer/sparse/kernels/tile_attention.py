@@ -124,8 +124,10 @@ if triton is not None:
             # One software-pipelined loop over whole key blocks (TMA loads with USE_TMA), the diagonal's loads
             # prefetched like any other; only the diagonal tile takes the causal mask, which also covers keys past
             # the end of the sequence (pointer loads clamp their rows, TMA reads zeros or the next head's rows: all
-            # masked). No row is ever empty: the diagonal's first key step holds the block's first key, which every
-            # row of the block sees, so the first step any row takes has a finite logit.
+            # masked, weight exactly 0). No row is ever empty: the diagonal's first key step holds the block's first
+            # key, which every row of the block sees, so the first step any row takes has a finite logit. With
+            # BN < BS and BM < BS (not the default), diagonal key steps wholly after a program's rows are computed
+            # and masked rather than skipped.
             for j in tl.range(0, n_t, num_stages=STAGES):
                 if MODE == 2:
                     kb = pid_m - tl.load(TILES + pid_bh * KT + j)
@@ -225,7 +227,7 @@ def _smem_limit(device: torch.device) -> int | None:
 
 def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, config: dict | None = None):
     """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`. ``config``: launch settings
-    (``BM`` query rows per program, ``BN`` keys per step, ``num_warps``, ``num_stages`` of the off-diagonal loop,
+    (``BM`` query rows per program, ``BN`` keys per step, ``num_warps``, ``num_stages`` of the tile loop,
     ``USE_TMA`` for its K/V loads, where the GPU has TMA and the bases are aligned) over :data:`DEFAULT_CONFIG`."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("tile_attention needs CUDA tensors and triton; use tile_attention_reference")
