@@ -3,6 +3,9 @@
     PYTHONPATH=src python benchmarks/bench_tile_kernel.py --lengths 32768 131072 --sparsities 0.9 0.95 \
         [--baseline-kernel .scratch/tile_attention_OLD.py]
 
+(the baseline file from git, e.g. ``git show OLD:src/leanformer/sparse/kernels/tile_attention.py >
+.scratch/tile_attention_OLD.py``; ``.scratch/`` is ignored by git, carried to the device with ``carry``).
+
 For each length x sparsity x method the pattern is made once (``sparse.prefill_attention``, bf16, 32 query heads /
 8 KV heads, d = 128, random data) and the attention kernel alone is timed for every ``--configs`` setting of
 ``kernels.tile_attention`` (``BN`` keys per step, ``num_warps``, ``num_stages`` of the tile loop, ``USE_TMA``

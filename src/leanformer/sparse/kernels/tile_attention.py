@@ -208,21 +208,17 @@ def _tma_ok(k: torch.Tensor, v: torch.Tensor) -> bool:
     loads (the same kernel, ``USE_TMA=False``)."""
     if k.data_ptr() % 16 or v.data_ptr() % 16:
         return False
-    return INTERPRET or _capability(k.device)[0] >= 9
+    return INTERPRET or _device(k.device)[0] >= 9
 
 
 @functools.lru_cache(maxsize=8)
-def _capability(device: torch.device) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device)
-
-
-@functools.lru_cache(maxsize=8)
-def _smem_limit(device: torch.device) -> int | None:
-    """Shared memory one block may use on ``device`` (opt-in maximum); None under the interpreter."""
+def _device(device: torch.device) -> tuple[int, int | None]:
+    """``(compute capability major, shared memory one block may use)`` of ``device``, asked once; under the
+    interpreter ``(0, None)`` (no TMA check needed, no shared-memory limit)."""
     if INTERPRET or device.type != "cuda":
-        return None
+        return 0, None
     props = torch.cuda.get_device_properties(device)
-    return getattr(props, "shared_memory_per_block_optin", None) or props.shared_memory_per_block
+    return props.major, getattr(props, "shared_memory_per_block_optin", None) or props.shared_memory_per_block
 
 
 def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, config: dict | None = None):
@@ -236,7 +232,7 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         raise ValueError(f"head dim {d} not supported by the Triton kernel (power of two 16..256)")
     if pattern.block_size not in BLOCK_SIZES:
         raise ValueError(f"block_size {pattern.block_size} not supported by the Triton kernel {BLOCK_SIZES}")
-    cfg = resolve_config(pattern.block_size, config, d, q.element_size(), _smem_limit(q.device))
+    cfg = resolve_config(pattern.block_size, config, d, q.element_size(), _device(q.device)[1])
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q)
     scale = scale if scale is not None else d ** -0.5

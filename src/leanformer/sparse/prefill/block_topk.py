@@ -41,7 +41,7 @@ class BlockTopKParams:
     block_size: int = 128
     impl: str = "auto"
     # kernel options merged over the kernel's defaults: FlexAttention's (BLOCK_M, BLOCK_N, num_warps, num_stages, ...)
-    # for impl "flex", the tile kernel's (BN, num_warps, num_stages, USE_TMA) for impl "triton"
+    # for impl "flex", the tile kernel's (BM, BN, num_warps, num_stages, USE_TMA) for impl "triton"
     kernel_options: dict | None = None
 
 
