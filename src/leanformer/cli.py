@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "rst": "leanformer.train.rst_cli",
     "compare": "leanformer.train.compare",
     "demo": "leanformer.demo",
+    "speed": "leanformer.infer.speed_cli",
 }
 
 

@@ -13,7 +13,10 @@ Inside the session, each attention call is routed by shape (HF passes ``query [B
 * ``T_q == 1`` with a decode method: ``attend`` reads only the selected cache positions;
 * anything else (chunked prefill after a past, several new tokens): dense causal attention.
 
-Only unpadded batches are supported: a padding mask raises :class:`~leanformer.errors.UserError`. Every call
+Only unpadded batches are supported: a padding mask raises :class:`~leanformer.errors.UserError` (checked on the
+2-D mask; no ``[T, T]`` mask is built at any length: the session's mask builder returns none, so 128K tokens fit
+wherever dense attention fits). For rows of different lengths, :class:`leanformer.infer.Engine` runs the same methods
+over a static cache with per-row lengths. Every call
 appends its ``info`` (without the pattern) to ``session.stats`` with ``layer`` and ``phase`` added, so callers can
 count the keys actually read.
 """
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from leanformer.errors import UserError
-from leanformer.nn.attention import attention, causal_mask
+from leanformer.nn.attention import attention
 from leanformer.sparse.base import check_sparsity
 from leanformer.sparse.registry import build_decode, build_prefill
 
@@ -62,7 +65,9 @@ class SparseSession:
         """The ``AttentionInterface`` function: returns ``(out [B, T_q, H_q, D], None)``."""
         layer = getattr(module, "layer_idx", 0)
         tq, tk = query.shape[2], key.shape[2]
-        _check_unpadded(attention_mask, tq, tk)
+        if attention_mask is not None:  # only a 4-D mask the caller built itself gets here (ours builds none)
+            raise UserError(f"sparse attention takes no prepared attention mask (got shape "
+                            f"{tuple(attention_mask.shape)}); pass a 2-D padding mask of ones, or none")
         info = None
         if tq == tk:
             if self.prefill is not None:
@@ -83,18 +88,17 @@ class SparseSession:
         return out.transpose(1, 2).contiguous(), None
 
 
-def _check_unpadded(mask, tq: int, tk: int):
-    if mask is None:
-        return
-    if mask.dim() != 4:
-        raise UserError(f"expected a 4-D attention mask; got shape {tuple(mask.shape)}")
-    keep = mask if mask.dtype == torch.bool else mask == 0
-    if not bool((keep == causal_mask(tq, tk, mask.device)).all()):
+def _unpadded_mask(batch_size=None, *args, attention_mask=None, **kwargs):
+    """The session's mask builder: refuses a padding mask (O(B T): the 2-D mask, never a ``[T, T]`` one) and
+    returns ``None``, so no 4-D mask is ever built and attention runs causal (bottom-right aligned)."""
+    if attention_mask is not None and attention_mask.dim() == 2 and not bool(attention_mask.all()):
         raise UserError("sparse attention supports unpadded batches only (every row the same length); "
-                        "generate one prompt at a time or group prompts of equal length")
+                        "generate one prompt at a time, group prompts of equal length, or use leanformer.infer.Engine "
+                        "(rows of any length)")
+    return None
 
 
-def _split_params(prefill, decode, params: dict):
+def split_params(prefill, decode, params: dict):
     """Send each keyword to the method(s) whose parameters name it."""
     pre, dec = {}, {}
     fields = {}
@@ -127,11 +131,11 @@ def apply(model, prefill=None, decode=None, sparsity: float | None = 0.0, *, pre
     Yields the :class:`SparseSession` (``session.stats`` holds one info dict per sparse call).
     """
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     if not hasattr(model, "set_attn_implementation") or not hasattr(model, "config"):
         raise UserError(f"sparse.apply needs a transformers PreTrainedModel; got {type(model).__name__}")
-    pre_p, dec_p = _split_params(prefill, decode, params)
+    pre_p, dec_p = split_params(prefill, decode, params)
     pre_p.update(prefill_params or {})  # per-phase parameters: for names both methods share (window, sinks, ...)
     dec_p.update(decode_params or {})
     ps = check_sparsity(sparsity if prefill_sparsity is ... else prefill_sparsity)
@@ -142,7 +146,7 @@ def apply(model, prefill=None, decode=None, sparsity: float | None = 0.0, *, pre
         session.decode.reset()
     name = f"leanformer_sparse_{next(_ids)}"
     AttentionInterface.register(name, session.attention)
-    AttentionMaskInterface.register(name, sdpa_mask)
+    AttentionMaskInterface.register(name, _unpadded_mask)
     old = model.config._attn_implementation
     try:
         model.set_attn_implementation(name)

@@ -66,20 +66,26 @@ class TilePattern:
         blk.scatter_(-1, idx, True)
         return blk[..., :n]
 
-    def to_mask(self) -> torch.Tensor:
-        """Boolean ``[B, H, T, T]`` (True = pair computed). For tests and small references only."""
+    def to_mask(self, blocks: tuple[int, int] | None = None) -> torch.Tensor:
+        """Boolean ``[B, H, T, T]`` (True = pair computed). With ``blocks = (i0, i1)``, the rows of query blocks
+        ``i0 .. i1 - 1`` only, against the keys up to their last row (nothing later is causal): ``[B, H, rows,
+        keys]``, so a reference can walk the prompt in strips of ``O(rows x T)`` memory."""
         t, bs, n = self.seq_len, self.block_size, self.n_blocks
-        pos = torch.arange(t, device=self.tile_cnt.device)
-        causal = pos[None, :] <= pos[:, None]
-        blk = self.block_mask()
-        b, h = blk.shape[:2]
+        i0, i1 = blocks if blocks is not None else (0, n)
+        r0, r1 = i0 * bs, min(i1 * bs, t)
+        dev = self.tile_cnt.device
+        rows, keys = torch.arange(r0, r1, device=dev), torch.arange(r1, device=dev)
+        causal = keys[None, :] <= rows[:, None]
+        blk = self.block_mask()[:, :, i0:i1, :i1]
+        b, h, m = blk.shape[:3]
         # each block entry blown up to a bs x bs square by one expand + copy (indexing by pos // bs twice was ~2x
         # slower on the CPU, where the demo's prefill methods build this mask in every layer)
-        mask = blk[:, :, :, None, :, None].expand(b, h, n, bs, n, bs).reshape(b, h, n * bs, n * bs)[..., :t, :t]
-        colmask = torch.zeros(b, h, t + 1, dtype=torch.bool, device=pos.device)
+        mask = blk[:, :, :, None, :, None].expand(b, h, m, bs, i1, bs).reshape(b, h, m * bs, i1 * bs)
+        mask = mask[..., :r1 - r0, :r1]
+        colmask = torch.zeros(b, h, t + 1, dtype=torch.bool, device=dev)
         colmask.scatter_(-1, self.cols.long().clamp(max=t), True)
         # a pair is computed where it is causal and its tile or its column is kept
-        return (mask | colmask[:, :, None, :t]) & causal
+        return (mask | colmask[:, :, None, :r1]) & causal
 
     def kept_pairs(self) -> torch.Tensor:
         """Computed query-key pairs per ``(batch, head)``, ``[B, H]`` float64, without building the mask."""

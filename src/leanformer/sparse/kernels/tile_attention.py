@@ -37,14 +37,31 @@ except ImportError:  # CPU-only installs
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def tile_attention_reference(q, k, v, pattern: TilePattern, scale: float | None = None) -> torch.Tensor:
-    """Dense attention under ``pattern.to_mask()`` (fp32 softmax): the ground truth, ``O(T^2)`` memory.
+# the reference's strip of query rows holds at most this many mask entries (B x H x rows x keys): a 2K-token
+# prompt is one strip, as before; a long one is walked strip by strip in O(rows x T) memory, never O(T^2)
+REFERENCE_STRIP = 1 << 25
 
-    fp32 inputs go through PyTorch's SDPA with the boolean mask (fp32 throughout, ~2.4x faster than the explicit
-    softmax on CPU at 2K tokens); half-precision inputs through the explicit fp32 softmax (``backend="math"``)."""
-    mask = pattern.to_mask()
+
+def tile_attention_reference(q, k, v, pattern: TilePattern, scale: float | None = None) -> torch.Tensor:
+    """Attention under the pattern's mask (fp32 softmax): the ground truth.
+
+    Query blocks go in strips of whole blocks whose mask (:meth:`TilePattern.to_mask` of those rows against the
+    keys up to them) holds at most ``REFERENCE_STRIP`` entries, so memory is ``O(rows x T)``. fp32 inputs go through
+    PyTorch's SDPA with the boolean mask (fp32 throughout, ~2.4x faster than the explicit softmax on CPU at 2K
+    tokens); half-precision inputs through the explicit fp32 softmax (``backend="math"``)."""
     backend = "sdpa" if q.dtype == torch.float32 else "math"
-    return attention(q, k, v, causal=False, mask=mask, scale=scale, backend=backend)
+    b, h, t, _ = q.shape
+    bs, n = pattern.block_size, pattern.n_blocks
+    per = max(1, REFERENCE_STRIP // max(1, b * h * bs * t))
+    if per >= n:
+        return attention(q, k, v, causal=False, mask=pattern.to_mask(), scale=scale, backend=backend)
+    out = torch.empty_like(q)
+    for i0 in range(0, n, per):
+        i1 = min(n, i0 + per)
+        r0, r1 = i0 * bs, min(i1 * bs, t)
+        out[:, :, r0:r1] = attention(q[:, :, r0:r1], k[:, :, :r1], v[:, :, :r1], causal=False,
+                                     mask=pattern.to_mask((i0, i1)), scale=scale, backend=backend)
+    return out
 
 
 if triton is not None:

@@ -1,0 +1,245 @@
+"""The inference loop behind ``leanformer speed`` and the sweep: sparse prefill, then decode steps over a static
+cache that the decode method owns, each step one CUDA graph on a GPU.
+
+A Hugging Face Llama-family model's weights and layers are used as they are (:class:`~.layers.DecoderStack`);
+what the engine replaces is ``generate``'s per-step Python and cache bookkeeping:
+
+* **Prefill**, one row at a time (rows may differ in length; no padding, so no mask and nothing of size ``T x T``):
+  each layer's attention is the prefill method (dense: cuDNN SDPA on a GPU where it runs), then the decode
+  method's cache policy (:mod:`~.cache`) stores what it keeps of the layer's keys/values — SnapKV's cache is its
+  budget from the first layer on. Only the last position reaches the LM head.
+* **Decode**, all rows together: a step embeds each row's last token at its own position, appends its key/value
+  to every layer's cache and attends through the policy (:func:`~.kernels.cache_decode`: lengths read on the
+  device), and writes the greedy next token in place. On CUDA the step is captured once and replayed.
+
+``Engine(model, prefill=..., decode=..., sparsity=...)`` takes the arguments of :func:`leanformer.sparse.apply`.
+``engine.generate(prompts, max_new_tokens)`` returns each row's greedy tokens; :class:`Batch` exposes the steps
+for timing.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from leanformer.errors import UserError
+from leanformer.infer.cache import policy_for
+from leanformer.infer.layers import DecoderStack, Fused
+from leanformer.sparse.base import check_sparsity
+from leanformer.sparse.hf import split_params
+from leanformer.sparse.registry import build_decode, build_prefill
+
+
+class Engine:
+    """Greedy generation over a Hugging Face Llama-family causal LM with sparse prefill / decode methods.
+
+    ``compile``: fuse the elementwise steps with ``torch.compile`` (``"auto"``: on CUDA). ``cuda_graph``: capture a
+    decode step once and replay it (``"auto"``: on CUDA). ``dense_backend``: dense prefill's SDPA kernel
+    (``"auto"``: cuDNN where it runs, else PyTorch's choice)."""
+
+    def __init__(self, model, prefill=None, decode=None, sparsity: float | None = 0.0, *, prefill_sparsity=...,
+                 decode_sparsity=..., prefill_params: dict | None = None, decode_params: dict | None = None,
+                 compile="auto", cuda_graph="auto", dense_backend: str = "auto", **params):
+        cuda = next(model.parameters()).is_cuda
+        self.stack = DecoderStack(model, Fused(cuda if compile == "auto" else bool(compile)))
+        pre_p, dec_p = split_params(prefill, decode, params)
+        pre_p.update(prefill_params or {})
+        dec_p.update(decode_params or {})
+        self.prefill_sparsity = check_sparsity(sparsity if prefill_sparsity is ... else prefill_sparsity)
+        self.decode_sparsity = check_sparsity(sparsity if decode_sparsity is ... else decode_sparsity)
+        pre = None if prefill in (None, "dense") and not pre_p else build_prefill(prefill, **pre_p)
+        dec = None if decode in (None, "dense") and not dec_p else build_decode(decode, **dec_p)
+        self.prefill_method = None if pre is not None and pre.name == "dense" else pre
+        self.decode_method = None if dec is not None and dec.name == "dense" else dec
+        self.policy = policy_for(self.decode_method, self.decode_sparsity)
+        self.cuda_graph = cuda if cuda_graph == "auto" else bool(cuda_graph)
+        if self.cuda_graph and not cuda:
+            raise UserError("cuda_graph=True needs the model on a CUDA device")
+        self.dense_backend = dense_backend
+        self.prefill_stats: list[dict] = []
+
+    # ---- dense prefill attention ------------------------------------------------------------------------------
+
+    def _dense(self, q, k, v, scale):
+        """Causal attention, ``[B, H, T, D]``: cuDNN on a GPU where it takes the shapes, else PyTorch's choice."""
+        gqa = q.shape[1] != k.shape[1]
+        if q.is_cuda and self.dense_backend in ("auto", "cudnn"):
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            try:
+                with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                    if gqa:  # cuDNN's SDPA takes equal head counts
+                        g = q.shape[1] // k.shape[1]
+                        k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+                    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+            except RuntimeError:
+                if self.dense_backend == "cudnn":
+                    raise
+                self.dense_backend = "sdpa"  # not on this GPU / build: remember, and take PyTorch's choice
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+
+    # ---- batches ----------------------------------------------------------------------------------------------
+
+    def check_lengths(self, prompt_lens: list[int], new_tokens: int):
+        """Refuse, before any work, prompts the model cannot run: longer than its position limit (generated tokens
+        may run past it, with a warning) or than a sliding window it has."""
+        s = self.stack
+        longest = max(prompt_lens) + new_tokens
+        if min(prompt_lens) < 1:
+            raise UserError("every prompt needs at least one token")
+        if s.max_positions and max(prompt_lens) > s.max_positions:
+            raise UserError(f"prompt length {max(prompt_lens)} exceeds the model's position limit "
+                            f"max_position_embeddings={s.max_positions}")
+        if s.max_positions and longest > s.max_positions:
+            warnings.warn(f"generating {new_tokens} tokens after a {max(prompt_lens)}-token prompt runs past the "
+                          f"model's position limit ({s.max_positions})", stacklevel=2)
+        if s.sliding_window and longest > s.sliding_window:
+            raise UserError(f"length {longest} exceeds the model's sliding window ({s.sliding_window}); the engine "
+                            "runs full attention only")
+
+    def batch(self, prompt_lens: list[int], new_tokens: int) -> Batch:
+        self.check_lengths(prompt_lens, new_tokens)
+        return Batch(self, prompt_lens, new_tokens)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, stop=None, check_every: int = 8):
+        """Greedy tokens ``[B][max_new_tokens]`` for token lists ``prompts`` (any lengths). ``stop(tokens)``, given
+        the tokens so far ``[B][n]``, may end generation early (checked every ``check_every`` steps)."""
+        b = self.batch([len(p) for p in prompts], max_new_tokens)
+        for i, ids in enumerate(prompts):
+            b.prefill(i, torch.tensor(ids, dtype=torch.long, device=self.stack.device))
+        out = [b.tokens.clone()]
+        for n in range(1, max_new_tokens):
+            out.append(b.step().clone())
+            if stop is not None and n % check_every == 0 and stop(torch.stack(out, 1).tolist()):
+                break
+        self.last_batch = b
+        return torch.stack(out, 1).tolist()
+
+
+class Batch:
+    """One batch's caches and decode state: ``prefill(row, ids)`` then ``step()`` (greedy; returns the new tokens
+    ``[B]``, on the device). ``pos [B]`` is each row's next position, ``tokens [B]`` its last token."""
+
+    def __init__(self, engine: Engine, prompt_lens: list[int], new_tokens: int):
+        self.engine, self.prompt_lens, self.new_tokens = engine, list(prompt_lens), new_tokens
+        s = engine.stack
+        bsz = len(prompt_lens)
+        self.caches = [engine.policy.new_cache(bsz, s.kv_heads, self.prompt_lens, new_tokens, s.head_dim, s.dtype,
+                                               s.device) for _ in range(s.n_layers)]
+        self.pos = torch.zeros(bsz, dtype=torch.long, device=s.device)
+        self.tokens = torch.zeros(bsz, dtype=torch.long, device=s.device)
+        self.steps = 0
+        self.graph = None
+        self.kept: list[torch.Tensor] = []
+
+    def nbytes(self) -> int:
+        """Bytes the caches hold (all layers, all rows): what the decode method keeps."""
+        return sum(c.nbytes() for c in self.caches)
+
+    @torch.no_grad()
+    def prefill(self, row: int, ids: torch.Tensor) -> torch.Tensor:
+        """Run the prompt ``ids [T]`` of ``row`` through every layer; its first generated token (device, 0-d)."""
+        e, s = self.engine, self.engine.stack
+        t = ids.shape[0]
+        if t != self.prompt_lens[row]:
+            raise ValueError(f"row {row} was sized for {self.prompt_lens[row]} prompt tokens; got {t}")
+        method, sparsity, pol = e.prefill_method, e.prefill_sparsity, e.policy
+
+        def attend(i, q, k, v):
+            if method is None:
+                out, info = e._dense(q, k, v, s.scale), None
+            else:
+                out, info = method(q, k, v, sparsity=sparsity, scale=s.scale)
+            pol.prefill(self.caches[i], row, q, k, v, s.scale)
+            if info is not None:
+                e.prefill_stats.append({"layer": i, "kept_pairs": info["kept_pairs"], "causal_pairs":
+                                        info["causal_pairs"], "estimation_pairs": info["estimation_pairs"]})
+            return out
+
+        positions = torch.arange(t, device=s.device)[None]
+        logits = s.forward(ids[None], positions, attend, logits_at=slice(-1, None))
+        self.tokens[row] = logits[0, -1].argmax()
+        self.pos[row] = t
+        return self.tokens[row]
+
+    def copy_row(self, src: int, dst: int):
+        """Make row ``dst`` a copy of row ``src`` (its caches, position and last token), e.g. to fill a large batch
+        for decode timing from one prefilled prompt."""
+        for c in self.caches:
+            c.copy_row(src, dst)
+        self.pos[dst], self.tokens[dst] = self.pos[src], self.tokens[src]
+
+    def row_state(self, row: int, device="cpu") -> dict:
+        """One row's caches and decode state, copied to ``device`` (for :meth:`load_row` into another batch of
+        the same engine and sizes)."""
+        return {"caches": [c.row_state(row, device) for c in self.caches], "pos": int(self.pos[row]),
+                "token": int(self.tokens[row])}
+
+    def load_row(self, row: int, state: dict):
+        for c, st in zip(self.caches, state["caches"]):
+            c.load_row(row, st)
+        self.pos[row], self.tokens[row] = state["pos"], state["token"]
+
+    def _step(self):
+        e, s = self.engine, self.engine.stack
+        pol = e.policy
+
+        def attend(i, q, k, v):  # q [B, Hq, 1, D], k, v [B, Hkv, 1, D]
+            c = self.caches[i]
+            pol.append(c, k[:, :, 0], v[:, :, 0], self.pos)
+            return pol.attend(c, q[:, :, 0], s.scale).unsqueeze(2)
+
+        logits = s.forward(self.tokens[:, None], self.pos[:, None], attend, logits_at=slice(-1, None))
+        self.tokens.copy_(logits[:, -1].argmax(-1))
+        self.pos += 1
+
+    @torch.no_grad()
+    def step(self) -> torch.Tensor:
+        """One greedy decode step for every row; the new tokens ``[B]`` (a buffer that the next step overwrites)."""
+        if self.steps >= self.new_tokens:
+            raise UserError(f"this batch was sized for {self.new_tokens} new tokens")
+        self.steps += 1
+        if not self.engine.cuda_graph:
+            self._step()
+        elif self.graph is None:
+            # the first step runs eagerly on a side stream (lazy initialisation: kernels compile, handles are made),
+            # then the second one is captured; capture records without running, so replaying it is that step
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._step()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self._step()
+        else:
+            self.graph.replay()
+        return self.tokens
+
+    def decode_sparsity(self) -> float:
+        """Fraction of cache keys the decode steps so far did not read (``1 - read / cache length``, summed over
+        rows, key heads, layers and steps); 0 for dense decode."""
+        pol = self.engine.policy
+        read = total = 0
+        for c in self.caches:
+            kept = c.lens.tolist()
+            for r, t in enumerate(self.prompt_lens):
+                for h in range(len(kept[r])):
+                    k0 = kept[r][h] - self.steps  # what prefill kept, before the generated tokens
+                    for step in range(self.steps):
+                        read += pol.reads(t, k0, step)
+                        total += t + step + 1
+        return 1.0 - read / max(total, 1)
+
+    def prefill_sparsity(self) -> float:
+        """Pair-weighted measured sparsity of the prefill calls since the engine was made (0 for dense)."""
+        stats = self.engine.prefill_stats
+        if not stats:
+            return 0.0
+        kept = sum(float(r["kept_pairs"]) for r in stats)
+        total = sum(float(r["causal_pairs"]) for r in stats)
+        return 1.0 - kept / max(total, 1.0)
+

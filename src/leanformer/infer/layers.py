@@ -1,0 +1,144 @@
+"""A Llama-family decoder run layer by layer over a Hugging Face model's own modules, with its attention handed to
+a callback.
+
+What the inference engine (:mod:`leanformer.infer.engine`) needs from a model, and nothing else: the embedding,
+the rotary module, per layer the norms, the q/k/v/o projections and the MLP's three projections, the final norm and
+the LM head, all used as the model holds them (``nn.Linear`` modules, so GEMMs are the model's own). What it does
+differently from the model's ``forward``: no attention mask is built (the attention callback knows each row's
+lengths), q/k/v leave the rotary step already in the ``[B, H, T, D]`` layout the attention methods take, the
+elementwise steps (RMSNorm with its residual add, rotary, SiLU x up) are one fused pass each when compiled, and the
+LM head runs on the positions asked for only (the last one at prefill).
+
+Supported: ``transformers`` Llama, Qwen2, Qwen3 (its per-head q/k norms) and Mistral models, and our ``gpt`` via
+``to_hf()``; a sliding window, where a model has one, bounds the lengths it may run (checked by the engine).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from leanformer.errors import UserError
+
+SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Hugging Face's RMSNorm: statistics in fp32, the gain applied in the input dtype."""
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float):
+    """``residual + x`` and its RMSNorm, in one pass when compiled: returns ``(normed, new_residual)``."""
+    h = residual + x
+    return rms_norm(h, weight, eps), h
+
+
+def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary on ``x [B, T, H, D]`` with ``cos, sin [B, T, D]`` (Hugging Face's rotate-half convention), returned
+    as a contiguous ``[B, H, T, D]`` (the layout change rides on the rotary pass)."""
+    c, s = cos[:, :, None, :], sin[:, :, None, :]
+    half = x.shape[-1] // 2
+    rot = torch.cat((-x[..., half:], x[..., :half]), -1)
+    return (x * c + rot * s).transpose(1, 2).contiguous()
+
+
+def to_heads(x: torch.Tensor) -> torch.Tensor:
+    """``[B, T, H, D]`` -> contiguous ``[B, H, T, D]``."""
+    return x.transpose(1, 2).contiguous()
+
+
+def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+class Fused:
+    """The elementwise steps, eager or compiled by ``torch.compile`` (pure tensor functions: one compilation per
+    shape family serves every layer, since weights come in as arguments)."""
+
+    def __init__(self, compile: bool = False):
+        fns = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope_heads": rope_heads, "to_heads": to_heads,
+               "silu_mul": silu_mul}
+        for name, fn in fns.items():
+            setattr(self, name, torch.compile(fn, dynamic=True) if compile else fn)
+        self.compiled = compile
+
+
+def _sliding_window(config) -> int | None:
+    types = getattr(config, "layer_types", None)
+    window = getattr(config, "sliding_window", None)
+    if types is not None:
+        return window if any(t == "sliding_attention" for t in types) else None
+    return window if config.model_type == "mistral" else None
+
+
+class DecoderStack:
+    """The modules of a Hugging Face Llama-family causal LM, run one layer at a time.
+
+    ``forward(ids [B, T], positions [B, T], attend, logits_at)``: ``attend(layer, q, k, v)`` gets ``q [B, H_q, T, D]``
+    and ``k, v [B, H_kv, T, D]`` (contiguous, rotary applied) and returns ``[B, H_q, T, D]``; ``logits_at`` picks
+    the hidden positions that reach the LM head (``slice(-1, None)`` at prefill). Returns fp32 logits
+    ``[B, T', V]``."""
+
+    def __init__(self, model, fused: Fused | None = None):
+        config = getattr(model, "config", None)
+        kind = getattr(config, "model_type", None)
+        if kind not in SUPPORTED or not hasattr(model, "model") or not hasattr(model, "lm_head"):
+            raise UserError(f"the inference engine runs Llama-family causal LMs ({', '.join(SUPPORTED)}); got "
+                            f"{type(model).__name__} (model_type {kind!r})")
+        act = getattr(config, "hidden_act", "silu")
+        if act != "silu":
+            raise UserError(f"the inference engine's MLP is SiLU x up; model has hidden_act {act!r}")
+        self.model, self.config = model, config
+        self.inner = model.model
+        self.layers = list(self.inner.layers[: config.num_hidden_layers])
+        self.n_heads = config.num_attention_heads
+        self.kv_heads = getattr(config, "num_key_value_heads", None) or self.n_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
+        self.scale = self.layers[0].self_attn.scaling
+        self.eps = config.rms_norm_eps
+        self.max_positions = getattr(config, "max_position_embeddings", None)
+        self.sliding_window = _sliding_window(config)
+        self.fused = fused or Fused(False)
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    def kv_bytes_per_token(self) -> int:
+        """Bytes one token's keys and values take in a dense cache, all layers."""
+        return 2 * self.n_layers * self.kv_heads * self.head_dim * self.dtype.itemsize
+
+    def _qkv(self, layer, x, cos, sin):
+        a = layer.self_attn
+        b, t, _ = x.shape
+        q = a.q_proj(x).view(b, t, -1, self.head_dim)
+        k = a.k_proj(x).view(b, t, -1, self.head_dim)
+        v = a.v_proj(x).view(b, t, -1, self.head_dim)
+        if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head's channels before rotary
+            q = self.fused.rms_norm(q, a.q_norm.weight, a.q_norm.variance_epsilon)
+            k = self.fused.rms_norm(k, a.k_norm.weight, a.k_norm.variance_epsilon)
+        f = self.fused
+        return f.rope_heads(q, cos, sin), f.rope_heads(k, cos, sin), f.to_heads(v)
+
+    @torch.no_grad()
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, attend, logits_at=slice(None)) -> torch.Tensor:
+        f = self.fused
+        h = self.inner.embed_tokens(ids)  # (B, T, d)
+        cos, sin = self.inner.rotary_emb(h, positions)  # (B, T, D)
+        b, t, _ = h.shape
+        x = f.rms_norm(h, self.layers[0].input_layernorm.weight, self.eps)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x, cos, sin)
+            y = attend(i, q, k, v)  # (B, Hq, T, D)
+            y = layer.self_attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+            x, h = f.add_rms_norm(y, h, layer.post_attention_layernorm.weight, self.eps)
+            m = layer.mlp
+            y = m.down_proj(f.silu_mul(m.gate_proj(x), m.up_proj(x)))
+            nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else self.inner.norm.weight
+            x, h = f.add_rms_norm(y, h, nxt, self.eps)
+        return self.model.lm_head(x[:, logits_at]).float()

@@ -1,0 +1,139 @@
+"""The inference engine against Hugging Face's own model and against the logical (sparse.apply) methods: same
+logits, same greedy tokens, caches of the methods' budgets, batches of unequal rows equal to one row at a time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import leanformer.sparse as sparse
+from leanformer.errors import UserError
+from leanformer.infer import Engine
+from leanformer.infer.layers import DecoderStack
+
+transformers = pytest.importorskip("transformers")
+
+# (decode method, native-budget parameters small enough to evict at ~200 tokens)
+DECODES = [("snapkv", dict(capacity=48, window=16, kernel=5, local=8)),
+           ("ada_snapkv", dict(capacity=48, window=16, kernel=5, local=8)),
+           ("streaming", dict(window=40)),
+           ("quest", dict(token_budget=48, page_size=8))]
+
+
+def _model(kind="qwen2", layers=2, **kw):
+    torch.manual_seed(0)
+    cls = {"qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
+           "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+           "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+           "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[kind]
+    cfg = cls[0](vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=4096, **kw)
+    return cls[1](cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model()
+
+
+def _hf_greedy(model, ids, n):
+    out = model.generate(torch.tensor([ids]), max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3", "mistral"])
+def test_stack_logits_equal_the_models_forward(kind):
+    m = _model(kind)
+    ids = torch.randint(0, 97, (2, 37))
+    stack = DecoderStack(m)
+    pos = torch.arange(37)[None].expand(2, -1)
+    out = stack.forward(ids, pos, lambda i, q, k, v: torch.nn.functional.scaled_dot_product_attention(
+        q, k, v, is_causal=True, enable_gqa=True))
+    with torch.no_grad():
+        ref = m(ids).logits
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_dense_generation_equals_hf_generate(model):
+    ids = torch.randint(0, 97, (150,)).tolist()
+    assert Engine(model).generate([ids], 12)[0] == _hf_greedy(model, ids, 12)
+
+
+@pytest.mark.parametrize("method,params", DECODES)
+def test_physical_eviction_generates_the_logical_methods_tokens(model, method, params):
+    """Same kept set, same tokens: the engine's cache holds only what the logical method reads."""
+    ids = torch.randint(0, 97, (211,)).tolist()
+    eng = Engine(model, decode=method, sparsity=None, **params)
+    got = eng.generate([ids], 10)[0]
+    with sparse.apply(model, decode=method, sparsity=None, **params):
+        want = _hf_greedy(model, ids, 10)
+    assert got == want
+    assert eng.last_batch.decode_sparsity() > 0.5
+
+
+@pytest.mark.parametrize("method", ["block_topk", "vertical_slash", "flexprefill", "streaming"])
+def test_sparse_prefill_equals_sparse_apply(model, method):
+    ids = torch.randint(0, 97, (520,)).tolist()
+    kw = {"block_size": 16} if method == "block_topk" else {}
+    eng = Engine(model, prefill=method, sparsity=0.6, **kw)
+    got = eng.generate([ids], 6)[0]
+    with sparse.apply(model, prefill=method, sparsity=0.6, **kw):
+        want = _hf_greedy(model, ids, 6)
+    assert got == want
+    assert eng.last_batch.prefill_sparsity() > 0.1
+
+
+def test_evicted_cache_memory_equals_its_budget(model):
+    """SnapKV at 1/8 of a 400-token prompt keeps 50 keys per head (+ room for the new tokens); Ada-SnapKV's pool
+    holds the same total; dense keeps every token."""
+    t, new = 400, 4
+    dense = Engine(model).batch([t], new)
+    per_slot = dense.nbytes() / (t + new)
+    for method in ("snapkv", "ada_snapkv"):
+        b = Engine(model, decode=method, sparsity=0.875).batch([t], new)
+        assert b.nbytes() == per_slot * (50 + new)
+    q = Engine(model, decode="quest", sparsity=0.875).batch([t], new)
+    assert q.nbytes() > dense.nbytes()  # Quest keeps the whole cache and adds page summaries
+
+
+def test_ada_snapkv_heads_keep_different_counts_in_one_pool(model):
+    ids = torch.randint(0, 97, (300,))
+    eng = Engine(model, decode="ada_snapkv", sparsity=0.8, capacity=60, window=16, kernel=5, local=8)
+    b = eng.batch([300], 3)
+    b.prefill(0, ids)
+    lens = b.caches[0].lens[0]
+    assert int(lens.sum()) == 2 * 60  # H_kv x budget, shared
+    starts = b.caches[0].starts[0]
+    assert int(starts[1]) == int(lens[0]) + 3  # head 1 starts after head 0's keys and its room
+
+
+def test_unequal_rows_equal_one_row_at_a_time(model):
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (50, 131, 77)]
+    for method, params in [(None, {}), *DECODES]:
+        batched = Engine(model, decode=method, sparsity=None, **params).generate(prompts, 8)
+        single = [Engine(model, decode=method, sparsity=None, **params).generate([p], 8)[0] for p in prompts]
+        assert batched == single, method
+
+
+def test_stop_callback_ends_generation_early(model):
+    calls = []
+
+    def stop(tokens):
+        calls.append(len(tokens[0]))
+        return True
+
+    out = Engine(model).generate([[1, 2, 3, 4]], 40, stop=stop, check_every=4)
+    assert len(out[0]) == 5 and calls == [5]
+
+
+def test_refusals(model):
+    with pytest.raises(UserError, match="position limit"):
+        Engine(model).batch([5000], 1)
+    with pytest.raises(UserError, match="Llama-family"):
+        Engine(torch.nn.Linear(2, 2))
+    b = Engine(model).batch([10], 2)
+    b.prefill(0, torch.arange(10))
+    b.step()
+    b.step()
+    with pytest.raises(UserError, match="sized for 2 new tokens"):
+        b.step()

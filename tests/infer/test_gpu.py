@@ -1,0 +1,78 @@
+"""The engine on a GPU (run with ``pytest -m gpu`` on a CUDA machine): the decode kernel in bf16 against an fp32
+reference, captured decode steps against eager ones, compiled elementwise steps against eager ones, and the
+engine's prefill against the model's own forward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from leanformer.infer import Engine
+from leanformer.infer.kernels import cache_decode_reference, cache_decode_triton
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+transformers = pytest.importorskip("transformers")
+
+
+def _rel(a, b):
+    return float((a.float() - b.float()).norm() / b.float().norm())
+
+
+@pytest.mark.parametrize("b,hq,hk,cap,d", [(1, 28, 4, 20011, 128), (16, 32, 8, 3001, 128), (3, 8, 8, 257, 64)])
+def test_cache_decode_kernel_bf16(b, hq, hk, cap, d):
+    g = torch.Generator(device="cuda").manual_seed(42)
+    q = torch.randn(b, hq, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k, v = (torch.randn(b, hk, cap, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    lens = torch.randint(1, cap + 1, (b, hk), device="cuda", generator=g, dtype=torch.int32)
+    ref = cache_decode_reference(q.float(), k.float(), v.float(), lens)
+    out = cache_decode_triton(q, k, v, lens)
+    assert not out.isnan().any() and _rel(out, ref) < 1e-2
+    # pages of 16: a quarter of the complete pages before the current one, per key head
+    n = (cap - 1) // 16
+    pages = torch.stack([torch.randperm(n, device="cuda", generator=g)[: max(1, n // 4)] for _ in range(b * hk)])
+    pages = pages.view(b, hk, -1).int()
+    full = torch.full_like(lens, cap)
+    ref = cache_decode_reference(q.float(), k.float(), v.float(), full, pages, 16)
+    assert _rel(cache_decode_triton(q, k, v, full, pages, 16), ref) < 1e-2
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                                   num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=8192)
+    return transformers.Qwen2ForCausalLM(cfg).to("cuda").eval()
+
+
+@pytest.mark.parametrize("decode", [None, "snapkv", "ada_snapkv", "streaming", "quest"])
+def test_captured_steps_equal_eager_steps(model, decode):
+    prompts = [torch.randint(0, 512, (n,)).tolist() for n in (1500, 900)]
+    kw = dict(decode=decode, sparsity=0.9, compile=False)
+    graphed = Engine(model, cuda_graph=True, **kw).generate(prompts, 12)
+    eager = Engine(model, cuda_graph=False, **kw).generate(prompts, 12)
+    assert graphed == eager
+
+
+def test_engine_prefill_and_compiled_steps_match_the_model(model):
+    ids = torch.randint(0, 512, (1, 700), device="cuda")
+    with torch.no_grad():
+        ref = model(ids, logits_to_keep=1).logits[0, -1]
+    for compile in (False, True):
+        eng = Engine(model, compile=compile)
+        b = eng.batch([700], 1)
+        b.prefill(0, ids[0])
+        dense = eng._dense
+        out = eng.stack.forward(ids, torch.arange(700, device="cuda")[None],
+                                lambda i, q, k, v, f=dense: f(q, k, v, None), slice(-1, None))[0, -1]
+        assert _rel(out, ref) < 1e-4, compile
+        assert int(b.tokens[0]) == int(ref.argmax())
+
+
+def test_block_topk_prefill_and_bf16_engine_run(model):
+    m = model.to(torch.bfloat16)
+    try:
+        prompts = [torch.randint(0, 512, (4096,)).tolist()]
+        out = Engine(m, prefill="block_topk", decode="quest", sparsity=0.9).generate(prompts, 8)
+        assert len(out[0]) == 8
+    finally:
+        model.float()
