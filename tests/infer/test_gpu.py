@@ -76,3 +76,26 @@ def test_block_topk_prefill_and_bf16_engine_run(model):
         assert len(out[0]) == 8
     finally:
         model.float()
+
+
+def test_rope_append_kernel_bf16():
+    from leanformer.infer.rope_append import rope_append_reference, rope_append_triton
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    b, hq, hk, c, d = 4, 28, 4, 300, 128
+    q = torch.randn(b, 1, hq * d, device="cuda", dtype=torch.bfloat16, generator=g).view(b, hq, d)
+    k, v = (torch.randn(b, hk, d, device="cuda", dtype=torch.bfloat16, generator=g) for _ in range(2))
+    ang = torch.rand(b, d // 2, device="cuda", generator=g) * 100
+    cos, sin = (torch.cat([f(ang)] * 2, -1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    outs = []
+    for fn in (rope_append_reference, rope_append_triton):
+        kc = torch.zeros(b, hk, c, d, device="cuda", dtype=torch.bfloat16)
+        vc = torch.zeros_like(kc)
+        lens = torch.randint(0, c, (b, hk), device="cuda", generator=g, dtype=torch.int32) if not outs else \
+            outs[0][3].clone() - 1
+        if not outs:
+            lens0 = lens.clone()
+        outs.append((fn(q, k, v, cos, sin, kc, vc, lens), kc, vc, lens))
+    assert torch.equal(outs[0][3], lens0 + 1) and torch.equal(outs[1][3], lens0 + 1)
+    for x, y in zip(outs[0][:3], outs[1][:3]):
+        assert _rel(x, y) < 1e-2

@@ -69,3 +69,54 @@ def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="heads"):
         cache_decode_reference(torch.randn(1, 3, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8),
                                torch.ones(1, 2, dtype=torch.int32))
+
+
+ROPE = textwrap.dedent("""
+    import torch
+    from leanformer.infer.rope_append import rope_append_reference, rope_append_triton
+    g = torch.Generator().manual_seed(7)
+    worst = 0.0
+    b, hq, hk, c, d = 3, 6, 2, 40, 16
+    q = torch.randn(b, 1, hq * d, generator=g).view(b, hq, d)
+    k, v = torch.randn(b, hk, d, generator=g), torch.randn(b, hk, d, generator=g)
+    ang = torch.rand(b, d // 2, generator=g) * 6
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    lens0 = torch.tensor([[3, 9], [0, 39], [20, 20]], dtype=torch.int32)
+    slot = torch.tensor([[1, 2], [5, 6], [7, 0]], dtype=torch.int32)
+    cap = torch.tensor([[10], [40], [4]], dtype=torch.int32)
+    starts = torch.tensor([[0, 12], [3, 30], [1, 21]], dtype=torch.int32)
+    for kw in ({}, {"slot": slot, "cap": cap}, {"starts": starts}):
+        pooled = "starts" in kw
+        outs = []
+        for fn in (rope_append_reference, rope_append_triton):
+            kc = torch.zeros(b, 1 if pooled else hk, c + 30 if pooled else c, d)
+            vc = torch.zeros_like(kc)
+            lens = lens0.clone() if not pooled else torch.tensor([[3, 2], [0, 1], [5, 4]], dtype=torch.int32)
+            qo = fn(q, k, v, cos, sin, kc, vc, lens, **kw)
+            outs.append((qo, kc, vc, lens))
+        for x, y in zip(*outs):
+            worst = max(worst, (x.float() - y.float()).abs().max().item())
+    print(worst)
+""")
+
+
+def test_rope_append_kernel_matches_reference(triton_interpret):
+    assert float(triton_interpret(ROPE)) < 1e-5
+
+
+def test_rope_append_reference_rotates_as_hugging_face():
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from leanformer.infer.rope_append import rope_append_reference
+
+    q, k, v = torch.randn(2, 4, 8), torch.randn(2, 2, 8), torch.randn(2, 2, 8)
+    ang = torch.rand(2, 4)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    kc, vc = torch.zeros(2, 2, 5, 8), torch.zeros(2, 2, 5, 8)
+    lens = torch.tensor([[0, 3], [4, 1]], dtype=torch.int32)
+    qo = rope_append_reference(q, k, v, cos, sin, kc, vc, lens)
+    qr, kr = apply_rotary_pos_emb(q[:, :, None], k[:, :, None], cos[:, None], sin[:, None], unsqueeze_dim=1)
+    torch.testing.assert_close(qo, qr[:, :, 0])
+    torch.testing.assert_close(kc[1, 0, 4], kr[1, 0, 0])
+    torch.testing.assert_close(vc[0, 1, 3], v[0, 1])
+    assert lens.tolist() == [[1, 4], [5, 2]]

@@ -1,9 +1,9 @@
 """Static KV caches that own their memory, one policy per decode method.
 
-A policy decides, at prefill, what a row's cache keeps of a layer's prompt keys/values, and at each decode step,
-where the new token goes and what the step reads. Every buffer is allocated once for the batch (``capacity`` slots
-per head, from the prompt lengths and the number of new tokens), so a decode step has static shapes and no host
-reads: it can be captured in a CUDA graph.
+A policy decides, at prefill, what a row's cache keeps of a layer's prompt keys/values (``prefill``), and at each
+decode step where the new token goes (``rope_append``) and what the step reads (``attend``). Every buffer is
+allocated once for the batch (``slots`` per head, from the prompt lengths and the number of new tokens), so a decode
+step has static shapes and no host reads: it can be captured in a CUDA graph.
 
 * :class:`Full` (dense decode): every token.
 * :class:`Evict` (SnapKV, Ada-SnapKV): *physical eviction* — only the kept prompt keys are stored, then the
@@ -28,6 +28,7 @@ import torch
 
 from leanformer.errors import UserError
 from leanformer.infer.kernels import cache_decode
+from leanformer.infer.rope_append import rope_append
 from leanformer.sparse.base import default_scale
 from leanformer.sparse.decode.common import prompt_key_scores, token_budget
 from leanformer.sparse.kernels.quest_scores import page_scores, page_scores_triton
@@ -67,19 +68,6 @@ class LayerCache:
             t[row].copy_(state[name], non_blocking=True)
 
 
-def _append_slots(cache: LayerCache, slot: torch.Tensor, k_new, v_new):
-    """Write ``k_new, v_new [B, H_kv, D]`` at ``slot [B, H_kv]`` (graph-safe: an index tensor, no host read)."""
-    b, h, d = k_new.shape
-    if cache.starts is not None:
-        flat = (cache.starts + slot).long().reshape(b, h, 1).expand(b, h, d)
-        cache.k[:, 0].scatter_(1, flat, k_new)
-        cache.v[:, 0].scatter_(1, flat, v_new)
-    else:
-        ix = slot.long()[..., None, None].expand(b, h, 1, d)
-        cache.k.scatter_(2, ix, k_new[:, :, None])
-        cache.v.scatter_(2, ix, v_new[:, :, None])
-
-
 class Full:
     """Dense decode: the whole prompt and every generated token, each step reads them all."""
 
@@ -104,12 +92,13 @@ class Full:
         cache.v[row, :, :t] = v[0]
         cache.lens[row] = t
 
-    def append(self, cache: LayerCache, k_new, v_new, pos):
-        _append_slots(cache, cache.lens, k_new, v_new)
-        cache.lens += 1
-
     def attend(self, cache: LayerCache, q, scale, impl="auto"):
         return cache_decode(q, cache.k, cache.v, cache.lens, scale=scale, starts=cache.starts, impl=impl)
+
+    def rope_append(self, cache: LayerCache, q, k, v, cos, sin, pos, impl="auto"):
+        """Rotary on the new token's ``q, k [B, H, D]``, its key and value into the cache, the lengths advanced
+        (one launch on a GPU: :func:`~.rope_append.rope_append`); returns the rotated query ``[B, H_q, D]``."""
+        return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, starts=cache.starts, impl=impl)
 
     def reads(self, prompt_len: int, kept: int, step: int) -> int:
         """Keys one head reads at decode step ``step`` (0 = the first generated token's step)."""
@@ -198,11 +187,10 @@ class Ring(Full):
         cache.lens[row] = n
         cache.extra["n"][row] = self.budget(t)
 
-    def append(self, cache: LayerCache, k_new, v_new, pos):
+    def rope_append(self, cache: LayerCache, q, k, v, cos, sin, pos, impl="auto"):
         n = cache.extra["n"]
-        slot = self._slot(pos[:, None].int(), n).expand_as(cache.lens)
-        _append_slots(cache, slot, k_new, v_new)
-        cache.lens.copy_(torch.minimum(cache.lens + 1, n))
+        slot = self._slot(pos[:, None].int(), n).expand_as(cache.lens).int()
+        return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, slot=slot, cap=n, impl=impl)
 
     def reads(self, prompt_len: int, kept: int, step: int) -> int:
         return min(prompt_len + step + 1, self.budget(prompt_len))
@@ -237,14 +225,18 @@ class Pages(Full):
             cache.extra["kmin"][row, :, :full] = pages.amin(2)
             cache.extra["kmax"][row, :, :full] = pages.amax(2)
 
-    def append(self, cache: LayerCache, k_new, v_new, pos):
-        super().append(cache, k_new, v_new, pos)
-        # the page the new token landed in: its min/max over the slots written so far (a page is a candidate only
-        # once complete, but keeping its summary current costs one page read)
-        b, h, d = k_new.shape
+    def rope_append(self, cache: LayerCache, q, k, v, cos, sin, pos, impl="auto"):
+        q = super().rope_append(cache, q, k, v, cos, sin, pos, impl)
+        self._update_meta(cache)
+        return q
+
+    def _update_meta(self, cache: LayerCache):
+        """The summary of the page the newest token landed in: min/max over its slots written so far (a page is
+        a candidate only once complete, but keeping its summary current costs one page read)."""
+        b, h, _, d = cache.k.shape
         ps = self.page
         page = ((cache.lens - 1) // ps).long()  # [B, H_kv]
-        slot = page[..., None] * ps + torch.arange(ps, device=k_new.device)
+        slot = page[..., None] * ps + torch.arange(ps, device=cache.k.device)
         keys = torch.gather(cache.k, 2, slot[..., None].expand(b, h, ps, d))
         filled = (slot < cache.lens[..., None])[..., None]
         ix = page[..., None, None].expand(b, h, 1, d)

@@ -187,12 +187,12 @@ class Batch:
         e, s = self.engine, self.engine.stack
         pol = e.policy
 
-        def attend(i, q, k, v):  # q [B, Hq, 1, D], k, v [B, Hkv, 1, D]
+        def step(i, q, k, v, cos, sin):  # the new token's q [B, Hq, D], k, v [B, Hkv, D]
             c = self.caches[i]
-            pol.append(c, k[:, :, 0], v[:, :, 0], self.pos)
-            return pol.attend(c, q[:, :, 0], s.scale).unsqueeze(2)
+            q = pol.rope_append(c, q, k, v, cos, sin, self.pos)
+            return pol.attend(c, q, s.scale)
 
-        logits = s.forward(self.tokens[:, None], self.pos[:, None], attend, logits_at=slice(-1, None))
+        logits = s.forward(self.tokens[:, None], self.pos[:, None], logits_at=slice(-1, None), step=step)
         self.tokens.copy_(logits[:, -1].argmax(-1))
         self.pos += 1
 

@@ -44,9 +44,10 @@ if triton is not None:
         ``HAS_START``: head ``h``'s slots begin at ``STARTS[b, h]`` of a pool its row's heads share."""
         pid = tl.program_id(0)
         sp = tl.program_id(1)
-        b = pid // HS
+        # row and head offsets in int64: a large batch's cache passes 2^31 elements
+        b = (pid // HS).to(tl.int64)
         hs = pid % HS
-        kvh = hs // KVDIV
+        kvh = (hs // KVDIV).to(tl.int64)
         offs_g = tl.arange(0, BLOCK_G)
         offs_n = tl.arange(0, BLOCK_N)
         offs_d = tl.arange(0, D)

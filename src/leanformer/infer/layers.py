@@ -113,7 +113,8 @@ class DecoderStack:
         """Bytes one token's keys and values take in a dense cache, all layers."""
         return 2 * self.n_layers * self.kv_heads * self.head_dim * self.dtype.itemsize
 
-    def _qkv(self, layer, x, cos, sin):
+    def _proj(self, layer, x):
+        """q, k, v projections of ``x [B, T, d]`` as ``[B, T, H, D]`` views (Qwen3's per-head norms applied)."""
         a = layer.self_attn
         b, t, _ = x.shape
         q = a.q_proj(x).view(b, t, -1, self.head_dim)
@@ -122,20 +123,28 @@ class DecoderStack:
         if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head's channels before rotary
             q = self.fused.rms_norm(q, a.q_norm.weight, a.q_norm.variance_epsilon)
             k = self.fused.rms_norm(k, a.k_norm.weight, a.k_norm.variance_epsilon)
-        f = self.fused
-        return f.rope_heads(q, cos, sin), f.rope_heads(k, cos, sin), f.to_heads(v)
+        return q, k, v
 
     @torch.no_grad()
-    def forward(self, ids: torch.Tensor, positions: torch.Tensor, attend, logits_at=slice(None)) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, attend=None, logits_at=slice(None),
+                step=None) -> torch.Tensor:
+        """Prefill form: ``attend(layer, q, k, v)`` takes rotated contiguous ``[B, H, T, D]`` tensors and returns
+        ``[B, H_q, T, D]``. Decode form (``T == 1``): ``step(layer, q, k, v, cos, sin)`` takes the new token's raw
+        projections ``[B, H, D]`` and ``cos, sin [B, D]`` (rotary, cache writes and attention are its own) and
+        returns ``[B, H_q, D]``."""
         f = self.fused
         h = self.inner.embed_tokens(ids)  # (B, T, d)
         cos, sin = self.inner.rotary_emb(h, positions)  # (B, T, D)
         b, t, _ = h.shape
         x = f.rms_norm(h, self.layers[0].input_layernorm.weight, self.eps)
         for i, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, x, cos, sin)
-            y = attend(i, q, k, v)  # (B, Hq, T, D)
-            y = layer.self_attn.o_proj(y.transpose(1, 2).reshape(b, t, -1))
+            q, k, v = self._proj(layer, x)
+            if step is not None:
+                y = step(i, q[:, 0], k[:, 0], v[:, 0], cos[:, 0], sin[:, 0]).reshape(b, t, -1)
+            else:
+                y = attend(i, f.rope_heads(q, cos, sin), f.rope_heads(k, cos, sin), f.to_heads(v))  # (B, Hq, T, D)
+                y = y.transpose(1, 2).reshape(b, t, -1)
+            y = layer.self_attn.o_proj(y)
             x, h = f.add_rms_norm(y, h, layer.post_attention_layernorm.weight, self.eps)
             m = layer.mlp
             y = m.down_proj(f.silu_mul(m.gate_proj(x), m.up_proj(x)))
