@@ -99,3 +99,14 @@ def test_rope_append_kernel_bf16():
     assert torch.equal(outs[0][3], lens0 + 1) and torch.equal(outs[1][3], lens0 + 1)
     for x, y in zip(outs[0][:3], outs[1][:3]):
         assert _rel(x, y) < 1e-2
+
+
+def test_long_row_topk_kernel():
+    """Quest's page choice at 128K: rows of 8K+ page scores, -inf past the current page."""
+    from leanformer.sparse.kernels.block_select import topk_rows, topk_rows_triton
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    s = torch.randn(2, 4, 8200, device="cuda", generator=g)
+    s[..., 8000:] = float("-inf")
+    got = topk_rows_triton(s, 511)
+    assert torch.equal(got.long(), topk_rows(s, 511).long())

@@ -31,6 +31,7 @@ from leanformer.infer.kernels import cache_decode
 from leanformer.infer.rope_append import rope_append
 from leanformer.sparse.base import default_scale
 from leanformer.sparse.decode.common import prompt_key_scores, token_budget
+from leanformer.sparse.kernels.block_select import MAX_TRITON_ROW, topk_rows_triton
 from leanformer.sparse.kernels.quest_scores import page_scores, page_scores_triton
 
 
@@ -255,8 +256,13 @@ class Pages(Full):
         cand = torch.arange(s.shape[-1], device=q.device) < cur[..., None]
         s = torch.where(cand, s, float("-inf"))
         n = min(self.n_select, s.shape[-1])
-        top = torch.topk(s, n, dim=-1, sorted=False)
-        return torch.where(top.values > float("-inf"), top.indices, -1).int()
+        if q.is_cuda and s.shape[-1] <= MAX_TRITON_ROW:
+            # one launch (bisection on the scores, no sort) where torch.topk's radix select takes a dozen
+            idx = topk_rows_triton(s, n)
+            val = torch.gather(s, -1, idx.long())
+        else:
+            val, idx = torch.topk(s, n, dim=-1, sorted=False)
+        return torch.where(val > float("-inf"), idx, -1).int()
 
     def attend(self, cache: LayerCache, q, scale, impl="auto"):
         if self.n_select == 0:

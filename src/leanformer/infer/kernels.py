@@ -30,6 +30,9 @@ from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
 BLOCK_N = 64
 PROGRAMS_PER_SM = 3
+# a split reads at least this many entries: below it, merging the partials costs more than the parallelism gains
+# (SnapKV's 8K kept keys at 128K: 32 splits rather than 99, on an H100)
+MIN_SPLIT = 256
 
 if triton is not None:
     import triton.language as tl
@@ -121,7 +124,7 @@ def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[in
     """``(splits, chunk)`` for ``heads`` programs' worth of lists of ``n`` entries: about ``PROGRAMS_PER_SM``
     programs per SM in one round; ``chunk`` a multiple of ``block_n``."""
     blocks = max(1, math.ceil(n / block_n))
-    nsplit = max(1, min(blocks, PROGRAMS_PER_SM * sms // max(heads, 1)))
+    nsplit = max(1, min(blocks, PROGRAMS_PER_SM * sms // max(heads, 1), math.ceil(n / MIN_SPLIT)))
     chunk = math.ceil(blocks / nsplit) * block_n
     return max(1, math.ceil(n / chunk)), chunk
 
@@ -176,7 +179,7 @@ def cache_decode_triton(q, k, v, lens, pages=None, page_size: int = 0, scale: fl
         num_warps=4, num_stages=2)
     if nsplit > 1:
         _merge[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g, BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()),
-                               D=d, num_warps=1)
+                               D=d, num_warps=4)
     return out.view(b, hq, d)
 
 

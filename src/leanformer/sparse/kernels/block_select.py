@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
-# one row lives in registers as int32 keys, 1024 per warp: 32 registers a thread
-MAX_TRITON_ROW = 4096
+# one row lives in registers as int32 keys, 1024 per warp (up to 16 warps): 32 registers a thread; Quest's page
+# scores of a 128K cache (8K pages of 16) are such rows
+MAX_TRITON_ROW = 16384
 
 
 def topk_rows(scores: torch.Tensor, k: int) -> torch.Tensor:
