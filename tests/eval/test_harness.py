@@ -187,3 +187,23 @@ def test_fingerprint_follows_weights_not_cards_and_a_changed_checkpoint_is_not_r
     assert model_fingerprint(str(model)) != fp
     with pytest.raises(UserError, match="from checkpoint sha256:.*resuming would mix the two"):
         harness.run_sweep(c)
+
+
+def test_batched_sparse_cells_equal_batch_one_and_the_generate_path(tiny_model, tmp_path):
+    """Sparse cells run batched through the engine (prompts of unequal length, no padding): every sample's output
+    and measured sparsity equal its batch-1 run, and the outputs equal transformers' generate path."""
+    common = dict(tasks=["niah"], samples=3, prefill=["block_topk"], decode=["snapkv", "quest"], sparsities=[0.7],
+                  max_new_tokens=5, task_params={}, method_params={"block_topk": {"block_size": 16},
+                                                                   "snapkv": {"window": 16, "kernel": 5, "local": 8}})
+    outs = {}
+    for name, kw in {"batched": {"batch_size": 3}, "single": {"batch_size": 1},
+                     "generate": {"batch_size": 3, "engine": "off"}}.items():
+        c = _config(tiny_model, tmp_path / f"{name}.db", **common, **kw)
+        harness.run_sweep(c)
+        with ResultsStore(c.store) as store:
+            outs[name] = {(r["prefill_method"], r["decode_method"], r["sample"]):
+                          (r["output"], r["prompt_tokens"], r["prefill_sparsity"], r["decode_sparsity"])
+                          for r in store.rows()}
+    assert len(outs["batched"]) == 4 * 3 and len({v[1] for v in outs["batched"].values()}) > 1  # unequal lengths
+    assert outs["batched"] == outs["single"]
+    assert {k: v[0] for k, v in outs["batched"].items()} == {k: v[0] for k, v in outs["generate"].items()}

@@ -17,7 +17,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from leanformer.data.tokenizers import HFTokenizer
 
-__all__ = ["PromptEncoder", "Generation", "generate_batch", "STOP"]
+__all__ = ["PromptEncoder", "Generation", "generate_batch", "generate_engine", "STOP"]
 
 STOP = "</answer>"
 
@@ -90,22 +90,39 @@ def generate_batch(model, encoder: PromptEncoder, batch: list[list[int]], max_ne
                               eos_token_id=encoder.eos_id, num_beams=1)
     out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config,
                          stopping_criteria=StoppingCriteriaList([_StopOnText(encoder.decode, width, stop)]))
-    results = []
-    for row in out[:, width:].tolist():
-        kept = []
-        for tok in row:
-            if tok == encoder.pad_id and tok != encoder.eos_id:
-                break  # generate pads rows that finished before the others
-            if encoder.eos_id is not None and tok == encoder.eos_id:
-                kept.append(tok)
-                break
+    return [_finish(encoder, row, stop) for row in out[:, width:].tolist()]
+
+
+def _finish(encoder: PromptEncoder, row: list[int], stop: str, pad_stops: bool = True) -> Generation:
+    """A row's generated tokens cut after EOS or the stop string (``pad_stops``: a pad also ends it, as
+    ``generate`` pads rows that finished before the others)."""
+    kept = []
+    for tok in row:
+        if pad_stops and tok == encoder.pad_id and tok != encoder.eos_id:
+            break
+        if encoder.eos_id is not None and tok == encoder.eos_id:
             kept.append(tok)
-            if stop in encoder.decode(kept[-24:]):
-                break
-        text = encoder.decode(kept)
-        if stop in text:
-            text = text[: text.index(stop) + len(stop)]
-        results.append(Generation(encoder.answer_prefix + text, len(kept)))
-    return results
+            break
+        kept.append(tok)
+        if stop in encoder.decode(kept[-24:]):
+            break
+    text = encoder.decode(kept)
+    if stop in text:
+        text = text[: text.index(stop) + len(stop)]
+    return Generation(encoder.answer_prefix + text, len(kept))
 
 
+def generate_engine(engine, encoder: PromptEncoder, batch: list[list[int]], max_new_tokens: int,
+                    stop: str = STOP) -> tuple[list[Generation], list[tuple[float, float]]]:
+    """Greedy-decode ``batch`` (token lists of any lengths) with a :class:`leanformer.infer.Engine`: every row
+    prefilled alone, decoded together, no padding (so each row's tokens equal what it gets at batch 1). Returns the
+    generations and each row's measured ``(prefill, decode)`` sparsity."""
+
+    def done(tokens: list[list[int]]) -> bool:
+        return all((encoder.eos_id is not None and encoder.eos_id in row) or stop in encoder.decode(row)
+                   for row in tokens)
+
+    rows = engine.generate(batch, max_new_tokens, stop=done)
+    b = engine.last_batch
+    sparsity = [(b.prefill_sparsity(r), b.decode_sparsity(r)) for r in range(len(batch))]
+    return [_finish(encoder, row, stop, pad_stops=False) for row in rows], sparsity

@@ -10,9 +10,12 @@ prefill method with dense decode, each listed decode method with dense prefill, 
 Order of work: everything is validated first (:func:`validate`: task and method names, task parameters, sparsity
 in [0, 1), lengths against each model's context, the store); then each rank takes the cells with
 ``index % world_size == rank``, skips the samples already in the store, and commits each sample as soon as its
-batch is scored. Samples of one cell are batched: dense cells with left padding; sparse cells (whose methods need
-unpadded batches) in groups of prompts of equal length. The wall time of a batch is shared equally by its samples;
-the measured sparsity of a group (pair-weighted over layers and steps) is given to each of its samples.
+batch is scored. Samples of one cell are batched through :class:`leanformer.infer.Engine` (``engine``): each
+prompt prefilled alone, all decoded together over a static cache, no padding — a sample's tokens equal its batch-1
+tokens, and each sample gets its own measured sparsity (pair-weighted over layers and steps). With ``engine: off``
+(or a model the engine does not run) transformers' ``generate`` does it: dense cells left-padded, sparse cells in
+groups of prompts of equal length sharing the group's measured sparsity. The wall time of a batch is shared
+equally by its samples.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ class FrontierConfig:
     tokenizer: str | None = cfg(None, help="override: 'byte', 'hf:<name>' or a path")
     chat_template: str = cfg("auto", choices=("auto", "on", "off"))
     answer_prefix: str = "<answer>"
+    engine: str = cfg("auto", choices=("auto", "on", "off"),
+                      help="generate with leanformer.infer.Engine (static cache, rows of any length batched without "
+                           "padding, evicting methods keep only their budget): 'auto' where the model is a "
+                           "Llama-family one, 'off' for transformers' generate (sparse cells then batch only prompts "
+                           "of equal length)")
     progress: bool = True
 
 
@@ -265,14 +273,15 @@ def run_sweep_processes(c: FrontierConfig, workers: int) -> dict[str, Any]:
 
 
 def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict, store: ResultsStore, bar) -> int:
-    from leanformer.eval.generation import PromptEncoder, generate_batch
-    from leanformer.eval.models import attach, load_model, measured_sparsity, non_embedding_params, open_tokenizer
+    from leanformer.eval.generation import PromptEncoder
+    from leanformer.eval.models import load_model, non_embedding_params, open_tokenizer
     from leanformer.eval.models import sample_flops as flops_of
 
     model = load_model(model_name, c.device, c.dtype, c.device_map)
     tok = open_tokenizer(model_name, c.tokenizer)
     encoder = PromptEncoder(tok, c.chat_template, c.answer_prefix)
     n_params = non_embedding_params(model)
+    use_engine = c.engine == "on" or (c.engine == "auto" and _engine_runs(model))
     samples: dict[tuple, Any] = {}
     added = 0
     for cell in cells:
@@ -287,20 +296,11 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
                     samples[key] = task.generate(tok, cell["length"], c.seed + i)
                 batch.append(samples[key])
             ids = [encoder.encode(s.prompt) for s in batch]
-            # Sparse methods need unpadded batches: a sparse cell runs its batch in groups of equal length.
-            dense = cell["prefill_method"] == cell["decode_method"] == "dense"
-            groups: dict[int, list[int]] = {}
-            for j, x in enumerate(ids):
-                groups.setdefault(0 if dense else len(x), []).append(j)
-            outs, measured = [None] * len(ids), [None] * len(ids)
             t0 = time.perf_counter()
-            for group in groups.values():
-                with attach(model, cell["prefill_method"], cell["decode_method"], cell["sparsity"],
-                            cell["params"]) as session:
-                    gen = generate_batch(model, encoder, [ids[j] for j in group], c.max_new_tokens)
-                m = measured_sparsity(session, cell["prefill_method"], cell["decode_method"])
-                for j, g in zip(group, gen):
-                    outs[j], measured[j] = g, m
+            if use_engine:
+                outs, measured = _engine_batch(model, encoder, cell, ids, c.max_new_tokens)
+            else:
+                outs, measured = _hf_batch(model, encoder, cell, ids, c.max_new_tokens)
             seconds = (time.perf_counter() - t0) / len(batch)
             for i, s, x, out, (pre_s, dec_s) in zip(idx, batch, ids, outs, measured):
                 fl = flops_of(model, len(x), out.output_tokens, cell, pre_s, dec_s)
@@ -316,6 +316,48 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
                 bar.update(1)
     del model
     return added
+
+
+def _engine_runs(model) -> bool:
+    """A Llama-family model on one device (one spread by ``device_map`` keeps transformers' generate)."""
+    from leanformer.infer.layers import SUPPORTED
+
+    kind = getattr(getattr(model, "config", None), "model_type", None)
+    return kind in SUPPORTED and not getattr(model, "hf_device_map", None)
+
+
+def _engine_batch(model, encoder, cell: dict, ids: list[list[int]], max_new_tokens: int):
+    """One batch through the engine: rows of any length together, per-row measured sparsity."""
+    from leanformer.eval.generation import generate_engine
+    from leanformer.infer import Engine
+
+    p, d = cell["prefill_method"], cell["decode_method"]
+    eng = Engine(model, prefill=None if p == "dense" else p, decode=None if d == "dense" else d,
+                 sparsity=cell["sparsity"], prefill_params=cell["params"].get("prefill"),
+                 decode_params=cell["params"].get("decode"))
+    outs, measured = generate_engine(eng, encoder, ids, max_new_tokens)
+    return outs, [(0.0 if p == "dense" else pre, 0.0 if d == "dense" else dec) for pre, dec in measured]
+
+
+def _hf_batch(model, encoder, cell: dict, ids: list[list[int]], max_new_tokens: int):
+    """One batch through transformers' generate: dense cells left-padded, sparse cells (whose methods need
+    unpadded batches) in groups of prompts of equal length, each group's measured sparsity given to its rows."""
+    from leanformer.eval.generation import generate_batch
+    from leanformer.eval.models import attach, measured_sparsity
+
+    dense = cell["prefill_method"] == cell["decode_method"] == "dense"
+    groups: dict[int, list[int]] = {}
+    for j, x in enumerate(ids):
+        groups.setdefault(0 if dense else len(x), []).append(j)
+    outs, measured = [None] * len(ids), [None] * len(ids)
+    for group in groups.values():
+        with attach(model, cell["prefill_method"], cell["decode_method"], cell["sparsity"],
+                    cell["params"]) as session:
+            gen = generate_batch(model, encoder, [ids[j] for j in group], max_new_tokens)
+        m = measured_sparsity(session, cell["prefill_method"], cell["decode_method"])
+        for j, g in zip(group, gen):
+            outs[j], measured[j] = g, m
+    return outs, measured
 
 
 def summarize(c: FrontierConfig) -> str:

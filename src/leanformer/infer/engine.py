@@ -133,7 +133,7 @@ class Batch:
         self.tokens = torch.zeros(bsz, dtype=torch.long, device=s.device)
         self.steps = 0
         self.graph = None
-        self.kept: list[torch.Tensor] = []
+        self.prefill_pairs: dict[int, list] = {}  # row -> [(kept pairs, causal pairs)] per layer (device tensors)
 
     def nbytes(self) -> int:
         """Bytes the caches hold (all layers, all rows): what the decode method keeps."""
@@ -157,6 +157,7 @@ class Batch:
             if info is not None:
                 e.prefill_stats.append({"layer": i, "kept_pairs": info["kept_pairs"], "causal_pairs":
                                         info["causal_pairs"], "estimation_pairs": info["estimation_pairs"]})
+                self.prefill_pairs.setdefault(row, []).append((info["kept_pairs"], info["causal_pairs"]))
             return out
 
         positions = torch.arange(t, device=s.device)[None]
@@ -219,14 +220,16 @@ class Batch:
             self.graph.replay()
         return self.tokens
 
-    def decode_sparsity(self) -> float:
+    def decode_sparsity(self, row: int | None = None) -> float:
         """Fraction of cache keys the decode steps so far did not read (``1 - read / cache length``, summed over
-        rows, key heads, layers and steps); 0 for dense decode."""
+        key heads, layers and steps, and over rows unless ``row`` is given); 0 for dense decode."""
         pol = self.engine.policy
         read = total = 0
+        rows = range(len(self.prompt_lens)) if row is None else [row]
         for c in self.caches:
             kept = c.lens.tolist()
-            for r, t in enumerate(self.prompt_lens):
+            for r in rows:
+                t = self.prompt_lens[r]
                 for h in range(len(kept[r])):
                     k0 = kept[r][h] - self.steps  # what prefill kept, before the generated tokens
                     for step in range(self.steps):
@@ -234,12 +237,11 @@ class Batch:
                         total += t + step + 1
         return 1.0 - read / max(total, 1)
 
-    def prefill_sparsity(self) -> float:
-        """Pair-weighted measured sparsity of the prefill calls since the engine was made (0 for dense)."""
-        stats = self.engine.prefill_stats
-        if not stats:
+    def prefill_sparsity(self, row: int | None = None) -> float:
+        """Pair-weighted measured sparsity of this batch's prefills (one row's, or all); 0 for dense prefill."""
+        pairs = [p for r, ps in self.prefill_pairs.items() if row is None or r == row for p in ps]
+        if not pairs:
             return 0.0
-        kept = sum(float(r["kept_pairs"]) for r in stats)
-        total = sum(float(r["causal_pairs"]) for r in stats)
+        kept = sum(float(k) for k, _ in pairs)
+        total = sum(float(t) for _, t in pairs)
         return 1.0 - kept / max(total, 1.0)
-
