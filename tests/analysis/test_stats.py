@@ -134,6 +134,6 @@ def test_a_missing_analysis_dependency_is_a_user_error(module, dependency, monke
     import sys
 
     monkeypatch.setitem(sys.modules, dependency, None)  # makes the import fail
-    monkeypatch.delitem(sys.modules, f"leanformer.analysis.{module}")
+    monkeypatch.delitem(sys.modules, f"leanformer.analysis.{module}", raising=False)
     with pytest.raises(UserError, match=r"pip install leanformer\[analysis\]"):
         importlib.import_module(f"leanformer.analysis.{module}")

@@ -133,11 +133,14 @@ def holm(pvalues) -> np.ndarray:
         return p
     # statsmodels' Holm branch runs a full gc.collect() per call (~0.1 s in a process holding torch; statsmodels
     # PR 8671 was closed unmerged); frozen objects are skipped by the collector, so the call stays microseconds.
+    # A heap the caller froze itself stays frozen.
+    thaw = gc.get_freeze_count() == 0
     gc.freeze()
     try:
         return multipletests(p, method="holm")[1]
     finally:
-        gc.unfreeze()
+        if thaw:
+            gc.unfreeze()
 
 
 @dataclasses.dataclass
