@@ -84,7 +84,7 @@ def test_holm_controls_familywise_error_over_a_null_ladder():
     for i in range(sims):
         ladder = [(s, *paired_binary(rng, 80, 0.6, 0.6)) for s in (0.5, 0.8, 0.9, 0.95)]
         for corr in fwer:
-            res = stats.safe_sparsity(ladder, test="sign", correction=corr, seed=i)
+            res = stats.safe_sparsity(ladder, test="sign", correction=corr, n_boot=500, seed=i)
             fwer[corr] += any(lv.rejected for lv in res.levels)
     assert fwer["holm"] / sims <= 0.08
     assert fwer["none"] > fwer["holm"]
@@ -114,3 +114,26 @@ def test_fixed_sequence_stops_at_first_failure_and_reports_levels():
         with pytest.raises(UserError):
             stats.safe_sparsity(ladder, **bad)
     assert not math.isnan(res.levels[0].ci_low)
+
+
+def test_bootstrap_ci_is_scipys_percentile_interval():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    d = np.random.default_rng(42).normal(0.1, 1.0, 50)
+    ref = scipy_stats.bootstrap((d,), np.mean, n_resamples=1000, confidence_level=0.9, method="percentile",
+                                rng=np.random.default_rng(3)).confidence_interval
+    assert stats.bootstrap_ci(d, 0.9, 1000, seed=3) == pytest.approx((ref.low, ref.high))
+    # Equal differences (BCa is undefined there) and one pair (scipy needs two) still give an interval.
+    assert stats.bootstrap_ci(np.zeros(20)) == (0.0, 0.0) and stats.bootstrap_ci([0.5]) == (0.5, 0.5)
+    assert np.all(stats.bootstrap_means(np.array([0.5]), 10) == 0.5)
+
+
+@pytest.mark.parametrize("module, dependency", [("stats", "scipy"), ("stats", "statsmodels.stats.multitest"),
+                                                ("scaling", "statsmodels.regression.linear_model")])
+def test_a_missing_analysis_dependency_is_a_user_error(module, dependency, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, dependency, None)  # makes the import fail
+    monkeypatch.delitem(sys.modules, f"leanformer.analysis.{module}", raising=False)
+    with pytest.raises(UserError, match=r"pip install leanformer\[analysis\]"):
+        importlib.import_module(f"leanformer.analysis.{module}")

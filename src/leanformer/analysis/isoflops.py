@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from leanformer.analysis.stats import bootstrap_means
+from leanformer.analysis.stats import bootstrap_ci
 from leanformer.analysis.store import Cell, paired_scores
 
 SPARSE_PHASES = ("prefill", "decode", "both")
@@ -99,8 +99,7 @@ def iso_cost(cells: list[Cell], phase: str, cost: str = "phase", slack: float = 
                     continue
                 best = max(fits, key=lambda p: (p.accuracy, -p.cost))
                 a, b = paired_scores(small.cell, best.cell)
-                boots = bootstrap_means(b - a, n_boot, seed) if a.size else np.array([np.nan])
-                lo, hi = np.quantile(boots, [0.025, 0.975])
+                lo, hi = bootstrap_ci(b - a, 0.95, n_boot, seed)
                 out.append(IsoCost(task, length, phase, small.cell, small.cost, large.cell.model, best.cell, best.cost,
                                    float(np.mean(b - a)) if a.size else np.nan, float(lo), float(hi)))
     return out

@@ -6,33 +6,30 @@ The Sparse Frontier (Nawrot et al., 2025, v1) fits accuracy with a log-linear mo
 
     y = β0 + βN·ln N + βL·ln L + βC·ln CR  [+ βNC·ln N·ln CR + βLC·ln L·ln CR]  [+ one intercept per group]
 
-``y`` is accuracy, error ``1 − accuracy`` or ``ln(error)``. Ordinary least squares through ``numpy.linalg.lstsq``;
-standard errors ``σ̂²(XᵀX)⁻¹`` with ``σ̂² = SSE/(n − p)``; confidence intervals with Student's t (scipy when
-installed, otherwise the normal quantile). Held-out validation fits on the smaller models (or shorter lengths) and
-predicts the largest. :func:`fit_budget_growth` fits ``ln B* = c + γ·ln L`` for the smallest token budget
-``B* = (1 − s)·L`` whose relative error stays within a tolerance (γ < 1: the budget grows sublinearly).
+``y`` is accuracy, error ``1 − accuracy`` or ``ln(error)``. Ordinary least squares by ``statsmodels`` (``OLS``):
+standard errors ``σ̂²(XᵀX)⁻¹`` with ``σ̂² = SSE/(n − p)``, intervals from ``conf_int`` (Student's t). Held-out
+validation fits on the smaller models (or shorter lengths) and predicts the largest. :func:`fit_budget_growth`
+fits ``ln B* = c + γ·ln L`` for the smallest token budget ``B* = (1 − s)·L`` whose relative error stays within a
+tolerance (γ < 1: the budget grows sublinearly).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from statistics import NormalDist
+import warnings
 
 import numpy as np
 
 from leanformer.errors import UserError
 
+try:
+    from statsmodels.regression.linear_model import OLS
+    from statsmodels.tools.sm_exceptions import SingularMatrixWarning
+except ImportError:
+    raise UserError("scaling-law fits need statsmodels: pip install leanformer[analysis]") from None
+
 TARGETS = ("accuracy", "error", "log_error")
-
-
-def _quantile_t(q: float, dof: int) -> float:
-    try:
-        from scipy import stats as sps
-
-        return float(sps.t.ppf(q, dof))
-    except ImportError:  # scipy is an optional extra; the normal quantile is close for dof >= 30
-        return NormalDist().inv_cdf(q)
 
 
 def transform(accuracy, target: str = "accuracy", eps: float = 1e-3) -> np.ndarray:
@@ -104,22 +101,21 @@ def fit_loglinear(n_params, length, sparsity, y, interactions: bool = False, gro
     if n <= p:
         raise UserError(f"scaling fit needs more points than coefficients ({n} points, {p} coefficients: "
                         f"{', '.join(n_ for n_, k in zip(names, keep) if k)})")
-    coef_k, *_ = np.linalg.lstsq(x, y, rcond=None)
-    resid = y - x @ coef_k
-    sse = float(resid @ resid)
-    sst = float(((y - y.mean()) ** 2).sum())
-    sigma2 = sse / (n - p)
-    cov = sigma2 * np.linalg.pinv(x.T @ x)
-    se_k = np.sqrt(np.clip(np.diag(cov), 0, None))
-    t = _quantile_t(1 - alpha / 2, n - p)
-    coef, se = np.full(len(names), np.nan), np.full(len(names), np.nan)
-    coef[keep], se[keep] = coef_k, se_k
+    res = OLS(y, x).fit()
+    coef, se, lo, hi = (np.full(len(names), np.nan) for _ in range(4))
+    coef[keep], se[keep] = res.params, res.bse
+    lo[keep], hi[keep] = res.conf_int(alpha).T
     groups = sorted(set(np.asarray(group, dtype=object).ravel())) if group is not None else []
-    return Fit(names, coef, se, coef - t * se, coef + t * se, 1 - sse / sst if sst > 0 else float("nan"), n,
-               math.sqrt(sigma2), target, interactions, groups)
+    return Fit(names, coef, se, lo, hi, _r2(res, y), n, math.sqrt(res.scale), target, interactions, groups)
+
+
+def _r2(res, y) -> float:
+    # statsmodels divides by a zero total sum of squares with a warning; a constant y has no R².
+    return float(res.rsquared) if np.ptp(y) > 0 else float("nan")
 
 
 def r2_score(y, pred) -> float:
+    """R² of given predictions (out of sample: not a fitted model's, so not statsmodels' ``rsquared``)."""
     y, pred = np.asarray(y, dtype=float), np.asarray(pred, dtype=float)
     sst = float(((y - y.mean()) ** 2).sum())
     return 1 - float(((y - pred) ** 2).sum()) / sst if sst > 0 else float("nan")
@@ -141,8 +137,12 @@ def holdout(points: dict, split: str = "model_params", interactions: bool = Fals
     def sub(a, m):
         return None if a is None else np.asarray(a)[m]
 
-    fit = fit_loglinear(sub(points["model_params"], ~test), sub(points["length"], ~test),
-                        sub(points["sparsity"], ~test), y[~test], interactions, sub(group, ~test), target)
+    with warnings.catch_warnings():
+        # With one training length (or size) left, its interaction is collinear with ln CR; the pseudo-inverse
+        # solution predicts the same as any other, and only predictions are used here.
+        warnings.simplefilter("ignore", SingularMatrixWarning)
+        fit = fit_loglinear(sub(points["model_params"], ~test), sub(points["length"], ~test),
+                            sub(points["sparsity"], ~test), y[~test], interactions, sub(group, ~test), target)
     pred = fit.predict(points["model_params"], points["length"], points["sparsity"], group)
     return {"fit": fit, "test": test, "pred": pred, "y": y, "r2_test": r2_score(y[test], pred[test]),
             "mae_test": float(np.mean(np.abs(y[test] - pred[test]))), "n_test": int(test.sum()), "split": split}
@@ -181,11 +181,7 @@ def fit_budget_growth(lengths, budgets, group=None, alpha: float = 0.05) -> dict
     if n <= p or len(set(ln_l)) < 2:
         raise UserError(f"budget growth fit needs at least two lengths and more points than coefficients "
                         f"({n} points, {p} coefficients)")
-    coef, *_ = np.linalg.lstsq(x, ln_b, rcond=None)
-    resid = ln_b - x @ coef
-    sigma2 = float(resid @ resid) / (n - p)
-    se = np.sqrt(np.clip(np.diag(sigma2 * np.linalg.pinv(x.T @ x)), 0, None))
-    t = _quantile_t(1 - alpha / 2, n - p)
-    return {"gamma": float(coef[1]), "gamma_ci": (float(coef[1] - t * se[1]), float(coef[1] + t * se[1])),
-            "c": float(coef[0]), "c_mean": float(ln_b.mean() - coef[1] * ln_l.mean()),
-            "r2": r2_score(ln_b, x @ coef), "n": n}
+    res = OLS(ln_b, x).fit()
+    coef, ci = res.params, res.conf_int(alpha)
+    return {"gamma": float(coef[1]), "gamma_ci": (float(ci[1, 0]), float(ci[1, 1])),
+            "c": float(coef[0]), "c_mean": float(ln_b.mean() - coef[1] * ln_l.mean()), "r2": _r2(res, ln_b), "n": n}

@@ -11,21 +11,29 @@ dense``. Two framings of the one-sided question, both with a non-inferiority ``m
   is smaller than δ; needs δ > 0 and enough samples to declare anything safe.
 
 Tests (``TESTS``): ``bootstrap`` (paired bootstrap of the mean difference, shifted to the null; Efron & Tibshirani
-1993, §16.4), ``permutation`` (sign-flip test of ``d + δ``, exact up to 2^16 flips, Monte Carlo beyond) and
-``sign`` (exact binomial test of the signs of ``d + δ``). Across the sparsity ladder of one (model, task, phase,
-method) the family-wise error is controlled by Holm (1979) or by the fixed-sequence procedure (test in order of
-increasing sparsity at level α, stop at the first failure). Only numpy and the standard library are needed.
+1993, §16.4; resampled by ``scipy.stats.bootstrap``), ``permutation`` (sign-flip test of ``d + δ`` by
+``scipy.stats.permutation_test``: exact while every flip fits the resample budget, Monte Carlo beyond) and ``sign``
+(exact binomial test of the signs of ``d + δ``, ``scipy.stats.binomtest``). Across the sparsity ladder of one
+(model, task, phase, method) the family-wise error is controlled by Holm (1979; statsmodels' ``multipletests``) or
+by the fixed-sequence procedure (test in order of increasing sparsity at level α, stop at the first failure).
+Needs the ``analysis`` extra (scipy, statsmodels).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
-import math
+import gc
 
 import numpy as np
 
 from leanformer.errors import UserError
+
+try:
+    from scipy import stats as sps
+    from statsmodels.stats.multitest import multipletests
+except ImportError:
+    raise UserError("accuracy-preservation tests need scipy and statsmodels: pip install leanformer[analysis]") \
+        from None
 
 FRAMINGS = ("degradation", "noninferiority")
 CORRECTIONS = ("holm", "fixed_sequence", "none")
@@ -46,11 +54,28 @@ def _check_framing(framing: str) -> None:
         raise UserError(f"framing={framing!r}: choose one of {', '.join(FRAMINGS)}")
 
 
+def _bootstrap(d: np.ndarray, n_boot: int, seed: int, confidence: float = 0.9):
+    return sps.bootstrap((d,), np.mean, n_resamples=n_boot, confidence_level=confidence, method="percentile",
+                         vectorized=True, rng=np.random.default_rng(seed))
+
+
 def bootstrap_means(d: np.ndarray, n_boot: int = 2000, seed: int = 42) -> np.ndarray:
-    """``n_boot`` bootstrap replicates of ``mean(d)`` (resampling pairs with replacement)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, d.size, size=(n_boot, d.size))
-    return d[idx].mean(axis=1)
+    """``n_boot`` bootstrap replicates of ``mean(d)`` (``d``: ``[n]`` paired differences, resampled with
+    replacement by ``scipy.stats.bootstrap``)."""
+    d = np.asarray(d, dtype=float)
+    if d.size < 2:  # scipy refuses one observation; its only resample is itself
+        return np.full(n_boot, d.mean() if d.size else np.nan)
+    return _bootstrap(d, n_boot, seed).bootstrap_distribution
+
+
+def bootstrap_ci(d, confidence: float = 0.95, n_boot: int = 2000, seed: int = 42) -> tuple[float, float]:
+    """Two-sided percentile bootstrap interval of ``mean(d)`` at ``confidence`` (``d``: ``[n]`` paired differences);
+    percentile rather than scipy's default BCa, whose acceleration is undefined when every difference is equal."""
+    d = np.asarray(d, dtype=float)
+    if d.size < 2:
+        return (float(d.mean()),) * 2 if d.size else (float("nan"),) * 2
+    ci = _bootstrap(d, n_boot, seed, confidence).confidence_interval
+    return float(ci.low), float(ci.high)
 
 
 def bootstrap_pvalue(dense, sparse, margin: float = 0.0, framing: str = "degradation", n_boot: int = 2000,
@@ -65,24 +90,26 @@ def bootstrap_pvalue(dense, sparse, margin: float = 0.0, framing: str = "degrada
     return float((1 + hits) / (n_boot + 1))
 
 
+def _sum(x, axis=-1):
+    return np.sum(x, axis=axis)
+
+
 def permutation_pvalue(dense, sparse, margin: float = 0.0, framing: str = "degradation", n_perm: int = 4000,
                        seed: int = 42, **_) -> float:
-    """One-sided sign-flip permutation p-value of ``sum(d + δ)`` (null: ``d + δ`` symmetric about 0)."""
+    """One-sided sign-flip permutation p-value of ``sum(d + δ)`` (null: ``d + δ`` symmetric about 0). With one
+    sample, ``permutation_type="samples"`` flips the sign of each observation; the test is exact when the
+    ``2^n`` flips of the ``n`` non-zero differences number at most ``n_perm`` (scipy's rule), Monte Carlo with
+    ``n_perm`` flips (counting the observed one) beyond."""
     _check_framing(framing)
     x = _diffs(dense, sparse, margin)
-    x = x[np.abs(x) > 1e-12]
+    x = x[np.abs(x) > 1e-12]  # a zero keeps its value under a flip; dropping it keeps the exact case exact
     if x.size == 0:
         return 1.0
-    obs = x.sum()
-    if x.size <= 16:
-        signs = np.array(list(itertools.product((-1.0, 1.0), repeat=x.size)))
-        null, extra, total = signs @ x, 0, len(signs)
-    else:
-        rng = np.random.default_rng(seed)
-        null = rng.choice((-1.0, 1.0), size=(n_perm, x.size)) @ x
-        extra, total = 1, n_perm + 1  # count the observed labelling itself
-    hits = np.sum(null <= obs + 1e-9) if framing == "degradation" else np.sum(null >= obs - 1e-9)
-    return float((hits + extra) / total)
+    res = sps.permutation_test((x,), _sum, permutation_type="samples", vectorized=True,
+                               n_resamples=n_perm,
+                               alternative="less" if framing == "degradation" else "greater",
+                               rng=np.random.default_rng(seed))
+    return float(res.pvalue)
 
 
 def sign_pvalue(dense, sparse, margin: float = 0.0, framing: str = "degradation", **_) -> float:
@@ -90,11 +117,10 @@ def sign_pvalue(dense, sparse, margin: float = 0.0, framing: str = "degradation"
     _check_framing(framing)
     x = _diffs(dense, sparse, margin)
     neg, pos = int(np.sum(x < -1e-12)), int(np.sum(x > 1e-12))
-    n = neg + pos
-    if n == 0:
+    if neg + pos == 0:
         return 1.0
     k = neg if framing == "degradation" else pos
-    return float(min(1.0, sum(math.comb(n, i) for i in range(k, n + 1)) / 2.0**n))
+    return float(sps.binomtest(k, neg + pos, 0.5, alternative="greater").pvalue)
 
 
 TESTS = {"bootstrap": bootstrap_pvalue, "permutation": permutation_pvalue, "sign": sign_pvalue}
@@ -103,12 +129,18 @@ TESTS = {"bootstrap": bootstrap_pvalue, "permutation": permutation_pvalue, "sign
 def holm(pvalues) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values (reject where ``adjusted <= alpha``)."""
     p = np.asarray(pvalues, dtype=float)
-    order = np.argsort(p, kind="stable")
-    m = p.size
-    adj = np.maximum.accumulate((m - np.arange(m)) * p[order])
-    out = np.empty(m)
-    out[order] = np.minimum(adj, 1.0)
-    return out
+    if p.size == 0:
+        return p
+    # statsmodels' Holm branch runs a full gc.collect() per call (~0.1 s in a process holding torch; statsmodels
+    # PR 8671 was closed unmerged); frozen objects are skipped by the collector, so the call stays microseconds.
+    # A heap the caller froze itself stays frozen.
+    thaw = gc.get_freeze_count() == 0
+    gc.freeze()
+    try:
+        return multipletests(p, method="holm")[1]
+    finally:
+        if thaw:
+            gc.unfreeze()
 
 
 @dataclasses.dataclass
@@ -157,16 +189,15 @@ def safe_sparsity(ladder, alpha: float = 0.05, margin: float = 0.0, test: str = 
         dense, sparse = np.asarray(dense, dtype=float), np.asarray(sparse, dtype=float)
         p = TESTS[test](dense, sparse, margin=margin, framing=framing, n_boot=n_boot, n_perm=n_boot, seed=seed + i)
         d = sparse - dense
-        boots = bootstrap_means(d, n_boot, seed + i)
-        lo, hi = np.quantile(boots, [alpha, 1 - alpha])
+        lo, hi = bootstrap_ci(d, 1 - 2 * alpha, n_boot, seed + i)
         pvals.append(p)
         levels.append(LevelResult(float(s), int(d.size), float(dense.mean()), float(sparse.mean()), float(d.mean()),
                                   float(lo), float(hi), p, p, False))
     if correction == "holm":
-        adj = holm(pvals) if pvals else []
+        adj = holm(pvals)
     elif correction == "fixed_sequence":
         # Each hypothesis at full alpha, in order, as long as every earlier one "continued" the sequence; a level
-        # after the sequence stops is not tested (adjusted p = 1).
+        # after the sequence stops is not tested (adjusted p = 1). statsmodels has no fixed-sequence procedure.
         adj, going = [], True
         for p in pvals:
             adj.append(p if going else 1.0)

@@ -35,6 +35,8 @@ class MaskedLMConfig:
 def mask_tokens(ids: np.ndarray, rng: np.random.Generator, config: MaskedLMConfig, mask_id: int,
                 n_random: int) -> dict[str, torch.Tensor]:
     """``ids [B, T]`` -> ``input_ids`` (masked) and ``labels`` (-100 where not selected), int64 tensors."""
+    # Not transformers' DataCollatorForLanguageModeling: it needs a HF tokenizer and draws from torch's RNG, and a
+    # batch here must be a pure function of (seed, index) for any tokenizer, the byte tokenizer included.
     selected = rng.random(ids.shape) < config.mask_prob
     r = rng.random(ids.shape)
     to_mask = selected & (r < config.replace_mask)

@@ -2,6 +2,7 @@
 
 - :class:`ByteTokenizer`: UTF-8 bytes 0..255 plus specials (``<pad>`` 256, ``<bos>`` 257, ``<eos>`` 258,
   ``<unk>`` 259), so ``vocab_size == 260``. Lossless for any text; ``decode`` replaces invalid UTF-8 sequences.
+  (transformers' ``ByT5Tokenizer`` shifts bytes by 3 to put its specials first and needs the optional extra.)
 - :class:`HFTokenizer`: adapter for a ``transformers``/``tokenizers`` tokenizer (by object, name or local path).
 """
 

@@ -195,6 +195,7 @@ def mean_ci(scores: list[float], level: float = 0.95) -> tuple[float, float]:
     mean = statistics.fmean(scores)
     if n == 1:
         return mean, 0.0
+    # scipy is the analysis extra's; a sweep prints this summary without it, so the fallback stays.
     try:
         from scipy.stats import t
 

@@ -31,7 +31,8 @@ def decode_loop(first_logits: torch.Tensor, step, max_new_tokens: int, temperatu
                 generator: torch.Generator | None = None, eos_id: int | None = None) -> torch.Tensor:
     """The token loop every ``generate`` shares: greedy (``temperature=0``) or sampled next tokens from
     ``first_logits [B, V]``; ``step(next_ids [B, 1], i) -> logits [B, V]`` advances the model by one token (the
-    ``i``-th new one). Stops early when every row emitted ``eos_id``. Returns the new tokens ``[B, n]``."""
+    ``i``-th new one). Stops early when every row emitted ``eos_id``. Returns the new tokens ``[B, n]``.
+    Not transformers' ``generate``: hourglass, dynamic pooling and T5 here are not ``GenerationMixin`` models."""
     logits, out = first_logits, []
     for i in range(max_new_tokens):
         if temperature > 0:

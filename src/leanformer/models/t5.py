@@ -98,7 +98,8 @@ class T5Config:
 def relative_position_bucket(rel: torch.Tensor, bidirectional: bool, num_buckets: int,
                              max_distance: int) -> torch.Tensor:
     """Bucket of ``rel = key_pos - query_pos``: exact for small distances, log-spaced up to ``max_distance``;
-    bidirectional halves the buckets between past and future; causal maps the future to bucket 0."""
+    bidirectional halves the buckets between past and future; causal maps the future to bucket 0. The same map as
+    transformers' private ``T5Attention._relative_position_bucket``, which the optional ``hf`` extra alone has."""
     buckets = torch.zeros_like(rel)
     if bidirectional:
         num_buckets //= 2

@@ -9,6 +9,8 @@ from torch import nn
 class RMSNorm(nn.Module):
     """``x / rms(x) * weight`` over the last dim; statistics in fp32."""
 
+    # Not torch.nn.RMSNorm: it applies the weight before casting back, so bf16 outputs differ from HF's by rounding.
+
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
         self.eps = eps

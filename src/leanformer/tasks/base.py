@@ -201,7 +201,7 @@ def fraction_correct(pred: list[str], gold: list[str]) -> float:
 
 
 def token_f1(pred: str, gold: str) -> float:
-    """SQuAD token F1 of two normalized strings."""
+    """SQuAD token F1 of two normalized strings (the SQuAD v1.1 evaluation script's; no dependency ships it)."""
     p, g = pred.split(), gold.split()
     common = sum(min(p.count(w), g.count(w)) for w in set(p) & set(g))
     if not p or not g or common == 0:

@@ -41,7 +41,7 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided p-value of Welch's t-test, or None with fewer than 2 values per side (or without scipy)."""
     if len(a) < 2 or len(b) < 2:
         return None
-    try:
+    try:  # scipy is the analysis extra's; `leanformer compare` runs without it and leaves the column empty
         from scipy import stats
     except ImportError:
         return None

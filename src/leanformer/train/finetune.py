@@ -95,7 +95,7 @@ def evaluate_generation(model, examples, tok, c: FinetuneConfig, device, autocas
     """Greedy generation for each example; mean Rouge-L (best over references) and exact match, in percent."""
     import torch
 
-    from leanformer.tasks_ft.rouge import rouge_l_max, tokenize
+    from leanformer.tasks_ft.rouge import exact_match, rouge_l_max
 
     model.eval()
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -111,7 +111,7 @@ def evaluate_generation(model, examples, tok, c: FinetuneConfig, device, autocas
             pred = tok.decode(ids).strip()
             rows.append({"source": e.source, "prediction": pred, "references": list(e.references),
                          "rouge_l": rouge_l_max(pred, e.references),
-                         "exact": any(tokenize(pred) == tokenize(r) for r in e.references)})
+                         "exact": exact_match(pred, e.references)})
     n = max(len(rows), 1)
     return {"rouge_l": 100 * sum(r["rouge_l"] for r in rows) / n,
             "exact_match": 100 * sum(r["exact"] for r in rows) / n, "examples": len(rows)}, rows

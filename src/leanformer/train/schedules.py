@@ -3,6 +3,7 @@
 Warmup is counted in optimizer steps; decay is driven by ``progress`` in [0, 1], the fraction of the run's budget
 spent (steps, tokens, seconds, or later reference-system time). So the LR reaches its floor exactly when the budget
 ends, whatever unit the budget is in — the fully decayed baseline of "No Train No Gain" (Kaddour et al., 2023).
+``torch.optim.lr_scheduler`` and transformers' ``get_*_schedule_with_warmup`` count steps only, so they cannot.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ second moment. With ``rho_t = 1 - t^decay_rate`` (decay_rate -0.8), ``eps1`` 1e-
     p -= lr * max(eps2, RMS(p)) * u            (and p -= lr * max(eps2, RMS(p)) * wd * p first, when wd > 0)
 
 No first moment (``beta1=None``), as in T5's original setup. Shapes: ``[..., n, m]`` tensors factor their last two
-dims. Matches ``transformers.Adafactor`` with the same settings to float precision (tested).
+dims. Matches ``transformers.Adafactor`` with the same settings to float precision (tested); that class lives in
+the optional ``hf`` extra, and ``torch.optim.Adafactor`` always caps the step at ``1/sqrt(t)`` (a relative step).
 """
 
 from __future__ import annotations
