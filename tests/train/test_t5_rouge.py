@@ -1,8 +1,8 @@
 import pytest
 
-from leanformer.tasks_ft.natural_instructions import format_source
-from leanformer.tasks_ft.rouge import rouge_l, rouge_l_max
-from leanformer.tasks_ft.shakespeare import speeches
+from leanformer.finetune_tasks.natural_instructions import format_source
+from leanformer.finetune_tasks.rouge import rouge_l, rouge_l_max
+from leanformer.finetune_tasks.shakespeare import speeches
 
 
 def test_rouge_l_hand_values():

@@ -95,7 +95,7 @@ def evaluate_generation(model, examples, tok, c: FinetuneConfig, device, autocas
     """Greedy generation for each example; mean Rouge-L (best over references) and exact match, in percent."""
     import torch
 
-    from leanformer.tasks_ft.rouge import rouge_l_max, tokenize
+    from leanformer.finetune_tasks.rouge import rouge_l_max, tokenize
 
     model.eval()
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -122,8 +122,8 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
 
     from leanformer.config import save_yaml
     from leanformer.errors import UserError
+    from leanformer.finetune_tasks import load_task
     from leanformer.reliability import check_output_dir, training_bytes
-    from leanformer.tasks_ft import load_task
     from leanformer.train.checkpoint import save_checkpoint
     from leanformer.train.optim import build_optimizer
     from leanformer.train.schedules import lr_multiplier
