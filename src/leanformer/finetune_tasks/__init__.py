@@ -8,18 +8,10 @@ and is scored by Rouge-L of greedy generations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from leanformer.errors import UserError
+from leanformer.finetune_tasks.example import Example
 
-
-@dataclass(frozen=True)
-class Example:
-    """One source text and its reference outputs (training picks one; scoring takes the best)."""
-
-    source: str
-    references: tuple[str, ...]
-
+__all__ = ["Example", "TASKS", "load_task"]
 
 TASKS = ("shakespeare_speaker", "shakespeare_continue", "natural_instructions")
 

@@ -125,9 +125,9 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
     from leanformer.finetune_tasks import load_task
     from leanformer.reliability import check_output_dir, training_bytes
     from leanformer.train.checkpoint import save_checkpoint
+    from leanformer.train.device import resolve_device
     from leanformer.train.optim import build_optimizer
     from leanformer.train.schedules import lr_multiplier
-    from leanformer.train.trainer import resolve_device
 
     out = check_output_dir(Path(out_dir), 0, "the fine-tuned checkpoint")  # read-only: before any work
     save_yaml(c, out / "config.yaml")
