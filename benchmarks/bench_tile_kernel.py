@@ -1,4 +1,4 @@
-"""The Triton tile kernel's launch settings, kernel alone, on the patterns block top-k and streaming select (issue 3).
+"""The Triton tile kernel's launch settings, kernel alone, on the patterns block top-k and streaming select.
 
     PYTHONPATH=src python benchmarks/bench_tile_kernel.py --lengths 32768 131072 --sparsities 0.9 0.95 \
         [--baseline-kernel .scratch/tile_attention_OLD.py]

@@ -128,8 +128,8 @@ class RelativeBias(nn.Module):
         rel = torch.arange(t_k, device=dev)[None, :] - torch.arange(q_offset, q_offset + t_q, device=dev)[:, None]
         b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
         # contiguous: SDPA's fused GPU kernels need a unit-stride mask, and the permuted view is the likely reason
-        # the encoder's self-attention ran on the math path in session 5's H200 profile (fp32 under autocast, ~40 ms
-        # of a 181 ms T5-base step)
+        # the encoder's self-attention ran on the math path in an H200 profile (fp32 under autocast, ~40 ms of a
+        # 181 ms T5-base step; benchmarks/results/t5_profile-20261129T052029Z.txt)
         return self.embedding(b).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     def by_distance(self, t_q: int, t_k: int) -> torch.Tensor:
