@@ -4,7 +4,7 @@
         [--baseline-kernel .scratch/tile_attention_OLD.py]
 
 (the baseline file from git, e.g. ``git show OLD:src/leanformer/sparse/kernels/tile_attention.py >
-.scratch/tile_attention_OLD.py``; ``.scratch/`` is ignored by git, carried to the device with ``carry``).
+.scratch/tile_attention_OLD.py``; ``.scratch/`` is ignored by git: copy it to the GPU machine with the tree).
 
 For each length x sparsity x method the pattern is made once (``sparse.prefill_attention``, bf16, 32 query heads /
 8 KV heads, d = 128, random data) and the attention kernel alone is timed for every ``--configs`` setting of
