@@ -82,7 +82,7 @@ suite() {
         echo "inference: no command yet (the suite for leanformer speed goes here)"; return 2 ;;
     reference)  # job 1: the yaml's recipe from scratch (380 s)
         ref_job reference ;;
-    reference-continue)  # job 2: job 1's folder (copied to the machine as .scratch/reference) continued 330 s at LR 1e-3
+    reference-continue)  # job 2: job 1's folder (copied over as .scratch/reference) continued 330 s at LR 1e-3
         ref_job reference-continue max_seconds=330 lr=1e-3 init_from=.scratch/reference ;;
     reference-uneven)  # job 3, the shipped model: job 2's folder (.scratch/reference-continue) continued 400 s on
         # 2K-8K prompts, story_retrieval weighted 3.0, training stories with uneven chapter lengths
