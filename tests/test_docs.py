@@ -20,7 +20,6 @@ those tables equal to the methods' ``Params`` dataclasses.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from pathlib import Path
 
@@ -90,4 +89,3 @@ if __name__ == "__main__":  # print the blocks a guide would run
     for doc in DOCS:
         for line, code in python_blocks(doc.read_text()):
             print(f"--- {doc.name}:{line}{' (not run)' if code.startswith(NOT_RUN) else ''}\n{code}")
-    os.sys.exit(0)
