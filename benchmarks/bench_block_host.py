@@ -1,10 +1,11 @@
-"""Host time block top-k spends before its attention kernel starts (CPU; issue 3).
+"""Host time block top-k spends before its attention kernel starts (CPU).
 
     PYTHONPATH=src python benchmarks/bench_block_host.py [--baseline-src /path/to/older/checkout/src]
 
-At 32K tokens on an H200 a block top-k call holds ~1.5 ms of GPU work in a ~2.8 ms call: what the host does before the
-attention kernel is launched (pooling, scores, the selection, the pattern, the FlexAttention block mask, ~25 launches
-in session 8) is not hidden behind GPU work. This times that sequence on tiny CPU tensors, where it is almost all
+At 32K tokens on an H200 a block top-k call held ~1.5 ms of GPU work in a ~2.8 ms call at commit 726270d
+(results/sparse_prefill_profile-20261129T123239Z.txt): what the host does before the attention kernel is launched
+(pooling, scores, the selection, the pattern, the FlexAttention block mask, then ~25 launches) is not hidden behind
+GPU work. This times that sequence on tiny CPU tensors, where it is almost all
 host overhead (dispatch, Python, allocation), best of five rounds; CUDA adds a launch per kernel on top.
 ``--baseline-src`` runs the same measurement on another checkout's ``src`` in a subprocess, for a ratio from one run.
 Writes ``block_host-*.json``. ``--cuda 32768 131072`` instead times each stage's host cost of a real-shape call on the

@@ -189,8 +189,9 @@ def optimizer_times(model, device, compiled: bool, repeat: int = 5) -> dict:
 def sdpa_backends(forward, device) -> list[dict]:
     """Which SDPA kernel can run each distinct attention call of one training step (forward + backward, bf16
     autocast): every call of an eager ``forward()`` is captured, then replayed alone under each backend with fresh
-    leaf inputs. A backend PyTorch cannot use there raises, and the first line of its reason is kept. (The profile of
-    session 5 showed an fp32 math-path attention; this says which call, and why the fused kernels refused it.)"""
+    leaf inputs. A backend PyTorch cannot use there raises, and the first line of its reason is kept. (The H200 profile
+    results/t5_profile-20261129T052029Z.txt showed an fp32 math-path attention; this says which call, and why the fused
+    kernels refused it.)"""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

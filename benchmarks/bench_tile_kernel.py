@@ -1,10 +1,10 @@
-"""The Triton tile kernel's launch settings, kernel alone, on the patterns block top-k and streaming select (issue 3).
+"""The Triton tile kernel's launch settings, kernel alone, on the patterns block top-k and streaming select.
 
     PYTHONPATH=src python benchmarks/bench_tile_kernel.py --lengths 32768 131072 --sparsities 0.9 0.95 \
         [--baseline-kernel .scratch/tile_attention_OLD.py]
 
 (the baseline file from git, e.g. ``git show OLD:src/leanformer/sparse/kernels/tile_attention.py >
-.scratch/tile_attention_OLD.py``; ``.scratch/`` is ignored by git, carried to the device with ``carry``).
+.scratch/tile_attention_OLD.py``; ``.scratch/`` is ignored by git: copy it to the GPU machine with the tree).
 
 For each length x sparsity x method the pattern is made once (``sparse.prefill_attention``, bf16, 32 query heads /
 8 KV heads, d = 128, random data) and the attention kernel alone is timed for every ``--configs`` setting of

@@ -66,7 +66,8 @@ def record(name: str, results: dict | list, out_dir: str | os.PathLike | None = 
            ) -> Path:
     """Write ``{name}-{UTC timestamp}.json`` holding machine, versions, command, commit and ``results``.
 
-    ``out_dir`` defaults to ``$OUT`` when set (the device tool returns files from there), else ``benchmarks/results``.
+    ``out_dir`` defaults to ``$OUT`` when set (where ``benchmarks/gpu.sh`` collects a GPU job's files), else
+    ``benchmarks/results``.
     A fixed ``stamp`` rewrites the same file (atomically): long benchmarks record after every row, so a run cut
     short keeps what it measured.
     """

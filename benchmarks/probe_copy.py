@@ -1,4 +1,4 @@
-"""CPU probe of the reference recipe's copy warm-up (issue 11): does the reference model's shape learn to copy by
+"""CPU probe of the reference recipe's copy warm-up: does the reference model's shape learn to copy by
 content from the mixture's copy rows, and does it keep copying as the rows grow? (see benchmarks/README.md,
 "Reference checkpoint").
 

@@ -1,5 +1,5 @@
 """CPU probe of the reference recipe at toy scale: can a small ``gpt`` learn multi-key needle retrieval, and does a
-warm-up on content-copy batches make it learn fast? (issue 11; see benchmarks/README.md, "Reference checkpoint").
+warm-up on content-copy batches make it learn fast? (see benchmarks/README.md, "Reference model").
 
 Trains a tiny model on niah samples (``--needles`` needles, one asked; answer-only loss, digits-split reference
 tokenizer, answer after '<answer>' with a leading space) mixed with copy batches (random tokens whose second half is

@@ -1,4 +1,4 @@
-"""Where does a checkpoint lose story_retrieval? (issue 11; CPU is enough for the 6.7M reference model.)
+"""Where does a checkpoint lose story_retrieval? (CPU is enough for the 6.7M reference model.)
 
 Runs the frontier harness (dense, greedy, the evaluation seeds) on ``story_retrieval`` at each ``--lengths`` and
 scores every query item on its own, then tabulates item accuracy by the queried chapter's number (bands of 5) and by

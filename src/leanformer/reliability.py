@@ -1,12 +1,11 @@
-"""Reliability and safety helpers every command shares (issue 13; the faults tried are listed in
-``docs/reliability.md``).
+"""Reliability and safety helpers every command shares (the faults tried are listed in ``docs/reliability.md``).
 
 - **No pickle**: weights are read from safetensors. A pickled file (``.bin``, ``.pt``, ``.pth``, ``.ckpt``,
   ``.pkl``) can run arbitrary code when unpickled, so it is refused with a message naming the file unless the user
   passes ``--allow-pickle`` (any ``leanformer`` command) or sets ``LEANFORMER_ALLOW_PICKLE=1``; even then it is
   read with ``torch.load(weights_only=True)``, which unpickles tensors and plain containers only.
-  :func:`hf_from_pretrained` applies the same rule to Hugging Face ``from_pretrained`` (``use_safetensors=True``
-  unless allowed, ``weights_only=True`` and never ``trust_remote_code``).
+  :func:`leanformer.models.hf.hf_from_pretrained` applies the same rule to Hugging Face ``from_pretrained``
+  (``use_safetensors=True`` unless allowed, ``weights_only=True`` and never ``trust_remote_code``).
 - **Fail before the work, not after an hour**: :func:`check_output_dir` creates the output directory, writes a
   probe file (read-only file systems and permission problems) and compares the free space
   (``shutil.disk_usage``) with an estimate of what the run will write (:func:`training_bytes`).
@@ -86,27 +85,6 @@ def load_pickled_weights(path: str | os.PathLike, allow: bool | None = None) -> 
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise CheckpointError(f"checkpoint file {path} does not hold a flat name -> tensor state dict")
     return sd
-
-
-def hf_from_pretrained(cls, spec: str | os.PathLike, allow_pickle: bool | None = None, what: str = "model",
-                       **kwargs):
-    """``cls.from_pretrained(spec, **kwargs)`` that never unpickles unless allowed, never runs remote code, and
-    turns loading failures into one-line :class:`UserError`\\ s naming ``spec``."""
-    allow = pickle_allowed(allow_pickle)
-    local = Path(spec)
-    if local.is_dir() and not any(local.glob("*.safetensors")) and not any(local.glob("*.safetensors.index.json")):
-        pickled = pickle_weight_files(local)
-        if pickled:
-            refuse_pickle(pickled[0], allow)
-    kwargs.setdefault("use_safetensors", None if allow else True)
-    kwargs["weights_only"] = True
-    kwargs["trust_remote_code"] = False
-    try:
-        return cls.from_pretrained(str(spec), **kwargs)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if allow else " (only safetensors weights are read; pass --allow-pickle for .bin files you trust)"
-        raise UserError(f"cannot load {what} {str(spec)!r}: {first[:300]}{hint}") from None
 
 
 # ---- output directories ---------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from leanformer.models import t5 as t5_module
 from leanformer.models.t5 import T5, FlexBias, RelativeBias, T5Config, padding_bias
 
 # d_kv 16: FlexAttention's GPU kernels multiply with tl.dot, which needs every dimension >= 16 (the CUDA tests
-# below failed on the H200 with d_kv 8, session 5)
+# below failed on an H200 with d_kv 8)
 TINY = dict(vocab_size=97, d_model=32, d_kv=16, d_ff=48, n_layers=2, n_heads=4, rel_buckets=8, rel_max_distance=20)
 
 
@@ -148,7 +148,7 @@ def test_compiled_forward_and_generation_match_sdpa():
 def test_compiled_forward_inside_a_compiled_model():
     """Block masks built and FlexAttention lowered inside one ``torch.compile`` graph (what the benchmark does), on
     the GPU where there is one: the H200 image's torch 2.11 has no CPU lowering for this graph ("No choices exist
-    for backend", session 6), and the benchmark runs on CUDA."""
+    for backend"; benchmarks/results/gpu_tests-20261129T0729Z.txt), and the benchmark runs on CUDA."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     x, y, am = batch(dev)
     ref, flex = tiny("sdpa", dev).eval(), tiny("flex", dev).eval()

@@ -1,4 +1,4 @@
-"""The shipped reference checkpoint's model card is reproduced by the frontier harness (issue 11): the dense
+"""The shipped reference checkpoint's model card is reproduced by the frontier harness: the dense
 accuracy the training script recorded per sample equals what `leanformer frontier` measures on the CPU for a slice
 (the first samples of every task at the shortest length). Skips while no checkpoint is shipped."""
 

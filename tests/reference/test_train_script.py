@@ -1,6 +1,6 @@
 """The reference-checkpoint training script end to end on the CPU at toy size: it trains on the mixture (Shakespeare,
 copy and task batches), writes a checkpoint the harness loads, and measures dense accuracy with the harness's
-encoder and scorers. (The real run is on a GPU: benchmarks/device_lanes.sh reference.)"""
+encoder and scorers. (The real run is on a GPU: `bash benchmarks/gpu.sh reference`.)"""
 
 import json
 import shutil

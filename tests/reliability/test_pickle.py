@@ -112,14 +112,14 @@ def test_dmc_base_from_pickled_hf_folder_refused(hf_pickled):
 def test_t5_from_pickled_hf_folder_refused(tmp_path):
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from leanformer.models.t5_convert import load_hf
+    from leanformer.models.t5 import T5
 
     cfg = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2)
     T5ForConditionalGeneration(cfg).save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     torch.save({}, tmp_path / "pytorch_model.bin")
     with pytest.raises(UserError, match=r"pytorch_model\.bin is a pickled checkpoint"):
-        load_hf(str(tmp_path))
+        T5.from_pretrained_hf(str(tmp_path))
 
 
 def test_cli_refuses_then_accepts_with_flag(hf_pickled, tmp_path, capsys):
@@ -153,13 +153,13 @@ def _scan(text: str, rel: str) -> list[str]:
         if const.get("trust_remote_code") is True or const.get("allow_pickle") is True:
             problems.append(f"{where}: trust_remote_code/allow_pickle=True")
         if name == "from_pretrained" and ("For" in owner or owner.startswith("AutoModel")):
-            problems.append(f"{where}: {owner}.from_pretrained outside reliability.hf_from_pretrained")
+            problems.append(f"{where}: {owner}.from_pretrained outside leanformer.models.hf.hf_from_pretrained")
     return problems
 
 
 def test_source_never_unpickles_or_runs_remote_code():
     """Every torch.load passes weights_only=True; no pickle.load(s), no trust_remote_code=True, no numpy
-    allow_pickle=True; model classes are loaded through leanformer.reliability.hf_from_pretrained."""
+    allow_pickle=True; model classes are loaded through leanformer.models.hf.hf_from_pretrained."""
     bad = ("torch.load(p)\npickle.loads(b)\nnp.load(p, allow_pickle=True)\n"
            "AutoModelForCausalLM.from_pretrained(p, trust_remote_code=True)\n")
     assert len(_scan(bad, "x.py")) == 5  # the scan itself can fail

@@ -9,13 +9,12 @@ import torch
 
 from leanformer.data.packing import RandomWindows
 from leanformer.models.gpt import GPT, GPTConfig
-from leanformer.train.budgets import WallClock
+from leanformer.train.budgets import RSTClock, WallClock
 from leanformer.train.methods import build_method
 from leanformer.train.methods.common import is_skipped, layer_stacks, per_example_loss
 from leanformer.train.methods.layerdrop import drop_probabilities, keep_rate
 from leanformer.train.methods.rho_loss import RhoLoss
 from leanformer.train.methods.selective_backprop import SelectiveBackprop
-from leanformer.train.rst import RSTClock
 from leanformer.train.trainer import Trainer
 
 

@@ -5,8 +5,9 @@ import pytest
 
 from leanformer.cli import main
 from leanformer.errors import ConfigError
-from leanformer.train.budgets import TrainHook
-from leanformer.train.rst import RSTClock, RSTTable, theil_sen
+from leanformer.train.budgets import RSTClock
+from leanformer.train.hooks import TrainHook
+from leanformer.train.rst import RSTTable, theil_sen
 from leanformer.train.schedules import lr_multiplier
 from leanformer.train.trainer import Trainer
 

@@ -1,9 +1,9 @@
 import pytest
 from rouge_score import rouge_scorer
 
-from leanformer.tasks_ft.natural_instructions import format_source
-from leanformer.tasks_ft.rouge import exact_match, rouge_l, rouge_l_max
-from leanformer.tasks_ft.shakespeare import speeches
+from leanformer.finetune_tasks.natural_instructions import format_source
+from leanformer.finetune_tasks.rouge import exact_match, rouge_l, rouge_l_max
+from leanformer.finetune_tasks.shakespeare import speeches
 
 # (prediction, references) in the shape of Super-NaturalInstructions test instances.
 PAIRS = [

@@ -1,4 +1,4 @@
-"""Train a T5-style SentencePiece tokenizer locally (nanoT5 with "other languages / tokenizers", issues #11, #19).
+"""Train a T5-style SentencePiece tokenizer locally (nanoT5 "other languages / tokenizers": its issues #11, #19).
 
 ``train_t5_tokenizer(source, vocab_size, out_dir)`` trains a SentencePiece *unigram* model (Kudo, 2018) on a text
 source with T5's special ids (``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, no BOS), then saves it as a Hugging Face

@@ -28,7 +28,7 @@ def evaluate_run(path, split: str = "test", batch_size: int = 8, max_batches: in
     from leanformer.data.packing import split_tokens
     from leanformer.errors import UserError
     from leanformer.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
-    from leanformer.train.trainer import resolve_device
+    from leanformer.train.device import resolve_device
 
     if batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {batch_size}")

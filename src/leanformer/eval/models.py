@@ -155,7 +155,7 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", device_map:
     else:
         from transformers import AutoModelForCausalLM
 
-        from leanformer.reliability import hf_from_pretrained
+        from leanformer.models.hf import hf_from_pretrained
 
         # safetensors only unless --allow-pickle; never remote code
         if device_map is not None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from leanformer.config import from_dict, to_dict
 from leanformer.errors import ConfigError
+from leanformer.schema import from_dict, to_dict
 
 # name -> "module:ConfigClass:ModelClass"; imported lazily so optional families cost nothing at start-up.
 MODELS: dict[str, str] = {

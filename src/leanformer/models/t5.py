@@ -22,7 +22,8 @@ Initialisation follows the Mesh-TensorFlow / Hugging Face rules with one fix: th
 
 Layout: ``input_ids [B, S]``, ``decoder_input_ids [B, T]``, hidden ``[B, T, d_model]``, attention heads
 ``[B, H, T, d_kv]``; ``attention_mask [B, S]`` is True (or 1) for real tokens. Conversion to and from
-``transformers.T5ForConditionalGeneration`` lives in :mod:`leanformer.models.t5_convert`.
+``transformers.T5ForConditionalGeneration`` (:meth:`T5.to_hf`, :meth:`T5.from_hf`) uses the name and config mapping
+in :mod:`leanformer.models.t5_convert`.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from torch import nn
 from leanformer.config import cfg
 from leanformer.data.span_corruption import SpanCorruptionConfig
 from leanformer.errors import ConfigError
+from leanformer.models import t5_convert
 from leanformer.models.base import LeanModel, lm_loss
 from leanformer.models.bias_grad import attention_with_bias
 from leanformer.nn import KVCache, RMSNorm, SwiGLU
@@ -127,8 +129,8 @@ class RelativeBias(nn.Module):
         rel = torch.arange(t_k, device=dev)[None, :] - torch.arange(q_offset, q_offset + t_q, device=dev)[:, None]
         b = relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
         # contiguous: SDPA's fused GPU kernels need a unit-stride mask, and the permuted view is the likely reason
-        # the encoder's self-attention ran on the math path in session 5's H200 profile (fp32 under autocast, ~40 ms
-        # of a 181 ms T5-base step)
+        # the encoder's self-attention ran on the math path in an H200 profile (fp32 under autocast, ~40 ms of a
+        # 181 ms T5-base step; benchmarks/results/t5_profile-20261129T052029Z.txt)
         return self.embedding(b).permute(2, 0, 1).unsqueeze(0).contiguous()
 
     def by_distance(self, t_q: int, t_k: int) -> torch.Tensor:
@@ -424,19 +426,21 @@ class T5(LeanModel):
     @classmethod
     def from_hf(cls, hf_model) -> T5:
         """Build from a ``transformers.T5ForConditionalGeneration`` (gated, untied: T5 v1.1, Flan-T5, nanoT5)."""
-        from leanformer.models.t5_convert import from_hf
-
-        return from_hf(hf_model)
+        model = cls(T5Config(**t5_convert.config_from_hf(hf_model.config)))
+        model.load_state_dict(t5_convert.state_dict_from_hf(hf_model.state_dict(), model.state_dict()), strict=True)
+        return model.to(next(hf_model.parameters()).dtype)
 
     @classmethod
     def from_pretrained_hf(cls, name_or_path: str) -> T5:
-        """Load a Hugging Face T5 checkpoint by local path or hub name (``google/t5-v1_1-base``)."""
-        from leanformer.models.t5_convert import load_hf
+        """Load a Hugging Face T5 checkpoint by local path or hub name (``google/t5-v1_1-base``): safetensors only
+        unless pickled weights are allowed (``--allow-pickle``), never remote code."""
+        from transformers import T5ForConditionalGeneration
 
-        return load_hf(name_or_path)
+        from leanformer.models.hf import hf_from_pretrained
+
+        hf = hf_from_pretrained(T5ForConditionalGeneration, name_or_path, what="Hugging Face T5", dtype=torch.float32)
+        return cls.from_hf(hf)
 
     def to_hf(self):
         """A ``transformers.T5ForConditionalGeneration`` with the same weights (logits match to float precision)."""
-        from leanformer.models.t5_convert import to_hf
-
-        return to_hf(self)
+        return t5_convert.to_hf(self)

@@ -1,4 +1,5 @@
-"""Conversion between :class:`leanformer.models.t5.T5` and ``transformers.T5ForConditionalGeneration``.
+"""Names, configs and weights of :class:`leanformer.models.t5.T5` in ``transformers.T5ForConditionalGeneration``'s
+terms: the mapping behind :meth:`T5.to_hf`, :meth:`T5.from_hf` and :meth:`T5.from_pretrained_hf`.
 
 Only the T5 v1.1 family converts (gated feed-forward, no tied head): ``google/t5-v1_1-*``, ``google/flan-t5-*``,
 nanoT5 checkpoints. Original T5 (ReLU, tied embeddings with the d_model^-0.5 output scale) is refused with a
@@ -10,6 +11,9 @@ message naming the setting. The weights map one to one; only the names differ::
     encoder.block.i.layer.1.DenseReluDense.{wi_0,wi_1,wo} / ...    <-> encoder.i.ff.{gate,up,down} / ff_norm
     decoder.block.i.layer.{0,1,2}  (self, EncDecAttention, FF)     <-> decoder.i.{self_*, cross_*, ff*}
     {encoder,decoder}.final_layer_norm, lm_head                     <-> enc_norm, dec_norm, lm_head
+
+This module sits below ``t5.py`` and never imports it (the model class builds itself from what these functions
+return), so the two do not import each other.
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import re
 import torch
 
 from leanformer.errors import ConfigError
-from leanformer.models.t5 import T5, T5Config
 
 _ACT_TO_HF = {"gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu", "relu": "relu"}
 _HF_TO_ACT = {v: k for k, v in _ACT_TO_HF.items()} | {"gelu_pytorch_tanh": "gelu", "gelu_fast": "gelu"}
@@ -55,7 +58,8 @@ def hf_name(ours: str) -> str:
     raise KeyError(f"no Hugging Face name for parameter {ours!r}")
 
 
-def config_to_hf(c: T5Config):
+def config_to_hf(c):
+    """A ``transformers.T5Config`` for our :class:`~leanformer.models.t5.T5Config` ``c``."""
     from transformers import T5Config as HFT5Config
 
     return HFT5Config(vocab_size=c.vocab_size, d_model=c.d_model, d_kv=c.d_kv, d_ff=c.d_ff, num_layers=c.n_layers,
@@ -67,7 +71,8 @@ def config_to_hf(c: T5Config):
                       decoder_start_token_id=c.decoder_start_token_id, initializer_factor=c.init_factor)
 
 
-def config_from_hf(h) -> T5Config:
+def config_from_hf(h) -> dict:
+    """Keyword arguments of our ``T5Config`` for a ``transformers.T5Config`` ``h``; refuses what does not convert."""
     if not getattr(h, "is_gated_act", False):
         raise ConfigError(f"feed_forward_proj={h.feed_forward_proj!r}: only gated T5 (v1.1, Flan-T5) converts; "
                           "original T5 uses a ReLU feed-forward")
@@ -78,15 +83,16 @@ def config_from_hf(h) -> T5Config:
     act = _HF_TO_ACT.get(h.dense_act_fn)
     if act is None:
         raise ConfigError(f"dense_act_fn={h.dense_act_fn!r} is not supported; choose one of {sorted(_HF_TO_ACT)}")
-    return T5Config(vocab_size=h.vocab_size, d_model=h.d_model, d_kv=h.d_kv, d_ff=h.d_ff, n_layers=h.num_layers,
-                    n_decoder_layers=h.num_decoder_layers, n_heads=h.num_heads,
-                    rel_buckets=h.relative_attention_num_buckets, rel_max_distance=h.relative_attention_max_distance,
-                    dropout=h.dropout_rate, norm_eps=h.layer_norm_epsilon, ff_act=act, pad_token_id=h.pad_token_id,
-                    decoder_start_token_id=h.decoder_start_token_id, init_factor=h.initializer_factor)
+    return dict(vocab_size=h.vocab_size, d_model=h.d_model, d_kv=h.d_kv, d_ff=h.d_ff, n_layers=h.num_layers,
+                n_decoder_layers=h.num_decoder_layers, n_heads=h.num_heads,
+                rel_buckets=h.relative_attention_num_buckets, rel_max_distance=h.relative_attention_max_distance,
+                dropout=h.dropout_rate, norm_eps=h.layer_norm_epsilon, ff_act=act, pad_token_id=h.pad_token_id,
+                decoder_start_token_id=h.decoder_start_token_id, init_factor=h.initializer_factor)
 
 
-def to_hf(model: T5):
-    """``transformers.T5ForConditionalGeneration`` holding ``model``'s weights, in eval mode and its dtype."""
+def to_hf(model):
+    """``transformers.T5ForConditionalGeneration`` holding the weights of our ``T5`` ``model``, in eval mode and its
+    dtype."""
     from transformers import T5ForConditionalGeneration
 
     hf = T5ForConditionalGeneration(config_to_hf(model.config))
@@ -100,26 +106,12 @@ def to_hf(model: T5):
     return hf.to(model.shared.weight.dtype).eval()
 
 
-def from_hf(hf_model) -> T5:
-    """Our :class:`T5` with the weights of a ``transformers.T5ForConditionalGeneration``."""
-    model = T5(config_from_hf(hf_model.config))
-    hf_sd = hf_model.state_dict()
+def state_dict_from_hf(hf_state: dict, names) -> dict:
+    """Our parameters ``names`` (an iterable of our names) taken from a Hugging Face T5 state dict."""
     sd = {}
-    for name in model.state_dict():
+    for name in names:
         key = hf_name(name)
-        if key not in hf_sd:
+        if key not in hf_state:
             raise RuntimeError(f"Hugging Face -> T5 conversion: {key!r} missing from the checkpoint")
-        sd[name] = hf_sd[key]
-    model.load_state_dict(sd, strict=True)
-    return model.to(next(hf_model.parameters()).dtype)
-
-
-def load_hf(name_or_path: str) -> T5:
-    """Load ``T5ForConditionalGeneration.from_pretrained(name_or_path)`` (local path, or hub name when online)."""
-    from transformers import T5ForConditionalGeneration
-
-    from leanformer.reliability import hf_from_pretrained
-
-    # safetensors only unless --allow-pickle (then torch.load(weights_only=True)); never remote code
-    hf = hf_from_pretrained(T5ForConditionalGeneration, name_or_path, what="Hugging Face T5", dtype=torch.float32)
-    return from_hf(hf)
+        sd[name] = hf_state[key]
+    return sd

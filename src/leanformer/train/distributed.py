@@ -85,7 +85,7 @@ class Distributed:
 
     def _device(self, spec: str) -> torch.device:
         if not self.active or spec == "cpu":
-            from leanformer.train.trainer import resolve_device
+            from leanformer.train.device import resolve_device
 
             return resolve_device(spec)
         if spec in ("auto", "cuda") and torch.cuda.is_available():

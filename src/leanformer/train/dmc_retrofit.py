@@ -71,7 +71,7 @@ def load_base(path, data: DataConfig | None = None):
 
         if data is None:
             raise UserError(f"{p} is a Hugging Face checkpoint: give the training data (--data SOURCE)")
-        from leanformer.reliability import hf_from_pretrained
+        from leanformer.models.hf import hf_from_pretrained
 
         model = GPT.from_hf(hf_from_pretrained(AutoModelForCausalLM, p))  # safetensors unless --allow-pickle
         return model, dataclasses.replace(data, tokenizer=f"hf:{p}"), None

@@ -95,7 +95,7 @@ def evaluate_generation(model, examples, tok, c: FinetuneConfig, device, autocas
     """Greedy generation for each example; mean Rouge-L (best over references) and exact match, in percent."""
     import torch
 
-    from leanformer.tasks_ft.rouge import exact_match, rouge_l_max
+    from leanformer.finetune_tasks.rouge import exact_match, rouge_l_max
 
     model.eval()
     ctx = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else nullcontext()
@@ -122,12 +122,12 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
 
     from leanformer.config import save_yaml
     from leanformer.errors import UserError
+    from leanformer.finetune_tasks import load_task
     from leanformer.reliability import check_output_dir, training_bytes
-    from leanformer.tasks_ft import load_task
     from leanformer.train.checkpoint import save_checkpoint
+    from leanformer.train.device import resolve_device
     from leanformer.train.optim import build_optimizer
     from leanformer.train.schedules import lr_multiplier
-    from leanformer.train.trainer import resolve_device
 
     out = check_output_dir(Path(out_dir), 0, "the fine-tuned checkpoint")  # read-only: before any work
     save_yaml(c, out / "config.yaml")

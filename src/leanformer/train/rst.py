@@ -13,9 +13,9 @@ not depend on the machine it happens to run on or on how busy that machine is. H
   since identical blocks cost the same; the raw minima are kept under ``measured``.
   ``leanformer rst calibrate CONFIG --out rst.json`` saves the :class:`RSTTable` as JSON with the machine and
   library versions.
-- :class:`RSTClock` advances by table lookups: a pass over ``n`` examples at active fraction ``f`` costs
-  ``interp(table, f * L) * n / batch_size`` (linear in layers between measured points, linear in examples); an
-  optimizer step costs its overhead. Measured wall time is ignored.
+- :class:`leanformer.train.budgets.RSTClock` advances by table lookups: a pass over ``n`` examples at active
+  fraction ``f`` costs ``interp(table, f * L) * n / batch_size`` (linear in layers between measured points, linear
+  in examples); an optimizer step costs its overhead. Measured wall time is ignored.
 
 With ``trainer.rst_table=rst.json trainer.max_seconds=600`` the trainer's LR schedule is driven by the RST
 fraction, so the baseline's LR reaches its floor exactly when the RST budget ends.
@@ -36,7 +36,6 @@ import numpy as np
 
 from leanformer.config import atomic_write_text
 from leanformer.errors import ConfigError, UserError
-from leanformer.train.budgets import WallClock
 
 FORMAT = 1
 
@@ -98,32 +97,6 @@ class RSTTable:
         return self
 
 
-class RSTClock(WallClock):
-    """Budget seconds = reference system time from an :class:`RSTTable`; wall time is ignored."""
-
-    kind = "rst"
-
-    def __init__(self, table: RSTTable, optimizer: str = "adamw"):
-        super().__init__()
-        if optimizer not in table.optimizer_step:
-            raise ConfigError(f"optim.name={optimizer!r} has no step time in the RST table (it has "
-                              f"{', '.join(sorted(table.optimizer_step))}); re-run `leanformer rst calibrate`")
-        self.table, self.optimizer = table, optimizer
-
-    def micro_batch(self, examples: int) -> None:
-        self.seconds += self.table.fwd_bwd_seconds(self.active_fraction, examples)
-
-    def forward(self, examples: int, active_fraction: float | None = None) -> None:
-        f = self.active_fraction if active_fraction is None else active_fraction
-        self.seconds += self.table.forward_seconds(f, examples)
-
-    def optimizer_step(self) -> None:
-        self.seconds += self.table.optimizer_step[self.optimizer]
-
-    def wall(self, seconds: float) -> None:
-        pass  # the point of RST: a slower or busier machine follows the same schedule
-
-
 def _timer(device):
     import torch
 
@@ -162,9 +135,9 @@ def calibrate(cfg, repeats: int = 5, warmup: int = 2, optimizers: tuple[str, ...
     from leanformer import __version__
     from leanformer.data import get_tokenizer
     from leanformer.models.registry import build_model, model_config_to_dict
+    from leanformer.train.device import resolve_device
     from leanformer.train.methods.common import layer_stacks, set_depth, to_device
     from leanformer.train.optim import OPTIMIZERS, build_optimizer
-    from leanformer.train.trainer import resolve_device
 
     t = cfg.trainer
     device = resolve_device(t.device)

@@ -2,7 +2,7 @@
 clipping, warmup + decay driven by the budget, periodic evaluation, JSONL metrics, atomic checkpoints, exact resume.
 
 The time budget (``trainer.max_seconds``) is measured by the run's clock (:mod:`leanformer.train.budgets`): wall
-time, or reference system time when ``trainer.rst_table`` is set. Hooks (:class:`~leanformer.train.budgets.TrainHook`:
+time, or reference system time when ``trainer.rst_table`` is set. Hooks (:class:`~leanformer.train.hooks.TrainHook`:
 efficient-training methods, Sophia's Hessian estimate) join the loop through a few calls and save their state in
 every checkpoint.
 
@@ -39,14 +39,6 @@ from leanformer.train.schedules import lr_multiplier
 PEAK_BF16_FLOPS = {"H100": 989.4e12, "H200": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={spec!r} but no CUDA device is available; use trainer.device=cpu")
-    return torch.device(spec)
-
-
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -65,7 +57,7 @@ def train_flops_per_token(config, seq_len: int) -> float | None:
 
 class Trainer:
     """Train ``cfg.model`` on ``cfg.data`` into ``out_dir``; resumes when ``out_dir`` holds a checkpoint.
-    ``hooks``: :class:`~leanformer.train.budgets.TrainHook` objects (an optimizer may add its own via
+    ``hooks``: :class:`~leanformer.train.hooks.TrainHook` objects (an optimizer may add its own via
     ``trainer_hooks()``)."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, hooks=()):

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from leanformer.sparse.kernels.pattern import TilePattern
 
-# Forward defaults for d = 128 half precision on an H200, the best of a sweep (session 8, block top-k at 32K and 128K,
+# Forward defaults for d = 128 half precision on an H200, the best of a sweep (2026-11-29, block top-k at 32K and 128K,
 # sparsity 0.9 / 0.95; results/sparse_prefill-20261129T114738Z.json): 128 x 128 tiles, 8 warps, 3 stages, TMA loads
 # (ignored where the GPU or the strides do not allow them), the softmax scale folded into q once, and no guard for
 # fully masked rows - none exist here, every query keeps its diagonal block. Against Inductor's own sm90 choice

@@ -17,7 +17,7 @@ import math
 import numpy as np
 
 from leanformer.errors import ConfigError
-from leanformer.train.budgets import TrainHook
+from leanformer.train.hooks import TrainHook
 from leanformer.train.methods.common import layer_stacks, set_skipped
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from leanformer.errors import ConfigError
-from leanformer.train.budgets import TrainHook
+from leanformer.train.hooks import TrainHook
 from leanformer.train.methods.common import per_example_loss, take_examples, to_device
 
 IL_DIR = "il_model"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from leanformer.errors import ConfigError
-from leanformer.train.budgets import TrainHook
+from leanformer.train.hooks import TrainHook
 from leanformer.train.methods.common import per_example_loss, take_examples, to_device
 
 MAX_CANDIDATES = 1000  # candidate batches per micro-batch before giving up (only reachable with a huge beta)

@@ -13,7 +13,7 @@ The RST clock is charged for the active fraction of the layers only.
 from __future__ import annotations
 
 from leanformer.errors import ConfigError
-from leanformer.train.budgets import TrainHook
+from leanformer.train.hooks import TrainHook
 from leanformer.train.methods.common import layer_stacks, set_skipped
 
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from leanformer.errors import ConfigError
-from leanformer.train.budgets import TrainHook
+from leanformer.train.hooks import TrainHook
 
 
 class SophiaG(torch.optim.Optimizer):

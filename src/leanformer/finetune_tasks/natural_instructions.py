@@ -16,7 +16,7 @@ import string
 from pathlib import Path
 
 from leanformer.errors import UserError
-from leanformer.tasks_ft import Example
+from leanformer.finetune_tasks.example import Example
 
 
 def _end(text: str) -> str:

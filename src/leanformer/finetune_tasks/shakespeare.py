@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 import re
 
-from leanformer.tasks_ft import Example
+from leanformer.finetune_tasks.example import Example
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 _CONTEXT = 3

