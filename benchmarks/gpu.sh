@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/gpu.sh SUITE [COMMIT]
 #
-#   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc | inference
+#   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc
+#              inference-prefill | inference-decode
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
@@ -27,7 +28,7 @@ export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 
 LOGS=${OUT:-runs/gpu}
 mkdir -p "$LOGS"
 DATA=/tmp/shakespeare  # train/validation/test.txt of the plays, split by play (bench_hourglass.py export)
-ALL=(sparse sparse-sweep training t5 hourglass dtp ntng dmc)
+ALL=(sparse sparse-sweep training t5 hourglass dtp ntng dmc inference-prefill inference-decode)
 
 run() {  # run SECONDS COMMAND...: one command under its own limit; a failure is reported, the suite goes on
     local limit=$1; shift
@@ -78,8 +79,19 @@ suite() {
     dmc)  # DMC decode throughput at CR 1 and 4 (64 GiB KV budget), then DMC against GQA uptraining
         run 120 python3 benchmarks/bench_dmc_decode.py --crs 1 4
         run 440 python3 benchmarks/bench_dmc_quality.py --out /tmp/dmc_quality ;;
-    inference)  # model-level inference (`leanformer speed`): time to first token, decode tokens/s, peak memory
-        echo "inference: no command yet (the suite for leanformer speed goes here)"; return 2 ;;
+    inference-prefill)  # model-level (`leanformer speed`, Qwen2.5-7B's shape, random weights): the engine's GPU tests,
+        # then time to first token of every prefill method at 32K and 128K beside both dense baselines
+        run 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/infer/test_gpu.py
+        run 480 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 \
+            --prefill block_topk vertical_slash flexprefill --decode --sparsity 0.9 0.95 --new-tokens 64 --repeat 1 \
+            --out "$LOGS/speed-prefill" ;;
+    inference-decode)  # decode tokens/s at batch 1 (every decode method at a 1/16 budget, 32K and 128K) and at the
+        # largest batch that fits (SnapKV against dense at 128K), peak memory and cache bytes per sequence
+        run 300 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill \
+            --decode snapkv quest ada_snapkv streaming --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf \
+            --out "$LOGS/speed-decode"
+        run 240 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 131072 --prefill --decode snapkv \
+            --sparsity 0.9375 --batch max --new-tokens 32 --repeat 1 --no-hf --out "$LOGS/speed-max" ;;
     reference)  # job 1: the yaml's recipe from scratch (380 s)
         ref_job reference ;;
     reference-continue)  # job 2: job 1's folder (copied over as .scratch/reference) continued 330 s at LR 1e-3
@@ -97,8 +109,8 @@ suite() {
     frontier-shard)  # two GPUs: one frontier sweep by one process and by two torchrun ranks, same rows
         run 540 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8 ;;
     *)
-        echo "unknown suite $1; choose one of: tests ${ALL[*]} inference reference reference-continue" \
-             "reference-uneven distributed frontier-shard all"; return 2 ;;
+        echo "unknown suite $1; choose one of: tests ${ALL[*]} inference-prefill inference-decode reference" \
+             "reference-continue reference-uneven distributed frontier-shard all"; return 2 ;;
     esac
 }
 
