@@ -85,15 +85,20 @@ ROPE = textwrap.dedent("""
     slot = torch.tensor([[1, 2], [5, 6], [7, 0]], dtype=torch.int32)
     cap = torch.tensor([[10], [40], [4]], dtype=torch.int32)
     starts = torch.tensor([[0, 12], [3, 30], [1, 21]], dtype=torch.int32)
-    for kw in ({}, {"slot": slot, "cap": cap}, {"starts": starts}):
+    for kw in ({}, {"slot": slot, "cap": cap}, {"starts": starts}, {"meta": 4}):
         pooled = "starts" in kw
         outs = []
         for fn in (rope_append_reference, rope_append_triton):
             kc = torch.zeros(b, 1 if pooled else hk, c + 30 if pooled else c, d)
             vc = torch.zeros_like(kc)
             lens = lens0.clone() if not pooled else torch.tensor([[3, 2], [0, 1], [5, 4]], dtype=torch.int32)
-            qo = fn(q, k, v, cos, sin, kc, vc, lens, **kw)
-            outs.append((qo, kc, vc, lens))
+            extra = dict(kw)
+            if "meta" in kw:  # page summaries: lens 3 and 39 extend a page, 0 / 9 / 20 start one (reset)
+                g2 = torch.Generator().manual_seed(9)
+                kmin, kmax = torch.randn(b, hk, c // 4, d, generator=g2), torch.randn(b, hk, c // 4, d, generator=g2)
+                extra["meta"] = (kmin, kmax, 4)
+            qo = fn(q, k, v, cos, sin, kc, vc, lens, **extra)
+            outs.append((qo, kc, vc, lens) + ((kmin, kmax) if "meta" in kw else ()))
         for x, y in zip(*outs):
             worst = max(worst, (x.float() - y.float()).abs().max().item())
     print(worst)

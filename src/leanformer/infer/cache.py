@@ -220,30 +220,17 @@ class Pages(Full):
     def prefill(self, cache: LayerCache, row: int, q, k, v, scale):
         super().prefill(cache, row, q, k, v, scale)
         t, ps = k.shape[2], self.page
-        full = t // ps
-        if full:
-            pages = k[0, :, :full * ps].unflatten(1, (full, ps))
-            cache.extra["kmin"][row, :, :full] = pages.amin(2)
-            cache.extra["kmax"][row, :, :full] = pages.amax(2)
+        n = -(-t // ps)  # the last page may be partial: its summary covers the keys it has (decode extends it)
+        pages = torch.nn.functional.pad(k[0], (0, 0, 0, n * ps - t)).unflatten(1, (n, ps))
+        filled = (torch.arange(n * ps, device=k.device) < t).view(1, n, ps, 1)
+        big = torch.finfo(k.dtype).max
+        cache.extra["kmin"][row, :, :n] = torch.where(filled, pages, big).amin(2)
+        cache.extra["kmax"][row, :, :n] = torch.where(filled, pages, -big).amax(2)
 
     def rope_append(self, cache: LayerCache, q, k, v, cos, sin, pos, impl="auto"):
-        q = super().rope_append(cache, q, k, v, cos, sin, pos, impl)
-        self._update_meta(cache)
-        return q
-
-    def _update_meta(self, cache: LayerCache):
-        """The summary of the page the newest token landed in: min/max over its slots written so far (a page is
-        a candidate only once complete, but keeping its summary current costs one page read)."""
-        b, h, _, d = cache.k.shape
-        ps = self.page
-        page = ((cache.lens - 1) // ps).long()  # [B, H_kv]
-        slot = page[..., None] * ps + torch.arange(ps, device=cache.k.device)
-        keys = torch.gather(cache.k, 2, slot[..., None].expand(b, h, ps, d))
-        filled = (slot < cache.lens[..., None])[..., None]
-        ix = page[..., None, None].expand(b, h, 1, d)
-        big = torch.finfo(keys.dtype).max
-        cache.extra["kmin"].scatter_(2, ix, torch.where(filled, keys, big).amin(2, keepdim=True))
-        cache.extra["kmax"].scatter_(2, ix, torch.where(filled, keys, -big).amax(2, keepdim=True))
+        """As :class:`Full`, and the new key joins the min/max summary of its page in the same launch."""
+        meta = (cache.extra["kmin"], cache.extra["kmax"], self.page)
+        return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, meta=meta, impl=impl)
 
     def select(self, cache: LayerCache, q):
         """Top ``n_select`` complete pages before the current one, ``-1`` where fewer exist: ``[B, H_s, n]``."""

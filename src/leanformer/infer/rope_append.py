@@ -8,7 +8,9 @@ signature.
   ``cos, sin [B, D]`` (Hugging Face's rotate-half convention);
 * cache ``kc, vc [B, H_kv, C, D]`` (or a pool ``[B, 1, C, D]`` with ``starts [B, H_kv]``), ``lens [B, H_kv]`` int32;
 * the new key/value go to slot ``slot [B, H_kv]`` (default: ``lens``), then ``lens`` becomes ``lens + 1``
-  (``min(lens + 1, cap)`` with ``cap [B, 1]`` contiguous int32: a ring that stops growing).
+  (``min(lens + 1, cap)`` with ``cap [B, 1]`` contiguous int32: a ring that stops growing);
+* ``meta = (kmin, kmax, page)``: Quest's page summaries ``[B, H_kv, C / page, D]`` — the page the key lands in
+  takes it into its element-wise min/max (a page's first key resets them).
 
 Returns the rotated query ``[B, H_q, D]``. Six launches in eager PyTorch (two rotaries, a layout copy, two scatters,
 the increment) become one: at batch 1 a decode step is a few hundred small kernels, and their count is its cost.
@@ -24,11 +26,13 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _rope_append(Q, K, V, COS, SIN, KC, VC, LENS, SLOT, STARTS, CAP, QO, sqb, sqh, skb, skh, svb, svh, scb,
-                     skcb, skch, skct, svcb, svch, svct, slb, HQ, HK,
-                     HAS_SLOT: tl.constexpr, HAS_START: tl.constexpr, HAS_CAP: tl.constexpr, HALF: tl.constexpr):
+    def _rope_append(Q, K, V, COS, SIN, KC, VC, LENS, SLOT, STARTS, CAP, KMIN, KMAX, QO, sqb, sqh, skb, skh, svb,
+                     svh, scb, skcb, skch, skct, svcb, svch, svct, slb, smb, smh, smp, HQ, HK,
+                     HAS_SLOT: tl.constexpr, HAS_START: tl.constexpr, HAS_CAP: tl.constexpr, PAGE: tl.constexpr,
+                     HALF: tl.constexpr):
         """Program ``(b, h)``: ``h < HQ`` rotates query head ``h``; ``h >= HQ`` rotates key head ``h - HQ``, writes
-        it and its value into the cache and advances that head's length."""
+        it and its value into the cache and advances that head's length. ``PAGE > 0``: the element-wise min/max key
+        of the page the key lands in is updated too (reset by a page's first key)."""
         b = tl.program_id(0).to(tl.int64)
         h = tl.program_id(1)
         o = tl.arange(0, HALF)
@@ -59,8 +63,21 @@ if triton is not None:
             else:
                 head = kh
             kdst = KC + b * skcb + head * skch + slot.to(tl.int64) * skct
-            tl.store(kdst + o, (x1 * c1 - x2 * s1).to(KC.dtype.element_ty))
-            tl.store(kdst + HALF + o, (x2 * c2 + x1 * s2).to(KC.dtype.element_ty))
+            y1 = (x1 * c1 - x2 * s1).to(KC.dtype.element_ty)
+            y2 = (x2 * c2 + x1 * s2).to(KC.dtype.element_ty)
+            tl.store(kdst + o, y1)
+            tl.store(kdst + HALF + o, y2)
+            if PAGE > 0:
+                first = slot % PAGE == 0
+                meta = b * smb + kh * smh + (slot // PAGE).to(tl.int64) * smp
+                lo1 = tl.load(KMIN + meta + o)
+                lo2 = tl.load(KMIN + meta + HALF + o)
+                hi1 = tl.load(KMAX + meta + o)
+                hi2 = tl.load(KMAX + meta + HALF + o)
+                tl.store(KMIN + meta + o, tl.where(first, y1, tl.minimum(lo1, y1)))
+                tl.store(KMIN + meta + HALF + o, tl.where(first, y2, tl.minimum(lo2, y2)))
+                tl.store(KMAX + meta + o, tl.where(first, y1, tl.maximum(hi1, y1)))
+                tl.store(KMAX + meta + HALF + o, tl.where(first, y2, tl.maximum(hi2, y2)))
             vsrc = V + b * svb + kh * svh
             vdst = VC + b * svcb + head * svch + slot.to(tl.int64) * svct
             tl.store(vdst + o, tl.load(vsrc + o))
@@ -77,11 +94,18 @@ def _rotate(x, cos, sin):
     return x * cos[:, None] + rot * sin[:, None]
 
 
-def rope_append_reference(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None):
+def rope_append_reference(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None, meta=None):
     """The same in PyTorch ops (rotary in the input dtype, as Hugging Face computes it)."""
     b, hk, d = k.shape
     q_rot, k_rot = _rotate(q, cos, sin), _rotate(k, cos, sin)
     at = lens if slot is None else slot
+    if meta is not None:
+        kmin, kmax, page = meta
+        ix = torch.div(at.long(), page, rounding_mode="floor")[..., None, None].expand(b, hk, 1, d)
+        first = (at % page == 0)[..., None, None]
+        new = k_rot.to(kmin.dtype)[:, :, None]
+        kmin.scatter_(2, ix, torch.where(first, new, torch.minimum(torch.gather(kmin, 2, ix), new)))
+        kmax.scatter_(2, ix, torch.where(first, new, torch.maximum(torch.gather(kmax, 2, ix), new)))
     if starts is not None:
         ix = (starts + at).long().reshape(b, hk, 1).expand(b, hk, d)
         kc[:, 0].scatter_(1, ix, k_rot.to(kc.dtype))
@@ -94,7 +118,7 @@ def rope_append_reference(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=Non
     return q_rot.contiguous()
 
 
-def rope_append_triton(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None):
+def rope_append_triton(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None, meta=None):
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("rope_append_triton needs CUDA tensors and triton; use rope_append_reference")
     b, hq, d = q.shape
@@ -102,18 +126,20 @@ def rope_append_triton(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, 
     if d % 2 or d & (d - 1) or lens.stride(1) != 1 or cos.stride(-1) != 1 or cos.stride() != sin.stride():
         raise ValueError("rope_append_triton takes a power-of-two head dim, contiguous lens and matching cos/sin")
     out = torch.empty(b, hq, d, device=q.device, dtype=q.dtype)
+    kmin, kmax, page = meta if meta is not None else (kc, kc, 0)
     _rope_append[(b, hq + hk)](
         q, k, v, cos, sin, kc, vc, lens, lens if slot is None else slot.contiguous(),
-        lens if starts is None else starts, lens if cap is None else cap.contiguous(), out,
+        lens if starts is None else starts, lens if cap is None else cap.contiguous(), kmin, kmax, out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), cos.stride(0),
-        kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2), lens.stride(0), hq, hk,
-        HAS_SLOT=slot is not None, HAS_START=starts is not None, HAS_CAP=cap is not None, HALF=d // 2, num_warps=1)
+        kc.stride(0), kc.stride(1), kc.stride(2), vc.stride(0), vc.stride(1), vc.stride(2), lens.stride(0),
+        kmin.stride(0), kmin.stride(1), kmin.stride(2), hq, hk, HAS_SLOT=slot is not None,
+        HAS_START=starts is not None, HAS_CAP=cap is not None, PAGE=page, HALF=d // 2, num_warps=1)
     return out
 
 
-def rope_append(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None, impl: str = "auto"):
+def rope_append(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None, meta=None, impl: str = "auto"):
     """``impl``: ``"triton"``, ``"reference"``, or ``"auto"`` (Triton on CUDA, else the reference)."""
     if impl == "auto":
         impl = "triton" if (q.is_cuda and triton is not None) else "reference"
     fn = rope_append_triton if impl == "triton" else rope_append_reference
-    return fn(q, k, v, cos, sin, kc, vc, lens, slot, starts, cap)
+    return fn(q, k, v, cos, sin, kc, vc, lens, slot, starts, cap, meta)
