@@ -120,8 +120,8 @@ def main():
                 "crs": list(cfg.crs), "seeds": list(cfg.seeds), "tiny": args.tiny, "data": args.data}
     print(json.dumps(settings), flush=True)
     pre, post = settings["pretrain_tokens"], settings["retrofit_tokens"]
-    title = (f"{'tiny ' if args.tiny else ''}gpt d{cfg.model.d_model} x {cfg.model.n_layers}, {pre / 1e6:.1f}M "
-             f"pretraining tokens, every retrofit {post / 1e6:.2f}M ({post / pre:.0%}), {len(cfg.seeds)} seeds")
+    title = (f"{'tiny ' if args.tiny else ''}gpt d{cfg.model.d_model} x {cfg.model.n_layers}, {pre / 1e6:.3g}M "
+             f"pretraining tokens, every retrofit {post / 1e6:.3g}M ({post / pre:.0%}), {len(cfg.seeds)} seeds")
     stamp, t0 = utc_stamp(), time.perf_counter()
 
     def on_stage(status):

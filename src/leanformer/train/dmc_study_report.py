@@ -87,30 +87,43 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path, title: str) -> None:
-    """Test bits per byte against the compression ratio reached, DMC and GQA, with 95% intervals; the base and
-    the control (same budget, no compression) as horizontal references."""
+    """Left: test bits per byte against the compression ratio reached, DMC and GQA, with 95% intervals, the base
+    and the control (same budget, no compression) as horizontal lines. Right: the same as differences to the base,
+    with paired intervals (the test text's own variation cancels)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
-    fig, ax = plt.subplots(figsize=(5.2, 3.8))
-    styles = {"dmc": ("tab:red", "o", "DMC retrofit"), "gqa": ("tab:blue", "s", "GQA uptraining")}
-    for method, (color, marker, label) in styles.items():
-        pts = sorted((r["cr_reached"], r["bits_per_byte"], *r["ci95"]) for r in rows if r["method"] == method)
-        if pts:
-            x, y, lo, hi = map(np.array, zip(*pts))
-            ax.errorbar(x, y, yerr=[y - lo, hi - y], color=color, marker=marker, capsize=3, label=label)
-    for method, style, label in (("base", "--", "base"), ("control", ":", "base + same budget")):
-        r = next((r for r in rows if r["method"] == method), None)
-        if r is not None:
-            ax.axhline(r["bits_per_byte"], color="gray", linestyle=style, label=label)
-            ax.axhspan(*r["ci95"], color="gray", alpha=0.12)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("KV cache compression ratio reached (x)")
-    ax.set_ylabel("test bits per byte (lower is better)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
+    styles = {"dmc": ("tab:red", "o", "DMC retrofit"), "gqa": ("tab:blue", "s", "GQA uptraining"),
+              "control": ("gray", "^", "base + same budget")}
+    base = next((r for r in rows if r["method"] == "base"), None)
+    for ax, key, ci in ((axes[0], "bits_per_byte", "ci95"), (axes[1], "vs_base", "vs_base_ci95")):
+        for method, (color, marker, label) in styles.items():
+            pts = sorted((r["cr_reached"], r[key], *r[ci]) for r in rows if r["method"] == method and key in r)
+            if pts:
+                x, y, lo, hi = map(np.array, zip(*pts))
+                ax.errorbar(x, y, yerr=[y - lo, hi - y], color=color, marker=marker, capsize=3, label=label)
+        for r in rows:  # DMC may stop short of its target: say which target each point had
+            if r["method"] == "dmc" and key in r:
+                ax.annotate(f"target {r['target_cr']}", (r["cr_reached"], r[key]), fontsize=7, color="tab:red",
+                            xytext=(4, -10), textcoords="offset points")
+        if base is not None:
+            ref = base["bits_per_byte"] if key == "bits_per_byte" else 0.0
+            ax.axhline(ref, color="black", linestyle="--", linewidth=0.8, label="base")
+            if key == "bits_per_byte":
+                ax.axhspan(*base["ci95"], color="gray", alpha=0.12)
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator([1, 2, 4, 8, 16]))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("KV cache compression ratio reached (x)")
+    axes[0].set_ylabel("test bits per byte (lower is better)")
+    axes[1].set_ylabel("difference to the base (paired 95% CI)")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
