@@ -11,7 +11,8 @@ slots. Per row the batch is ``floor(kv_budget / bytes of one sequence's paged ca
 pages per head, with room for the timed steps); each sequence starts with ``--context`` tokens already in its cache
 (written directly, prefill is not timed) and decodes ``--steps`` tokens greedily. A whole decode step (embedding ->
 16 layers with the DMC update and paged attention kernels -> argmax) is captured in one CUDA graph and replayed, so
-Python overhead does not hide the memory traffic.
+Python overhead does not hide the memory traffic; the elementwise steps between the matrix products are fused by
+``torch.compile`` as in the inference engine (``--compile off`` runs them eagerly).
 
 Rows: ``dense`` (reference: the CR-1 batch over a contiguous cache with ``F.scaled_dot_product_attention``, no
 paging, no DMC update), DMC at each ``--crs``, and ``--combined GxC`` rows: DMC at ratio ``C`` on a GQA base with
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench, gpu_profile, graphed, record, utc_stamp  # noqa: E402
 
+from leanformer.infer.layers import Fused  # noqa: E402
 from leanformer.kvcache import dmc_kernels as K  # noqa: E402
 from leanformer.kvcache.dmc_cache import DMCCache  # noqa: E402
 from leanformer.models.dmc import DMC, DMCConfig  # noqa: E402
@@ -97,18 +99,24 @@ def fill_caches(model, batch, cr, args, dtype, device):
     return caches
 
 
-def decode_step(model, caches, tok, pos):
-    """One greedy step for every sequence; ``tok [B, 1]`` and the 0-d ``pos`` are updated in place."""
-    x = model.embed(tok)
-    cos, sin = model.rotary(pos.view(1), dtype=x.dtype)
+def decode_step(model, caches, tok, pos, f: Fused):
+    """One greedy step for every sequence; ``tok [B, 1]`` and the 0-d ``pos`` are updated in place. The layer
+    order of :class:`~leanformer.infer.layers.DecoderStack` (the repository's inference engine): each residual add
+    rides on the next RMSNorm and SiLU x up is one pass, fused when ``f`` is compiled."""
+    c = model.config
+    h = model.embed(tok)  # the residual stream (B, 1, d)
+    cos, sin = model.rotary(pos.view(1), dtype=h.dtype)
     b = tok.shape[0]
-    for layer, cache in zip(model.layers, caches):
+    x = f.rms_norm(h, model.layers[0].attn_norm.weight, c.norm_eps)
+    for i, (layer, cache) in enumerate(zip(model.layers, caches)):
         a = layer.attn
-        q, k, v, logit, omega = a.project(layer.attn_norm(x), cos, sin, pos)
+        q, k, v, logit, omega = a.project(x, cos, sin, pos)
         y = a.decode(q, k, v, logit, omega, cache) if isinstance(cache, DMCCache) else dense_attend(q, k, v, cache)
-        x = x + a.o_proj(y.transpose(1, 2).reshape(b, 1, -1))
-        x = x + layer.mlp(layer.mlp_norm(x))
-    tok.copy_(model.lm_head(model.norm(x)).argmax(-1))
+        x, h = f.add_rms_norm(a.o_proj(y.transpose(1, 2).reshape(b, 1, -1)), h, layer.mlp_norm.weight, c.norm_eps)
+        m = layer.mlp
+        nxt = model.layers[i + 1].attn_norm.weight if i + 1 < len(model.layers) else model.norm.weight
+        x, h = f.add_rms_norm(m.down(f.silu_mul(m.gate(x), m.up(x))), h, nxt, c.norm_eps)
+    tok.copy_(model.lm_head(x).argmax(-1))
     pos.add_(1)
 
 
@@ -158,7 +166,7 @@ def run_row(model, row: Row, args, dtype, device) -> dict:
     for b in parts:
         tok = torch.randint(0, c.vocab_size, (b, 1), device=device)
         groups.append((make_caches(model, row, b, args, dtype, device), tok, torch.tensor(args.context, device=device)))
-    fns = [lambda g=g: decode_step(model, *g) for g in groups]
+    fns = [lambda g=g: decode_step(model, *g, args.fused) for g in groups]
     fn = on_streams(fns, device)
     if device.type == "cuda" and not args.no_graph:
         fn = graphed(fn)  # the bound replay keeps the graph alive
@@ -236,6 +244,8 @@ def main():
     ap.add_argument("--impl", default="auto", choices=("auto", "triton", "reference"))
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--no-graph", action="store_true")
+    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help="fuse the elementwise steps "
+                    "(norms, residual adds, SiLU x up) with torch.compile; auto: on CUDA")
     ap.add_argument("--no-dense", action="store_true", help="skip the dense SDPA reference point")
     ap.add_argument("--profile", action="store_true", help="top GPU kernels of one eager step per row, to "
                     "$OUT/dmc_decode_profile.txt")
@@ -250,8 +260,10 @@ def main():
         return plan(args, rows)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    args.fused = Fused(args.compile == "on" or (args.compile == "auto" and device.type == "cuda"))
     settings = {k: getattr(args, k) for k in ("context", "steps", "kv_gib", "page_size", "decode_block", "impl",
                                               "no_graph")}
+    settings["compiled"] = args.fused.compiled
     stamp, results, model = utc_stamp(), [], None
     with torch.no_grad():
         for row in sorted(rows, key=lambda r: r.gqa):  # one model shape at a time
