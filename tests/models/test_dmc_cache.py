@@ -105,20 +105,26 @@ def test_triton_kernels_match_references_under_the_interpreter():
         dev = "cuda" if torch.cuda.is_available() else "cpu"
         torch.manual_seed(42)
         b, h, d, g = 2, 3, 24, 2
-        ref, tri = (DMCCache(b, h, d, 80, page_size=16, window=4, impl=i, device=dev) for i in ("reference", "triton"))
-        for step in range(21):
-            args = (torch.randn(b, h, d, device=dev), torch.randn(b, h, d, device=dev),
-                    torch.randn(b, h, device=dev), torch.rand(b, h, device=dev))
-            assert torch.equal(ref.update(*args), tri.update(*args))
-        for x, y in zip(ref.dense(), tri.dense()):
-            torch.testing.assert_close(x, y)
-        assert int(ref.next_page) == int(tri.next_page)
-        q = torch.randn(b, h * g, d, device=dev)
-        want = ref.attend(q)
-        torch.testing.assert_close(tri.attend(q), want)
-        for splits in (1, 2, 3):
-            got = K.paged_decode_triton(q, tri.k_pages, tri.v_pages, tri.page_table, tri.lengths, n_splits=splits)
-            torch.testing.assert_close(got, want)
+        # tiles of 16..64 slots over pages of 16 and 32: a tile spans several pages, or a page several tiles
+        for page, blocks in ((16, (16, 64)), (32, (16,))):
+            ref, tri = (DMCCache(b, h, d, 80, page_size=page, window=4, impl=i, device=dev)
+                        for i in ("reference", "triton"))
+            for step in range(21):
+                args = (torch.randn(b, h, d, device=dev), torch.randn(b, h, d, device=dev),
+                        torch.randn(b, h, device=dev), torch.rand(b, h, device=dev))
+                assert torch.equal(ref.update(*args), tri.update(*args))
+            for x, y in zip(ref.dense(), tri.dense()):
+                torch.testing.assert_close(x, y)
+            assert int(ref.next_page) == int(tri.next_page)
+            assert len(set(ref.lengths.flatten().tolist())) > 1  # ragged heads
+            q = torch.randn(b, h * g, d, device=dev)
+            want = ref.attend(q)
+            torch.testing.assert_close(tri.attend(q), want)
+            for block in blocks:
+                for splits in (1, 2, 3):
+                    got = K.paged_decode_triton(q, tri.k_pages, tri.v_pages, tri.page_table, tri.lengths,
+                                                n_splits=splits, block_n=block)
+                    torch.testing.assert_close(got, want)
         from leanformer.models.dmc import DMC, DMCConfig
         model = DMC(DMCConfig(vocab_size=61, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64,
                               alpha_offset=0.0, window=3)).to(dev).eval()

@@ -32,12 +32,14 @@ class DMCCache:
 
     ``max_len``: most tokens a head may hold (fixes the page-table width ``M = ceil(max_len / page_size)``);
     ``n_pages``: pool size (default: every head full, ``B * H * M``); ``window``: largest merge group (12 as in the
-    paper); ``impl``: ``"auto"`` (Triton on CUDA when installed, else reference), ``"triton"`` or ``"reference"``.
+    paper); ``impl``: ``"auto"`` (Triton on CUDA when installed, else reference), ``"triton"`` or ``"reference"``;
+    ``decode_block``: slots per tile of the Triton decode (``None``: autotuned on CUDA). Pages as small as 16 slots
+    waste at most 15 slots per head and cost the decode nothing: its tiles span several pages.
     """
 
     def __init__(self, batch: int, n_kv_heads: int, head_dim: int, max_len: int, *, page_size: int = 64,
                  n_pages: int | None = None, window: int = 12, dtype=torch.float32, device=None,
-                 impl: str = "auto"):
+                 impl: str = "auto", decode_block: int | None = None):
         if impl not in IMPLS:
             raise ConfigError(f"DMC cache impl {impl!r} is not allowed; choose one of {', '.join(IMPLS)}")
         if page_size < 16 or page_size & (page_size - 1):
@@ -55,6 +57,7 @@ class DMCCache:
         self.acc_w = torch.zeros(batch, n_kv_heads, dtype=torch.float32, **z)
         self.next_page = torch.zeros(1, dtype=torch.int32, **z)
         self.window, self.page_size, self.max_len = window, page_size, m * page_size
+        self.decode_block = decode_block
         use_triton = impl == "triton" or (impl == "auto" and K.triton is not None and self.k_pages.is_cuda)
         self.impl = "triton" if use_triton else "reference"
 
@@ -76,7 +79,8 @@ class DMCCache:
     def attend(self, q: torch.Tensor, scale: float | None = None) -> torch.Tensor:
         """Attention of ``q [B, H_q, D]`` over each head's slots; returns ``[B, H_q, D]``."""
         if self.impl == "triton":
-            return K.paged_decode_triton(q, self.k_pages, self.v_pages, self.page_table, self.lengths, scale)
+            return K.paged_decode_triton(q, self.k_pages, self.v_pages, self.page_table, self.lengths, scale,
+                                         block_n=self.decode_block)
         return K.paged_decode_reference(q, self.k_pages, self.v_pages, self.page_table, self.lengths, scale)
 
     @torch.no_grad()

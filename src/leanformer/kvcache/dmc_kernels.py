@@ -117,37 +117,43 @@ if triton is not None:
 
     @triton.jit
     def _decode_kernel(q, k_pages, v_pages, page_table, lengths, m_out, l_out, acc_out, out, scale,
-                       G, D, max_pages, pages_per_split, n_splits,
-                       PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
-                       ONE_SPLIT: tl.constexpr):
+                       G, D, max_pages, n_splits,
+                       PAGE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr,
+                       IEEE: tl.constexpr, ONE_SPLIT: tl.constexpr):
+        # Tiles of BLOCK_N slots, independent of the page size: each row looks up its own page, so small pages
+        # (little padding per head) still feed the tensor cores whole tiles.
         bh = tl.program_id(0)
         s = tl.program_id(1)
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, BLOCK_D)
-        n = tl.arange(0, PAGE)
+        n = tl.arange(0, BLOCK_N)
         gm, dm = g < G, d < D
         qt = tl.load(q + bh * G * D + g[:, None] * D + d[None, :], mask=gm[:, None] & dm[None, :], other=0.0)
         qt = (qt.to(tl.float32) * scale).to(k_pages.dtype.element_ty)
         length = tl.load(lengths + bh)
-        p0 = s * pages_per_split
-        p1 = tl.minimum(p0 + pages_per_split, tl.cdiv(length, PAGE))
+        per_split = tl.cdiv(tl.cdiv(max_pages * PAGE, BLOCK_N), n_splits)
+        t0 = s * per_split
+        t1 = tl.minimum(t0 + per_split, tl.cdiv(length, BLOCK_N))
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_G], tl.float32)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
-        for p in range(p0, p1):
-            pg = tl.load(page_table + bh * max_pages + p).to(tl.int64)
-            off = pg * PAGE * D + n[:, None] * D + d[None, :]
-            kt = tl.load(k_pages + off, mask=dm[None, :], other=0.0)
+        for t in range(t0, t1):
+            slot = t * BLOCK_N + n
+            valid = slot < length
+            pg = tl.load(page_table + bh * max_pages + slot // PAGE, mask=valid, other=0).to(tl.int64)
+            off = pg[:, None] * (PAGE * D) + (slot % PAGE)[:, None] * D + d[None, :]
+            kv_mask = valid[:, None] & dm[None, :]  # rows past the head's length are never read
+            kt = tl.load(k_pages + off, mask=kv_mask, other=0.0)
             if IEEE:
                 sc = tl.dot(qt, tl.trans(kt), input_precision="ieee")
             else:
                 sc = tl.dot(qt, tl.trans(kt))
-            sc = tl.where((p * PAGE + n)[None, :] < length, sc, float("-inf"))
+            sc = tl.where(valid[None, :], sc, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(sc, 1))
             corr = tl.exp(m_i - m_new)
             pexp = tl.exp(sc - m_new[:, None])
             l_i = l_i * corr + tl.sum(pexp, 1)
-            vt = tl.load(v_pages + off, mask=dm[None, :], other=0.0)
+            vt = tl.load(v_pages + off, mask=kv_mask, other=0.0)
             if IEEE:
                 pv = tl.dot(pexp.to(vt.dtype), vt, input_precision="ieee")
             else:
@@ -163,6 +169,12 @@ if triton is not None:
             tl.store(m_out + row, m_i)
             tl.store(l_out + row, l_i)
             tl.store(acc_out + row[:, None] * BLOCK_D + d[None, :], acc)
+
+    # Settings tried by the autotuned decode (CUDA only): tile length x warps x pipeline stages. Keyed by everything
+    # that changes the best choice: group size, head dim, page size, cache capacity and the split count.
+    DECODE_CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
+                      for bn, w, st in ((64, 4, 2), (64, 4, 3), (128, 4, 2), (128, 4, 3), (128, 8, 3), (256, 8, 2))]
+    _decode_tuned = triton.autotune(DECODE_CONFIGS, key=["G", "D", "max_pages", "n_splits", "PAGE"])(_decode_kernel)
 
 
 def _need_triton():
@@ -184,22 +196,28 @@ def dmc_update_triton(k_pages, v_pages, page_table, lengths, run, acc_k, acc_v, 
     return merged.bool()
 
 
-def _num_splits(programs: int, max_pages: int, device) -> int:
+def _num_splits(programs: int, max_tiles: int, device) -> int:
     sms = sm_count(device)
-    return max(1, min(max_pages, math.ceil(2 * sms / programs)))
+    return max(1, min(max_tiles, math.ceil(2 * sms / programs)))
 
 
 def paged_decode_triton(q, k_pages, v_pages, page_table, lengths, scale: float | None = None,
-                        n_splits: int | None = None) -> torch.Tensor:
-    """Triton version of :func:`paged_decode_reference`: one program per (key head, split of its pages) handles
-    the whole GQA group (split-K flash decoding); partial softmax states are combined in PyTorch. With one split
-    (large batches) the kernel normalises and writes the output itself."""
+                        n_splits: int | None = None, block_n: int | None = None) -> torch.Tensor:
+    """Triton version of :func:`paged_decode_reference`: one program per (key head, split of its slots) handles
+    the whole GQA group (split-K flash decoding) in tiles of ``block_n`` slots, whatever the page size; partial
+    softmax states are combined in PyTorch. With one split (large batches) the kernel normalises and writes the
+    output itself. ``block_n=None``: autotuned over :data:`DECODE_CONFIGS` on CUDA (first call per shape key
+    benchmarks them), 64 elsewhere."""
     _need_triton()
     b, hq, d = q.shape
     _, h, m = page_table.shape
+    page = k_pages.shape[1]
     g = hq // h
     scale = scale if scale is not None else 1.0 / math.sqrt(d)
-    splits = n_splits or _num_splits(b * h, m, q.device)
+    if block_n is not None and (block_n < 16 or block_n & (block_n - 1)):
+        raise ValueError(f"block_n={block_n} must be a power of two >= 16")
+    tune = block_n is None and q.is_cuda
+    splits = n_splits or _num_splits(b * h, math.ceil(m * page / 256), q.device)
     bg, bd = max(16, triton.next_power_of_2(g)), max(16, triton.next_power_of_2(d))
     one = splits == 1
     parts = (b * h, 1, 1) if one else (b * h, splits, bg)  # unused placeholders when the kernel normalises
@@ -207,10 +225,13 @@ def paged_decode_triton(q, k_pages, v_pages, page_table, lengths, scale: float |
     l_out = torch.empty_like(m_out)
     acc = torch.empty(*parts, 1 if one else bd, dtype=torch.float32, device=q.device)
     out = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
-    _decode_kernel[(b * h, splits)](q.to(k_pages.dtype).contiguous(), k_pages, v_pages, page_table, lengths,
-                                    m_out, l_out, acc, out, scale, g, d, m, math.ceil(m / splits), splits,
-                                    PAGE=k_pages.shape[1], BLOCK_G=bg, BLOCK_D=bd,
-                                    IEEE=k_pages.dtype == torch.float32, ONE_SPLIT=one)
+    args = (q.to(k_pages.dtype).contiguous(), k_pages, v_pages, page_table, lengths, m_out, l_out, acc, out, scale,
+            g, d, m, splits)
+    consts = dict(PAGE=page, BLOCK_G=bg, BLOCK_D=bd, IEEE=k_pages.dtype == torch.float32, ONE_SPLIT=one)
+    if tune:
+        _decode_tuned[(b * h, splits)](*args, **consts)
+    else:
+        _decode_kernel[(b * h, splits)](*args, BLOCK_N=block_n or 64, **consts)
     if one:
         return out
     top = m_out.amax(1, keepdim=True)
