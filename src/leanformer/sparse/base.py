@@ -16,12 +16,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import torch
 
 from leanformer.errors import UserError
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class SparsityWarning(UserWarning):
+    """A requested sparsity that a method cannot reach on this input (too short a prompt for its block size, forced
+    lines or blocks): the call still runs, ``info["sparsity"]`` reports what was computed."""
+
+
+# every method instance warns once (``warn_once``); a second instance (a new ``sparse.apply`` session) with the same
+# message must warn again, which Python's default once-per-location registry would swallow. Appended, so a filter
+# the user sets (``ignore``, ``error``) still wins.
+warnings.filterwarnings("always", category=SparsityWarning, append=True)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_length: bool = True) -> tuple[int, int]:
@@ -95,9 +107,14 @@ class PrefillMethod:
 
     def __init__(self, **params):
         self.params = make_params(self.Params, params)
+        self._warned = False
 
     def __call__(self, q, k, v, sparsity=None, scale=None):
         raise NotImplementedError
+
+    def warn_once(self, message: str) -> None:
+        """Issue ``message`` as a :class:`SparsityWarning` the first time this instance has something to say."""
+        warn_once(self, message)
 
 
 class DecodeMethod:
@@ -116,6 +133,11 @@ class DecodeMethod:
     def __init__(self, **params):
         self.params = make_params(self.Params, params)
         self.state: dict[int, dict] = {}
+        self._warned = False
+
+    def warn_once(self, message: str) -> None:
+        """Issue ``message`` as a :class:`SparsityWarning` the first time this instance has something to say."""
+        warn_once(self, message)
 
     def reset(self):
         self.state = {}
@@ -125,6 +147,22 @@ class DecodeMethod:
 
     def attend(self, layer, q, k, v, sparsity=None, scale=None):
         raise NotImplementedError
+
+
+def warn_once(method, message: str) -> None:
+    """One :class:`SparsityWarning` per method instance (one ``sparse.apply`` session builds one instance): a model
+    calls its method once per layer, and the first layer's message says all."""
+    if getattr(method, "_warned", False):
+        return
+    method._warned = True
+    warnings.warn(message, SparsityWarning, stacklevel=4)
+
+
+def unreachable_message(method: str, requested: float, seq_len: int, reachable: float, why: str) -> str:
+    """The one line a method warns with when ``requested`` is above the most it can skip (``reachable``)."""
+    return (f"{method}: requested sparsity {requested:g} is out of reach at {seq_len} tokens ({why}); reachable "
+            f"here: 0 to {max(reachable, 0.0):.3f}. The call computes the densest pattern it must; info['sparsity'] "
+            "reports the measured value")
 
 
 def info_dict(method: str, requested, kept, total, estimation, impl, **extra) -> dict:
