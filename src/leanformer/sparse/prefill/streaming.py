@@ -78,6 +78,13 @@ def plan(requested: float | None, seq_len: int, block_size: int, sinks: int, loc
     return bdiag, measured, warning
 
 
+@lru_cache(maxsize=64)
+def _plan_on(device, requested, seq_len, block_size, sinks, local):
+    """:func:`plan`'s block diagonals on ``device``, copied once per shape (read-only)."""
+    bdiag, _, warning = plan(requested, seq_len, block_size, sinks, local)
+    return bdiag.to(device), warning
+
+
 class StreamingPrefill(PrefillMethod):
     """``q [B, H_q, T, D]``, ``k, v [B, H_kv, T, D]`` -> ``([B, H_q, T, D], info)``; causal."""
 
@@ -94,10 +101,10 @@ class StreamingPrefill(PrefillMethod):
         n = -(-t // bs)
         dev = q.device
         total = causal_pairs(t)
-        bdiag, _, warning = plan(requested, t, bs, p.sinks, p.local)
+        bdiag, warning = _plan_on(dev, requested, t, bs, p.sinks, p.local)
         if warning:
             self.warn_once(warning)
-        bdiag = bdiag.to(dev, non_blocking=True).expand(b, h, n)
+        bdiag = bdiag.expand(b, h, n)
         colmask = (torch.arange(t, device=dev) < p.sinks).expand(b, h, t)
         pattern = from_diagonals(bdiag, colmask, bs, t)
         out = run_pattern(q, k, v, pattern, default_scale(q, scale), impl)
