@@ -163,8 +163,39 @@ def warn_once(method, message: str) -> None:
 def unreachable_message(method: str, requested: float, seq_len: int, reachable: float, why: str) -> str:
     """The one line a method warns with when ``requested`` is above the most it can skip (``reachable``)."""
     return (f"{method}: requested sparsity {requested:g} is out of reach at {seq_len} tokens ({why}); reachable "
-            f"here: 0 to {max(reachable, 0.0):.3f}. The call computes the densest pattern it must; info['sparsity'] "
+            f"here: [0, {max(reachable, 0.0):.3f}]; the call computes the densest pattern it must and info['sparsity'] "
             "reports the measured value")
+
+
+class DeferredWarning:
+    """A warning whose condition is a 0-d bool on the GPU: copied to pinned host memory without waiting, read at a
+    later call once an event says the copy is done (a prefill must not stall on it). CPU flags read at once."""
+
+    def __init__(self, flag: torch.Tensor, message: str):
+        self.message = message
+        if flag.is_cuda:
+            self.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.flag.copy_(flag, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.flag, self.event = flag, None
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+
+def defer_warning(method, flag: torch.Tensor | None, message: str | None = None) -> None:
+    """Check a pending :class:`DeferredWarning` of ``method`` (warn once if it is due), then queue ``flag``'s."""
+    pending = getattr(method, "_pending", None)
+    if pending is not None and pending.ready():
+        method._pending = None
+        if bool(pending.flag):
+            warn_once(method, pending.message)
+    if flag is not None and not getattr(method, "_warned", False) and getattr(method, "_pending", None) is None:
+        method._pending = DeferredWarning(flag, message)
+        if method._pending.event is None:
+            defer_warning(method, None)
 
 
 def info_dict(method: str, requested, kept, total, estimation, impl, **extra) -> dict:

@@ -34,6 +34,7 @@ from leanformer.sparse.base import (
     check_qkv,
     check_sparsity,
     default_scale,
+    defer_warning,
     info_dict,
     pick_impl,
     unreachable_message,
@@ -103,21 +104,24 @@ def block_kept_pairs(k_rows: torch.Tensor, block_size: int, seq_len: int) -> tor
     return cnt.double() @ weights + offset
 
 
-def flex_warning(requested, seq_len: int, p: FlexPrefillParams) -> str | None:
-    """A request that neither kind of head can meet at this length (their forced parts alone exceed it)."""
+def flex_warning(requested, seq_len: int, p: FlexPrefillParams) -> tuple[str | None, str | None]:
+    """``(now, if query-aware)``: the warning for a request the vertical-slash heads' forced lines alone exceed at
+    this length, and the one for a request only query-aware heads (three blocks per query block at least) cannot
+    meet: which heads are query-aware is known on the device only, so the method checks that one later."""
     if not requested:
-        return None
+        return None, None
     t, total = seq_len, causal_pairs(seq_len)
-    least = forced_pairs(t, p.block_size, p.sinks, p.local)
-    if p.query_aware:
-        least = min(least, floor_pairs(p.block_size, t))
-    reach = 1 - least / total
-    if requested <= reach + 1e-9:
-        return None
-    why = (f"vertical-slash heads keep the {p.local} local diagonals on whole {p.block_size}-token block diagonals "
-           f"and {p.sinks} sink columns" + (", query-aware heads three blocks per query block" if p.query_aware
-                                             else ""))
-    return unreachable_message("flexprefill", requested, t, reach, why)
+    reach = 1 - forced_pairs(t, p.block_size, p.sinks, p.local) / total
+    if requested > reach + 1e-9:
+        why = (f"vertical-slash heads keep the {p.local} local diagonals on whole {p.block_size}-token block diagonals"
+               f" and {p.sinks} sink columns")
+        return unreachable_message("flexprefill", requested, t, reach, why), None
+    qa_reach = 1 - floor_pairs(p.block_size, t) / total
+    if p.query_aware and requested > qa_reach + 1e-9:
+        why = (f"its query-aware heads keep at least three of the {-(-t // p.block_size)} {p.block_size}-token "
+               "blocks of every query block; use a smaller block_size")
+        return None, unreachable_message("flexprefill", requested, t, qa_reach, why)
+    return None, None
 
 
 class FlexPrefill(PrefillMethod):
@@ -134,9 +138,10 @@ class FlexPrefill(PrefillMethod):
         scale = default_scale(q, scale)
         b, h = q.shape[:2]
         bs, n, total = p.block_size, -(-t // p.block_size), causal_pairs(t)
-        warning = flex_warning(requested, t, p)
+        warning, qa_warning = flex_warning(requested, t, p)
         if warning:
             self.warn_once(warning)
+        defer_warning(self, None)  # a check an earlier call queued, if its flag has reached the host
         vert, slash, ptail = window_scores(q, k, p.window, scale, tail=bs if p.query_aware else 0, impl=impl)
         values, order = rank_lines(torch.stack([vert, slash], 2))  # one sort ranks both lines
         floor = min(p.min_budget, t)
@@ -148,6 +153,8 @@ class FlexPrefill(PrefillMethod):
         if p.query_aware:
             blk = pooled_block_scores(q, k, bs, scale)
             qa = self.query_aware_heads(blk, ptail, n, bs, t)
+            if qa_warning:
+                defer_warning(self, qa.any(), qa_warning)
             k_rows = (coverage if impl == "triton" else coverage_rows)(blk, p.alpha)
         if requested is not None:
             need = lines_kept_pairs(*lines, bs, t)
