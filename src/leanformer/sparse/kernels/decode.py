@@ -251,7 +251,8 @@ def expand_pages(pages, page_size: int, length: int, last_page: int | None = Non
     (``None`` when ``length`` is a multiple of ``page_size``, else ``idx < length``)."""
     if last_page is not None:
         pages = torch.cat([pages, pages.new_full((*pages.shape[:2], 1), last_page)], -1)
-    idx = (pages.long()[..., None] * page_size + torch.arange(page_size, device=pages.device)).reshape(*pages.shape[:2], -1)
+    offs = torch.arange(page_size, device=pages.device)
+    idx = (pages.long()[..., None] * page_size + offs).reshape(*pages.shape[:2], -1)
     return idx, (None if length % page_size == 0 else idx < length)
 
 

@@ -213,9 +213,10 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
 
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
-                        block_p: int = 64) -> torch.Tensor:
-    """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order. Rows of up to
-    :data:`MAX_SELECT_PAGES` pages (a 256K-token cache at 16-token pages)."""
+                        block_p: int = 64, return_scores: bool = False):
+    """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
+    ``return_scores``, the ``[B H_s, P]`` scores it ranked). Rows of up to :data:`MAX_SELECT_PAGES` pages (a
+    256K-token cache at 16-token pages)."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
     b, hq, _, d = q.shape
@@ -235,4 +236,4 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), out, *strides, hk, g, p, k, nblk,
         hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, BLOCK_G=max(16, 1 << (g - 1).bit_length()),
         BLOCK_P=block_p, D=d, NP=np_, num_warps=max(4, min(8, np_ // 1024)))
-    return out
+    return (out, scores.view(b, hs, p)) if return_scores else out
