@@ -60,6 +60,8 @@ class FlexPrefillParams:
     block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
+    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
+    kernel_options: dict | None = None
 
 
 def coverage_count(scores: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -170,7 +172,7 @@ class FlexPrefill(PrefillMethod):
             # the diagonal is placed once by the selection, never picked among the scored blocks
             tiles, cnt = (select_row_tiles if impl == "triton" else block_tiles_rows)(blk, k_rows)
             pattern = _merge(pattern, tiles, cnt, qa)
-        out = run_pattern(q, k, v, pattern, scale, impl)
+        out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
         kept = pattern.kept_pairs()
         w = min(p.window, t)
         est = b * h * (w * t + (n * n if p.query_aware else 0))

@@ -67,6 +67,8 @@ class VerticalSlashParams:
     block_size: int = 128
     slash_share: float = 0.5
     impl: str = "auto"
+    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
+    kernel_options: dict | None = None
 
 
 def _rank(priority: torch.Tensor) -> torch.Tensor:
@@ -198,7 +200,7 @@ class VerticalSlash(PrefillMethod):
                   else torch.full((b, h), (1 - requested) * total, device=q.device, dtype=torch.float64))
         pattern = vs_pattern(vert, slash, t, p.block_size, p.sinks, p.local, budget=budget,
                              n_vertical=p.vertical_size, n_slash=p.slash_size, slash_share=p.slash_share)
-        out = run_pattern(q, k, v, pattern, scale, impl)
+        out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
         kept = pattern.kept_pairs()
         w = min(p.window, t)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, b * h * w * t, impl,
