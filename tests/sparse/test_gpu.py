@@ -324,10 +324,11 @@ def test_coverage_and_row_tiles_triton_vs_reference():
 
 
 @pytest.mark.parametrize("method,params", [("vertical_slash", {}), ("flexprefill", {}),
-                                           ("flexprefill", {"tau": 10.0}), ("flexprefill", {"query_aware": False})])
+                                           ("flexprefill", {"tau": 10.0}), ("flexprefill", {"query_aware": False}),
+                                           ("streaming", {})])
 def test_line_methods_never_sync(method, params):
-    """Vertical-slash and FlexPrefill (every head query-aware, some, none) queue estimation, selection, kernel and
-    info without waiting for the GPU; the output matches the reference under the pattern they report."""
+    """Vertical-slash, FlexPrefill (every head query-aware, some, none) and streaming queue estimation, selection,
+    kernel and info without waiting for the GPU; the output matches the reference under the pattern they report."""
     q, k, v = _qkv(1, 8, 2, 4096, 128, torch.bfloat16)
     sparse.prefill_attention(q, k, v, method, 0.9, **params)  # compile outside the check
     torch.cuda.synchronize()

@@ -27,7 +27,8 @@ from leanformer.sparse.base import (
     pick_impl,
     unreachable_message,
 )
-from leanformer.sparse.kernels import column_cost, from_diagonals, run_pattern
+from leanformer.sparse.kernels import column_cost, run_pattern
+from leanformer.sparse.kernels.pattern import from_lines
 from leanformer.sparse.prefill.estimate import diagonal_cost, select_by_cost
 
 
@@ -106,7 +107,7 @@ class StreamingPrefill(PrefillMethod):
             self.warn_once(warning)
         bdiag = bdiag.expand(b, h, n)
         colmask = (torch.arange(t, device=dev) < p.sinks).expand(b, h, t)
-        pattern = from_diagonals(bdiag, colmask, bs, t)
+        pattern = from_lines(bdiag, colmask, bs, t, max_cols=p.sinks)  # fixed widths: no host sync
         out = run_pattern(q, k, v, pattern, default_scale(q, scale), impl)
         kept = pattern.kept_pairs()
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, 0, impl,
