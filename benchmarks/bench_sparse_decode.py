@@ -6,6 +6,14 @@ Per batch size: dense attention of one query token over the whole bf16 cache (SD
 method at sparsity ``1 - 1/16`` (page scoring, top-k, gather and attention all timed; prompt-time work such as
 SnapKV's scoring or Quest's page metadata is done once before timing, as in serving). Each step is captured in a CUDA
 graph and replayed (both dense and sparse), and also timed eagerly. Writes ``sparse_decode-*.json``.
+
+A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``quest:share_gqa=false``. Quest's
+Triton step is two launches (fused page selection; split-K read with the merge in its last split).
+
+The issue-26 decode targets in one command (~1 minute on an H100):
+
+    PYTHONPATH=src python benchmarks/bench_sparse_decode.py --cache 131072 --batch 1 16 \
+        --methods quest quest:metadata=int8 snapkv --impls triton
 """
 
 from __future__ import annotations
@@ -31,6 +39,17 @@ def _spy(fn, seen: dict, name: str):
     return call
 
 
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"quest:metadata=int8,share_gqa=false"`` -> ``("quest", {"metadata": "int8", "share_gqa": False})``."""
+    name, _, rest = spec.partition(":")
+    params = {}
+    for pair in filter(None, rest.split(",")):
+        key, _, val = pair.partition("=")
+        low = val.strip().lower()
+        params[key.strip()] = {"true": True, "false": False}.get(low, int(val) if val.strip().isdigit() else val)
+    return name, params
+
+
 def check(args, b: int = 2, length: int = 8191) -> dict:
     """Each method/impl's step vs the fp32 dense-masked reference on the same selection (error at most twice the
     same-precision reference's): ``{method/impl: ok}``."""
@@ -41,9 +60,10 @@ def check(args, b: int = 2, length: int = 8191) -> dict:
     q = torch.randn(b, args.heads, 1, args.dim, device="cuda", dtype=torch.bfloat16)
     q_prompt = torch.randn(b, args.heads, 256, args.dim, device="cuda", dtype=torch.bfloat16)
     verdict = {}
-    for name in args.methods:
+    for spec in args.methods:
+        name, params = parse_method(spec)
         for impl in args.impls:
-            m = build_decode(name, impl=impl)
+            m = build_decode(name, impl=impl, **params)
             m.observe_prefill(0, q_prompt, k, v)
             # The selection the step used: intercept the kernel entry point the method's module calls (token
             # positions through run_decode, or Quest's page ids through gather_decode_pages_triton).
@@ -66,8 +86,8 @@ def check(args, b: int = 2, length: int = 8191) -> dict:
             base = kd.gather_decode_reference(q, k, v, idx, valid, scale)
             err, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
             ok = err <= 2 * err_base + 1e-5
-            verdict[f"{name}/{info['impl']}"] = ok
-            print(f"check {name}/{info['impl']}: err {err:.2e} vs same precision {err_base:.2e} -> "
+            verdict[f"{spec}/{info['impl']}"] = ok
+            print(f"check {spec}/{info['impl']}: err {err:.2e} vs same precision {err_base:.2e} -> "
                   f"{'ok' if ok else 'FAILED'}", flush=True)
     return verdict
 
@@ -87,8 +107,9 @@ def bench_batch(b, args, verdict) -> list[dict]:
     dense_graph = bench(graphed(dense), warmup=3, repeat=args.repeat) * 1e3
     print(f"B={b} L={length} dense: eager {dense_eager:.3f} ms, graph {dense_graph:.3f} ms", flush=True)
     rows = []
-    for name, impl in [(m, i) for m in args.methods for i in args.impls]:
-        m = build_decode(name, impl=impl)
+    for spec, impl in [(m, i) for m in args.methods for i in args.impls]:
+        name, params = parse_method(spec)
+        m = build_decode(name, impl=impl, **params)
         m.observe_prefill(0, q_prompt, k, v)
         _, info = m.attend(0, q, k, v, sparsity=s)  # builds metadata / kept sets outside the timing
 
@@ -97,8 +118,9 @@ def bench_batch(b, args, verdict) -> list[dict]:
 
         eager = bench(step, warmup=3, repeat=args.repeat) * 1e3
         graph = bench(graphed(step), warmup=3, repeat=args.repeat) * 1e3
-        ok = verdict.get(f"{name}/{info['impl']}", False)
-        row = {"batch": b, "cache_len": length, "method": name, "impl": info["impl"], "checked": ok,
+        ok = verdict.get(f"{spec}/{info['impl']}", False)
+        row = {"batch": b, "cache_len": length, "method": name, "params": params, "variant": spec,
+               "impl": info["impl"], "checked": ok,
                "requested_sparsity": s,
                "sparsity": float(info["sparsity"]), "keys_read": float(info["keys_read"]),
                "keys_total": float(info["keys_total"]), "eager_ms": eager, "graph_ms": graph,
@@ -109,7 +131,7 @@ def bench_batch(b, args, verdict) -> list[dict]:
         rows.append(row)
         speed = (f"speedup graph {dense_graph / graph:.2f}x eager {dense_eager / eager:.2f}x" if ok
                  else "speedup not reported: correctness check failed")
-        print(f"B={b:>2} {name:>11} {info['impl']:>7} measured={row['sparsity']:.4f} eager={eager:.3f} ms "
+        print(f"B={b:>2} {spec:>22} {info['impl']:>7} measured={row['sparsity']:.4f} eager={eager:.3f} ms "
               f"graph={graph:.3f} ms {speed}", flush=True)
     return rows
 

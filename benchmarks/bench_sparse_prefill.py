@@ -9,9 +9,20 @@ FlexAttention and the Triton tile kernel, the flex path once per ``--flex-option
 best kernel options; each setting is checked for correctness on its own). Speedups are reported only for paths that
 pass a correctness check first. ``--stream N`` (default 4) also times each call back to back over N distinct inputs,
 as a model's layers call it, dense cuDNN the same way: one call's time then hides the host's work for the next one
-behind the GPU's, unless the method syncs (block top-k does not; the column methods need one for their shapes).
-bf16, random q/k/v (the pattern of random data is diffuse: a speed test, not a quality test). Writes
-``sparse_prefill-*.json`` (after each length, so a cut-short run keeps its data).
+behind the GPU's, unless the method syncs (none does). bf16, random q/k/v (the pattern of random data is diffuse: a
+speed test, not a quality test). Writes ``sparse_prefill-*.json`` (after each length, so a cut-short run keeps its
+data).
+
+``--cells 131072:0.95 32768:0.9`` times only those (length, sparsity) pairs instead of every length x sparsity.
+``--line-options`` times vertical-slash and FlexPrefill once per tile-kernel setting (``COL_STAGES=0``: the first,
+unpipelined column loop). Vertical-slash and FlexPrefill rows also time their window scores alone (``scores_ms``:
+the fused estimation) and report estimation (everything but the kernel) as a share of dense.
+
+The issue-26 targets in one command (~3 minutes on an H100, compiles included):
+
+    PYTHONPATH=src python benchmarks/bench_sparse_prefill.py --cells 131072:0.95 32768:0.9 \
+        --methods vertical_slash flexprefill block_topk --flex-options none --line-options default COL_STAGES=0 \
+        --repeat 10 --stream 4
 """
 
 from __future__ import annotations
@@ -35,6 +46,8 @@ def parse_flex_options(items: list[str]) -> list[dict | None]:
     """``["default", "BLOCK_M=128,BLOCK_N=128,num_warps=8,num_stages=2"]`` -> ``[None, {...}]`` (ints / booleans)."""
     out = []
     for item in items:
+        if item == "none":  # no run of this kind
+            continue
         if item == "default":
             out.append(None)
             continue
@@ -48,13 +61,18 @@ def parse_flex_options(items: list[str]) -> list[dict | None]:
     return out
 
 
+def _label(impl: str, opts: dict | None) -> str:
+    return impl if opts is None else impl + "[" + ",".join(f"{k}={v}" for k, v in opts.items()) + "]"
+
+
 def variants(method, args):
-    """``(impl, kernel_options, label)`` to run for a method: block top-k through flex (each option set) and triton."""
+    """``(impl, kernel_options, label)`` to run for a method: block top-k through flex (each option set) and triton;
+    vertical-slash and FlexPrefill through the tile kernel once per ``--line-options`` setting."""
+    if method in ("vertical_slash", "flexprefill"):
+        return [("triton", o, _label("triton", o)) for o in args.line_options]
     if method != "block_topk":
         return [("auto", None, "auto")]
-    flex = [("flex", o, "flex" if o is None else "flex[" + ",".join(f"{k}={v}" for k, v in o.items()) + "]")
-            for o in args.flex_options]
-    return flex + [("triton", None, "triton")]
+    return [("flex", o, _label("flex", o)) for o in args.flex_options] + [("triton", None, "triton")]
 
 
 def dense_cudnn(q, k, v):
@@ -89,15 +107,17 @@ def check(args, t: int = 3001) -> dict:
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g), repeat_kv(v, g)
     verdict = {}
-    for method in args.methods:
-        for impl, opts, label in variants(method, args):
-            kw = {"kernel_options": opts} if opts else {}
-            out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl, **kw)
-            key = f"{method}/{info['impl'] if label == 'auto' else label}"
-            verdict[key] = r = check_output(out, q, ke, ve, info["pattern"].to_mask())
-            print(f"check {key}: err {r['err']:.2e} vs same-precision SDPA {r['err_sdpa_same_precision']:.2e} -> "
-                  f"{'ok' if r['ok'] else 'FAILED'}", flush=True)
-            del out, info
+    runs = [(m, *var, {}) for m in args.methods for var in variants(m, args)]
+    if "flexprefill" in args.methods:  # every head query-aware: the hybrid pattern (checked, not timed)
+        runs.append(("flexprefill", "triton", None, "triton[all heads query-aware]", {"tau": 10.0}))
+    for method, impl, opts, label, extra in runs:
+        kw = {"kernel_options": opts} if opts else {}
+        out, info = sparse.prefill_attention(q, k, v, method, 0.9, impl=impl, **kw, **extra)
+        key = f"{method}/{info['impl'] if label == 'auto' else label}"
+        verdict[key] = r = check_output(out, q, ke, ve, info["pattern"].to_mask())
+        print(f"check {key}: err {r['err']:.2e} vs same-precision SDPA {r['err_sdpa_same_precision']:.2e} -> "
+              f"{'ok' if r['ok'] else 'FAILED'}", flush=True)
+        del out, info
     return verdict
 
 
@@ -107,7 +127,20 @@ def stream_ms(fn, layers, repeat) -> float:
     return bench(lambda: [fn(*x) for x in layers], warmup=1, repeat=repeat) * 1e3 / len(layers)
 
 
-def bench_length(t, args, verdict) -> list[dict]:
+def scores_alone_ms(method, q, k, args) -> float | None:
+    """Milliseconds of the fused window-score estimation alone (vertical-slash, FlexPrefill with its tail)."""
+    if method not in ("vertical_slash", "flexprefill"):
+        return None
+    from leanformer.sparse.prefill.estimate import window_scores
+
+    m = sparse.build_prefill(method)
+    tail = m.params.block_size if method == "flexprefill" and m.params.query_aware else 0
+    scale = q.shape[-1] ** -0.5
+    return bench(lambda: window_scores(q, k, m.params.window, scale, tail, impl="triton"), warmup=1,
+                 repeat=args.repeat) * 1e3
+
+
+def bench_length(t, args, verdict, sparsities) -> list[dict]:
     q, k, v = make_qkv(args, t)
     layers = [(q, k, v)] + [make_qkv(args, t) for _ in range(args.stream - 1)] if args.stream else []
     g = args.heads // args.kv_heads
@@ -123,7 +156,8 @@ def bench_length(t, args, verdict) -> list[dict]:
                                                     if layers else ""), flush=True)
     rows = []
     for method in args.methods:
-        for s in args.sparsities:
+        scores_ms = scores_alone_ms(method, q, k, args)
+        for s in sparsities:
             for impl, opts, label in variants(method, args):
                 kw = {"kernel_options": opts} if opts else {}
 
@@ -143,6 +177,7 @@ def bench_length(t, args, verdict) -> list[dict]:
                        "checked": ok, "requested_sparsity": s,
                        "sparsity": float(info["sparsity"]), "total_ms": total_ms, "kernel_ms": kernel_ms,
                        "estimation_ms": total_ms - kernel_ms, "dense_cudnn_ms": dense_ms,
+                       "estimation_share_of_dense": (total_ms - kernel_ms) / dense_ms, "scores_ms": scores_ms,
                        "speedup": dense_ms / total_ms if ok else None,
                        "kernel_speedup": dense_ms / kernel_ms if ok else None,
                        "stream_ms": in_stream, "dense_cudnn_stream_ms": dense_stream,
@@ -153,8 +188,12 @@ def bench_length(t, args, verdict) -> list[dict]:
                          else "speedup not reported: correctness check failed")
                 if layers and ok:
                     speed += f" in a stream {dense_stream / in_stream:6.2f}x ({in_stream:.2f} ms a call)"
+                est_ms = total_ms - kernel_ms
+                est = f" estimation={est_ms:.2f} ms ({100 * est_ms / dense_ms:.1f}% of dense)"
+                if scores_ms is not None:
+                    est += f", scores alone {scores_ms:.2f} ms"
                 print(f"T={t:>6} {key:>40} s={s:.2f} measured={row['sparsity']:.3f} "
-                      f"total={total_ms:8.2f} ms kernel={kernel_ms:8.2f} ms {speed}", flush=True)
+                      f"total={total_ms:8.2f} ms kernel={kernel_ms:8.2f} ms {speed}{est}", flush=True)
                 del info, pat
                 torch.cuda.empty_cache()
     return rows
@@ -181,7 +220,13 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--flex-options", nargs="+", default=["default"],
                     help='FlexAttention kernel options to sweep for block_topk, each "default" or '
-                         '"BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3" (ints, true/false)')
+                         '"BLOCK_M=128,BLOCK_N=64,num_warps=8,num_stages=3" (ints, true/false); "none": no flex run')
+    ap.add_argument("--line-options", nargs="+", default=["default"],
+                    help='tile-kernel options for vertical_slash and flexprefill, each "default" or e.g. '
+                         '"COL_STAGES=0" (the first column loop) or "num_stages=2,COL_STAGES=2"')
+    ap.add_argument("--cells", nargs="+", default=None,
+                    help='only these "length:sparsity" pairs (e.g. 131072:0.95 32768:0.9) instead of every '
+                         '--lengths x --sparsities')
     ap.add_argument("--stream", type=int, default=4,
                     help="also time calls back to back over this many distinct inputs (a model's layers), dense too; "
                          "0: off")
@@ -189,6 +234,14 @@ def main(argv=None):
                     help="print the top GPU ops of each method at the longest and shortest length")
     args = ap.parse_args(argv)
     args.flex_options = parse_flex_options(args.flex_options)
+    args.line_options = parse_flex_options(args.line_options)
+    cells = {}
+    if args.cells:
+        for cell in args.cells:
+            t, _, s = cell.partition(":")
+            cells.setdefault(int(t), []).append(float(s))
+    else:
+        cells = {t: list(args.sparsities) for t in args.lengths}
     # every (length, option set) is a separate compiled flex kernel; past the limit Dynamo silently runs eager
     for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit", "accumulated_cache_size_limit"):
         if hasattr(torch._dynamo.config, name):
@@ -197,8 +250,8 @@ def main(argv=None):
     verdict = check(args)
     torch.cuda.empty_cache()
     rows, stamp = [], utc_stamp()
-    for t in args.lengths:
-        rows += bench_length(t, args, verdict)
+    for t, sparsities in cells.items():
+        rows += bench_length(t, args, verdict, sparsities)
         torch.cuda.empty_cache()
         # after each length, into the same file (rewritten atomically): a run cut short keeps what it measured
         record("sparse_prefill", {"checks": verdict, "rows": rows}, stamp=stamp)
@@ -209,7 +262,7 @@ def main(argv=None):
         print(f"{r['seq_len']:>7} {r['variant']:>40} {r['requested_sparsity']:>5.2f} "
               f"{r['sparsity']:>6.3f} {r['total_ms']:>9.2f} {r['kernel_ms']:>9.2f} {r['dense_cudnn_ms']:>9.2f} {sp}")
     if args.profile:  # the longest length, where the kernel dominates, and the shortest, where launches show
-        for t in sorted({max(args.lengths), min(args.lengths)}, reverse=True):
+        for t in sorted({max(cells), min(cells)}, reverse=True):
             profile(args, t)
 
 

@@ -201,9 +201,10 @@ def test_quest_triton_step_vs_reference(share, monkeypatch):
     for key in ("keys_read", "keys_total", "sparsity", "estimation_pairs"):
         assert float(infos["triton"][key]) == float(infos["reference"][key]), key
     _, _, _, pages, ps, scale = seen["a"]
+    kw = {"last_page": seen["kw"]["last_page"]}
     f32 = [x.float() for x in (q[:, :, -1:], k, v)]
-    ref = gather_decode_pages_reference(*f32, pages, ps, scale, **seen["kw"])
-    base = gather_decode_pages_reference(q[:, :, -1:], k, v, pages, ps, scale, **seen["kw"])
+    ref = gather_decode_pages_reference(*f32, pages, ps, scale, **kw)
+    base = gather_decode_pages_reference(q[:, :, -1:], k, v, pages, ps, scale, **kw)
     err_fast, err_base = (outs["triton"].float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
     assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)
 
@@ -262,3 +263,148 @@ def test_tile_kernel_defaults_fit_shared_memory(d):
     q, k, v = _qkv(1, 4, 2, t, d, torch.bfloat16)
     pat = from_tiles(torch.rand(1, 4, 6, 6, device="cuda") < 0.5, bs, t)
     _assert_close_rule(tile_attention(q, k, v, pat), q, k, v, pat.to_mask())
+
+
+@pytest.mark.parametrize("w,tail", [(256, 0), (512, 128)])
+def test_vs_scores_triton_vs_reference(w, tail):
+    """The fused estimation against the fp32 reference: its error at most twice the bf16 reference's (which rounds
+    the logits to bf16), on an odd length with GQA."""
+    from leanformer.sparse.kernels.vs_estimate import vs_scores_triton
+    from leanformer.sparse.prefill.estimate import vs_scores
+
+    q, k, _ = _qkv(1, 8, 2, 3001, 128, torch.bfloat16)
+    fast = vs_scores_triton(q, k, w, 128 ** -0.5, tail)
+    ref = vs_scores(q.float(), k.float(), w, 128 ** -0.5, tail)
+    base = vs_scores(q, k, w, 128 ** -0.5, tail)
+    for f, r, b_ in zip(fast, ref, base):
+        if r is None:
+            assert f is None
+            continue
+        err_fast, err_base = (f - r).abs().max().item(), (b_ - r).abs().max().item()
+        assert err_fast <= 2 * err_base + 1e-6, (err_fast, err_base)
+
+
+@pytest.mark.parametrize("col_stages", [None, 0, 2])
+def test_tile_kernel_column_loops(col_stages):
+    """Line patterns built on the device (fixed-width slots) through the pipelined column loop, the first one, and
+    two stages; hybrid tile/line patterns (FlexPrefill's) in the same launch."""
+    from leanformer.sparse.kernels.pattern import TilePattern, from_lines
+
+    t, bs = 2049, 128
+    q, k, v = _qkv(2, 8, 2, t, 128, torch.bfloat16)
+    n = -(-t // bs)
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    lines = from_lines(torch.rand(2, 8, n, device="cuda", generator=gen) < 0.2,
+                       torch.rand(2, 8, t, device="cuda", generator=gen) < 0.1, bs, t)
+    cfg = {"COL_STAGES": col_stages}
+    _assert_close_rule(tile_attention(q, k, v, lines, config=cfg), q, k, v, lines.to_mask())
+    tiled = from_tiles(torch.rand(2, 8, n, n, device="cuda", generator=gen) < 0.3, bs, t)
+    on = (torch.arange(8, device="cuda") % 3 == 0).expand(2, 8)[..., None]
+    hybrid = TilePattern(bs, t, torch.where(on, tiled.tile_cnt, lines.tile_cnt), torch.where(on, t, lines.cols),
+                         torch.where(on, 0, lines.col_cnt), lines.bdiag & ~on, diags=lines.diags, tiles=tiled.tiles,
+                         diag_last=True, tiled_heads=on[..., 0])
+    _assert_close_rule(tile_attention(q, k, v, hybrid, config=cfg), q, k, v, hybrid.to_mask())
+
+
+def test_coverage_and_row_tiles_triton_vs_reference():
+    from leanformer.sparse.kernels.block_select import block_tiles_rows, block_tiles_rows_triton
+    from leanformer.sparse.kernels.coverage import coverage_rows, coverage_rows_triton
+
+    g = torch.Generator(device="cuda").manual_seed(5)
+    n = 1024
+    i = torch.arange(n, device="cuda")
+    s = torch.randn(2, 4, n, n, device="cuda", generator=g).masked_fill(i[None, :] > i[:, None], float("-inf"))
+    for alpha in (0.3, 0.65, 0.9):
+        fast, ref = coverage_rows_triton(s, alpha), coverage_rows(s, alpha)
+        assert (fast - ref).abs().max() <= 1 and (fast != ref).float().mean() < 1e-3  # fp32 sums in other orders
+    k_rows = torch.randint(0, 40, (2, 4, n), device="cuda", generator=g)
+    (tf, cf), (tr, cr) = block_tiles_rows_triton(s, k_rows), block_tiles_rows(s, k_rows)
+    used = torch.arange(n, device="cuda") < cr[..., None]
+    assert torch.equal(cf, cr) and torch.equal(torch.where(used, tf, -1), torch.where(used, tr, -1))
+
+
+@pytest.mark.parametrize("method,params", [("vertical_slash", {}), ("flexprefill", {}),
+                                           ("flexprefill", {"tau": 10.0}), ("flexprefill", {"query_aware": False}),
+                                           ("streaming", {})])
+def test_line_methods_never_sync(method, params):
+    """Vertical-slash, FlexPrefill (every head query-aware, some, none) and streaming queue estimation, selection,
+    kernel and info without waiting for the GPU; the output matches the reference under the pattern they report."""
+    q, k, v = _qkv(1, 8, 2, 4096, 128, torch.bfloat16)
+    sparse.prefill_attention(q, k, v, method, 0.9, **params)  # compile outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out, info = sparse.prefill_attention(q, k, v, method, 0.9, **params)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert info["impl"] == "triton"
+    _assert_close_rule(out, q, k, v, info["pattern"].to_mask())
+    assert abs(float(info["sparsity"]) - 0.9) < 0.1
+
+
+@pytest.mark.parametrize("metadata", ["cache", "int8"])
+@pytest.mark.parametrize("share", [True, False])
+def test_quest_fused_selection_equals_topk_of_its_scores(metadata, share):
+    """The last program of each key head picks exactly the top pages of the scores the launch wrote (equal scores:
+    the lower page), for bf16 and int8 page summaries, with the GQA group sharing its pages or not."""
+    from leanformer.sparse.decode.quest import page_minmax
+    from leanformer.sparse.kernels.block_select import topk_rows
+    from leanformer.sparse.kernels.quest_scores import page_scores, quantize_pages, select_pages_triton
+
+    g = torch.Generator(device="cuda").manual_seed(7)
+    k = torch.randn(2, 8, 16 * 8192, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    q = torch.randn(2, 32, 1, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+    meta = page_minmax(k, 16, 0, 8191)
+    scaled = ()
+    if metadata == "int8":
+        *meta, smin, smax = quantize_pages(*meta)
+        scaled = (smin, smax)
+    for _ in range(2):  # the counts it leaves behind let the next launch select again
+        picked, scores = select_pages_triton(q, *meta, 511, share, *scaled, return_scores=True)
+        assert torch.equal(picked, topk_rows(scores, 511))
+    ref = page_scores(q.float(), *(x.float() for x in meta), share, *scaled)
+    assert (scores - ref).abs().max() <= 1e-3 * ref.abs().max()
+
+
+def test_quest_fused_step_replays_in_a_cuda_graph():
+    """Quest's two-launch step leaves its counts at zero, so a CUDA graph of it replays step after step with the
+    eager result (int8 pages, a GQA group sharing its pages, splits merged by the last one)."""
+    b, hq, hk, length, d = 1, 32, 8, 65536 + 9, 128
+    q, k, v = _qkv(b, hq, hk, length, d, torch.bfloat16)
+    m = sparse.build_decode("quest", metadata="int8")
+    m.observe_prefill(0, q[:, :, :-1], k[:, :, :-1], v[:, :, :-1])
+    q1 = q[:, :, -1:].clone()
+    m.attend(0, q1, k, v, sparsity=0.9375)  # page summaries and counts exist before the capture
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        m.attend(0, q1, k, v, sparsity=0.9375)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, _ = m.attend(0, q1, k, v, sparsity=0.9375)
+    for step in range(3):
+        q1.copy_(torch.randn_like(q1))
+        graph.replay()
+        torch.cuda.synchronize()
+        want, _ = m.attend(0, q1, k, v, sparsity=0.9375)
+        assert torch.equal(out, want), step
+
+
+@pytest.mark.parametrize("hs", ["kv", "q"])
+def test_gather_decode_pages_fused_merge_vs_reference(hs):
+    from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton
+
+    b, hq, hk, length, d, ps = 1, 32, 8, 131072, 128, 16
+    g = torch.Generator(device="cuda").manual_seed(6)
+    q = torch.randn(b, hq, 1, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    k = torch.randn(b, hk, length, d, device="cuda", dtype=torch.bfloat16, generator=g)
+    v = torch.randn_like(k)
+    h = hk if hs == "kv" else hq
+    last = length // ps - 1
+    pages = torch.rand(b, h, last, device="cuda", generator=g).topk(511, -1).indices
+    out = gather_decode_pages_triton(q, k, v, pages, ps, last_page=last, fused_merge=True)
+    ref = gather_decode_pages_reference(q.float(), k.float(), v.float(), pages, ps, last_page=last)
+    base = gather_decode_pages_reference(q, k, v, pages, ps, last_page=last)
+    err_fast, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
+    assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)

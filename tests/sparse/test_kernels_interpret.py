@@ -114,3 +114,130 @@ def test_quest_kernels_match_references_in_interpreter(triton_interpret):
     worst = json.loads(triton_interpret(QUEST_SCRIPT))  # largest error of each kernel and of Quest's triton path
     print(worst)
     assert all(err < 1e-5 for err in worst.values()), worst
+
+
+PREFILL_SCRIPT = textwrap.dedent("""
+    import json
+    import torch
+    from leanformer import sparse
+    from leanformer.nn.attention import attention
+    from leanformer.sparse.kernels import tile_attention, tile_attention_reference
+    from leanformer.sparse.kernels.block_select import block_tiles_rows, block_tiles_rows_triton
+    from leanformer.sparse.kernels.coverage import coverage_rows, coverage_rows_triton
+    from leanformer.sparse.kernels.pattern import TilePattern, from_lines, from_tiles
+    from leanformer.sparse.kernels.vs_estimate import vs_scores_triton
+    from leanformer.sparse.prefill.estimate import vs_scores
+    g = torch.Generator().manual_seed(42)
+    def gap(a, b):  # largest |a - b|; a NaN on one side only counts as infinite (max() would drop a NaN)
+        return (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0).nan_to_num(nan=float("inf")).max().item()
+    worst = {"estimate": 0.0, "columns": 0.0, "hybrid": 0.0, "methods": 0.0}
+    same = {"coverage": True, "row_tiles": True, "patterns": True}
+    # estimation: odd lengths, GQA, windows longer than the prompt, a tail, several key shares, BM < BN
+    for b, hq, hk, t, w, tail, cfg in [(1, 2, 1, 77, 16, 5, {"BM": 16, "BN": 16}),
+                                       (2, 4, 2, 130, 40, 0, {"BM": 16, "BN": 32}),
+                                       (1, 2, 2, 33, 64, 7, {"BM": 16, "BN": 16})]:
+        q, k = torch.randn(b, hq, t, 16, generator=g), torch.randn(b, hk, t, 16, generator=g)
+        for x, y in zip(vs_scores_triton(q, k, w, 0.3, tail=tail, config=cfg), vs_scores(q, k, w, 0.3, tail=tail)):
+            assert (x is None) == (y is None)
+            if x is not None:
+                worst["estimate"] = max(worst["estimate"], gap(x, y))
+    # per-row coverage and per-row tile selection (ties included)
+    s = torch.randn(3, 37, 37, generator=g) * 3
+    i = torch.arange(37)
+    s = s.masked_fill(i[None, :] > i[:, None], float("-inf"))
+    for a in (0.3, 0.65, 0.95):
+        same["coverage"] &= torch.equal(coverage_rows(s, a), coverage_rows_triton(s, a))
+    s[0] = s[0].round()
+    k_rows = torch.randint(0, 40, (3, 37), generator=g)
+    (tr, cr), (to, co) = block_tiles_rows(s, k_rows), block_tiles_rows_triton(s, k_rows)
+    used = torch.arange(37) < cr[..., None]
+    same["row_tiles"] &= torch.equal(cr, co) and torch.equal(torch.where(used, tr, -1), torch.where(used, to, -1))
+    # the column loop (pipelined, or the first one) on line patterns, and hybrid tile / line patterns
+    for t, bs, hq, hk in [(77, 16, 4, 2), (130, 16, 2, 2)]:
+        q, k, v = (torch.randn(1, h, t, 16, generator=g) for h in (hq, hk, hk))
+        n = -(-t // bs)
+        lines = from_lines(torch.rand(1, hq, n, generator=g) < 0.4, torch.rand(1, hq, t, generator=g) < 0.3, bs, t)
+        ref = tile_attention_reference(q, k, v, lines)
+        for cfg in (None, {"COL_STAGES": 0}, {"BM": 8, "BN": 8}):
+            worst["columns"] = max(worst["columns"], gap(tile_attention(q, k, v, lines, config=cfg), ref))
+        tiled = from_tiles(torch.rand(1, hq, n, n, generator=g) < 0.4, bs, t)
+        on = (torch.arange(hq) % 2 == 0)[None, :, None]
+        hybrid = TilePattern(bs, t, torch.where(on, tiled.tile_cnt, lines.tile_cnt), torch.where(on, t, lines.cols),
+                             torch.where(on, 0, lines.col_cnt), lines.bdiag & ~on, diags=lines.diags,
+                             tiles=tiled.tiles, diag_last=True, tiled_heads=on[..., 0])
+        out = tile_attention(q, k, v, hybrid)
+        worst["hybrid"] = max(worst["hybrid"], gap(out, tile_attention_reference(q, k, v, hybrid)))
+    # the methods' Triton paths (estimation, selection, kernel) against their reference paths
+    small = {"vertical_slash": dict(block_size=16, window=24, local=8, sinks=2, vertical_size=5, slash_size=5),
+             "flexprefill": dict(block_size=16, window=24, local=8, sinks=2, min_budget=4)}
+    q, k, v = (torch.randn(1, h, 77, 16, generator=g) for h in (4, 2, 2))
+    for method, extra, s in [("vertical_slash", {}, 0.6), ("vertical_slash", {}, None),
+                             ("flexprefill", {"tau": 10.0}, None), ("flexprefill", {"tau": 0.0}, 0.6)]:
+        (out, info), (_, rinfo) = (sparse.prefill_attention(q, k, v, method, s, impl=impl, **small[method], **extra)
+                                   for impl in ("triton", "reference"))
+        mask = info["pattern"].to_mask()
+        same["patterns"] &= torch.equal(mask, rinfo["pattern"].to_mask())
+        worst["methods"] = max(worst["methods"], gap(out, attention(q, k, v, causal=False, mask=mask, backend="math")))
+    print(json.dumps({"worst": worst, "same": same}))
+""")
+
+
+def test_prefill_estimation_selection_and_line_kernels_in_interpreter(triton_interpret):
+    res = json.loads(triton_interpret(PREFILL_SCRIPT, timeout=300))
+    print(res)
+    assert all(res["same"].values()), res
+    assert all(err < 1e-5 for err in res["worst"].values()), res
+
+
+SELECT_SCRIPT = textwrap.dedent("""
+    import json
+    import torch
+    from leanformer import sparse
+    from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton
+    from leanformer.sparse.kernels.quest_scores import (counts_for, page_scores, page_scores_triton, quantize_pages,
+                                                        select_pages_reference, select_pages_triton)
+    g = torch.Generator().manual_seed(42)
+    def gap(a, b):
+        return (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0).nan_to_num(nan=float("inf")).max().item()
+    worst = {"int8_scores": 0.0, "fused_merge": 0.0, "quest_int8": 0.0}
+    same = {"select": True, "counts_reset": True}
+    for hq, hk in [(2, 2), (8, 2)]:
+        q = torch.randn(2, hq, 1, 16, generator=g)
+        a, c = torch.randn(2, hk, 150, 16, generator=g), torch.randn(2, hk, 150, 16, generator=g)
+        kmin, kmax = torch.minimum(a, c), torch.maximum(a, c)
+        q8 = quantize_pages(kmin, kmax)
+        for share in (True, False):
+            ref = page_scores(q, *q8[:2], share, *q8[2:])  # relative: fp32 sums of products in another order
+            err = gap(page_scores_triton(q, q8[0], q8[1], share, kmin_scale=q8[2], kmax_scale=q8[3]), ref)
+            worst["int8_scores"] = max(worst["int8_scores"], err / ref.abs().max().item())
+            for kk in (1, 9, 150):
+                for meta in ((kmin, kmax), q8):
+                    same["select"] &= torch.equal(select_pages_reference(q, *meta[:2], kk, share, *meta[2:]),
+                                                  select_pages_triton(q, *meta[:2], kk, share, *meta[2:]))
+        k, v = torch.randn(2, hk, 301, 16, generator=g), torch.randn(2, hk, 301, 16, generator=g)
+        for hs in (hk, hq):
+            pages = torch.rand(2, hs, 18, generator=g).topk(12, -1).indices
+            out = gather_decode_pages_triton(q, k, v, pages, 16, last_page=18, block_n=16, fused_merge=True)
+            worst["fused_merge"] = max(worst["fused_merge"], gap(out, gather_decode_pages_reference(q, k, v, pages, 16,
+                                                                                                    last_page=18)))
+    same["counts_reset"] = counts_for(q.device, 64).abs().sum().item() == 0
+    # Quest end to end with int8 summaries: the fused path reads what the reference path reads
+    q = torch.randn(2, 8, 61, 16, generator=g)
+    k, v = torch.randn(2, 2, 61, 16, generator=g), torch.randn(2, 2, 61, 16, generator=g)
+    for share in (True, False):
+        res = {}
+        for impl in ("triton", "reference"):
+            m = sparse.build_decode("quest", page_size=4, token_budget=16, share_gqa=share, metadata="int8", impl=impl)
+            m.observe_prefill(0, q[:, :, :60], k[:, :, :60], v[:, :, :60])
+            res[impl] = m.attend(0, q[:, :, 60:], k, v, sparsity=0.75)
+        assert float(res["triton"][1]["keys_read"]) == float(res["reference"][1]["keys_read"])
+        worst["quest_int8"] = max(worst["quest_int8"], gap(res["triton"][0], res["reference"][0]))
+    print(json.dumps({"worst": worst, "same": same}))
+""")
+
+
+def test_quest_selection_int8_pages_and_fused_merge_in_interpreter(triton_interpret):
+    res = json.loads(triton_interpret(SELECT_SCRIPT, timeout=300))
+    print(res)
+    assert all(res["same"].values()), res
+    assert all(err < 1e-5 for err in res["worst"].values()), res

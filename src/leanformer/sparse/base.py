@@ -16,12 +16,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import warnings
 
 import torch
 
 from leanformer.errors import UserError
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+class SparsityWarning(UserWarning):
+    """A requested sparsity that a method cannot reach on this input (too short a prompt for its block size, forced
+    lines or blocks): the call still runs, ``info["sparsity"]`` reports what was computed."""
+
+
+# every method instance warns once (``warn_once``); a second instance (a new ``sparse.apply`` session) with the same
+# message must warn again, which Python's default once-per-location registry would swallow. Appended, so a filter
+# the user sets (``ignore``, ``error``) still wins.
+warnings.filterwarnings("always", category=SparsityWarning, append=True)
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, same_length: bool = True) -> tuple[int, int]:
@@ -77,7 +90,8 @@ def pick_impl(impl: str, x: torch.Tensor, fast: tuple[str, ...]) -> str:
         raise UserError(f"unknown impl {impl!r}; choose one of {allowed}")
     if impl == "auto":
         return fast[0] if (x.is_cuda and fast) else "reference"
-    if impl != "reference" and not x.is_cuda:
+    # under the Triton interpreter (TRITON_INTERPRET=1, CPU tests) the Triton paths run on CPU tensors
+    if impl != "reference" and not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise UserError(f"impl {impl!r} needs a CUDA tensor; got device {x.device}")
     return impl
 
@@ -95,9 +109,14 @@ class PrefillMethod:
 
     def __init__(self, **params):
         self.params = make_params(self.Params, params)
+        self._warned = False
 
     def __call__(self, q, k, v, sparsity=None, scale=None):
         raise NotImplementedError
+
+    def warn_once(self, message: str) -> None:
+        """Issue ``message`` as a :class:`SparsityWarning` the first time this instance has something to say."""
+        warn_once(self, message)
 
 
 class DecodeMethod:
@@ -116,6 +135,11 @@ class DecodeMethod:
     def __init__(self, **params):
         self.params = make_params(self.Params, params)
         self.state: dict[int, dict] = {}
+        self._warned = False
+
+    def warn_once(self, message: str) -> None:
+        """Issue ``message`` as a :class:`SparsityWarning` the first time this instance has something to say."""
+        warn_once(self, message)
 
     def reset(self):
         self.state = {}
@@ -125,6 +149,53 @@ class DecodeMethod:
 
     def attend(self, layer, q, k, v, sparsity=None, scale=None):
         raise NotImplementedError
+
+
+def warn_once(method, message: str) -> None:
+    """One :class:`SparsityWarning` per method instance (one ``sparse.apply`` session builds one instance): a model
+    calls its method once per layer, and the first layer's message says all."""
+    if getattr(method, "_warned", False):
+        return
+    method._warned = True
+    warnings.warn(message, SparsityWarning, stacklevel=4)
+
+
+def unreachable_message(method: str, requested: float, seq_len: int, reachable: float, why: str) -> str:
+    """The one line a method warns with when ``requested`` is above the most it can skip (``reachable``)."""
+    return (f"{method}: requested sparsity {requested:g} is out of reach at {seq_len} tokens ({why}); reachable "
+            f"here: [0, {max(reachable, 0.0):.3f}]; the call computes the densest pattern it must and info['sparsity'] "
+            "reports the measured value")
+
+
+class DeferredWarning:
+    """A warning whose condition is a 0-d bool on the GPU: copied to pinned host memory without waiting, read at a
+    later call once an event says the copy is done (a prefill must not stall on it). CPU flags read at once."""
+
+    def __init__(self, flag: torch.Tensor, message: str):
+        self.message = message
+        if flag.is_cuda:
+            self.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.flag.copy_(flag, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.flag, self.event = flag, None
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+
+def defer_warning(method, flag: torch.Tensor | None, message: str | None = None) -> None:
+    """Check a pending :class:`DeferredWarning` of ``method`` (warn once if it is due), then queue ``flag``'s."""
+    pending = getattr(method, "_pending", None)
+    if pending is not None and pending.ready():
+        method._pending = None
+        if bool(pending.flag):
+            warn_once(method, pending.message)
+    if flag is not None and not getattr(method, "_warned", False) and getattr(method, "_pending", None) is None:
+        method._pending = DeferredWarning(flag, message)
+        if method._pending.event is None:
+            defer_warning(method, None)
 
 
 def info_dict(method: str, requested, kept, total, estimation, impl, **extra) -> dict:

@@ -1,5 +1,7 @@
 """Fast paths beside their plain-PyTorch references (same signatures): tile/column prefill attention (Triton),
-block-sparse prefill (FlexAttention), and decode attention over gathered cache positions."""
+block-sparse prefill (FlexAttention), the fused vertical/slash estimation (``vs_estimate``), per-row block selection
+and coverage (``block_select``, ``coverage``), Quest's page scores and fused page selection (``quest_scores``), and
+decode attention over gathered cache positions (``decode``)."""
 
 from __future__ import annotations
 

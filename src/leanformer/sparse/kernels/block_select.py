@@ -11,6 +11,10 @@ registers (one warp per 1024 scores): a 32-step bisection over the scores' order
 ``k``-th largest, then one prefix sum places the winners. No sort: the result comes in ascending index order,
 which is all block top-k needs (which blocks, not their rank).
 
+FlexPrefill's query-aware heads keep a different number of blocks in every query block: ``block_tiles_rows`` /
+``block_tiles_rows_triton`` take the count per row (``k_rows``) and never pick the diagonal among the scored blocks
+(it is placed once, last), with the tile list as wide as the row (no count read back to the host to size it).
+
 Semantics (both paths): the ``k`` largest of each row of ``scores [..., N]`` (any float dtype), equal scores taken
 lowest index first, returned as int32 ``[..., k]`` in ascending index order. ``+inf`` and ``-inf`` are ordinary
 values (forced and forbidden blocks); rows holding NaN get an unspecified (but valid, distinct) choice.
@@ -122,6 +126,69 @@ if triton is not None:
             tl.store(OUT + row * K + pos, offs, mask=take)
 
 
+def block_tiles_rows(scores: torch.Tensor, k_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_tiles` with a count per query block, ``k_rows [..., NQB]`` (int): query block ``i`` keeps
+    ``cnt_i = min(max(min(i + 1, 3), k_i), i + 1)`` blocks, the best ``cnt_i - 1`` of its causal off-diagonal
+    blocks by score (the diagonal is never among them) and then its diagonal. Returns ``(tiles [..., NQB, NQB],
+    cnt [..., NQB])`` int32, entries past ``cnt_i`` unspecified. The reference (a stable sort per row)."""
+    n = _check_square(scores)
+    i = torch.arange(n, device=scores.device)
+    off = scores.float().masked_fill(i[None, :] >= i[:, None], float("-inf"))
+    cnt = torch.minimum(torch.maximum(k_rows.long(), (i + 1).clamp(max=3)), i + 1)
+    ranked = torch.sort(off, dim=-1, descending=True, stable=True).indices
+    picks = torch.where(torch.arange(n, device=scores.device) < (cnt - 1)[..., None], ranked, n)
+    picks = torch.sort(picks, -1).values.clamp(max=n - 1)  # index order, the unused ones after
+    return place_diagonal(picks[..., :-1], cnt), cnt.int().contiguous()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _row_tiles_fwd(S, KROW, OUT, CNT, N, NP: tl.constexpr):
+        """One program per query block ``i`` (row): keep ``cnt - 1`` of its causal off-diagonal blocks by the
+        bisection of :func:`_topk_rows_fwd` and place the diagonal after them; rows are ``N`` wide."""
+        row = tl.program_id(0).to(tl.int64)
+        i = (row % N).to(tl.int32)
+        offs = tl.arange(0, NP)
+        x = tl.load(S + row * N + offs, mask=offs < N, other=0.0).to(tl.float32)
+        x = tl.where(x == 0.0, 0.0, x)
+        bits = x.to(tl.int32, bitcast=True)
+        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        key = tl.where(offs < i, key, -2147483648)  # the diagonal, the future and the padding are never picked
+        cnt = tl.minimum(tl.maximum(tl.minimum(i + 1, 3), tl.load(KROW + row).to(tl.int32)), i + 1)
+        k = cnt - 1
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = (lo + hi + 1) >> 1
+            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= k
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        thr = lo.to(tl.int32)
+        gt = key > thr
+        eq = key == thr
+        need = k - tl.sum(gt.to(tl.int32), 0)
+        take = (gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))) & (offs < i)
+        pos = tl.cumsum(take.to(tl.int32), 0) - 1
+        base = OUT + row * N
+        tl.store(base + pos, offs, mask=take)
+        tl.store(base + cnt - 1, i)
+        tl.store(CNT + row, cnt)
+
+
+def block_tiles_rows_triton(scores: torch.Tensor, k_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_tiles_rows` in one launch (rows up to :data:`MAX_TRITON_ROW`)."""
+    n = _check_square(scores)
+    s, _ = _kernel_rows(scores, "block_tiles_rows")
+    tiles = torch.empty(s.shape[0], n, device=scores.device, dtype=torch.int32)
+    cnt = torch.empty(s.shape[0], device=scores.device, dtype=torch.int32)
+    if s.shape[0]:
+        np_ = max(16, 1 << (n - 1).bit_length())
+        _row_tiles_fwd[(s.shape[0],)](s, k_rows.expand(scores.shape[:-1]).contiguous(), tiles, cnt, n, NP=np_,
+                                      num_warps=max(1, np_ // 1024))
+    return tiles.reshape(*scores.shape[:-1], n), cnt.reshape(scores.shape[:-1])
+
+
 def topk_rows_triton(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The same selection in one launch (one program per row). Rows up to :data:`MAX_TRITON_ROW` long; fp32, bf16
     or fp16 scores (compared as fp32)."""
@@ -158,6 +225,13 @@ def _kernel_rows(scores: torch.Tensor, reference: str) -> tuple[torch.Tensor, in
 def _launch(s, out, cnt, n: int, k: int, k_requested: int, tiles: bool) -> None:
     np_ = max(16, 1 << (n - 1).bit_length())
     _topk_rows_fwd[(s.shape[0],)](s, out, cnt, n, k, k_requested, TILES=tiles, NP=np_, num_warps=max(1, np_ // 1024))
+
+
+def select_row_tiles(scores: torch.Tensor, k_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`block_tiles_rows_triton` where it runs (CUDA or the interpreter), else :func:`block_tiles_rows`."""
+    if triton is not None and (scores.is_cuda or INTERPRET) and scores.shape[-1] <= MAX_TRITON_ROW:
+        return block_tiles_rows_triton(scores, k_rows)
+    return block_tiles_rows(scores, k_rows)
 
 
 def select_block_tiles(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

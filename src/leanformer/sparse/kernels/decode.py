@@ -30,11 +30,14 @@ if triton is not None:
     def _gather_decode_fwd(Q, K, V, IDX, VALID, OP, MP, LP, OUT, qk_scale, sqb, sqh, skb, skh, skt, svb, svh, svt,
                            sib, sih, HS, G, KVDIV, N, LEN, CHUNK, NSPLIT, NP, LAST,
                            PAGE: tl.constexpr, HAS_VALID: tl.constexpr, ONE_SPLIT: tl.constexpr,
-                           BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr):
+                           BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr, D: tl.constexpr,
+                           CNT=None, FUSED_MERGE: tl.constexpr = False, BLOCK_S: tl.constexpr = 16):
         """``PAGE == 0``: ``IDX`` holds ``N`` positions (``-1`` = skip), masked by ``VALID`` (same strides) when
         ``HAS_VALID``. ``PAGE > 0``: ``IDX`` holds ``NP`` page ids, then page ``LAST`` if ``N`` covers one more
         page; position = page * PAGE + offset. ``ONE_SPLIT``: the program owns all ``N`` positions and writes the
-        normalised output itself (no merge launch)."""
+        normalised output itself (no merge launch). ``FUSED_MERGE``: the last split of a selection head to finish
+        (an atomic count in ``CNT``) merges the head's splits itself, and resets the count (no merge launch
+        either)."""
         pid = tl.program_id(0)
         sp = tl.program_id(1)
         b = pid // HS
@@ -82,6 +85,36 @@ if triton is not None:
             tl.store(OP + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
             tl.store(MP + row, m_i, mask=gm)
             tl.store(LP + row, l_i, mask=gm)
+            if FUSED_MERGE:
+                # every thread's partials are written before the count says so (its release makes them visible)
+                tl.debug_barrier()
+                if tl.atomic_add(CNT + pid, 1, sem="acq_rel") == NSPLIT - 1:
+                    for g in range(0, G):
+                        _merge_row(OP, MP, LP, OUT, pid, g, NSPLIT, G, BLOCK_G, BLOCK_S, D)
+                    tl.atomic_xchg(CNT + pid, 0)
+
+    @triton.jit
+    def _merge_row(OP, MP, LP, OUT, r, g, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
+        """Query row ``g`` of selection head ``r``: its splits' partials (read past L1: other programs wrote them
+        in this launch), ``BLOCK_S`` at a time, merged by log-sum-exp."""
+        offs_s = tl.arange(0, BLOCK_S)
+        offs_d = tl.arange(0, D)
+        m_run = tl.full((), float("-inf"), tl.float32)
+        den = tl.zeros((), tl.float32)
+        acc = tl.zeros([D], tl.float32)
+        for s0 in range(0, NSPLIT, BLOCK_S):
+            sm = s0 + offs_s < NSPLIT
+            part = (r * NSPLIT + s0 + offs_s) * BG + g
+            m = tl.load(MP + part, mask=sm, other=float("-inf"), cache_modifier=".cg")
+            m_new = tl.maximum(m_run, tl.max(m, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            w = tl.exp2(m - m_safe)
+            alpha = tl.exp2(m_run - m_safe)
+            o = tl.load(OP + part[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0, cache_modifier=".cg")
+            acc = acc * alpha + tl.sum(o * w[:, None], 0)
+            den = den * alpha + tl.sum(tl.load(LP + part, mask=sm, other=0.0, cache_modifier=".cg") * w, 0)
+            m_run = m_new
+        tl.store(OUT + (r * ROWS + g) * D + offs_d, (acc / den).to(OUT.dtype.element_ty))
 
     @triton.jit
     def _merge_splits(OP, MP, LP, OUT, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
@@ -133,19 +166,26 @@ def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_
 
 
 def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | None = None,
-                               last_page: int | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
+                               last_page: int | None = None, block_n: int = BLOCK_N,
+                               fused_merge: bool = False) -> torch.Tensor:
     """The same kernels over whole pages: ``pages [B, H_s, P]`` (plus ``last_page``) are turned into positions in
     the kernel, positions ``>= L`` masked there (still at most two launches, none to expand or mask the
-    selection). Pages may come in any order (e.g. unsorted top-k)."""
+    selection). Pages may come in any order (e.g. unsorted top-k). ``fused_merge``: one launch, the last split of
+    each selection head merging them (counts kept per device and reset by the kernel: make the first call outside a
+    CUDA-graph capture)."""
     _check(q, k, pages)
     n_pages = pages.shape[2] + (last_page is not None)
     if n_pages == 0:
         raise ValueError("gather_decode_pages_triton: no page selected")
     last = -1 if last_page is None else last_page
-    return _launch(q, k, v, pages, n_pages * page_size, page_size, pages.shape[2], last, scale, block_n)
+    return _launch(q, k, v, pages, n_pages * page_size, page_size, pages.shape[2], last, scale, block_n,
+                   fused_merge=fused_merge)
 
 
-def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None):
+MERGE_SPLITS = 64  # splits a fused merge reads at once (more take several rounds)
+
+
+def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None, fused_merge=False):
     """Both kernels for ``n`` selected positions per head, given as positions (``page == 0``) or page ids."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
@@ -167,12 +207,20 @@ def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None):
     scale = scale if scale is not None else d ** -0.5
     ids = ids.contiguous()
     valid = ids if valid is None else valid.contiguous()
+    fused = fused_merge and nsplit > 1
+    extra = {}
+    if fused:
+        from leanformer.sparse.kernels.quest_scores import counts_for
+
+        extra = dict(CNT=counts_for(q.device, b * hs), FUSED_MERGE=True,
+                     BLOCK_S=min(MERGE_SPLITS, max(2, 1 << (nsplit - 1).bit_length())))
     _gather_decode_fwd[(b * hs, nsplit)](
         q, k, v, ids, valid, op, mp, lp, out, scale * 1.4426950408889634, q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2), ids.stride(0), ids.stride(1),
         hs, rows, kvdiv, n, length, chunk, nsplit, n_ids, last, PAGE=page, HAS_VALID=valid is not ids,
-        ONE_SPLIT=nsplit == 1, BLOCK_G=block_g, BLOCK_N=block_n, D=d, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
-    if nsplit > 1:
+        ONE_SPLIT=nsplit == 1, BLOCK_G=block_g, BLOCK_N=block_n, D=d, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        **extra)
+    if nsplit > 1 and not fused:
         _merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
                                       BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=1)
     return out.view(b, hq, 1, d)
@@ -203,7 +251,8 @@ def expand_pages(pages, page_size: int, length: int, last_page: int | None = Non
     (``None`` when ``length`` is a multiple of ``page_size``, else ``idx < length``)."""
     if last_page is not None:
         pages = torch.cat([pages, pages.new_full((*pages.shape[:2], 1), last_page)], -1)
-    idx = (pages[..., None] * page_size + torch.arange(page_size, device=pages.device)).reshape(*pages.shape[:2], -1)
+    offs = torch.arange(page_size, device=pages.device)
+    idx = (pages.long()[..., None] * page_size + offs).reshape(*pages.shape[:2], -1)
     return idx, (None if length % page_size == 0 else idx < length)
 
 

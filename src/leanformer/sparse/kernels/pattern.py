@@ -12,6 +12,10 @@ partial). For each ``(batch, query head, query block i)`` the pattern lists
   except where a kept tile already covers them (so no pair is computed twice). Patterns with columns must keep block
   diagonal 0 and hold tiles equal to their block diagonals, which ``bdiag`` records.
 
+A *hybrid* pattern (FlexPrefill: query-aware heads keep blocks, the others lines) holds both ``tiles`` and
+``diags`` and a per-head choice ``tiled_heads``: those heads read their tiles, the others their block diagonals
+(and columns).
+
 The boolean mask of the pattern (``to_mask``) is exactly what the kernels compute; ``kept_pairs`` counts it without
 building it (tests check the two agree).
 """
@@ -41,6 +45,8 @@ class TilePattern:
     tiles: torch.Tensor | None = None
     # every query block's diagonal is its last valid tile (entry tile_cnt - 1): the block mask needs no search for it
     diag_last: bool = False
+    # [B, H] bool: heads whose tiles are ``tiles`` (the others use ``diags``), for patterns holding both
+    tiled_heads: torch.Tensor | None = None
 
     @property
     def n_blocks(self) -> int:
@@ -59,11 +65,17 @@ class TilePattern:
         if self.diags is not None:
             i = torch.arange(n, device=dev)
             d = i[:, None] - i[None, :]
-            return self.bdiag[:, :, d.clamp(min=0)] & (d >= 0)
+            by_diags = self.bdiag[:, :, d.clamp(min=0)] & (d >= 0)
+            if self.tiled_heads is None:
+                return by_diags
         valid = torch.arange(self.tiles.shape[-1], device=dev) < self.tile_cnt[..., None]
+        if self.tiled_heads is not None:  # the other heads' tile entries are not theirs (may be anything)
+            valid = valid & self.tiled_heads[..., None, None]
         blk = torch.zeros(b, h, n, n + 1, dtype=torch.bool, device=dev)
         idx = torch.where(valid, self.tiles.long(), n)
         blk.scatter_(-1, idx, True)
+        if self.tiled_heads is not None:
+            return torch.where(self.tiled_heads[..., None, None], blk[..., :n], by_diags)
         return blk[..., :n]
 
     def to_mask(self, blocks: tuple[int, int] | None = None) -> torch.Tensor:
@@ -140,6 +152,31 @@ def from_diagonals(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, 
     tile_cnt = torch.searchsorted(diags, ar.expand(*diags.shape[:2], n).contiguous(), right=True)
     cols, col_cnt = _columns(colmask, block_size, seq_len)
     return TilePattern(block_size, seq_len, tile_cnt.int(), cols, col_cnt, bdiag, diags=diags.int())
+
+
+def from_lines(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int,
+               max_cols: int | None = None) -> TilePattern:
+    """:func:`from_diagonals` with no host synchronisation: the block diagonals are listed in ``NQB`` slots and the
+    columns in ``max_cols`` slots (default ``T``; a bound the caller knows, e.g. a native line count), sorted and
+    padded as there, by a running count and one scatter each instead of a sort whose width is read back to the
+    host. The kernels read only the first ``tile_cnt`` / ``col_cnt`` entries, so the patterns compute the same."""
+    n = -(-seq_len // block_size)
+    bdiag = bdiag.clone()
+    bdiag[..., 0] = True
+    dev = bdiag.device
+    ar = torch.arange(n, device=dev, dtype=torch.int32)
+    run = torch.cumsum(bdiag, -1, dtype=torch.int32)
+    diags = torch.full((*bdiag.shape[:2], n + 1), BIG, dtype=torch.int32, device=dev)
+    diags.scatter_(-1, torch.where(bdiag, run - 1, n).long(), ar.expand(bdiag.shape))
+    width = seq_len if max_cols is None else max(1, min(max_cols, seq_len))
+    cnt = torch.cumsum(colmask, -1, dtype=torch.int32)
+    pos = torch.arange(seq_len, device=dev, dtype=torch.int32).expand(colmask.shape)
+    cols = torch.full((*colmask.shape[:2], width + 1), seq_len, dtype=torch.int32, device=dev)
+    cols.scatter_(-1, torch.where(colmask, cnt - 1, width).long().clamp(max=width), pos)
+    ends = ((torch.arange(n, device=dev) + 1) * block_size).clamp(max=seq_len) - 1
+    col_cnt = cnt[..., ends].clamp(max=width)
+    return TilePattern(block_size, seq_len, run.contiguous(), cols[..., :width].contiguous(), col_cnt.contiguous(),
+                       bdiag, diags=diags[..., :n].contiguous())
 
 
 def from_tiles(blk: torch.Tensor, block_size: int, seq_len: int) -> TilePattern:

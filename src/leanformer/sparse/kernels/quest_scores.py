@@ -6,19 +6,34 @@ page's keys, in the cache dtype). The score of page ``p`` for query head ``h`` i
 ``sum_d max(q_d min_pd, q_d max_pd)`` of ``q_h``'s dot products with the page's keys; with ``share_gqa`` it is
 summed over the GQA group of each key head (``[B, H_kv, P]``), else one row per query head (``[B, H_q, P]``).
 Scores are fp32.
+
+Page summaries may also be int8 with one fp32 scale per page and head (``kmin_scale``, ``kmax_scale``
+``[B, H_kv, P]``; :func:`quantize_pages`): half the bytes of bf16 a step reads, rounded outward (the minimum down,
+the maximum up) so the score stays an upper bound up to rounding.
+
+:func:`select_pages_triton` scores the pages *and* picks the top ``k`` of each selection head in one launch: one
+program per (batch x key head, block of pages) writes its scores, and the last program of a key head to finish
+(an atomic count) bisects for the ``k``-th largest score of each of its selection heads and writes the winners, in
+page order. :func:`select_pages_reference` is the same with :func:`page_scores` and a stable sort.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
 
-def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_gqa: bool) -> torch.Tensor:
+def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_gqa: bool,
+                kmin_scale: torch.Tensor | None = None, kmax_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The reference: the bound as two matrix products, ``relu(q) . max + min(q, 0) . min`` (equal to the
     element-wise form since ``min <= max``), each in the cache dtype (no fp32 copy of the metadata; scores only
-    rank pages)."""
+    rank pages). int8 summaries (with their scales) are scaled to fp32 first."""
+    if kmin_scale is not None:
+        kmin, kmax = kmin.float() * kmin_scale[..., None], kmax.float() * kmax_scale[..., None]
+        q = q.float()
     b, hq, _, d = q.shape
     hk = kmin.shape[1]
     qg = q.reshape(b, hk, hq // hk, d)
@@ -27,56 +42,198 @@ def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_g
     return s.sum(2) if share_gqa else s.reshape(b, hq, -1)
 
 
+def quantize_pages(kmin: torch.Tensor, kmax: torch.Tensor):
+    """int8 page summaries ``(kmin8, kmax8, kmin_scale, kmax_scale)``: each page's minimum and maximum keys divided
+    by their own absolute maximum / 127 (fp32 scales ``[..., P]``), the minimum rounded down and the maximum up."""
+    tiny = torch.finfo(torch.float32).tiny
+    smin = kmin.float().abs().amax(-1).clamp_min(tiny) / 127
+    smax = kmax.float().abs().amax(-1).clamp_min(tiny) / 127
+    kmin8 = torch.floor(kmin.float() / smin[..., None]).clamp(-127, 127).to(torch.int8)
+    kmax8 = torch.ceil(kmax.float() / smax[..., None]).clamp(-127, 127).to(torch.int8)
+    return kmin8, kmax8, smin, smax
+
+
+def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None):
+    """The ``k`` best pages by :func:`page_scores`, ``[B, H_s, k]`` int32 in page order (equal scores: the lower
+    page), as :func:`select_pages_triton` returns them."""
+    from leanformer.sparse.kernels.block_select import topk_rows
+
+    return topk_rows(page_scores(q, kmin, kmax, share_gqa, kmin_scale, kmax_scale), k)
+
+
 if triton is not None:
     import triton.language as tl
 
     @triton.jit
-    def _page_scores_fwd(Q, KMIN, KMAX, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, HK, G, P,
-                         SHARE: tl.constexpr, PREC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
-                         D: tl.constexpr):
+    def _block_scores(Q, KMIN, KMAX, SMIN, SMAX, b, h, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, G, P,
+                      QUANT: tl.constexpr, PREC: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr):
+        """Scores ``[BLOCK_G, BLOCK_P]`` of key head ``h``'s query rows (padding rows 0) on pages ``offs_p``."""
+        offs_g = tl.arange(0, BLOCK_G)
+        offs_d = tl.arange(0, D)
+        pm = offs_p < P
+        q = tl.load(Q + b * sqb + (h * G + offs_g)[:, None] * sqh + offs_d[None, :], mask=offs_g[:, None] < G,
+                    other=0.0)
+        mn = tl.load(KMIN + b * snb + h * snh + offs_p[:, None] * snp + offs_d[None, :], mask=pm[:, None], other=0)
+        mx = tl.load(KMAX + b * sxb + h * sxh + offs_p[:, None] * sxp + offs_d[None, :], mask=pm[:, None], other=0)
+        zero = tl.zeros_like(q)
+        if QUANT:  # int8 summaries: exact in the query's dtype; the pages' scales multiply the products
+            ty = Q.dtype.element_ty
+            s = tl.dot(tl.maximum(q, zero).to(ty), tl.trans(mx.to(ty)), input_precision=PREC)
+            s = s * tl.load(SMAX + b * ssb + h * ssh + offs_p, mask=pm, other=0.0)[None, :]
+            s2 = tl.dot(tl.minimum(q, zero).to(ty), tl.trans(mn.to(ty)), input_precision=PREC)
+            s += s2 * tl.load(SMIN + b * ssb + h * ssh + offs_p, mask=pm, other=0.0)[None, :]
+        else:
+            # the compiler promotes bf16 min/max to fp32 (the interpreter does not): cast back for tl.dot
+            ty = KMAX.dtype.element_ty
+            s = tl.dot(tl.maximum(q, zero).to(ty), tl.trans(mx), input_precision=PREC)
+            s += tl.dot(tl.minimum(q, zero).to(ty), tl.trans(mn), input_precision=PREC)
+        return s
+
+    @triton.jit
+    def _page_scores_fwd(Q, KMIN, KMAX, SMIN, SMAX, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, HK, G, P,
+                         SHARE: tl.constexpr, QUANT: tl.constexpr, PREC: tl.constexpr, BLOCK_G: tl.constexpr,
+                         BLOCK_P: tl.constexpr, D: tl.constexpr):
         """One program per (batch x key head, block of pages): the group's query rows are loaded once, each page's
         min and max once, for all ``G`` rows."""
         pid = tl.program_id(0)
-        b = pid // HK
-        h = pid % HK
-        offs_g = tl.arange(0, BLOCK_G)
         offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        offs_d = tl.arange(0, D)
-        gm = offs_g < G
-        pm = offs_p < P
-        q = tl.load(Q + b * sqb + (h * G + offs_g)[:, None] * sqh + offs_d[None, :], mask=gm[:, None], other=0.0)
-        mn = tl.load(KMIN + b * snb + h * snh + offs_p[:, None] * snp + offs_d[None, :], mask=pm[:, None], other=0.0)
-        mx = tl.load(KMAX + b * sxb + h * sxh + offs_p[:, None] * sxp + offs_d[None, :], mask=pm[:, None], other=0.0)
-        # the compiler promotes bf16 min/max to fp32 (the interpreter does not): cast back for tl.dot
-        ty = KMAX.dtype.element_ty
-        zero = tl.zeros_like(q)
-        s = tl.dot(tl.maximum(q, zero).to(ty), tl.trans(mx), input_precision=PREC)
-        s += tl.dot(tl.minimum(q, zero).to(ty), tl.trans(mn), input_precision=PREC)  # [BLOCK_G, BLOCK_P]; padded 0
+        s = _block_scores(Q, KMIN, KMAX, SMIN, SMAX, pid // HK, pid % HK, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh,
+                          sxp, ssb, ssh, G, P, QUANT, PREC, BLOCK_G, D)  # [BLOCK_G, BLOCK_P]; padded rows 0
+        offs_g = tl.arange(0, BLOCK_G)
         if SHARE:
-            tl.store(OUT + pid * P + offs_p, tl.sum(s, 0), mask=pm)
+            tl.store(OUT + pid * P + offs_p, tl.sum(s, 0), mask=offs_p < P)
         else:
             rows = pid * G + offs_g  # query head h * G + g of batch b
-            tl.store(OUT + rows[:, None] * P + offs_p[None, :], s, mask=gm[:, None] & pm[None, :])
+            tl.store(OUT + rows[:, None] * P + offs_p[None, :], s, mask=(offs_g[:, None] < G) & (offs_p[None, :] < P))
+
+    @triton.jit
+    def _kth_key(S, P, K, NP: tl.constexpr):
+        """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1) and the ``K``-th largest."""
+        offs = tl.arange(0, NP)
+        x = tl.load(S + offs, mask=offs < P, other=0.0, cache_modifier=".cg")
+        x = tl.where(x == 0.0, 0.0, x)
+        bits = x.to(tl.int32, bitcast=True)
+        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        key = tl.where(offs < P, key, -2147483648)
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = (lo + hi + 1) >> 1
+            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        return key, lo.to(tl.int32)
+
+    @triton.jit
+    def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, HK,
+                    G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+        """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
+        each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
+        next step."""
+        pid = tl.program_id(0)
+        offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        s = _block_scores(Q, KMIN, KMAX, SMIN, SMAX, pid // HK, pid % HK, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh,
+                          sxp, ssb, ssh, G, P, QUANT, PREC, BLOCK_G, D)
+        offs_g = tl.arange(0, BLOCK_G)
+        if SHARE:
+            tl.store(SCORES + pid * P + offs_p, tl.sum(s, 0), mask=offs_p < P)
+        else:
+            rows = pid * G + offs_g
+            tl.store(SCORES + rows[:, None] * P + offs_p[None, :], s,
+                     mask=(offs_g[:, None] < G) & (offs_p[None, :] < P))
+        # every thread's scores are written before the count says so (the count's release makes them visible)
+        tl.debug_barrier()
+        done = tl.atomic_add(CNT + pid, 1, sem="acq_rel")
+        if done == NBLK - 1:
+            for r in range(0, NROWS):
+                row = pid * NROWS + r
+                key, thr = _kth_key(SCORES + row * P, P, K, NP)
+                offs = tl.arange(0, NP)
+                gt = key > thr
+                eq = key == thr
+                take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
+                pos = tl.cumsum(take.to(tl.int32), 0) - 1
+                tl.store(OUT + row * K + pos, offs, mask=take)
+            tl.atomic_xchg(CNT + pid, 0)
+
+
+def _meta_args(q, kmin, kmax, kmin_scale, kmax_scale):
+    """The page summaries as the kernels take them (unit last stride) and their scale pointers / strides."""
+    q, kmin, kmax = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, kmin, kmax))
+    quant = kmin_scale is not None
+    if quant:
+        if kmin.dtype != torch.int8 or kmin_scale.stride() != kmax_scale.stride():
+            raise ValueError("scaled page summaries must be int8 with scales of one layout")
+        smin, smax = kmin_scale, kmax_scale
+    else:
+        smin = smax = kmin  # never read
+    sstr = (smin.stride(0), smin.stride(1)) if quant else (0, 0)
+    strides = (q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), kmin.stride(2), kmax.stride(0),
+               kmax.stride(1), kmax.stride(2), *sstr)
+    # fp32 queries: exact products (tf32 would round the inputs to 10 bits)
+    prec = "ieee" if q.dtype == torch.float32 else "tf32"
+    return q, kmin, kmax, smin, smax, strides, quant, prec
 
 
 def page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_gqa: bool,
-                       block_p: int = 64) -> torch.Tensor:
+                       block_p: int = 64, kmin_scale: torch.Tensor | None = None,
+                       kmax_scale: torch.Tensor | None = None) -> torch.Tensor:
     """The same scores in one launch (grid ``B H_kv x ceil(P / block_p)``), products accumulated in fp32 (the
     reference rounds each product to the cache dtype). ``D`` must be a power of two >= 16; ``kmin``/``kmax`` may be
-    views over the pages (any strides but a unit last one)."""
+    views over the pages (any strides but a unit last one); int8 summaries take their scales."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("page_scores_triton needs CUDA tensors and triton; use page_scores")
     b, hq, _, d = q.shape
     hk, p = kmin.shape[1], kmin.shape[2]
     g = hq // hk
-    q, kmin, kmax = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, kmin, kmax))
+    q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
     out = torch.empty(b, hk if share_gqa else hq, p, device=q.device, dtype=torch.float32)
     if p == 0:
         return out
-    # fp32 metadata: exact products (tf32 would round the inputs to 10 bits)
-    prec = "ieee" if q.dtype == torch.float32 else "tf32"
     _page_scores_fwd[(b * hk, triton.cdiv(p, block_p))](
-        q, kmin, kmax, out, q.stride(0), q.stride(1), kmin.stride(0), kmin.stride(1), kmin.stride(2),
-        kmax.stride(0), kmax.stride(1), kmax.stride(2), hk, g, p, SHARE=share_gqa, PREC=prec,
+        q, kmin, kmax, smin, smax, out, *strides, hk, g, p, SHARE=share_gqa, QUANT=quant, PREC=prec,
         BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, num_warps=4)
     return out
+
+
+MAX_SELECT_PAGES = 16384  # pages a selection row may hold: the row sits in registers while it is bisected
+
+
+@functools.lru_cache(maxsize=8)
+def _counts(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counts, one per (batch x key head), kept per device: each launch leaves them at zero (its last
+    program resets its head's), so a CUDA graph can replay the step. Allocate (one first call) outside a capture."""
+    return torch.zeros(n, dtype=torch.int32, device=device)
+
+
+def counts_for(device: torch.device, n: int) -> torch.Tensor:
+    """:func:`_counts` with at least ``n`` entries (sizes round up to a power of two: few buffers)."""
+    return _counts(device, max(64, 1 << (n - 1).bit_length()))
+
+
+def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
+                        block_p: int = 64, return_scores: bool = False):
+    """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
+    ``return_scores``, the ``[B H_s, P]`` scores it ranked). Rows of up to :data:`MAX_SELECT_PAGES` pages (a
+    256K-token cache at 16-token pages)."""
+    if triton is None or not (q.is_cuda or INTERPRET):
+        raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
+    b, hq, _, d = q.shape
+    hk, p = kmin.shape[1], kmin.shape[2]
+    if not 0 < k <= p:
+        raise ValueError(f"k={k} must be between 1 and the number of pages {p}")
+    if p > MAX_SELECT_PAGES:
+        raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
+    g = hq // hk
+    hs = hk if share_gqa else hq
+    q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
+    scores = torch.empty(b * hs, p, device=q.device, dtype=torch.float32)
+    out = torch.empty(b, hs, k, device=q.device, dtype=torch.int32)
+    nblk = triton.cdiv(p, block_p)
+    np_ = max(16, 1 << (p - 1).bit_length())
+    _select_fwd[(b * hk, nblk)](
+        q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), out, *strides, hk, g, p, k, nblk,
+        hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, BLOCK_G=max(16, 1 << (g - 1).bit_length()),
+        BLOCK_P=block_p, D=d, NP=np_, num_warps=max(4, min(8, np_ // 1024)))
+    return (out, scores.view(b, hs, p)) if return_scores else out

@@ -8,8 +8,9 @@ The Triton kernel is a FlashAttention-2 style forward (online softmax in fp32, e
 FMA per logit) with one program per ``BM`` query rows of a query block and ``batch x head``: it walks the kept
 tiles in one software-pipelined loop (``BN`` keys per step, loads by TMA with ``USE_TMA``), the diagonal tile's loads
 prefetched like the others' and only that tile under the causal mask (off-diagonal tiles are whole key blocks before
-the query block: no mask, no bounds check), then the kept columns in chunks of ``BN`` gathered by index, skipping
-columns that a kept block diagonal already covers. Patterns whose tile lists put the diagonal elsewhere than where
+the query block: no mask, no bounds check), then the kept columns of earlier key blocks in chunks of ``BN`` gathered
+by index, in a second software-pipelined loop that masks only the chunks holding a column a kept block diagonal
+already covers (or the count's end). Patterns whose tile lists put the diagonal elsewhere than where
 block top-k (last) or the block-diagonal form (first) put it take a slower mode that checks every tile. Work is
 proportional to the kept tiles and columns, never to ``T^2``; the pattern is ``O(B H (T / block + columns))``
 integers.
@@ -100,11 +101,12 @@ if triton is not None:
         return _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, MASKED)
 
     @triton.jit
-    def _tile_attn_fwd(Q, K, V, KD, VD, O, TILES, TCNT, COLS, CCNT, BDIAG, qk_scale,
+    def _tile_attn_fwd(Q, K, V, KD, VD, O, TILES, TCNT, COLS, CCNT, BDIAG, TILES2, HEADS, KT2, qk_scale,
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
                        MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
-                       BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr):
+                       BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                       COL_STAGES: tl.constexpr = 0):
         # one program per (BM query rows, batch x head); BS // BM programs share a query block and its tiles
         pid_m = tl.program_id(0) // (BS // BM)
         part = tl.program_id(0) % (BS // BM)
@@ -137,7 +139,8 @@ if triton is not None:
                         acc, l_i, m_i = _bounded_step(q, k_base, v_base, offs_k, offs_m, offs_d, skt, svt, T, acc,
                                                       l_i, m_i, qk_scale, False)
         else:
-            # MODE 1: explicit tiles with the diagonal last; MODE 2: block diagonals, ascending, diagonal 0 first.
+            # MODE 1: explicit tiles with the diagonal last; MODE 2: block diagonals, ascending, diagonal 0 first;
+            # MODE 3: per head, explicit tiles (TILES2, diagonal last) or block diagonals (TILES), as HEADS says.
             # One software-pipelined loop over whole key blocks (TMA loads with USE_TMA), the diagonal's loads
             # prefetched like any other; only the diagonal tile takes the causal mask, which also covers keys past
             # the end of the sequence (pointer loads clamp their rows, TMA reads zeros or the next head's rows: all
@@ -145,9 +148,14 @@ if triton is not None:
             # key, which every row of the block sees, so the first step any row takes has a finite logit. With
             # BN < BS and BM < BS (not the default), diagonal key steps wholly after a program's rows are computed
             # and masked rather than skipped.
+            if MODE == 3:
+                tiled = tl.load(HEADS + pid_bh).to(tl.int32)
             for j in tl.range(0, n_t, num_stages=STAGES):
                 if MODE == 2:
                     kb = pid_m - tl.load(TILES + pid_bh * KT + j)
+                elif MODE == 3:
+                    kb = tl.where(tiled != 0, tl.load(TILES2 + row * KT2 + j, mask=tiled != 0, other=0),
+                                  pid_m - tl.load(TILES + pid_bh * KT + j, mask=tiled == 0, other=0))
                 else:
                     kb = tl.load(TILES + row * KT + j)
                 for sub in tl.static_range(0, BS // BN):
@@ -164,18 +172,39 @@ if triton is not None:
                         s = tl.where(start + offs_n[None, :] <= offs_m[:, None], s, float("-inf"))
                     acc, l_i, m_i = _softmax_update(s, vt, acc, l_i, m_i, qk_scale, False)
         if HAS_COLS:
-            n_c = tl.load(CCNT + row)
-            for c in range(0, n_c, BN):
-                offs_c = c + offs_n
-                cm = offs_c < n_c
-                cols = tl.load(COLS + pid_bh * NV + offs_c, mask=cm, other=0)
-                d = pid_m - cols // BS
-                cov = tl.load(BDIAG + pid_bh * NQB + d, mask=cm & (d >= 0), other=1)
-                cm = cm & (cov == 0)
-                kt = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=cm[:, None], other=0.0)
-                vt = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=cm[:, None], other=0.0)
-                ok = cm[None, :] & (cols[None, :] <= offs_m[:, None])
-                acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+            if COL_STAGES == 0:  # the first column loop (kept to time against): every step masked, not pipelined
+                n_c = tl.load(CCNT + row)
+                for c in range(0, n_c, BN):
+                    offs_c = c + offs_n
+                    cm = offs_c < n_c
+                    cols = tl.load(COLS + pid_bh * NV + offs_c, mask=cm, other=0)
+                    d = pid_m - cols // BS
+                    cov = tl.load(BDIAG + pid_bh * NQB + d, mask=cm & (d >= 0), other=1)
+                    cm = cm & (cov == 0)
+                    kt = tl.load(k_base + cols[:, None] * skt + offs_d[None, :], mask=cm[:, None], other=0.0)
+                    vt = tl.load(v_base + cols[:, None] * svt + offs_d[None, :], mask=cm[:, None], other=0.0)
+                    ok = cm[None, :] & (cols[None, :] <= offs_m[:, None])
+                    acc, l_i, m_i = _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, True)
+            else:
+                # Columns of the query block's own key block lie on block diagonal 0, always kept: only those of
+                # earlier key blocks are gathered, and they precede every row of the block (no causal mask). The
+                # previous block's count is how many there are. Each step gathers BN columns' K and V rows (loads
+                # clamped into the sequence, so unmasked, and software-pipelined over COL_STAGES), and masks logits
+                # only where a step holds a column a kept block diagonal covers or runs past the count (the last
+                # one). Every row already has a finite maximum from its diagonal tile: no guard.
+                n_c = tl.load(CCNT + row - 1, mask=pid_m > 0, other=0)
+                for c in tl.range(0, n_c, BN, num_stages=COL_STAGES):
+                    offs_c = c + offs_n
+                    cols = tl.load(COLS + pid_bh * NV + offs_c, mask=offs_c < NV, other=0)
+                    idx = tl.minimum(cols, T - 1)
+                    kt = tl.load(k_base + idx[:, None] * skt + offs_d[None, :])
+                    vt = tl.load(v_base + idx[:, None] * svt + offs_d[None, :])
+                    cov = tl.load(BDIAG + pid_bh * NQB + pid_m - idx // BS, mask=offs_c < n_c, other=1)
+                    ok = (offs_c < n_c) & (cov == 0)
+                    s = tl.dot(q, tl.trans(kt))
+                    if tl.sum(ok.to(tl.int32), 0) < BN:
+                        s = tl.where(ok[None, :], s, float("-inf"))
+                    acc, l_i, m_i = _softmax_update(s, vt, acc, l_i, m_i, qk_scale, False)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
         out = acc / l_safe[:, None]
         tl.store(O + b * sob + h * soh + offs_m[:, None] * sot + offs_d[None, :], out.to(O.dtype.element_ty),
@@ -186,7 +215,9 @@ if triton is not None:
 # results/tile_kernel-20261205T194053Z.json): whole 128-key tiles per step, TMA loads, three stages (1.80 vs 2.10 ms
 # for two at 32K / 0.9; 14.4 vs 16.3 ms at 128K / 0.95). Three stages of K and V plus Q take 224 KB of shared memory
 # at d = 128: on smaller GPUs or larger heads the default steps down to fewer stages
-DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True}
+# COL_STAGES: pipeline stages of the column loop (patterns with columns only; None: num_stages, 0: the first,
+# unpipelined loop). Its buffers (BN gathered columns of K and V a stage) are never more than the tile loop's.
+DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True, "COL_STAGES": None}
 BLOCK_SIZES = (16, 32, 64, 128)  # pattern block sizes the kernel takes
 
 
@@ -253,10 +284,14 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     o = torch.empty_like(q)
     scale = scale if scale is not None else d ** -0.5
+    hybrid = pattern.tiled_heads is not None
     diag = pattern.diags is not None
-    mode = 2 if diag else (1 if pattern.diag_last else 0)
+    mode = 3 if hybrid else (2 if diag else (1 if pattern.diag_last else 0))
     tiles = (pattern.diags if diag else pattern.tiles).contiguous()
     kt = tiles.shape[-1]
+    # MODE 3 only: the explicit tiles and which heads read them (otherwise unread: any valid pointer fills the slots)
+    tiles2 = pattern.tiles.contiguous() if hybrid else tiles
+    heads = pattern.tiled_heads.to(torch.int8).contiguous() if hybrid else pattern.tile_cnt
     nqb = pattern.n_blocks
     has_cols = pattern.cols.shape[-1] > 0
     if not has_cols:  # no column loop: COLS and BDIAG are never read (any valid int32 pointer fills the slots)
@@ -273,10 +308,11 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     grid = (nqb * (bs // cfg["BM"]), b * h)
     _tile_attn_fwd[grid](
         q, k, v, kd, vd, o, tiles, pattern.tile_cnt.contiguous(), cols, pattern.col_cnt.contiguous(), bdiag,
-        scale * 1.4426950408889634,
+        tiles2, heads, tiles2.shape[-1], scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
         MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
+        COL_STAGES=(cfg["num_stages"] if cfg["COL_STAGES"] is None else cfg["COL_STAGES"]) if has_cols else 0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o

@@ -10,6 +10,12 @@ Deviation, on purpose: the Sparse Frontier uses 16x16 blocks (64 blocks per quer
 kernels want larger tiles, so the default here is 128x128 blocks and ``topk=8`` (the same 1024-key budget).
 Asked for ``sparsity`` s, ``topk`` becomes the largest uniform k whose kept pairs fit ``(1 - s)`` of the causal pairs
 (rows that have fewer than k causal blocks keep them all).
+
+Block size: ``block_size=None`` (the default) takes the largest tile of 128, 64, 32, 16 tokens whose forced blocks
+(sink, sub-diagonal, diagonal: three per query block) fit the request at this length: 128 at long prompts, smaller
+ones where a short prompt has too few blocks (at 1,000 tokens 128-token blocks reach only 0.46). A request no block
+size reaches, or one that a block size the caller fixed does not, runs anyway and warns once per method instance
+(:class:`leanformer.sparse.base.SparsityWarning`) with the reachable range; the measured sparsity is reported as always.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from leanformer.sparse.base import (
     default_scale,
     info_dict,
     pick_impl,
+    unreachable_message,
 )
 from leanformer.sparse.kernels import TilePattern, run_pattern
 from leanformer.sparse.kernels.block_select import place_diagonal, select_block_tiles
@@ -38,7 +45,7 @@ from leanformer.sparse.prefill.estimate import pooled_block_scores
 @dataclass(kw_only=True, slots=True)
 class BlockTopKParams:
     topk: int = 8
-    block_size: int = 128
+    block_size: int | None = None  # None: from the length and the request (largest tile that reaches it)
     impl: str = "auto"
     # kernel options merged over the kernel's defaults: FlexAttention's (BLOCK_M, BLOCK_N, num_warps, num_stages, ...)
     # for impl "flex", the tile kernel's (BM, BN, num_warps, num_stages, USE_TMA) for impl "triton"
@@ -56,6 +63,38 @@ def kept_for_k(n_blocks: int, block_size: int, seq_len: int, device=None) -> tor
     ks = torch.arange(1, n_blocks + 1, device=device, dtype=torch.float64)
     per = (torch.minimum(ks[:, None], i[None, :] + 1) - 1) * rows * block_size + rows * (rows + 1) / 2
     return per.sum(-1)
+
+
+# block sizes ``block_size=None`` chooses from, largest first (those the tile kernel takes)
+AUTO_BLOCK_SIZES = (128, 64, 32, 16)
+FORCED_BLOCKS = 3  # per query block: the sink, the block below the diagonal and the diagonal
+
+
+@lru_cache(maxsize=256)
+def floor_pairs(block_size: int, seq_len: int) -> float:
+    """Kept pairs when every query block keeps only its forced blocks: the least block top-k computes."""
+    n = -(-seq_len // block_size)
+    return float(kept_for_k(n, block_size, seq_len)[min(FORCED_BLOCKS, n) - 1])
+
+
+@lru_cache(maxsize=256)
+def choose_block_size(requested: float | None, seq_len: int, fixed: int | None) -> tuple[int, str | None]:
+    """``(block size, warning or None)``: ``fixed`` if given, else the largest of :data:`AUTO_BLOCK_SIZES` whose
+    forced blocks fit ``(1 - requested)`` of the causal pairs (128 with no request). The warning, when the request
+    is out of reach of the size used, names the reason and the reachable range."""
+    if requested is None:
+        return (fixed or AUTO_BLOCK_SIZES[0]), None
+    budget = (1 - requested) * causal_pairs(seq_len) * (1 + 1e-9) + 0.5
+    sizes = (fixed,) if fixed else AUTO_BLOCK_SIZES
+    for bs in sizes:
+        if floor_pairs(bs, seq_len) <= budget:
+            return bs, None
+    bs = sizes[-1]
+    reach = 1 - floor_pairs(bs, seq_len) / causal_pairs(seq_len)
+    n = -(-seq_len // bs)
+    why = (f"{n} blocks of {bs} tokens, each query block keeps at least its sink, diagonal and sub-diagonal blocks"
+           + ("" if fixed else f"; {bs} is the smallest block size the kernels take"))
+    return bs, unreachable_message("block_topk", requested, seq_len, reach, why)
 
 
 @lru_cache(maxsize=256)
@@ -119,8 +158,8 @@ class BlockTopK(PrefillMethod):
     FlexAttention path turns the tiles into a ``BlockMask`` of full blocks plus the causal diagonal
     (``kernels/flex_block.py``); the Triton path hands them to the tile kernel (``kernels/tile_attention.py``).
     ``impl="auto"`` on a GPU takes Triton (FlexAttention for block sizes the tile kernel does not take: it takes 16,
-    32, 64 and 128). Nothing in the call waits for the GPU (``info`` holds device tensors), so a model's layers queue
-    back to back."""
+    32, 64 and 128; ``block_size=None`` picks one of those). Nothing in the call waits for the GPU (``info`` holds
+    device tensors), so a model's layers queue back to back."""
 
     name = "block_topk"
     Params = BlockTopKParams
@@ -129,7 +168,9 @@ class BlockTopK(PrefillMethod):
         _, t = check_qkv(q, k, v)
         requested = check_sparsity(sparsity)
         p = self.params
-        bs = p.block_size
+        bs, warning = choose_block_size(requested, t, p.block_size)
+        if warning:
+            self.warn_once(warning)
         n = -(-t // bs)
         # auto on a GPU: the Triton tile kernel (H200, results/tile_kernel-20261205T194053Z.json: 1.80 vs 2.40 ms at
         # 32K / 0.9, 14.4 vs 16.0 ms at 128K / 0.95, and cheaper to launch), FlexAttention for other block sizes

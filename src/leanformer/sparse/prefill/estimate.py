@@ -56,6 +56,16 @@ def vs_scores(q, k, window: int, scale: float, tail: int = 0, max_elems: int = 1
     return vert, slash, ptail
 
 
+def window_scores(q, k, window: int, scale: float, tail: int = 0, impl: str = "reference"):
+    """:func:`vs_scores` through its fused Triton twin (:func:`leanformer.sparse.kernels.vs_estimate.
+    vs_scores_triton`) for ``impl="triton"``, else the PyTorch reference."""
+    if impl == "triton":
+        from leanformer.sparse.kernels.vs_estimate import vs_scores_triton
+
+        return vs_scores_triton(q, k, window, scale, tail)
+    return vs_scores(q, k, window, scale, tail)
+
+
 def _diagonal_sums(p):
     """``p [..., W, T]`` (row ``r`` is query ``T - W + r``, causal zeros above) -> ``[..., T]`` whose entry
     ``T - 1 - o`` is the sum of ``p`` along the diagonal ``key = query - o`` (reversed: the caller flips once).
@@ -131,13 +141,15 @@ def select_by_cost(priority, cost, budget):
     return keep.scatter_(-1, order, keep_sorted)
 
 
+@lru_cache(maxsize=64)
 def diagonal_cost(n_blocks: int, block_size: int, seq_len: int, device=None):
-    """Pairs computed by block diagonal ``d`` over all query blocks, ``[NQB]`` float64."""
-    d = torch.arange(n_blocks, device=device, dtype=torch.float64)
+    """Pairs computed by block diagonal ``d`` over all query blocks, ``[NQB]`` float64. Built on the host and cached
+    per shape and device (read-only): a value read back from the GPU here would stall every prefill call."""
+    d = torch.arange(n_blocks, dtype=torch.float64)
     cost = block_size * (seq_len - d * block_size)
     rows = (seq_len - d * block_size).clamp(max=block_size)
     cost[0] = float((rows * (rows + 1) / 2).sum())
-    return cost.clamp(min=0)
+    return cost.clamp(min=0).to(device)
 
 
 def slash_to_diagonals(slash_rank, block_size: int, n_blocks: int):

@@ -11,6 +11,14 @@ min budget 512 (its version keeps only the vertical-slash branch: ``query_aware=
 Asked for ``sparsity`` s, the total budget ``(1 - s) H T (T + 1) / 2`` pairs is shared across heads in proportion to
 what each head's coverage rule asks for (water-filling, capped at a full head), so the adaptivity across heads is
 kept while the total matches the request; at s = 0 every head is dense.
+
+On a GPU (``impl="auto"``) nothing in a call waits for the GPU: the window scores (and the query-aware test's last
+rows) come from one fused estimation (``kernels/vs_estimate.py``), both score lines are ranked by one sort that also
+gives the coverage counts, the lines are chosen on the device (``prefill/lines.py``), the query-aware rows' coverage
+and their tiles come from one Triton launch each (``kernels/coverage.py``, ``kernels/block_select.py``), the budget
+is water-filled in closed form, and one kernel launch runs the per-head mix of tiles and lines
+(``kernels/tile_attention.py``, a hybrid pattern). Query-aware blocks never pick a query block's own diagonal among
+their scored blocks (it is placed once, last).
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from leanformer.sparse.base import (
     PrefillMethod,
@@ -25,13 +34,19 @@ from leanformer.sparse.base import (
     check_qkv,
     check_sparsity,
     default_scale,
+    defer_warning,
     info_dict,
     pick_impl,
+    unreachable_message,
 )
-from leanformer.sparse.kernels import TilePattern, from_tiles, run_pattern
-from leanformer.sparse.prefill.block_topk import block_pattern, kept_for_k
-from leanformer.sparse.prefill.estimate import pooled_block_scores, vs_scores
-from leanformer.sparse.prefill.vertical_slash import vs_pattern
+from leanformer.sparse.kernels import TilePattern, run_pattern
+from leanformer.sparse.kernels.block_select import block_tiles_rows, select_row_tiles
+from leanformer.sparse.kernels.coverage import coverage, coverage_rows
+from leanformer.sparse.kernels.pattern import _tile_weights, from_lines
+from leanformer.sparse.prefill.block_topk import floor_pairs, k_for_budget
+from leanformer.sparse.prefill.estimate import pooled_block_scores, window_scores
+from leanformer.sparse.prefill.lines import coverage_from_sorted, rank_lines
+from leanformer.sparse.prefill.vertical_slash import forced_pairs, lines_kept_pairs, vs_lines
 
 
 @dataclass(kw_only=True, slots=True)
@@ -45,13 +60,13 @@ class FlexPrefillParams:
     block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
+    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
+    kernel_options: dict | None = None
 
 
 def coverage_count(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """Smallest k whose top-k entries of ``scores [..., N]`` (non-negative) hold ``alpha`` of their sum."""
-    s = torch.sort(scores, dim=-1, descending=True).values
-    cum = torch.cumsum(s, -1)
-    return (cum < alpha * cum[..., -1:]).sum(-1) + 1
+    return coverage_from_sorted(torch.sort(scores, dim=-1, descending=True).values, alpha)
 
 
 def sqrt_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -61,17 +76,54 @@ def sqrt_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return (0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp_min(0).sqrt()
 
 
-def water_fill(need: torch.Tensor, total: torch.Tensor, cap: float, iters: int = 60) -> torch.Tensor:
-    """Budgets ``min(cap, lam * need)`` per head ``[B, H]`` whose sum per row equals ``total [B]`` (or all ``cap``)."""
+def water_fill(need: torch.Tensor, total: torch.Tensor, cap: float) -> torch.Tensor:
+    """Budgets ``min(cap, lam * need)`` per head ``[B, H]`` whose sum per row equals ``total [B]`` (or all ``cap``).
+
+    Exact, in a dozen launches: with the heads sorted by need, capping the ``j`` neediest fixes
+    ``lam = (total - j cap) / (the others' need)``, and the right ``j`` is the first whose ``lam`` caps exactly
+    those ``j`` (a bisection on ``lam`` took 60 rounds of host-issued launches)."""
     need = need.double().clamp_min(1.0)
-    lo = torch.zeros_like(total, dtype=torch.float64)
-    hi = torch.full_like(lo, cap) / need.min(-1).values
-    for _ in range(iters):
-        mid = (lo + hi) / 2
-        over = torch.minimum(need * mid[:, None], torch.tensor(cap, dtype=torch.float64)).sum(-1) > total
-        hi = torch.where(over, mid, hi)
-        lo = torch.where(over, lo, mid)
-    return torch.minimum(need * lo[:, None], torch.tensor(cap, dtype=torch.float64))
+    total = total.double()
+    h = need.shape[-1]
+    srt = torch.sort(need, -1, descending=True).values
+    rest = srt.flip(-1).cumsum(-1).flip(-1)  # rest[j]: the need of heads j.. (sorted)
+    j = torch.arange(h, device=need.device)
+    lam = (total[:, None] - j * cap) / rest
+    capped_ok = (j == 0) | (lam * F.pad(srt, (1, 0))[..., :-1] >= cap)
+    valid = capped_ok & (lam * srt <= cap) & (lam >= 0)
+    lam_star = torch.gather(lam, -1, valid.int().argmax(-1, keepdim=True))
+    out = (need * lam_star).clamp(max=cap)
+    return torch.where((valid.any(-1) & (total < h * cap))[:, None], out, cap)
+
+
+def block_kept_pairs(k_rows: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
+    """Pairs ``[B, H]`` a block pattern computes when query block ``i`` keeps ``min(max(k_i, min(i + 1, 3)),
+    i + 1)`` blocks (``k_rows [B, H, NQB]``), without choosing them."""
+    n = k_rows.shape[-1]
+    i = torch.arange(n, device=k_rows.device)
+    cnt = torch.minimum(torch.maximum(k_rows.long(), (i + 1).clamp(max=3)), i + 1)
+    weights, offset = _tile_weights(block_size, seq_len, k_rows.device)
+    return cnt.double() @ weights + offset
+
+
+def flex_warning(requested, seq_len: int, p: FlexPrefillParams) -> tuple[str | None, str | None]:
+    """``(now, if query-aware)``: the warning for a request the vertical-slash heads' forced lines alone exceed at
+    this length, and the one for a request only query-aware heads (three blocks per query block at least) cannot
+    meet: which heads are query-aware is known on the device only, so the method checks that one later."""
+    if not requested:
+        return None, None
+    t, total = seq_len, causal_pairs(seq_len)
+    reach = 1 - forced_pairs(t, p.block_size, p.sinks, p.local) / total
+    if requested > reach + 1e-9:
+        why = (f"vertical-slash heads keep the {p.local} local diagonals on whole {p.block_size}-token block diagonals"
+               f" and {p.sinks} sink columns")
+        return unreachable_message("flexprefill", requested, t, reach, why), None
+    qa_reach = 1 - floor_pairs(p.block_size, t) / total
+    if p.query_aware and requested > qa_reach + 1e-9:
+        why = (f"its query-aware heads keep at least three of the {-(-t // p.block_size)} {p.block_size}-token "
+               "blocks of every query block; use a smaller block_size")
+        return None, unreachable_message("flexprefill", requested, t, qa_reach, why)
+    return None, None
 
 
 class FlexPrefill(PrefillMethod):
@@ -88,53 +140,58 @@ class FlexPrefill(PrefillMethod):
         scale = default_scale(q, scale)
         b, h = q.shape[:2]
         bs, n, total = p.block_size, -(-t // p.block_size), causal_pairs(t)
-        vert, slash, ptail = vs_scores(q, k, p.window, scale, tail=bs if p.query_aware else 0)
+        warning, qa_warning = flex_warning(requested, t, p)
+        if warning:
+            self.warn_once(warning)
+        defer_warning(self, None)  # a check an earlier call queued, if its flag has reached the host
+        vert, slash, ptail = window_scores(q, k, p.window, scale, tail=bs if p.query_aware else 0, impl=impl)
+        values, order = rank_lines(torch.stack([vert, slash], 2))  # one sort ranks both lines
         floor = min(p.min_budget, t)
-        n_v = coverage_count(vert, p.alpha).clamp(min=floor)
-        n_s = coverage_count(slash, p.alpha).clamp(min=floor)
+        n_v, n_s = coverage_from_sorted(values, p.alpha).clamp(min=floor).unbind(2)
+        v_order, s_order = order.unbind(2)
+        lines = vs_lines(vert, slash, t, bs, p.sinks, p.local, n_vertical=n_v, n_slash=n_s, v_order=v_order,
+                         s_order=s_order)
         qa = torch.zeros(b, h, dtype=torch.bool, device=q.device)
-        blk_scores = None
         if p.query_aware:
-            blk_scores = pooled_block_scores(q, k, bs, scale)
-            estimate = torch.softmax(blk_scores[:, :, -1], -1)
-            true = torch.zeros(b, h, n * bs, device=q.device)
-            true[..., :t] = ptail
-            qa = sqrt_js(estimate, true.reshape(b, h, n, bs).sum(-1)) < p.tau
-            probs = torch.softmax(blk_scores, -1)
-            k_rows = coverage_count(probs, p.alpha)
-        vs_native = vs_pattern(vert, slash, t, bs, p.sinks, p.local, n_vertical=n_v, n_slash=n_s)
-        if requested is None:
-            vs = vs_native
-            if qa.any():
-                qa_pat = block_pattern(blk_scores, k_rows, bs, t)
-        else:
-            need = vs_native.kept_pairs()
-            if qa.any():
-                need = torch.where(qa, block_pattern(blk_scores, k_rows, bs, t).kept_pairs(), need)
-            budget = water_fill(need, torch.full((b,), (1 - requested) * total * h, device=q.device), float(total))
-            vs = vs_pattern(vert, slash, t, bs, p.sinks, p.local, budget=budget)
-            if qa.any():
-                table = kept_for_k(n, bs, t, q.device)
-                kk = torch.searchsorted(table, budget.contiguous() * (1 + 1e-9) + 0.5, right=True).clamp(1, n)
-                qa_pat = block_pattern(blk_scores, kk[..., None].expand(b, h, n), bs, t)
-        pattern = vs if not qa.any() else _merge(vs, qa_pat, qa)
-        out = run_pattern(q, k, v, pattern, scale, impl)
+            blk = pooled_block_scores(q, k, bs, scale)
+            qa = self.query_aware_heads(blk, ptail, n, bs, t)
+            if qa_warning:
+                defer_warning(self, qa.any(), qa_warning)
+            k_rows = (coverage if impl == "triton" else coverage_rows)(blk, p.alpha)
+        if requested is not None:
+            need = lines_kept_pairs(*lines, bs, t)
+            if p.query_aware:
+                need = torch.where(qa, block_kept_pairs(k_rows, bs, t), need)
+            budget = water_fill(need, torch.full((b,), (1 - requested) * total * h, dtype=torch.float64,
+                                                 device=q.device), total)
+            lines = vs_lines(vert, slash, t, bs, p.sinks, p.local, budget=budget, v_order=v_order)
+            if p.query_aware:
+                k_rows = k_for_budget(budget, n, bs, t)[..., None].expand(b, h, n)
+        pattern = from_lines(*lines, bs, t)
+        if p.query_aware:
+            # the diagonal is placed once by the selection, never picked among the scored blocks
+            tiles, cnt = (select_row_tiles if impl == "triton" else block_tiles_rows)(blk, k_rows)
+            pattern = _merge(pattern, tiles, cnt, qa)
+        out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
         kept = pattern.kept_pairs()
         w = min(p.window, t)
         est = b * h * (w * t + (n * n if p.query_aware else 0))
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, est, impl,
-                              per_head_sparsity=1 - kept / total, query_aware_heads=qa.cpu(),
-                              pattern=pattern)
+                              per_head_sparsity=1 - kept / total, query_aware_heads=qa, pattern=pattern)
+
+    def query_aware_heads(self, blk, ptail, n: int, bs: int, t: int) -> torch.Tensor:
+        """Heads ``[B, H]`` whose pooled estimate of the last query block's distribution over key blocks is within
+        ``tau`` (square-root Jensen-Shannon) of the true one (the last ``bs`` window rows' attention, by block)."""
+        estimate = torch.softmax(blk[:, :, -1], -1)
+        true = F.pad(ptail, (0, n * bs - t)).unflatten(-1, (n, bs)).sum(-1)
+        return sqrt_js(estimate, true) < self.params.tau
 
 
-def _merge(vs: TilePattern, qa_pat: TilePattern, qa: torch.Tensor) -> TilePattern:
-    """Per head: query-aware heads take ``qa_pat``'s tiles, the others keep ``vs`` (tiles from block diagonals,
-    columns). Columns of query-aware heads are dropped."""
-    blk = torch.where(qa[..., None, None], qa_pat.block_mask(), vs.block_mask())
-    merged = from_tiles(blk, vs.block_size, vs.seq_len)
-    keep_cols = ~qa[..., None]
-    cols = torch.where(keep_cols, vs.cols, vs.seq_len).int()
-    col_cnt = torch.where(keep_cols, vs.col_cnt, 0).int()
-    merged.cols, merged.col_cnt = cols.contiguous(), col_cnt.contiguous()
-    merged.bdiag = vs.bdiag & keep_cols
-    return merged
+def _merge(vs: TilePattern, tiles: torch.Tensor, cnt: torch.Tensor, qa: torch.Tensor) -> TilePattern:
+    """Per head: query-aware heads take ``tiles`` / ``cnt`` (their columns dropped), the others keep ``vs``'s block
+    diagonals and columns: one hybrid pattern, so one kernel launch runs both kinds."""
+    on = qa[..., None]
+    return TilePattern(vs.block_size, vs.seq_len, torch.where(on, cnt, vs.tile_cnt).int().contiguous(),
+                       torch.where(on, vs.seq_len, vs.cols).int().contiguous(),
+                       torch.where(on, 0, vs.col_cnt).int().contiguous(), vs.bdiag & ~on, diags=vs.diags,
+                       tiles=tiles.int().contiguous(), diag_last=True, tiled_heads=qa)

@@ -11,12 +11,21 @@ Computed pattern: columns exactly; each kept diagonal on the ``block_size`` tile
 ``floor(o / bs)`` and ``ceil(o / bs)``), as MInference's kernel computes slashes in whole tiles. The reported sparsity
 counts what is computed. Asked for ``sparsity`` s, the per-head budget ``(1 - s) T (T + 1) / 2`` pairs is spent on
 slashes first (up to ``slash_share`` of it, in score order, counting the tiles each newly covers), then on vertical
-columns in score order, each costing the rows it adds; at s = 0 everything fits and the result is dense.
+columns in score order, each costing the rows it adds; at s = 0 everything fits and the result is dense. The forced
+lines (the first block diagonals, which the local diagonals cross, and the sink columns) are kept whatever the
+budget: a request they alone exceed (a short prompt) warns once per method instance with the reachable range.
+
+On a GPU (``impl="auto"``) the scores come from one fused estimation (``kernels/vs_estimate.py``: two Triton launches,
+no ``W x T`` tensor), the lines are chosen on the device by one sort of the column scores and reductions over the
+diagonal scores (``prefill/lines.py``), and the kernel walks the kept block diagonals and columns
+(``kernels/tile_attention.py``); nothing in the call waits for the GPU. ``impl="reference"`` runs the PyTorch
+estimate and the same selection.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -28,9 +37,24 @@ from leanformer.sparse.base import (
     default_scale,
     info_dict,
     pick_impl,
+    unreachable_message,
 )
 from leanformer.sparse.kernels import TilePattern, column_cost, from_diagonals, run_pattern
-from leanformer.sparse.prefill.estimate import diagonal_cost, select_by_cost, slash_to_diagonals, vs_scores
+from leanformer.sparse.kernels.pattern import from_lines
+from leanformer.sparse.prefill.estimate import (
+    diagonal_cost,
+    select_by_cost,
+    slash_to_diagonals,
+    window_scores,
+)
+from leanformer.sparse.prefill.lines import (
+    best_offsets,
+    blocks_any,
+    diagonals_within_budget,
+    keep_top,
+    keep_within_budget,
+    rank_lines,
+)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -43,6 +67,8 @@ class VerticalSlashParams:
     block_size: int = 128
     slash_share: float = 0.5
     impl: str = "auto"
+    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
+    kernel_options: dict | None = None
 
 
 def _rank(priority: torch.Tensor) -> torch.Tensor:
@@ -51,12 +77,81 @@ def _rank(priority: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(order).scatter_(-1, order, ranks)
 
 
+def vs_lines(vert, slash, seq_len: int, block_size: int, sinks: int, local: int, *, budget=None,
+             n_vertical=None, n_slash=None, slash_share: float = 0.5, v_order=None, s_order=None):
+    """The kept block diagonals ``[B, H, NQB]`` (diagonal 0 on) and columns ``[B, H, T]`` (bool) of
+    :func:`vs_pattern`, chosen on the scores' device with no host synchronisation."""
+    t, bs = seq_len, block_size
+    n = -(-t // bs)
+    if v_order is None:
+        v_order = rank_lines(vert)[1]
+    if budget is None:
+        if s_order is None:
+            s_order = rank_lines(slash)[1]
+        bdiag = blocks_any(keep_top(s_order, local, n_slash), bs, n)
+        bdiag[..., 0] = True
+        return bdiag, keep_top(v_order, sinks, n_vertical)
+    value, offset = best_offsets(slash, local, bs, n)
+    dcost = diagonal_cost(n, bs, t, vert.device)
+    bdiag = diagonals_within_budget(value, offset, dcost, budget * slash_share)
+    bdiag[..., 0] = True
+    spent = (bdiag.double() * dcost).sum(-1)
+    cost = column_cost(bdiag, torch.arange(t, device=vert.device).expand(vert.shape), bs, t)
+    return bdiag, keep_within_budget(v_order, cost, sinks, budget - spent)
+
+
+def lines_kept_pairs(bdiag, colmask, block_size: int, seq_len: int):
+    """Pairs ``[B, H]`` (float64) a pattern of these lines computes, without building it."""
+    n = bdiag.shape[-1]
+    pos = torch.arange(seq_len, device=bdiag.device).expand(colmask.shape)
+    cols = (column_cost(bdiag, pos, block_size, seq_len) * colmask).sum(-1)
+    return (bdiag.double() * diagonal_cost(n, block_size, seq_len, bdiag.device)).sum(-1) + cols
+
+
 def vs_pattern(vert, slash, seq_len: int, block_size: int, sinks: int, local: int, *, budget=None,
-               n_vertical=None, n_slash=None, slash_share: float = 0.5) -> TilePattern:
-    """Pattern from vertical/slash scores ``[B, H, T]``.
+               n_vertical=None, n_slash=None, slash_share: float = 0.5, v_order=None, s_order=None) -> TilePattern:
+    """Pattern from vertical/slash scores ``[B, H, T]``, built on their device with no host synchronisation.
 
     Either counts (``n_vertical``, ``n_slash``: int or ``[B, H]``, not counting the forced sinks/local lines) or a
-    pair ``budget [B, H]``. Forced: columns ``< sinks`` and diagonals ``< local``."""
+    pair ``budget [B, H]``. Forced: columns ``< sinks`` and diagonals ``< local``. ``v_order`` / ``s_order``: the
+    scores' :func:`leanformer.sparse.prefill.lines.rank_lines` order where the caller has it already. Selects what
+    :func:`vs_pattern_reference` selects (tests compare them); the pattern lists lines in fixed-width slots."""
+    bdiag, colmask = vs_lines(vert, slash, seq_len, block_size, sinks, local, budget=budget, n_vertical=n_vertical,
+                              n_slash=n_slash, slash_share=slash_share, v_order=v_order, s_order=s_order)
+    native = budget is None and isinstance(n_vertical, int)
+    return from_lines(bdiag, colmask, block_size, seq_len, n_vertical + min(sinks, seq_len) if native else None)
+
+
+@lru_cache(maxsize=256)
+def forced_pairs(seq_len: int, block_size: int, sinks: int, local: int) -> float:
+    """Pairs the forced lines compute whatever the budget: block diagonal 0, the block diagonals the ``local``
+    diagonals cross, the ``sinks`` columns below them."""
+    t, bs = seq_len, block_size
+    n = -(-t // bs)
+    top = -(-(min(local, t) - 1) // bs) if local > 0 else 0
+    bdiag = (torch.arange(n) <= top)[None, None]
+    cost = diagonal_cost(n, bs, t)
+    sink_cost = column_cost(bdiag, torch.arange(min(sinks, t))[None, None], bs, t).sum()
+    return float((cost * bdiag[0, 0]).sum() + sink_cost)
+
+
+def budget_warning(method: str, requested: float | None, seq_len: int, block_size: int, sinks: int,
+                   local: int) -> str | None:
+    """The warning for a request the forced lines alone exceed at this length, else None."""
+    if not requested:
+        return None
+    total = causal_pairs(seq_len)
+    reach = 1 - forced_pairs(seq_len, block_size, sinks, local) / total
+    if requested <= reach + 1e-9:
+        return None
+    why = (f"the {local} local diagonals are computed on whole {block_size}-token block diagonals and the {sinks} "
+           "sink columns are always kept")
+    return unreachable_message(method, requested, seq_len, reach, why)
+
+
+def vs_pattern_reference(vert, slash, seq_len: int, block_size: int, sinks: int, local: int, *, budget=None,
+                         n_vertical=None, n_slash=None, slash_share: float = 0.5) -> TilePattern:
+    """:func:`vs_pattern` by ranks and priority sorts (reads two widths back to the host)."""
     t, bs = seq_len, block_size
     n = -(-t // bs)
     dev = vert.device
@@ -96,12 +191,16 @@ class VerticalSlash(PrefillMethod):
         impl = pick_impl(p.impl, q, ("triton",))
         scale = default_scale(q, scale)
         b, h = q.shape[:2]
-        vert, slash, _ = vs_scores(q, k, p.window, scale)
+        warning = budget_warning(self.name, requested, t, p.block_size, p.sinks, p.local)
+        if warning:
+            self.warn_once(warning)
+        vert, slash, _ = window_scores(q, k, p.window, scale, impl=impl)
         total = causal_pairs(t)
-        budget = None if requested is None else torch.full((b, h), (1 - requested) * total, device=q.device)
+        budget = (None if requested is None
+                  else torch.full((b, h), (1 - requested) * total, device=q.device, dtype=torch.float64))
         pattern = vs_pattern(vert, slash, t, p.block_size, p.sinks, p.local, budget=budget,
                              n_vertical=p.vertical_size, n_slash=p.slash_size, slash_share=p.slash_share)
-        out = run_pattern(q, k, v, pattern, scale, impl)
+        out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
         kept = pattern.kept_pairs()
         w = min(p.window, t)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, b * h * w * t, impl,

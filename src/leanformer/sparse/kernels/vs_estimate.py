@@ -1,0 +1,213 @@
+"""Vertical and slash scores of the last ``window`` queries in two Triton launches, beside their plain-PyTorch
+reference :func:`leanformer.sparse.prefill.estimate.vs_scores` (same signature, same outputs).
+
+``vs_scores_triton(q, k, window, scale, tail=0)``: ``q [B, H_q, T, D]``, ``k [B, H_kv, T, D]`` (GQA) ->
+``(vertical [B, H_q, T], slash [B, H_q, T], tail [B, H_q, T] or None)`` fp32: the softmax attention of the last
+``W = min(window, T)`` queries over all keys (causal inside the window), summed down each key column (vertical) and
+along each diagonal ``key = query - o`` (slash, indexed by ``o``), both divided by ``W``; ``tail`` averages the last
+``tail`` rows (FlexPrefill's query-aware test).
+
+The reference materialises the ``W x T`` probabilities of every head in fp32 (4.3 GB at 128K tokens, 32 heads,
+``W = 256``) and reads them three times. Here nothing of size ``W x T`` is ever written:
+
+1. ``_stats`` - each row's softmax max and normaliser (log2 units), FlashAttention style: one program per (head,
+   ``BM`` window rows, share of the keys), the rows' queries resident, key tiles streamed; the shares are merged by
+   log-sum-exp on the host side of the launch (``[H, splits, W]`` numbers).
+2. ``_sums`` - the same grid recomputes each ``BM x BN`` tile of logits, normalises it, and reduces it two ways in
+   registers: down the columns (the tile's share of the vertical scores) and along its diagonals. The diagonal sums
+   use a skew: ``tl.gather`` rotates row ``r`` of the tile left by ``r``, after which column ``j`` holds diagonal
+   offset ``base - j`` where the rotation did not wrap and ``base + BN - j`` where it did, so two masked column sums
+   give every diagonal of the tile. The wrapped half of key block ``kb`` and the plain half of block ``kb - 1``
+   share offsets, so each program carries one ``BN`` vector from one key block to the next and writes each
+   *bucket* of ``BN`` offsets once.
+
+What crosses programs (a row block's buckets, the vertical share of each row block, the first wrapped half of each
+key share) is summed afterwards with a few tensor ops over ``O(T)`` numbers per head and row block. Work is two
+``W x T x D`` products per head, as the reference's one matmul plus its softmax, without the memory traffic.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from leanformer.nn.gpu import sm_count
+from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+
+# BM window rows x BN keys per tile (BM <= BN: a row's rotation wraps at most once), 4 warps
+DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 2}
+LOG2E = 1.4426950408889634
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _window_rows(Q, b, h, rb, sqb, sqh, sqt, T, W, BM: tl.constexpr, D: tl.constexpr):
+        """The window rows ``a`` of row block ``rb``, their query positions, validity and queries ``[BM, D]``."""
+        a = rb * BM + tl.arange(0, BM)
+        pos = T - W + a
+        ok = a < W
+        offs_d = tl.arange(0, D)
+        q = tl.load(Q + b * sqb + h * sqh + pos[:, None] * sqt + offs_d[None, :], mask=ok[:, None], other=0.0)
+        return a, pos, ok, q
+
+    @triton.jit
+    def _key_tile(K, b, hk, kb, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr):
+        c = kb * BN + tl.arange(0, BN)
+        offs_d = tl.arange(0, D)
+        kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
+        return c, kt
+
+    @triton.jit
+    def _stats(Q, K, MP, LP, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, NKB, KPS, WPAD,
+               BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, STAGES: tl.constexpr):
+        """Partial row max ``MP`` and normaliser ``LP`` ``[B H_q, splits, WPAD]`` of one share of the keys."""
+        bh = tl.program_id(0)
+        rb = tl.program_id(1)
+        sp = tl.program_id(2)
+        b = bh // HQ
+        h = bh % HQ
+        a, pos, ok, q = _window_rows(Q, b, h, rb, sqb, sqh, sqt, T, W, BM, D)
+        m_i = tl.full([BM], float("-inf"), tl.float32)
+        l_i = tl.zeros([BM], tl.float32)
+        first = T - W + rb * BM  # the block's first query: keys after it need the causal mask
+        kb_s = sp * KPS
+        # no key after the block's last query is seen by any of its rows
+        kb_e = tl.minimum(tl.minimum(kb_s + KPS, NKB), (first + BM - 1) // BN + 1)
+        for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
+            c, kt = _key_tile(K, b, h // GROUP, kb, skb, skh, skt, T, BN, D)
+            s = tl.dot(q, tl.trans(kt)) * qk_scale
+            if kb * BN + BN - 1 > first:
+                s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see no key of this share yet
+            l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
+            m_i = m_new
+        tl.store(MP + (bh * tl.num_programs(2) + sp) * WPAD + a, m_i)
+        tl.store(LP + (bh * tl.num_programs(2) + sp) * WPAD + a, l_i)
+
+    @triton.jit
+    def _sums(Q, K, M, L, VP, TP, SB, BND, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, TAIL, NKB, KPS,
+              WPAD, TPAD, HAS_TAIL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+              STAGES: tl.constexpr):
+        """Column sums ``VP [B H_q, NRB, TPAD]`` (and of the tail rows, ``TP``) and diagonal buckets
+        ``SB [B H_q, NRB, NKB + 1, BN]`` of one row block over one share of the keys; ``BND [B H_q, NRB, splits,
+        BN]`` takes the wrapped half of the share's first key block (a bucket the previous share writes)."""
+        bh = tl.program_id(0)
+        rb = tl.program_id(1)
+        sp = tl.program_id(2)
+        nrb = tl.num_programs(1)
+        b = bh // HQ
+        h = bh % HQ
+        a, pos, ok, q = _window_rows(Q, b, h, rb, sqb, sqh, sqt, T, W, BM, D)
+        # padding rows (a >= W): +inf max and a zero reciprocal normaliser give them probability 0
+        m = tl.load(M + bh * WPAD + a, mask=ok, other=float("inf"))
+        rinv = tl.where(ok, 1.0 / tl.load(L + bh * WPAD + a, mask=ok, other=1.0), 0.0)
+        tail_row = ok & (a >= W - TAIL)
+        r = tl.arange(0, BM)[:, None]
+        j = tl.arange(0, BN)[None, :]
+        rot = (j + r) % BN  # row r rotated left by r: column j of the result holds key j + r (mod BN)
+        wrap = (j + r) >= BN
+        first = T - W + rb * BM
+        kb_s = sp * KPS
+        kb_e = tl.minimum(kb_s + KPS, NKB)
+        row = bh * nrb + rb
+        carry = tl.zeros([BN], tl.float32)
+        for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
+            c, kt = _key_tile(K, b, h // GROUP, kb, skb, skh, skt, T, BN, D)
+            s = tl.dot(q, tl.trans(kt)) * qk_scale
+            if kb * BN + BN - 1 > first:
+                s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
+            p = tl.exp2(s - m[:, None]) * rinv[:, None]
+            tl.store(VP + row * TPAD + c, tl.sum(p, 0))
+            if HAS_TAIL:
+                tl.store(TP + row * TPAD + c, tl.sum(tl.where(tail_row[:, None], p, 0.0), 0))
+            g = tl.gather(p, rot, 1)
+            lo = tl.sum(tl.where(wrap, 0.0, g), 0)  # offsets T - W + rb BM - kb BN - j
+            hi = tl.sum(tl.where(wrap, g, 0.0), 0)  # the same offsets + BN: bucket kb - 1
+            if kb == kb_s:
+                if sp == 0:
+                    tl.store(SB + row * (NKB + 1) * BN + tl.arange(0, BN), hi)
+                else:
+                    tl.store(BND + (row * tl.num_programs(2) + sp) * BN + tl.arange(0, BN), hi)
+            else:
+                tl.store(SB + (row * (NKB + 1) + kb) * BN + tl.arange(0, BN), carry + hi)
+            carry = lo
+        tl.store(SB + (row * (NKB + 1) + kb_e) * BN + tl.arange(0, BN), carry)
+
+
+def resolve_config(config: dict | None = None) -> dict:
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(config or {})
+    if cfg["BM"] > cfg["BN"]:
+        raise ValueError(f"vs_scores_triton needs BM <= BN; got BM={cfg['BM']}, BN={cfg['BN']}")
+    return cfg
+
+
+def plan(bh: int, w: int, t: int, device, cfg: dict) -> tuple[int, int, int, int]:
+    """``(row blocks, key blocks, key blocks per share, shares)``: enough programs to fill the GPU ~4 times."""
+    nrb = -(-w // cfg["BM"])
+    nkb = -(-t // cfg["BN"])
+    want = max(1, math.ceil(4 * sm_count(device) / (bh * nrb)))
+    kps = -(-nkb // min(want, nkb))
+    return nrb, nkb, kps, -(-nkb // kps)
+
+
+def vs_scores_triton(q, k, window: int, scale: float, tail: int = 0, max_elems: int | None = None,
+                     config: dict | None = None):
+    """Same contract as :func:`leanformer.sparse.prefill.estimate.vs_scores` (``max_elems`` is accepted and
+    unused: nothing of size ``W x T`` is materialised). Logits are fp32 products of the input-precision q and k
+    (the reference rounds them to the input dtype first). ``config``: ``BM``, ``BN``, ``num_warps``,
+    ``num_stages`` over :data:`DEFAULT_CONFIG`."""
+    if triton is None or not (q.is_cuda or INTERPRET):
+        raise RuntimeError("vs_scores_triton needs CUDA tensors and triton; use estimate.vs_scores")
+    b, hq, t, d = q.shape
+    hk = k.shape[1]
+    if d not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head dim {d} not supported by vs_scores_triton (power of two 16..256)")
+    cfg = resolve_config(config)
+    bm, bn = cfg["BM"], cfg["BN"]
+    w = min(window, t)
+    tail = min(w, tail)
+    bh = b * hq
+    nrb, nkb, kps, nsplit = plan(bh, w, t, q.device, cfg)
+    wpad, tpad = nrb * bm, nkb * bn
+    q, k = q.contiguous(), k.contiguous()
+    f32 = dict(device=q.device, dtype=torch.float32)
+    mp = torch.empty(bh, nsplit, wpad, **f32)
+    lp = torch.empty(bh, nsplit, wpad, **f32)
+    qk_scale = scale * LOG2E
+    strides = (*q.stride()[:3], *k.stride()[:3])
+    launch = dict(BM=bm, BN=bn, D=d, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
+    grid = (bh, nrb, nsplit)
+    _stats[grid](q, k, mp, lp, qk_scale, *strides, hq, hq // hk, t, w, nkb, kps, wpad, **launch)
+    m = mp.amax(1)
+    lse = (lp * torch.exp2(mp - m[:, None])).sum(1)
+    vp = torch.empty(bh, nrb, tpad, **f32)
+    tp = torch.empty(bh, nrb, tpad, **f32) if tail else vp
+    sb = torch.empty(bh, nrb, nkb + 1, bn, **f32)
+    bnd = torch.empty(bh, nrb, nsplit, bn, **f32)
+    _sums[grid](q, k, m, lse, vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb, kps, wpad, tpad,
+                HAS_TAIL=bool(tail), **launch)
+    vert = (vp.sum(1)[:, :t] / w).reshape(b, hq, t)
+    ptail = (tp.sum(1)[:, :t] / tail).reshape(b, hq, t) if tail else None
+    return vert, _slash(sb, bnd, kps, nsplit, t, w, bm, bn).reshape(b, hq, t) / w, ptail
+
+
+def _slash(sb, bnd, kps: int, nsplit: int, t: int, w: int, bm: int, bn: int):
+    """Diagonal sums ``[B H_q, T]`` from the buckets: ``sb[..., rb, kb + 1, j]`` holds offset
+    ``T - W + rb BM - kb BN - j``. Reversed and flattened, row block ``rb``'s buckets are a run of offsets starting
+    ``NKB BN - 1 - T + W - rb BM`` entries in; the row blocks' runs are added at their shifts."""
+    bh, nrb, nb1, _ = sb.shape
+    if nsplit > 1:  # the wrapped half of each share's first key block belongs to the previous share's last bucket
+        starts = torch.arange(1, nsplit, device=sb.device) * kps
+        sb.index_add_(2, starts, bnd[:, :, 1:])
+    rev = sb.flatten(2).flip(-1)  # [B H_q, NRB, (NKB + 1) BN]
+    out = torch.zeros(bh, t, device=sb.device, dtype=sb.dtype)
+    nkb = nb1 - 1
+    for rb in range(nrb):
+        d = nkb * bn - 1 - t + w - rb * bm
+        n = min(t, rev.shape[-1] - d)
+        out[:, :n] += rev[:, rb, d:d + n]
+    return out
