@@ -83,7 +83,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=key)
     if origin in (list, tuple):
-        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        if isinstance(value, str):  # a comma list from the command line: lengths=1024,2048
+            value = [_scalar(v) for v in value.split(",")] if value.strip() else []
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # lengths=1024: a list of one
+        if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
@@ -121,6 +125,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _scalar(text: str) -> Any:
+    """One item of a comma list, read as a YAML scalar ('0.5' -> 0.5, 'niah' -> 'niah')."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text.strip()
+    return value if isinstance(value, str | int | float | bool) else text.strip()
 
 
 def _check_range(value: Any, meta: typing.Mapping, key: str) -> None:
@@ -196,6 +209,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() != "" else ""
         except yaml.YAMLError:
             value = text
+        if isinstance(value, dict | list) and not text.lstrip().startswith(("[", "{")):
+            value = text  # 'answer_prefix=Answer: ' means a string, not the YAML mapping {Answer: null}
         node = raw
         for i, k in enumerate(keys[:-1]):
             nxt = node.get(k)
@@ -295,13 +310,17 @@ class ScheduleConfig:
     final_lr_fraction: float = cfg(0.0, ge=0.0, le=1.0, help="LR at the end of the budget, as a fraction of lr")
 
 
+LOGGERS = ("jsonl", "tensorboard")
+
+
 @dataclasses.dataclass(kw_only=True)
 class TrainerConfig:
     device: str = cfg("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     precision: str = cfg("auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on GPU, fp32 on CPU")
     compile: bool = False
-    distributed: str = cfg("none", choices=("none", "ddp", "fsdp2"), help="data parallelism under torchrun "
-                           "(leanformer.train.distributed); batch_size stays the global micro-batch")
+    distributed: str = cfg("auto", choices=("auto", "none", "ddp", "fsdp2"), help="data parallelism under "
+                           "torchrun (leanformer.train.distributed); auto: ddp on several ranks, none on one; "
+                           "batch_size stays the global micro-batch")
     batch_size: int = cfg(16, ge=1, help="sequences per micro-batch")
     grad_accum: int = cfg(1, ge=1)
     max_steps: int | None = cfg(None, ge=1, help="stop after this many optimizer steps")
@@ -316,8 +335,16 @@ class TrainerConfig:
     ckpt_every: int = cfg(100, ge=1)
     keep_last: int = cfg(2, ge=1, help="checkpoints kept on disk")
     progress: bool = True
+    loggers: list[str] = cfg(default_factory=lambda: ["jsonl"], help="where metrics go: jsonl (metrics.jsonl, "
+                             "always) and optionally tensorboard (OUT/tensorboard/); see leanformer.train.loggers")
 
     def __post_init__(self):
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"trainer.loggers: {name!r} is not allowed; choose from {', '.join(LOGGERS)}")
+        if len(set(self.loggers)) != len(self.loggers) or "jsonl" not in self.loggers:
+            raise ConfigError(f"trainer.loggers: {list(self.loggers)} must name each logger once and include "
+                              "'jsonl' (metrics.jsonl is the run's record, read by resume and reports)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"trainer.device: {self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:
