@@ -11,7 +11,8 @@ and a list field also takes a comma list (``lengths=1024,2048``). Flags are only
 A subcommand module uses four calls (no torch at import time):
 
 - :func:`add_config_arguments` ``(parser, paths=("CONFIG",), help=...)`` registers the positional list. Items that
-  follow flags are routed into it by :func:`leanformer.cli.main` (argparse alone stops at the first flag).
+  follow flags are routed into it by :func:`leanformer.cli.parse` (argparse alone takes a positional list in one
+  piece, so items after a flag would be "unrecognized arguments").
 - :func:`config_arguments` ``(args, paths=("CONFIG",), required=0, example=...)`` splits what was given into
   ``(paths, overrides)``: ``paths`` a list as long as ``paths`` (``None`` where not given), ``overrides`` the
   ``key=value`` strings in command-line order (deprecated flag aliases first).
@@ -38,11 +39,9 @@ _OVERRIDE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:\-]*=")
 def add_config_arguments(parser: argparse.ArgumentParser, paths: tuple[str, ...] = ("CONFIG",),
                          help: str = "") -> None:
     """The positional list ``[PATH ...] [key.sub=value ...]`` of a subcommand, accepted anywhere among its flags."""
-    names = " ".join(f"[{p}]" for p in paths)
-    parser.add_argument(DEST, nargs="*", metavar="key.sub=value",
-                        help=help or f"{names} then config overrides such as trainer.max_steps=100, in any "
-                                     "order among the flags")
-    parser.usage = None
+    parser.add_argument(DEST, nargs="*", metavar="|".join((*paths, "key.sub=value")),
+                        help=help or f"{' '.join(paths)} then config overrides such as trainer.max_steps=100, in "
+                                     "any order among the flags")
     parser.set_defaults(_config_args=DEST, _prog=parser.prog)
 
 

@@ -62,7 +62,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_work(tiny_model, tmp_path, capsy
              (["tasks=niah", "method_params.decode:magic.window=3"], "unknown method 'decode:magic'"),
              (["tasks=niah", "sampels=2"], "unknown config key 'sampels'; did you mean 'samples'?"),
              (["tasks=niah", "--dry-run", "--nope"], "unrecognized arguments: --nope"),
-             (["tasks=niah", "device=cuda:7"], "device=cuda:7: "),
+             (["tasks=niah", "device=cuda:99"], "device=cuda:99: "),
              (["tasks=niah", "models=/nonexistent/path"], "model '/nonexistent/path': path not found"),
              ([], "no tasks given")]
     for extra, message in cases:

@@ -287,15 +287,19 @@ def run_sweep_processes(c: FrontierConfig, workers: int) -> dict[str, Any]:
 
 def _watch(futures, c: FrontierConfig, grid: list[dict], every_s: float = 2.0) -> None:
     """One progress bar for a sweep run by worker processes, counting the grid's rows in the store until they end."""
+    import sqlite3
     from concurrent.futures import FIRST_EXCEPTION, wait
 
     from tqdm.auto import tqdm
 
     keys = {cell["key"] for cell in grid}
 
-    def done() -> int:
-        with ResultsStore(c.store) as store:
-            return sum(1 for (k,) in store.conn.execute("SELECT cell_key FROM results") if k in keys)
+    def done() -> int:  # a plain reader beside the workers' writes (WAL)
+        conn = sqlite3.connect(c.store, timeout=30)
+        try:
+            return sum(1 for (k,) in conn.execute("SELECT cell_key FROM results") if k in keys)
+        finally:
+            conn.close()
 
     with tqdm(total=len(grid) * c.samples, initial=done(), desc="frontier", unit="sample", disable=not c.progress,
               dynamic_ncols=True) as bar:

@@ -1,8 +1,8 @@
 """``leanformer train [CONFIG] [key=value ...] --out DIR [--restart]``: start a run, or resume it when DIR holds a
 checkpoint.
 
-On resume, CONFIG may be omitted (the run's saved ``config.yaml`` is used, overrides applied on top); only the budget,
-the evaluation / log / checkpoint cadence and where the run executes may change (see
+On resume, CONFIG may be omitted (the run's saved ``config.yaml`` is used, overrides applied on top); the budget,
+cadence, learning rate and schedule may change, the model, data, tokenizer and optimizer type may not (see
 :mod:`leanformer.train.resume`). ``--restart`` starts over in DIR, keeping what was there in ``DIR/previous-N/``.
 """
 
