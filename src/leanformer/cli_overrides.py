@@ -58,8 +58,9 @@ def config_arguments(args: argparse.Namespace, paths: tuple[str, ...] = ("CONFIG
     for item in getattr(args, DEST, None) or []:
         (overrides if is_override(item) else given).append(item)
     if len(given) > len(paths):
-        raise UserError(f"unexpected argument {given[len(paths)]!r}: give {' '.join(paths)}, then key=value "
-                        "overrides" + (f"; e.g. {example}" if example else ""))
+        want = f"{' '.join(paths)}, then key=value overrides" if paths else "key=value overrides"
+        raise UserError(f"unexpected argument {given[len(paths)]!r}: give {want}"
+                        + (f"; e.g. {example}" if example else ""))
     if len(given) < required:
         raise UserError(f"missing {paths[len(given)]}" + (f"; e.g. {example}" if example else ""))
     deprecated = [o for _, o in getattr(args, "_deprecated", None) or []]
