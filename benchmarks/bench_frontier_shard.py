@@ -90,9 +90,9 @@ def child_env(args) -> dict:
 
 
 def run_sweep(procs: int, config: Path, store: Path, env: dict, samples: int | None = None) -> dict:
-    frontier = ["-m", "leanformer.cli", "frontier", "-c", str(config), "--store", str(store)]
+    frontier = ["-m", "leanformer.cli", "frontier", str(config), f"store={store}"]
     if samples is not None:
-        frontier += ["--samples", str(samples)]
+        frontier += [f"samples={samples}"]
     if procs == 1:
         cmd = [sys.executable, *frontier]
     else:

@@ -52,6 +52,8 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             value = yaml.safe_load(text) if text.strip() != "" else ""
         except yaml.YAMLError:
             value = text
+        if isinstance(value, dict | list) and not text.lstrip().startswith(("[", "{")):
+            value = text  # 'answer_prefix=Answer: ' means a string, not the YAML mapping {Answer: null}
         node = raw
         for i, k in enumerate(keys[:-1]):
             nxt = node.get(k)
@@ -151,13 +153,17 @@ class ScheduleConfig:
     final_lr_fraction: float = cfg(0.0, ge=0.0, le=1.0, help="LR at the end of the budget, as a fraction of lr")
 
 
+LOGGERS = ("jsonl", "tensorboard")
+
+
 @dataclasses.dataclass(kw_only=True)
 class TrainerConfig:
     device: str = cfg("auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     precision: str = cfg("auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 autocast on GPU, fp32 on CPU")
     compile: bool = False
-    distributed: str = cfg("none", choices=("none", "ddp", "fsdp2"), help="data parallelism under torchrun "
-                           "(leanformer.train.distributed); batch_size stays the global micro-batch")
+    distributed: str = cfg("auto", choices=("auto", "none", "ddp", "fsdp2"), help="data parallelism under "
+                           "torchrun (leanformer.train.distributed); auto: ddp on several ranks, none on one; "
+                           "batch_size stays the global micro-batch")
     batch_size: int = cfg(16, ge=1, help="sequences per micro-batch")
     grad_accum: int = cfg(1, ge=1)
     max_steps: int | None = cfg(None, ge=1, help="stop after this many optimizer steps")
@@ -172,8 +178,16 @@ class TrainerConfig:
     ckpt_every: int = cfg(100, ge=1)
     keep_last: int = cfg(2, ge=1, help="checkpoints kept on disk")
     progress: bool = True
+    loggers: list[str] = cfg(default_factory=lambda: ["jsonl"], help="where metrics go: jsonl (metrics.jsonl, "
+                             "always) and optionally tensorboard (OUT/tensorboard/); see leanformer.train.loggers")
 
     def __post_init__(self):
+        for name in self.loggers:
+            if name not in LOGGERS:
+                raise ConfigError(f"trainer.loggers: {name!r} is not allowed; choose from {', '.join(LOGGERS)}")
+        if len(set(self.loggers)) != len(self.loggers) or "jsonl" not in self.loggers:
+            raise ConfigError(f"trainer.loggers: {list(self.loggers)} must name each logger once and include "
+                              "'jsonl' (metrics.jsonl is the run's record, read by resume and reports)")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"trainer.device: {self.device!r} is not allowed; choose auto, cpu, cuda or cuda:N")
         if self.max_steps is None and self.max_tokens is None and self.max_seconds is None:

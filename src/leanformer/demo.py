@@ -20,18 +20,20 @@ from pathlib import Path
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
+    from leanformer.cli_overrides import add_config_arguments, add_device_argument
+
     p = sub.add_parser(name, help="run the main job on its embedded default (a sparse-frontier study on the "
                                   "reference checkpoint; or train the default GPT)", description=__doc__)
+    add_config_arguments(p, (), help="overrides of the frontier grid (e.g. samples=2) or, with --train, of the "
+                                     "training config (e.g. trainer.max_steps=100), in any order among the flags")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--device", default="auto")
+    add_device_argument(p)
     p.add_argument("--full", action="store_true", help="a larger grid (more samples, lengths and sparsities)")
     p.add_argument("--train", action="store_true", help="train and evaluate the default GPT instead")
     p.add_argument("--model", default=None, help="a checkpoint directory to study instead of the packaged one")
     p.add_argument("--workers", default="auto",
                    help="processes sharing the sweep (auto: 2 on a CPU with 2+ cores for the packaged model, whose "
                         "decoding is overhead-bound, else 1)")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="overrides of the frontier grid (e.g. samples=2) or, with --train, of the training config")
     return p
 
 
@@ -50,6 +52,9 @@ def reference_dir() -> Path | None:
 
 
 def run(args) -> int:
+    from leanformer.cli_overrides import config_arguments
+
+    _, args.overrides = config_arguments(args, ())
     if args.train or (args.model is None and reference_dir() is None):
         return run_training_demo(args)
     # the packaged checkpoint by its name, which stores and reports then carry instead of an install path

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -128,6 +129,26 @@ def check_output_dir(path: str | os.PathLike, need_bytes: int = 0, what: str = "
         raise UserError(f"output directory {out} has {format_bytes(free)} free, but {what} needs about "
                         f"{format_bytes(need)}; free some space or choose another directory")
     return out
+
+
+@contextlib.contextmanager
+def removed_if_left_empty(path: str | os.PathLike):
+    """Run the block; if it fails, remove the folders it created for ``path`` that are still empty (innermost
+    first), so a command refused before any work leaves no empty output folder behind. Never removes a file."""
+    p = Path(path).absolute()
+    created = []
+    while not p.exists() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()  # only ever succeeds on an empty folder
+            except OSError:
+                break
+        raise
 
 
 def training_bytes(model, keep_last: int, optimizer_states: int = 2) -> int:

@@ -15,6 +15,8 @@ import types
 import typing
 from typing import Any, Literal
 
+import yaml
+
 from leanformer.errors import ConfigError
 
 __all__ = ["cfg", "from_dict", "to_dict"]
@@ -63,7 +65,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
         return from_dict(tp, value, prefix=key)
     if origin in (list, tuple):
-        if isinstance(value, str | bytes) or not isinstance(value, list | tuple):
+        if isinstance(value, str):  # a comma list from the command line: lengths=1024,2048
+            value = [_scalar(v) for v in value.split(",")] if value.strip() else []
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # lengths=1024: a list of one
+        if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(args) != len(value):
@@ -101,6 +107,15 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
         return value
     return value
+
+
+def _scalar(text: str) -> Any:
+    """One item of a comma list, read as a YAML scalar ('0.5' -> 0.5, 'niah' -> 'niah')."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text.strip()
+    return value if isinstance(value, str | int | float | bool) else text.strip()
 
 
 def _check_range(value: Any, meta: typing.Mapping, key: str) -> None:

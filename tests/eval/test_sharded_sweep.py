@@ -16,9 +16,8 @@ from leanformer.eval.store import ResultsStore
 
 
 def sweep_args(model, store):
-    return ["frontier", "--models", model, "--tasks", "niah", "--lengths", "701,903", "--samples", "3",
-            "--batch-size", "2", "--max-new-tokens", "4", "--tokenizer", "byte", "--store", str(store),
-            "--device", "cpu", "--no-progress"]
+    return ["frontier", f"models={model}", "tasks=niah", "lengths=701,903", "samples=3", "batch_size=2",
+            "max_new_tokens=4", "tokenizer=byte", f"store={store}", "--device", "cpu", "progress=false"]
 
 
 def test_two_ranks_fill_every_cell_exactly_once(tiny_model, tmp_path):
@@ -51,14 +50,18 @@ def test_device_map_without_accelerate_is_one_clear_error(tiny_model):
         load_model(tiny_model, device_map="auto")
 
 
-def test_local_worker_processes_fill_every_cell_once_and_resume(tiny_model, tmp_path, capsys):
+def test_local_worker_processes_fill_every_cell_once_and_resume(tiny_model, tmp_path, capfd):
     """``leanformer frontier --workers 2``: two spawned processes share the grid and one store; the rows equal a
-    one-process sweep's, and a rerun adds nothing. Bad worker counts are refused before any work."""
+    one-process sweep's, and a rerun adds nothing; one progress bar (the parent's), not one per worker writing over
+    the other in a log. Bad worker counts are refused before any work."""
     from leanformer.cli import main
 
     store = tmp_path / "workers.db"
-    assert main([*sweep_args(tiny_model, store), "--workers", "2"]) == 0
-    assert "2 processes: 2 cells, 0 samples already done, 6 added" in capsys.readouterr().out
+    with_bar = [a for a in sweep_args(tiny_model, store) if a != "progress=false"]
+    assert main([*with_bar, "--workers", "2"]) == 0
+    out, err = capfd.readouterr()  # the workers' output too (file descriptors)
+    assert "2 processes: 2 cells, 0 samples already done, 6 added" in out
+    assert "frontier[" not in err and "frontier: 100%" in err, err
     with ResultsStore(store) as s:
         rows = {(r["cell_key"], r["sample"]): r["output"] for r in s.rows()}
     c = harness.load_config({"models": [tiny_model], "tasks": ["niah"], "lengths": [701, 903], "samples": 3,
@@ -72,7 +75,7 @@ def test_local_worker_processes_fill_every_cell_once_and_resume(tiny_model, tmp_
     with pytest.raises(UserError, match="workers=0"):
         harness.run_sweep_processes(c, 0)
     assert main([*sweep_args(tiny_model, store), "--workers", "2", "--world-size", "2"]) != 0
-    assert "--workers 2 shards the grid itself: not with world size 2" in capsys.readouterr().err
+    assert "--workers 2 shards the grid itself: not with world size 2" in capfd.readouterr().err
 
 
 def test_demo_worker_count():

@@ -93,15 +93,15 @@ def test_sweep_store_on_full_or_read_only_disk(tmp_path, monkeypatch, capsys):
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    args = ["frontier", "--models", str(tmp_path / "m"), "--tasks", "niah", "--lengths", "701"]
+    args = ["frontier", f"models={tmp_path / 'm'}", "tasks=niah", "lengths=701"]
     model = tmp_path / "m"
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama", "max_position_embeddings": 4096}')
     monkeypatch.setattr("leanformer.eval.models.open_tokenizer", lambda spec, override=None: ByteTokenizer())
-    assert main(args + ["--store", str(blocker / "r.db")]) == 2
+    assert main(args + [f"store={blocker / 'r.db'}"]) == 2
     assert f"output directory {blocker} is not writable" in capsys.readouterr().err
     _free(monkeypatch, 1 << 20)
-    assert main(args + ["--store", str(tmp_path / "s" / "r.db")]) == 2
+    assert main(args + [f"store={tmp_path / 's' / 'r.db'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "1.0 MiB free, but the results store needs about" in err
     assert not (tmp_path / "s" / "r.db").exists()

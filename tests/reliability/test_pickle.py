@@ -123,8 +123,8 @@ def test_t5_from_pickled_hf_folder_refused(tmp_path):
 
 
 def test_cli_refuses_then_accepts_with_flag(hf_pickled, tmp_path, capsys):
-    base = ["frontier", "--models", str(hf_pickled[0]), "--tasks", "niah", "--lengths", "701", "--samples", "1",
-            "--max-new-tokens", "2", "--tokenizer", "byte", "--store", str(tmp_path / "r.db"), "--no-progress"]
+    base = ["frontier", f"models={hf_pickled[0]}", "tasks=niah", "lengths=701", "samples=1", "max_new_tokens=2",
+            "tokenizer=byte", f"store={tmp_path / 'r.db'}", "progress=false"]
     assert main(base) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pytorch_model.bin is a pickled checkpoint" in err and "--allow-pickle" in err

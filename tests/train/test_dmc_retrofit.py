@@ -15,8 +15,7 @@ ROOT = Path(__file__).parents[2]
 TINY = ["model.d_model=32", "model.n_layers=2", "model.n_heads=4", "model.n_kv_heads=2", "data.seq_len=24",
         "trainer.batch_size=2", "trainer.eval_batches=1", "trainer.progress=false", "trainer.device=cpu",
         "trainer.max_steps=2", "data.max_tokens=20000", "schedule.warmup_steps=1"]
-FLAGS = ["--budget", "7", "--zero-out-steps", "2", "--batch-size", "2", "--eval-batches", "1", "--device", "cpu",
-         "--no-progress"]
+SETTINGS = ["budget=7", "zero_out_steps=2", "batch_size=2", "eval_batches=1", "progress=false"]
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def test_stage_split():
 
 def test_retrofit_then_eval_reports_compression(base_run, tmp_path, capsys):
     out = tmp_path / "dmc"
-    assert main(["dmc", "retrofit", str(base_run), "--target-cr", "2", "--out", str(out), *FLAGS]) == 0
+    assert main(["dmc", "retrofit", "--out", str(out), str(base_run), "target_cr=2", "--device", "cpu", *SETTINGS]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert list(summary["stages"]) == ["zero_out", "retrofit", "finetune"]
     train_events = [json.loads(x) for x in (out / "stages" / "retrofit" / "metrics.jsonl").read_text().splitlines()
@@ -48,10 +47,15 @@ def test_retrofit_then_eval_reports_compression(base_run, tmp_path, capsys):
 
 def test_gqa_uptraining_pools_heads_and_trains(base_run, tmp_path, capsys):
     out = tmp_path / "gqa"
-    assert main(["dmc", "gqa", str(base_run), "--target-cr", "2", "--out", str(out), *FLAGS]) == 0
+    # the flags of earlier versions (--target-cr 2 --budget 7 ...) are kept as aliases of the overrides
+    old_flags = ["--budget", "7", "--zero-out-steps", "2", "--batch-size", "2", "--eval-batches", "1", "--no-progress"]
+    assert main(["dmc", "gqa", str(base_run), "--target-cr", "2", "--out", str(out), *old_flags]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["kv_heads"] == 1
-    assert main(["dmc", "gqa", str(base_run), "--target-cr", "3", "--out", str(tmp_path / "x"), *FLAGS]) == 2
+    assert main(["dmc", "gqa", str(base_run), "target_cr=3", "--out", str(tmp_path / "x"), *SETTINGS]) == 2
+    assert "GQA factor 3 must be a positive integer dividing the 2 key/value heads" in capsys.readouterr().err
+    assert main(["dmc", "gqa", str(base_run), "budgte=3", "--out", str(tmp_path / "y")]) == 2
+    assert "unknown config key 'budgte'; did you mean 'budget'?" in capsys.readouterr().err
 
 
 def test_mean_pool_kv_is_exact_when_grouped_heads_agree():

@@ -42,3 +42,8 @@ def test_pretrain_resume_then_finetune_with_rouge(tmp_path, capsys):
     from leanformer.train.checkpoint import load_model
 
     assert load_model(tmp_path / "ft").config.dropout == 0.1
+    # the fine-tuned folder is `leanformer eval`-loadable: scored as its fine-tuning was, on the same examples
+    assert main(["eval", str(tmp_path / "ft"), "--device", "cpu"]) == 0
+    scored = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (scored["step"], scored["examples"]) == (3, 4)
+    assert scored["rouge_l"] == summary["rouge_l"] and scored["exact_match"] == summary["exact_match"]

@@ -121,10 +121,14 @@ def build_grid(c: FrontierConfig) -> list[dict]:
 # ---- validation (nothing heavy runs before it passes) -------------------------------------------------------------
 
 
-def validate(c: FrontierConfig) -> list[dict]:
-    """Check every input before any work; returns the grid. Raises :class:`UserError` naming the bad value."""
-    from leanformer.eval.models import context_length, method_names, open_tokenizer
+def validate(c: FrontierConfig, dry_run: bool = False) -> list[dict]:
+    """Check every input before any work; returns the grid. Raises :class:`UserError` naming the bad value.
+    ``dry_run``: create nothing (no store, no folder); an existing store is checked without being written."""
+    from leanformer.devices import check_device
+    from leanformer.eval.models import check_model_spec, context_length, method_names, open_tokenizer
 
+    if c.device_map is None:
+        check_device(c.device, "device")
     for t in c.tasks:
         if t not in TASKS:
             raise UserError(f"unknown task {t!r}; choose from {', '.join(TASKS)}")
@@ -157,6 +161,8 @@ def validate(c: FrontierConfig) -> list[dict]:
         if L < 1:
             raise UserError(f"length {L!r} must be a positive number of tokens")
     for model in c.models:
+        check_model_spec(model)
+    for model in c.models:
         ctx = context_length(model)
         tok = open_tokenizer(model, c.tokenizer)
         from leanformer.eval.generation import PromptEncoder
@@ -175,15 +181,28 @@ def validate(c: FrontierConfig) -> list[dict]:
             for L in c.lengths:
                 task.generate(tok, L, c.seed)
     grid = build_grid(c)
-    # A read-only or full disk must fail now, not after hours of generation (about 4 KiB per result row).
-    check_output_dir(Path(c.store).absolute().parent, 4096 * len(grid) * c.samples, "the results store")
+    store_dir = Path(c.store).absolute().parent
+    if dry_run:
+        if not os.access(_existing_ancestor(store_dir), os.W_OK):
+            raise UserError(f"results store {c.store}: {_existing_ancestor(store_dir)} is not writable")
+        if not Path(c.store).exists():
+            return grid
+    else:
+        # A read-only or full disk must fail now, not after hours of generation (about 4 KiB per result row).
+        check_output_dir(store_dir, 4096 * len(grid) * c.samples, "the results store")
     # a model name must mean one checkpoint in a store: an updated checkpoint never resumes on the old one's rows
     from leanformer.eval.models import model_fingerprint
 
     with ResultsStore(c.store) as store:
         for model in c.models:
-            store.check_model(model, model_fingerprint(model))
+            store.check_model(model, model_fingerprint(model), record=not dry_run)
     return grid
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _check_method_params(c: FrontierConfig, pairs) -> None:
@@ -258,8 +277,10 @@ def run_sweep_processes(c: FrontierConfig, workers: int) -> dict[str, Any]:
         return run_sweep(c, log=lambda *a: None)
     grid = validate(c)  # once, here: errors surface before any process starts, and the workers reuse the grid
     threads = max(1, (os.cpu_count() or workers) // workers)
+    quiet = dataclasses.replace(c, progress=False)  # one bar, drawn here: workers' bars would interleave in logs
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_sweep_worker, c, r, workers, threads, grid) for r in range(workers)]
+        futures = [pool.submit(_sweep_worker, quiet, r, workers, threads, grid) for r in range(workers)]
+        _watch(futures, c, grid)
         errors, stats = [], {"cells": 0, "done_before": 0, "added": 0}
         for f in futures:
             try:
@@ -270,6 +291,29 @@ def run_sweep_processes(c: FrontierConfig, workers: int) -> dict[str, Any]:
     if errors:
         raise errors[0]
     return stats
+
+
+def _watch(futures, c: FrontierConfig, grid: list[dict], every_s: float = 2.0) -> None:
+    """One progress bar for a sweep run by worker processes, counting the grid's rows in the store until they end."""
+    import sqlite3
+    from concurrent.futures import FIRST_EXCEPTION, wait
+
+    from tqdm.auto import tqdm
+
+    keys = {cell["key"] for cell in grid}
+
+    def done() -> int:  # a plain reader beside the workers' writes (WAL)
+        conn = sqlite3.connect(c.store, timeout=30)
+        try:
+            return sum(1 for (k,) in conn.execute("SELECT cell_key FROM results") if k in keys)
+        finally:
+            conn.close()
+
+    with tqdm(total=len(grid) * c.samples, initial=done(), desc="frontier", unit="sample", disable=not c.progress,
+              dynamic_ncols=True) as bar:
+        while wait(futures, timeout=every_s, return_when=FIRST_EXCEPTION).not_done:
+            bar.update(done() - bar.n)
+        bar.update(done() - bar.n)
 
 
 def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict, store: ResultsStore, bar) -> int:

@@ -14,7 +14,9 @@ missing means only dense methods / NULL FLOP columns, never a crash.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import re
 from pathlib import Path
 
 from leanformer.errors import UserError
@@ -39,6 +41,53 @@ def resolve_spec(spec: str) -> str:
         raise UserError(f"model {spec!r}: this install of leanformer ships no weights "
                         f"(leanformer/{PACKAGED[spec]}/model.safetensors)")
     return str(path)
+
+
+# A Hugging Face hub name: ``name`` or ``org/name`` of letters, digits, '-', '_', '.' (no '--' or '..').
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?")
+
+
+def check_model_spec(spec: str) -> None:
+    """One line, before any work, for a model that cannot be found: a path that does not exist ("path not found"),
+    or a hub name while the hub cannot be reached and the model is not in the local cache."""
+    if spec in PACKAGED or Path(spec).expanduser().exists():
+        return
+    if not _HUB_NAME.fullmatch(spec) or "--" in spec or ".." in spec or len(spec) > 96:
+        raise UserError(f"model {spec!r}: path not found (and not a Hugging Face hub name such as org/name)")
+    if hub_offline() and not _in_hub_cache(spec):
+        raise UserError(f"model {spec!r}: no such local path, and the Hugging Face hub cannot be reached from this "
+                        "machine (offline) to fetch it; give a local model directory, or run where the hub is "
+                        "reachable once (it is then cached)")
+
+
+@functools.cache
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is out of reach: ``HF_HUB_OFFLINE=1``, or one connection attempt (3 s) to it
+    (or to the HTTPS proxy) fails. Then this process (and the workers it starts) goes offline, so that every later
+    hub lookup answers from the cache at once instead of retrying for about half a minute."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("ALL_PROXY")
+    url = urlparse(proxy if proxy else constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+        return False
+    except (OSError, TypeError):
+        constants.HF_HUB_OFFLINE = True
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        return True
+
+
+def _in_hub_cache(spec: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(spec, "config.json"), str)
 
 
 def _is_ours(spec: str) -> bool:

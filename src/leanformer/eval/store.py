@@ -133,16 +133,18 @@ class ResultsStore:
             raise UserError(f"results store {self.path}: cannot write ({e}); the {self.count()} samples already "
                             "committed are kept, and re-running the same command resumes") from None
 
-    def check_model(self, model: str, fingerprint: str) -> None:
-        """Record that ``model`` means the checkpoint ``fingerprint`` here, or raise :class:`StaleStoreError` if the
-        store already holds results of that name from another checkpoint (or from before fingerprints were kept:
-        rows without one cannot be vouched for)."""
+    def check_model(self, model: str, fingerprint: str, record: bool = True) -> None:
+        """Record that ``model`` means the checkpoint ``fingerprint`` here (unless ``record`` is False: a dry run), or
+        raise :class:`StaleStoreError` if the store already holds results of that name from another checkpoint (or
+        from before fingerprints were kept: rows without one cannot be vouched for)."""
         row = self.conn.execute("SELECT fingerprint FROM models WHERE model = ?", (model,)).fetchone()
         if row is not None and row[0] == fingerprint:
             return
         n = self.conn.execute("SELECT COUNT(*) FROM results WHERE model = ?", (model,)).fetchone()[0]
         if row is not None or n:
             raise StaleStoreError(self.path, model, n, row[0] if row else None, fingerprint)
+        if not record:
+            return
         self.conn.execute("INSERT OR IGNORE INTO models (model, fingerprint, created_at) VALUES (?, ?, ?)",
                           (model, fingerprint, datetime.now(UTC).isoformat(timespec="seconds")))
 
@@ -162,6 +164,23 @@ class ResultsStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def remove_if_empty(path: str | os.PathLike) -> bool:
+    """Delete the store at ``path`` (and its WAL files) if it holds no result row; True if it did. For a run that
+    created the store and then failed before its first sample."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        with ResultsStore(path, timeout_s=5.0) as store:
+            if store.count():
+                return False
+    except (UserError, sqlite3.Error):
+        return False
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.unlink(missing_ok=True)
+    return True
 
 
 class StaleStoreError(UserError):

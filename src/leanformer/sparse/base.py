@@ -59,7 +59,11 @@ def check_sparsity(sparsity: float | None) -> float | None:
     """``None`` (use the method's native budget) or a float in ``[0, 1)``."""
     if sparsity is None:
         return None
-    s = float(sparsity)
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise UserError(f"sparsity must be a number in [0, 1) (0.95 = keep 1/20 of the causal pairs); got "
+                        f"{sparsity!r}") from None
     if not 0.0 <= s < 1.0:
         raise UserError(f"sparsity must be in [0, 1) (0.95 = keep 1/20 of the causal pairs); got {sparsity!r}")
     return s

@@ -8,7 +8,8 @@ Layout of a run directory::
                                    trainer.safetensors (optimizer tensors, RNG states), state.json
 
 A checkpoint is written into ``.tmp-step_N`` and renamed to ``step_N`` only when complete (a directory rename is
-atomic), so a crash leaves either the whole checkpoint or none. ``state.json`` holds a format version and the
+atomic), so a crash leaves either the whole checkpoint or none. Pruning keeps the newest ``keep_last`` checkpoints
+that verify; a damaged one never counts among them. ``state.json`` holds a format version and the
 SHA-256 of every file; :func:`latest_checkpoint` skips (and reports) a checkpoint whose files do not match, using
 the previous one. Nothing is ever unpickled.
 """
@@ -96,13 +97,42 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer: tor
     os.replace(tmp, final)
     _fsync_dir(root)
     crash_point("ckpt.renamed")
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    for old in _beyond_newest_valid(run_dir, final, keep_last):
         # Renamed first (atomic), so a crash mid-delete never leaves a half-deleted ``step_*`` behind.
         trash = root / f".del-{old.name}"
         os.replace(old, trash)
         crash_point("ckpt.pruning")
         shutil.rmtree(trash, ignore_errors=True)
     return final
+
+
+def _beyond_newest_valid(run_dir, written: Path, keep_last: int) -> list[Path]:
+    """Checkpoints older than the newest ``keep_last`` that verify (``written`` counts as one): what pruning removes.
+    A damaged checkpoint never counts as one of those kept, so pruning can never leave only damaged ones."""
+    kept, prune = 0, []
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        if kept >= keep_last:
+            prune.append(ckpt)
+        elif ckpt == written or _still_valid(ckpt):
+            kept += 1
+    return prune
+
+
+_VALID: dict[Path, tuple] = {}  # checkpoint -> (name, size, mtime) of its files when it last verified
+
+
+def _still_valid(ckpt: Path) -> bool:
+    """Whether ``ckpt`` verifies; a checkpoint whose files are unchanged since it verified in this process is not
+    hashed again (pruning runs at every save)."""
+    stamp = tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(ckpt.iterdir()))
+    if _VALID.get(ckpt) == stamp:
+        return True
+    try:
+        verify_checkpoint(ckpt)
+    except CheckpointError:
+        return False
+    _VALID[ckpt] = stamp
+    return True
 
 
 def _write(tmp: Path, step: int, model, optimizer, state: dict, tokenizer_spec: str) -> None:

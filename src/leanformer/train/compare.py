@@ -84,8 +84,8 @@ def run_compare(config: str, overrides: list[str], budget_s: float, methods: lis
     if unknown:
         raise UserError(f"--methods: unknown method {unknown[0]!r}; choose from {', '.join(ALL_METHODS)}")
     sets = sets or {}
-    out.mkdir(parents=True, exist_ok=True)
     base = load_run_config(config, ["trainer.progress=false", *overrides])
+    out.mkdir(parents=True, exist_ok=True)
     manifest = {"config": base.to_raw(), "budget_s": budget_s}
     mpath = out / "compare.json"
     if mpath.is_file():
@@ -127,9 +127,12 @@ def run_compare(config: str, overrides: list[str], budget_s: float, methods: lis
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
+    from leanformer.cli_overrides import add_config_arguments, add_device_argument
+
     p = sub.add_parser(name, help="compare efficient-training methods under one reference-system-time budget",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("args", nargs="+", metavar="CONFIG|key=value")
+    add_config_arguments(p, help="a YAML config (e.g. configs/gpt-shakespeare.yaml) and overrides like "
+                                 "trainer.batch_size=8 for every method, in any order among the flags")
     p.add_argument("--budget", required=True, help="RST budget per run: 90s, 10m, 1.5h")
     p.add_argument("--methods", default=",".join(ALL_METHODS), help=f"comma list (default: {','.join(ALL_METHODS)})")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
@@ -138,17 +141,16 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="METHOD:key=value",
                    help="per-method config override (dotted key) or hook argument (plain key); repeatable")
     p.add_argument("--evals", type=int, default=8, help="evaluations per baseline run (default 8)")
-    p.add_argument("--device", default=None, help="shorthand for trainer.device=DEVICE (cpu, cuda)")
+    add_device_argument(p, default=None, help="shorthand for trainer.device=DEVICE (cpu, cuda)")
     return p
 
 
 def run(args) -> int:
+    from leanformer.cli_overrides import config_arguments
     from leanformer.errors import UserError
-    from leanformer.train.cli import split_args
 
-    config, overrides = split_args(args.args)
-    if config is None:
-        raise UserError("compare needs a CONFIG file, e.g. leanformer compare configs/gpt-shakespeare.yaml --budget 2m")
+    (config,), overrides = config_arguments(
+        args, required=1, example="leanformer compare configs/gpt-shakespeare.yaml --budget 2m")
     if args.seeds < 1 or args.evals < 1:
         raise UserError(f"--seeds and --evals must be >= 1 (got {args.seeds}, {args.evals})")
     if args.device:

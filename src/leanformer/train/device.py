@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from leanformer.errors import UserError
 
 
-def resolve_device(spec: str) -> torch.device:
+def resolve_device(spec: str, origin: str = "trainer.device") -> torch.device:
     """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` -> a ``torch.device``;
-    a CUDA spec without a CUDA device is a one-line :class:`UserError`."""
-    if spec == "auto":
+    a device this machine lacks is a one-line :class:`UserError` naming ``origin`` (the key or flag the user
+    typed)."""
+    from leanformer.devices import check_device
+
+    if check_device(spec, origin) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"trainer.device={spec!r} but no CUDA device is available; use trainer.device=cpu")
     return torch.device(spec)

@@ -1,5 +1,6 @@
 """Data-parallel training on PyTorch's own engine: DDP and FSDP2 (``torch.distributed.fsdp.fully_shard``) under
-``torchrun``, chosen by ``trainer.distributed`` (``none`` | ``ddp`` | ``fsdp2``).
+``torchrun``, chosen by ``trainer.distributed`` (``auto`` | ``none`` | ``ddp`` | ``fsdp2``; ``auto``, the default, is
+``ddp`` when torchrun started several ranks and ``none`` in one process).
 
 The trainer talks to one :class:`Distributed` object and never branches on the mode:
 
@@ -34,7 +35,7 @@ from torch import nn
 
 from leanformer.errors import ConfigError, UserError
 
-MODES = ("none", "ddp", "fsdp2")
+MODES = ("auto", "none", "ddp", "fsdp2")
 
 
 class LossModule(nn.Module):
@@ -61,10 +62,12 @@ def env_world() -> tuple[int, int, int]:
 class Distributed:
     """Rank-aware helpers for one training run; ``mode`` is ``trainer.distributed``, ``device`` its device spec."""
 
-    def __init__(self, mode: str = "none", device: str = "auto"):
+    def __init__(self, mode: str = "auto", device: str = "auto"):
         if mode not in MODES:
             raise ConfigError(f"trainer.distributed: {mode!r} is not allowed; choose one of {', '.join(MODES)}")
         self.rank, self.world, self.local_rank = env_world()
+        if mode == "auto":
+            mode = "ddp" if self.world > 1 else "none"
         if self.world > 1 and mode == "none":
             raise ConfigError(f"launched on {self.world} processes (WORLD_SIZE={self.world}) but "
                               "trainer.distributed=none: every rank would train alone; set trainer.distributed="

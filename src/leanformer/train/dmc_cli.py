@@ -1,7 +1,9 @@
-"""``leanformer dmc retrofit|gqa CHECKPOINT --target-cr 4 --budget STEPS --out DIR``: compress the KV cache of a
+"""``leanformer dmc retrofit|gqa CHECKPOINT [CONFIG] [key=value ...] --out DIR``: compress the KV cache of a
 pretrained LM by Dynamic Memory Compression (``retrofit``) or by GQA uptraining (``gqa``, the baseline).
 
-CHECKPOINT is one of our ``gpt`` runs/checkpoints or a Hugging Face Llama directory (then give ``--data``).
+CHECKPOINT is one of our ``gpt`` runs/checkpoints or a Hugging Face Llama directory (then give ``--data``). CONFIG
+is a YAML file of retrofit settings (``configs/dmc/shakespeare.yaml``); ``key=value`` overrides any of them, e.g.
+``target_cr=4 budget=1000 eval_every=100`` (see :class:`~leanformer.train.dmc_retrofit.RetrofitConfig`).
 ``leanformer eval DIR`` afterwards reports bits per byte and, for DMC, the compression ratio per layer and head.
 """
 
@@ -10,49 +12,50 @@ from __future__ import annotations
 import argparse
 import json
 
-_FLAGS = ("target_cr", "budget", "zero_out_steps", "finetune_fraction", "lr", "batch_size", "seq_len", "window",
-          "temperature", "device", "eval_every", "eval_batches", "seed")
+EXAMPLE = "leanformer dmc retrofit runs/gpt configs/dmc/shakespeare.yaml target_cr=4 --out runs/dmc4"
+# Flags of earlier versions that duplicated a config field: hidden aliases of the override.
+_OLD_FLAGS = {f"--{k.replace('_', '-')}": k for k in (
+    "target_cr", "budget", "zero_out_steps", "finetune_fraction", "lr", "batch_size", "seq_len", "window",
+    "temperature", "eval_every", "eval_batches", "seed")}
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
+    from leanformer.cli_overrides import add_config_arguments, add_deprecated_flags, add_device_argument
+
     p = sub.add_parser(name, help="compress the KV cache: DMC retrofitting or the GQA-uptraining baseline",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     actions = p.add_subparsers(dest="action", metavar="ACTION")
     actions.required = True
     for action, text in (("retrofit", "DMC: zero-out, retrofit (ramped ratio), fine-tune"),
                          ("gqa", "mean-pool key/value heads, then continue training")):
-        a = actions.add_parser(action, help=text)
-        a.add_argument("checkpoint", help="our run/checkpoint directory, or a Hugging Face Llama directory")
+        a = actions.add_parser(action, help=text, description=__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+        add_config_arguments(a, ("CHECKPOINT", "CONFIG"),
+                             help="our run/checkpoint directory or a Hugging Face Llama directory, optionally a "
+                                  "YAML of retrofit settings, then overrides like target_cr=4 budget=1000")
         a.add_argument("--out", required=True, help="run directory to write (resumes when it holds checkpoints)")
-        a.add_argument("--config", default=None, help="YAML with retrofit settings (e.g. configs/dmc/shakespeare.yaml)")
-        a.add_argument("--target-cr", type=float, default=None, help="compression ratio to reach (default 4)")
-        a.add_argument("--budget", type=int, default=None, help="optimizer steps over all stages (default 1000)")
-        a.add_argument("--zero-out-steps", type=int, default=None)
-        a.add_argument("--finetune-fraction", type=float, default=None)
-        a.add_argument("--lr", type=float, default=None)
-        a.add_argument("--batch-size", type=int, default=None)
-        a.add_argument("--seq-len", type=int, default=None)
-        a.add_argument("--window", type=int, default=None)
-        a.add_argument("--temperature", type=float, default=None)
-        a.add_argument("--device", default=None)
-        a.add_argument("--eval-every", type=int, default=None)
-        a.add_argument("--eval-batches", type=int, default=None)
-        a.add_argument("--seed", type=int, default=None)
+        a.add_argument("--config", default=None, help=argparse.SUPPRESS)  # older spelling of CONFIG
+        add_device_argument(a, default=None, help="where to train (default: the config's device, auto)")
         a.add_argument("--data", default=None, help="data source (required for Hugging Face checkpoints)")
-        a.add_argument("--no-progress", action="store_true")
+        add_deprecated_flags(a, {**_OLD_FLAGS, "--no-progress": ("progress", "false")})
     return p
 
 
 def run(args) -> int:
-    from leanformer.config import DataConfig, from_dict, load_yaml
+    from leanformer.cli_overrides import build_config, config_arguments
+    from leanformer.config import DataConfig
+    from leanformer.errors import UserError
     from leanformer.train.dmc_retrofit import RetrofitConfig, gqa_uptrain, retrofit
 
-    raw = load_yaml(args.config) if args.config else {}
-    raw.update({k: getattr(args, k) for k in _FLAGS if getattr(args, k) is not None})
-    if args.no_progress:
-        raw["progress"] = False
-    rc = from_dict(RetrofitConfig, raw, prefix="dmc")
+    (checkpoint, config), overrides = config_arguments(args, ("CHECKPOINT", "CONFIG"), required=1, example=EXAMPLE)
+    if args.config is not None:
+        if config is not None:
+            raise UserError(f"two configs given ({config} and --config {args.config}); give one")
+        config = args.config
+    if args.device is not None:
+        overrides = [*overrides, f"device={args.device}"]
+    rc = build_config(RetrofitConfig, config, overrides)
     data = DataConfig(source=args.data, seq_len=rc.seq_len or 256) if args.data else None
     fn = retrofit if args.action == "retrofit" else gqa_uptrain
-    print(json.dumps(fn(args.checkpoint, args.out, rc, data)))
+    print(json.dumps(fn(checkpoint, args.out, rc, data)))
     return 0

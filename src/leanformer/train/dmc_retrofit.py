@@ -154,7 +154,7 @@ def gqa_uptrain(path, out, rc: RetrofitConfig, data: DataConfig | None = None) -
     """Mean-pool key/value heads by ``rc.target_cr`` and continue training for ``rc.budget`` steps into ``out``."""
     base, data, base_lr = load_base(path, data)
     if not float(rc.target_cr).is_integer():
-        raise ConfigError(f"GQA uptraining needs an integer --target-cr, got {rc.target_cr}")
+        raise ConfigError(f"target_cr: GQA uptraining needs an integer factor, got {rc.target_cr}")
     pooled = mean_pool_kv(base, int(rc.target_cr))
     lr = rc.lr or (base_lr / 10 if base_lr else 3e-5)
     cfg = _run_config(pooled.config, data, rc, lr, rc.budget, "cosine")

@@ -118,7 +118,7 @@ def window_bits(run_dir, batch_size: int, max_batches: int | None, device: str) 
     from leanformer.data.packing import sequential_windows, split_tokens
     from leanformer.eval.lm import token_byte_lengths
     from leanformer.train.checkpoint import load_model, load_tokenizer, resolve_checkpoint
-    from leanformer.train.trainer import resolve_device
+    from leanformer.train.device import resolve_device
 
     ckpt = resolve_checkpoint(run_dir)
     cfg = load_run_config(Path(run_dir) / "config.yaml")

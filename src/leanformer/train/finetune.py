@@ -117,27 +117,52 @@ def evaluate_generation(model, examples, tok, c: FinetuneConfig, device, autocas
             "exact_match": 100 * sum(r["exact"] for r in rows) / n, "examples": len(rows)}, rows
 
 
+def evaluate_finetuned(raw: dict, ckpt, split: str, batch_size: int, max_batches: int | None, device) -> dict:
+    """Score the fine-tuned checkpoint ``ckpt`` of a run whose config is ``raw`` as :func:`finetune` does: greedy
+    generations on ``split`` of its task, ``max_batches`` x ``batch_size`` examples (default: max_eval_examples)."""
+    import torch
+
+    from leanformer.config import from_dict
+    from leanformer.finetune_tasks import load_task
+    from leanformer.train.checkpoint import load_model, load_tokenizer
+
+    c = dataclasses.replace(from_dict(FinetuneConfig, raw), eval_batch_size=batch_size)
+    model, tok = load_model(ckpt, device=str(device)), load_tokenizer(ckpt)
+    limit = max_batches * batch_size if max_batches else c.max_eval_examples
+    examples = load_task(c.task, split, c.data_dir, limit, c.seed)
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    metrics, _ = evaluate_generation(model, examples, tok, c, device, autocast)
+    return metrics
+
+
 def finetune(c: FinetuneConfig, out_dir) -> dict:
     import torch
 
     from leanformer.config import save_yaml
     from leanformer.errors import UserError
     from leanformer.finetune_tasks import load_task
-    from leanformer.reliability import check_output_dir, training_bytes
+    from leanformer.reliability import check_output_dir, removed_if_left_empty, training_bytes
     from leanformer.train.checkpoint import save_checkpoint
     from leanformer.train.device import resolve_device
+    from leanformer.train.loggers import MetricsLog
     from leanformer.train.optim import build_optimizer
     from leanformer.train.schedules import lr_multiplier
 
-    out = check_output_dir(Path(out_dir), 0, "the fine-tuned checkpoint")  # read-only: before any work
-    save_yaml(c, out / "config.yaml")
+    device = resolve_device(c.device, "device")
     torch.manual_seed(c.seed)
-    device = resolve_device(c.device)
     bf16 = c.precision == "bf16" or (c.precision == "auto" and device.type == "cuda")
     autocast = torch.bfloat16 if bf16 else None
-    model, tok = load_init(c.init, c.tokenizer)
-    # The fine-tuned weights are written at the end: a full disk must fail now, not then.
-    check_output_dir(out, training_bytes(model, keep_last=0, optimizer_states=0), "the fine-tuned checkpoint")
+    out = Path(out_dir)
+    with removed_if_left_empty(out):  # a run refused before any work leaves no empty folder behind
+        check_output_dir(out, 0, "the fine-tuned checkpoint")  # read-only: before any work
+        model, tok = load_init(c.init, c.tokenizer)
+        # The fine-tuned weights are written at the end: a full disk must fail now, not then.
+        check_output_dir(out, training_bytes(model, keep_last=0, optimizer_states=0), "the fine-tuned checkpoint")
+        train = load_task(c.task, "train", c.data_dir, c.max_train_examples, c.seed)
+        evals = load_task(c.task, c.eval_split, c.data_dir, c.max_eval_examples, c.seed)
+        if not train:
+            raise UserError(f"task {c.task!r} has no training examples")
+    save_yaml(c, out / "config.yaml")
     if c.dropout is not None:
         model.config = dataclasses.replace(model.config, dropout=c.dropout)
         for m in model.modules():
@@ -146,16 +171,13 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
             elif hasattr(m, "dropout") and isinstance(m.dropout, float):
                 m.dropout = c.dropout
     model.to(device)
-    train = load_task(c.task, "train", c.data_dir, c.max_train_examples, c.seed)
-    evals = load_task(c.task, c.eval_split, c.data_dir, c.max_eval_examples, c.seed)
-    if not train:
-        raise UserError(f"task {c.task!r} has no training examples")
     steps_per_epoch = math.ceil(len(train) / c.batch_size)
     total = math.ceil(c.epochs * steps_per_epoch)
     total = min(total, c.max_steps) if c.max_steps else total
     opt = build_optimizer(model, c.optim)
     rng = random.Random(c.seed)
-    log = open(out / "metrics.jsonl", "w")
+    log = MetricsLog(out)  # a previous run's lines in this folder move to metrics.replaced.jsonl
+    log.start(None)
     model.train()
     t0, order = time.perf_counter(), []
     for step in range(total):
@@ -175,13 +197,10 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         if (step + 1) % c.log_every == 0 or step == 0:
-            log.write(json.dumps({"event": "train", "step": step + 1, "loss": float(loss.detach()), "lr": lr}) + "\n")
-            log.flush()
+            log.log({"event": "train", "step": step + 1, "loss": float(loss.detach()), "lr": lr})
     train_s = time.perf_counter() - t0
     metrics, rows = evaluate_generation(model, evals, tok, c, device, autocast)
-    log.write(json.dumps({"event": "eval", "step": total, **{f"{c.eval_split}_{k}": v for k, v in metrics.items()}})
-              + "\n")
-    log.close()
+    log.log({"event": "eval", "step": total, **{f"{c.eval_split}_{k}": v for k, v in metrics.items()}})
     with open(out / "predictions.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows)
     save_checkpoint(out, total, model, None, {"task": c.task, **metrics}, tokenizer_spec(c))
@@ -189,20 +208,20 @@ def finetune(c: FinetuneConfig, out_dir) -> dict:
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
+    from leanformer.cli_overrides import add_config_arguments
+
     p = sub.add_parser(name, help="fine-tune a T5 on a seq2seq task; report Rouge-L", description=__doc__)
-    p.add_argument("args", nargs="*", metavar="CONFIG|key=value",
-                   help="a YAML config (e.g. configs/finetune/t5-shakespeare.yaml), then overrides like init=runs/t5")
+    add_config_arguments(p, help="a YAML config (e.g. configs/finetune/t5-shakespeare.yaml) and overrides like "
+                                 "init=runs/t5, in any order among the flags")
     p.add_argument("--out", default=None, help="output directory (default: runs/<config name>)")
     return p
 
 
 def run(args) -> int:
-    from leanformer.config import apply_overrides, from_dict, load_yaml
-    from leanformer.train.cli import split_args
+    from leanformer.cli_overrides import build_config, config_arguments
 
-    config, overrides = split_args(args.args)
-    raw = apply_overrides(load_yaml(config) if config else {}, overrides)
-    c = from_dict(FinetuneConfig, raw)
+    (config,), overrides = config_arguments(args)
+    c = build_config(FinetuneConfig, config, overrides)
     out = Path(args.out) if args.out else Path("runs") / (Path(config).stem if config else "finetune")
     print(json.dumps(finetune(c, out)))
     return 0

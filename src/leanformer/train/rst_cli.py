@@ -10,13 +10,16 @@ from pathlib import Path
 
 
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
+    from leanformer.cli_overrides import add_config_arguments
+
     p = sub.add_parser(name, help="reference system time (RST): calibrate the per-pass time table",
                        description=__doc__)
     actions = p.add_subparsers(dest="rst_action", metavar="ACTION")
     actions.required = True
     c = actions.add_parser("calibrate", help="time this machine for a config and save the RST table",
                            description=__doc__)
-    c.add_argument("args", nargs="+", metavar="CONFIG|key=value")
+    add_config_arguments(c, help="a YAML config (e.g. configs/gpt-shakespeare.yaml) and overrides like "
+                                 "model.n_layers=4, in any order among the flags")
     c.add_argument("--out", default=None, help="table path (default: runs/rst/<config name>.json)")
     c.add_argument("--repeats", type=int, default=5, help="timed repeats per entry (median); default 5")
     c.add_argument("--warmup", type=int, default=2, help="untimed warm-up calls per entry; default 2")
@@ -24,14 +27,13 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from leanformer.cli_overrides import config_arguments
     from leanformer.config import load_run_config
     from leanformer.errors import UserError
-    from leanformer.train.cli import split_args
     from leanformer.train.rst import calibrate
 
-    config, overrides = split_args(args.args)
-    if config is None:
-        raise UserError("rst calibrate needs a CONFIG file, e.g. leanformer rst calibrate configs/gpt-shakespeare.yaml")
+    (config,), overrides = config_arguments(args, required=1,
+                                            example="leanformer rst calibrate configs/gpt-shakespeare.yaml")
     if args.repeats < 1 or args.warmup < 0:
         raise UserError(f"--repeats must be >= 1 and --warmup >= 0 (got {args.repeats}, {args.warmup})")
     cfg = load_run_config(config, overrides)

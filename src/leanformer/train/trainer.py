@@ -7,15 +7,17 @@ efficient-training methods, Sophia's Hessian estimate) join the loop through a f
 every checkpoint.
 
 Exact resume on CPU: batch ``i`` is a pure function of ``(seed, i)`` (:class:`~leanformer.data.RandomWindows`);
-the checkpoint holds weights, optimizer tensors and RNG states; ``metrics.jsonl`` is cut back to the checkpoint's
-step on resume. A resumed run therefore logs the same loss sequence as an uninterrupted one, bit for bit.
+the checkpoint holds weights, optimizer tensors and RNG states; on resume the lines of ``metrics.jsonl`` after the
+checkpoint's step move to ``metrics.replaced.jsonl`` (:mod:`leanformer.train.loggers`). A resumed run therefore logs
+the same loss sequence as an uninterrupted one, bit for bit. What a run folder allows (resume, refuse, start over)
+is :mod:`leanformer.train.resume`'s call, made before any work.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -28,11 +30,13 @@ from leanformer.data import get_tokenizer
 from leanformer.data.packing import split_tokens
 from leanformer.errors import ConfigError, UserError
 from leanformer.models.registry import build_model
-from leanformer.reliability import check_output_dir, crash_point, training_bytes
+from leanformer.reliability import check_output_dir, crash_point, removed_if_left_empty, training_bytes
 from leanformer.train.budgets import build_clock
-from leanformer.train.checkpoint import latest_checkpoint, load_trainer_state, save_checkpoint
+from leanformer.train.checkpoint import load_trainer_state, save_checkpoint
 from leanformer.train.distributed import Distributed
+from leanformer.train.loggers import MetricsLog
 from leanformer.train.optim import build_optimizer
+from leanformer.train.resume import check_resume_config, resume_point
 from leanformer.train.schedules import lr_multiplier
 
 # Dense bf16 tensor-core peak by the vendors' datasheets, for MFU.
@@ -60,26 +64,36 @@ class Trainer:
     ``hooks``: :class:`~leanformer.train.hooks.TrainHook` objects (an optimizer may add its own via
     ``trainer_hooks()``)."""
 
-    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, hooks=()):
+    def __init__(self, cfg: RunConfig, out_dir: str | os.PathLike, hooks=(), restart: bool = False):
         self.cfg, self.out = cfg, Path(out_dir)
         t = cfg.trainer
         # Data parallelism under torchrun (identity in one process): leanformer.train.distributed.
         self.dist = Distributed(t.distributed, t.device)
         self.device = self.dist.device
+        # Resume, refuse (no usable checkpoint, or a config the run cannot change) or start over: before any work.
+        if restart:  # rank 0 sets the old run aside while the others wait
+            if self.dist.is_main:
+                resume_point(self.out, restart=True)
+            self.dist.barrier()
+        self.resume_from = None if restart else resume_point(self.out)
+        if self.resume_from is not None:
+            check_resume_config(self.out, cfg)
         use_bf16 = t.precision == "bf16" or (t.precision == "auto" and self.device.type == "cuda")
         self.autocast_dtype = torch.bfloat16 if use_bf16 else None
         torch.manual_seed(cfg.seed)
         self.tokenizer = get_tokenizer(cfg.data.tokenizer)
         self.model = build_model(cfg.model).to(self.device)
         self._check_shapes()
-        # A read-only or full output directory must fail now, not at the first checkpoint an hour in.
-        check_output_dir(self.out, training_bytes(self.model, t.keep_last), "this run's checkpoints")
         d = cfg.data
-        toks = split_tokens(d, self.tokenizer, ("train", "validation"))
-        self.train_tokens, self.val_tokens = toks["train"], toks["validation"]
-        # The family decides how windows become batches and how it is evaluated (causal LM by default).
-        self.objective = self.model.objective(self.tokenizer, d.seq_len)
-        self.batches = self.objective.batches(self.train_tokens, t.batch_size, cfg.seed)
+        # A read-only or full output directory must fail now, not at the first checkpoint an hour in; one that
+        # this call created is removed again if the data checks then fail.
+        with removed_if_left_empty(self.out):
+            check_output_dir(self.out, training_bytes(self.model, t.keep_last), "this run's checkpoints")
+            toks = split_tokens(d, self.tokenizer, ("train", "validation"))
+            self.train_tokens, self.val_tokens = toks["train"], toks["validation"]
+            # The family decides how windows become batches and how it is evaluated (causal LM by default).
+            self.objective = self.model.objective(self.tokenizer, d.seq_len)
+            self.batches = self.objective.batches(self.train_tokens, t.batch_size, cfg.seed)
         self.engine = self.dist.wrap(self.model)  # forward(batch) = compute_loss(batch), through DDP / FSDP2
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.tokens_per_step = t.batch_size * t.grad_accum * d.seq_len
@@ -92,6 +106,17 @@ class Trainer:
         self.hooks = list(hooks) + list(getattr(self.optimizer, "trainer_hooks", list)())
         for h in self.hooks:
             h.setup(self)
+        self.metrics = MetricsLog(self.out, t.loggers, enabled=self.dist.is_main)
+        self._check_warmup()
+
+    def _check_warmup(self) -> None:
+        """A warmup as long as a step (or token) budget leaves the LR rising when the run ends: say so."""
+        s = self.cfg.schedule
+        if s.name != "inverse_sqrt" and self.total_steps and s.warmup_steps >= self.total_steps and \
+                self.dist.is_main:
+            print(f"leanformer: warning: schedule.warmup_steps={s.warmup_steps} is not shorter than the run's "
+                  f"{self.total_steps} steps: the LR is still warming up when the budget ends and never decays to "
+                  "its floor; lower schedule.warmup_steps", file=sys.stderr)
 
     def _check_shapes(self) -> None:
         m, d = self.cfg.model, self.cfg.data
@@ -118,33 +143,8 @@ class Trainer:
             fractions.append(elapsed / self.cfg.trainer.max_seconds)
         return min(1.0, max(fractions))
 
-    # ---- metrics -------------------------------------------------------------------------------------------
-
-    def _metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    def _truncate_metrics(self, step: int) -> None:
-        """Drop events logged after ``step`` by a run that crashed before its next checkpoint."""
-        p = self._metrics_path()
-        if not p.is_file():
-            return
-        keep = []
-        for line in p.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
-                break  # a torn last line from a crash
-        from leanformer.config import atomic_write_text
-
-        atomic_write_text(p, "".join(x + "\n" for x in keep))
-
     def log(self, event: dict) -> None:
-        if not self.dist.is_main:
-            return
-        with open(self._metrics_path(), "a") as f:
-            f.write(json.dumps(event) + "\n")
-            f.flush()
+        self.metrics.log(event)
 
     # ---- loop ----------------------------------------------------------------------------------------------
 
@@ -182,7 +182,7 @@ class Trainer:
     def fit(self) -> dict:
         cfg, t = self.cfg, self.cfg.trainer
         step, tokens, elapsed, last_eval = 0, 0, 0.0, None
-        ckpt = latest_checkpoint(self.out)
+        ckpt = self.resume_from
         if ckpt is not None:
             self.dist.load_weights(self.model, ckpt / "model.safetensors")
             state = load_trainer_state(ckpt, self.dist.optimizer_view(self.optimizer))
@@ -191,13 +191,10 @@ class Trainer:
             self.clock.load_state_dict(state.get("clock") or {"seconds": elapsed})
             for h in self.hooks:
                 h.load_state_dict(state.get("hooks", {}).get(h.name, {}))
-            if self.dist.is_main:
-                self._truncate_metrics(step)
             print(f"leanformer: resuming {self.out} from step {step}")
-        elif self.dist.is_main:
+        if self.dist.is_main:  # the budget and cadence a resume may change are the run's from now on
             save_yaml(cfg.to_raw(), self.out / "config.yaml")
-            if self._metrics_path().exists():
-                self._metrics_path().unlink()
+        self.metrics.start(step if ckpt is not None else None)
         self.model.train()
         bar = tqdm(total=self.total_steps, initial=step, disable=not t.progress or not self.dist.is_main,
                    desc="train", unit="step", dynamic_ncols=True)
@@ -272,10 +269,12 @@ class Trainer:
                           **{f"val_{k}": last_eval[k] for k in self.objective.log_keys}})
             if step % t.ckpt_every == 0 or done:
                 self._save(step, tokens, elapsed, last_eval)
+                self.metrics.flush()
                 last_ckpt_step = step
         bar.close()
         if last_ckpt_step != step:
             self._save(step, tokens, elapsed, last_eval)
+        self.metrics.close()
         return {"step": step, "tokens": tokens, "elapsed_s": elapsed, "last_eval": last_eval}
 
     def _done(self, step: int, elapsed: float) -> bool:
