@@ -137,3 +137,8 @@ def test_refusals(model):
     b.step()
     with pytest.raises(UserError, match="sized for 2 new tokens"):
         b.step()
+
+
+def test_quest_int8_summaries_are_refused_by_the_engine(model):
+    with pytest.raises(UserError, match="metadata='int8'"):
+        Engine(model, decode="quest", metadata="int8")

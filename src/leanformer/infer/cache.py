@@ -204,6 +204,9 @@ class Pages(Full):
     def __init__(self, method, sparsity=None):
         super().__init__(method, sparsity)
         self.page = method.params.page_size
+        if getattr(method.params, "metadata", "cache") != "cache":
+            raise UserError(f"the engine keeps Quest's page summaries in the cache dtype; metadata="
+                            f"{method.params.metadata!r} runs through leanformer.sparse.apply")
 
     def want(self, prompt_len: int) -> int:
         return math.ceil(token_budget(self.sparsity, self.method.params.token_budget, prompt_len) / self.page)

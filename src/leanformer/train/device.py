@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 
-
 def resolve_device(spec: str, origin: str = "trainer.device") -> torch.device:
     """``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'`` or ``'cuda:N'`` -> a ``torch.device``;
     a device this machine lacks is a one-line :class:`UserError` naming ``origin`` (the key or flag the user
