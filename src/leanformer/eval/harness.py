@@ -331,6 +331,7 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
     for cell in cells:
         task = TASKS[cell["task"]](**c.task_params.get(cell["task"], {}))
         pending = todo[cell["key"]]
+        engine = _engine(model, cell) if use_engine else None  # one per cell: its methods warn once
         for start in range(0, len(pending), c.batch_size):
             idx = pending[start:start + c.batch_size]
             batch = []
@@ -342,7 +343,7 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
             ids = [encoder.encode(s.prompt) for s in batch]
             t0 = time.perf_counter()
             if use_engine:
-                outs, measured = _engine_batch(model, encoder, cell, ids, c.max_new_tokens)
+                outs, measured = _engine_batch(engine, encoder, cell, ids, c.max_new_tokens)
             else:
                 outs, measured = _hf_batch(model, encoder, cell, ids, c.max_new_tokens)
             seconds = (time.perf_counter() - t0) / len(batch)
@@ -370,15 +371,21 @@ def _engine_runs(model) -> bool:
     return kind in SUPPORTED and not getattr(model, "hf_device_map", None)
 
 
-def _engine_batch(model, encoder, cell: dict, ids: list[list[int]], max_new_tokens: int):
-    """One batch through the engine: rows of any length together, per-row measured sparsity."""
-    from leanformer.eval.generation import generate_engine
+def _engine(model, cell: dict):
+    """The cell's methods on the engine (reused by the cell's batches)."""
     from leanformer.infer import Engine
 
     p, d = cell["prefill_method"], cell["decode_method"]
-    eng = Engine(model, prefill=None if p == "dense" else p, decode=None if d == "dense" else d,
-                 sparsity=cell["sparsity"], prefill_params=cell["params"].get("prefill"),
-                 decode_params=cell["params"].get("decode"))
+    return Engine(model, prefill=None if p == "dense" else p, decode=None if d == "dense" else d,
+                  sparsity=cell["sparsity"], prefill_params=cell["params"].get("prefill"),
+                  decode_params=cell["params"].get("decode"))
+
+
+def _engine_batch(eng, encoder, cell: dict, ids: list[list[int]], max_new_tokens: int):
+    """One batch through the engine: rows of any length together, per-row measured sparsity."""
+    from leanformer.eval.generation import generate_engine
+
+    p, d = cell["prefill_method"], cell["decode_method"]
     outs, measured = generate_engine(eng, encoder, ids, max_new_tokens)
     return outs, [(0.0 if p == "dense" else pre, 0.0 if d == "dense" else dec) for pre, dec in measured]
 

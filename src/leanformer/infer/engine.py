@@ -58,7 +58,6 @@ class Engine:
         if self.cuda_graph and not cuda:
             raise UserError("cuda_graph=True needs the model on a CUDA device")
         self.dense_backend = dense_backend
-        self.prefill_stats: list[dict] = []
 
     # ---- dense prefill attention ------------------------------------------------------------------------------
 
@@ -155,8 +154,6 @@ class Batch:
                 out, info = method(q, k, v, sparsity=sparsity, scale=s.scale)
             pol.prefill(self.caches[i], row, q, k, v, s.scale)
             if info is not None:
-                e.prefill_stats.append({"layer": i, "kept_pairs": info["kept_pairs"], "causal_pairs":
-                                        info["causal_pairs"], "estimation_pairs": info["estimation_pairs"]})
                 self.prefill_pairs.setdefault(row, []).append((info["kept_pairs"], info["causal_pairs"]))
             return out
 
@@ -238,7 +235,8 @@ class Batch:
         return 1.0 - read / max(total, 1)
 
     def prefill_sparsity(self, row: int | None = None) -> float:
-        """Pair-weighted measured sparsity of this batch's prefills (one row's, or all); 0 for dense prefill."""
+        """Pair-weighted measured sparsity of this batch's prefills (one row's, or all, over layers); 0 for dense
+        prefill."""
         pairs = [p for r, ps in self.prefill_pairs.items() if row is None or r == row for p in ps]
         if not pairs:
             return 0.0

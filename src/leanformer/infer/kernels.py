@@ -37,6 +37,8 @@ MIN_SPLIT = 256
 if triton is not None:
     import triton.language as tl
 
+    from leanformer.sparse.kernels.decode import gathered_step, merge_splits
+
     @triton.jit
     def _cache_decode_fwd(Q, K, V, LENS, STARTS, PAGES, OP, MP, LP, OUT, qk_scale, sqb, sqh, skb, skh, skt, svb, svh,
                           svt, slb, slh, spb, sph, HS, G, KVDIV, N, CHUNK, NSPLIT, NP,
@@ -80,17 +82,8 @@ if triton is not None:
                 page = tl.where(slot < NP, page, cur)
                 idx = page * PAGE + offs % PAGE
                 ok = (offs < stop) & (page >= 0) & (idx < length)
-            kt = tl.load(K + b * skb + kvh * skh + idx[:, None] * skt + offs_d[None, :], mask=ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(kt)) * qk_scale
-            s = tl.where(ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            vt = tl.load(V + b * svb + kvh * svh + idx[:, None] * svt + offs_d[None, :], mask=ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            acc, l_i, m_i = gathered_step(q, K + b * skb + kvh * skh, V + b * svb + kvh * svh, idx, ok, skt, svt,
+                                          offs_d, acc, l_i, m_i, qk_scale)
         if ONE_SPLIT:
             out = acc / l_i[:, None]
             tl.store(OUT + (pid * G + offs_g)[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
@@ -100,24 +93,6 @@ if triton is not None:
             tl.store(OP + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
             tl.store(MP + row, m_i, mask=gm)
             tl.store(LP + row, l_i, mask=gm)
-
-    @triton.jit
-    def _merge(OP, MP, LP, OUT, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
-        """Program ``(selection head, query row)``: the splits' partial outputs merged by their log-sum-exp; empty
-        splits (``m = -inf``, nothing past the length) weigh nothing."""
-        r = tl.program_id(0)
-        g = tl.program_id(1)
-        offs_s = tl.arange(0, BLOCK_S)
-        offs_d = tl.arange(0, D)
-        sm = offs_s < NSPLIT
-        part = (r * NSPLIT + offs_s) * BG + g
-        m = tl.load(MP + part, mask=sm, other=float("-inf"))
-        den = tl.load(LP + part, mask=sm, other=0.0)
-        m_max = tl.max(m, 0)
-        w = tl.exp2(m - tl.where(m_max == float("-inf"), 0.0, m_max))
-        o = tl.load(OP + part[:, None] * D + offs_d[None, :], mask=sm[:, None], other=0.0)
-        out = tl.sum(o * w[:, None], 0) / tl.sum(den * w, 0)
-        tl.store(OUT + (r * ROWS + g) * D + offs_d, out.to(OUT.dtype.element_ty))
 
 
 def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[int, int]:
@@ -178,8 +153,8 @@ def cache_decode_triton(q, k, v, lens, pages=None, page_size: int = 0, scale: fl
         PAGE=page_size, HAS_START=starts is not None, ONE_SPLIT=nsplit == 1, BLOCK_G=block_g, BLOCK_N=block_n, D=d,
         num_warps=4, num_stages=2)
     if nsplit > 1:
-        _merge[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g, BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()),
-                               D=d, num_warps=4)
+        merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
+                                     BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=4)
     return out.view(b, hq, d)
 
 

@@ -20,6 +20,7 @@ Measurement rules:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import statistics
@@ -137,25 +138,20 @@ class SpeedRun:
         """Hugging Face's own path: ``model(ids, use_cache=True, logits_to_keep=1)`` with SDPA attention."""
         row = Row(length, "prefill", "hf", 0.0, 1, "1")
         ids = self.prompt(length)[None]
-        old = self.model.config._attn_implementation
+
+        def run():
+            with torch.no_grad():
+                self.model(ids, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
+
         try:
-            self.model.set_attn_implementation("sdpa")
-            _reset_peak(self.device)
-
-            def run():
-                with torch.no_grad():
-                    out = self.model(ids, use_cache=True, logits_to_keep=1)
-                    out.logits[:, -1].argmax(-1)
-
-            row.ttft_s = _median_time(run, self.device, self.repeat)
-            row.peak_gb = _peak_gb(self.device)
+            with _hf_sdpa(self.model):
+                _reset_peak(self.device)
+                row.ttft_s = _median_time(run, self.device, self.repeat)
+                row.peak_gb = _peak_gb(self.device)
         except RuntimeError as e:
             if not _oom(e):
                 raise
             row.status = "oom"
-        finally:
-            self.model.set_attn_implementation(old)
-            gc.collect()
         return row
 
     def prefill(self, length: int, method: str, sparsity: float) -> Row:
@@ -166,17 +162,16 @@ class SpeedRun:
         ids = self.prompt(length)
         try:
             _reset_peak(self.device)
-            eng.prefill_stats.clear()
+            last = {}
 
             def run():
-                eng.batch([length], 1).prefill(0, ids)
+                last["batch"] = eng.batch([length], 1)
+                last["batch"].prefill(0, ids)
 
             row.ttft_s = _median_time(run, self.device, self.repeat)
             row.peak_gb = _peak_gb(self.device)
             if name is not None:
-                kept = sum(float(r["kept_pairs"]) for r in eng.prefill_stats)
-                total = sum(float(r["causal_pairs"]) for r in eng.prefill_stats)
-                row.measured_sparsity = 1.0 - kept / max(total, 1.0)
+                row.measured_sparsity = last["batch"].prefill_sparsity()
         except RuntimeError as e:
             if not _oom(e):
                 raise
@@ -190,11 +185,9 @@ class SpeedRun:
         """Hugging Face's own eager decode: ``model(token, past_key_values=cache)`` per step, batch 1."""
         row = Row(length, "decode", "hf", 0.0, 1, "1")
         ids = self.prompt(length)[None]
-        old = self.model.config._attn_implementation
         try:
-            self.model.set_attn_implementation("sdpa")
-            _reset_peak(self.device)
-            with torch.no_grad():
+            with _hf_sdpa(self.model), torch.no_grad():
+                _reset_peak(self.device)
                 out = self.model(ids, use_cache=True, logits_to_keep=1)
                 cache, tok = _out_cache(out), out.logits[:, -1:].argmax(-1)
                 kw = _cache_kwarg(self.model)
@@ -207,17 +200,14 @@ class SpeedRun:
                 for _ in range(2):
                     one()
                 dt = _timed(lambda: [one() for _ in range(self.new_tokens)], self.device)
-            row.ms_per_token = 1e3 * dt / self.new_tokens
-            row.tokens_per_s = 1e3 / row.ms_per_token
-            row.peak_gb = _peak_gb(self.device)
-            row.cache_mb_per_seq = (length + self.new_tokens + 2) * _kv_bytes(self.model) / 2**20
+                row.ms_per_token = 1e3 * dt / self.new_tokens
+                row.tokens_per_s = 1e3 / row.ms_per_token
+                row.peak_gb = _peak_gb(self.device)
+                row.cache_mb_per_seq = (length + self.new_tokens + 2) * _kv_bytes(self.model) / 2**20
         except RuntimeError as e:
             if not _oom(e):
                 raise
             row.status = "oom"
-        finally:
-            self.model.set_attn_implementation(old)
-            gc.collect()
         return row
 
     def template(self, eng: Engine, length: int) -> dict:
@@ -328,6 +318,18 @@ def _steps_time(b, n: int, device) -> float:
     stop.record()
     torch.cuda.synchronize(device)
     return start.elapsed_time(stop) / 1e3
+
+
+@contextlib.contextmanager
+def _hf_sdpa(model):
+    """The model on Hugging Face's own SDPA attention for the block, its implementation restored after."""
+    old = model.config._attn_implementation
+    try:
+        model.set_attn_implementation("sdpa")
+        yield
+    finally:
+        model.set_attn_implementation(old)
+        gc.collect()
 
 
 def _out_cache(out):

@@ -27,6 +27,23 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
+    def gathered_step(q, k_base, v_base, idx, ok, skt, svt, offs_d, acc, l_i, m_i, qk_scale):
+        """One online-softmax step of decode over gathered positions: keys and values at ``idx`` (masked by ``ok``)
+        of one head (``k_base``/``v_base``), for the ``[BLOCK_G, D]`` query rows ``q``; exp2 with the scale
+        folded in. Returns the updated ``(acc, l_i, m_i)``. Shared by every split-K decode kernel."""
+        kt = tl.load(k_base + idx[:, None] * skt + offs_d[None, :], mask=ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(kt)) * qk_scale
+        s = tl.where(ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        vt = tl.load(v_base + idx[:, None] * svt + offs_d[None, :], mask=ok[:, None], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        return acc, l_i, m_new
+
+    @triton.jit
     def _gather_decode_fwd(Q, K, V, IDX, VALID, OP, MP, LP, OUT, qk_scale, sqb, sqh, skb, skh, skt, svb, svh, svt,
                            sib, sih, HS, G, KVDIV, N, LEN, CHUNK, NSPLIT, NP, LAST,
                            PAGE: tl.constexpr, HAS_VALID: tl.constexpr, ONE_SPLIT: tl.constexpr,
@@ -64,17 +81,8 @@ if triton is not None:
                 page = tl.load(IDX + b * sib + hs * sih + slot, mask=nm & (slot < NP), other=0)
                 idx = tl.where(slot < NP, page, LAST) * PAGE + offs % PAGE
             ok = nm & (idx >= 0) & (idx < LEN)
-            kt = tl.load(K + b * skb + kvh * skh + idx[:, None] * skt + offs_d[None, :], mask=ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(kt)) * qk_scale
-            s = tl.where(ok[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp2(s - m_safe[:, None])
-            alpha = tl.exp2(m_i - m_safe)
-            vt = tl.load(V + b * svb + kvh * svh + idx[:, None] * svt + offs_d[None, :], mask=ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(vt.dtype), vt)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            m_i = m_new
+            acc, l_i, m_i = gathered_step(q, K + b * skb + kvh * skh, V + b * svb + kvh * svh, idx, ok, skt, svt,
+                                          offs_d, acc, l_i, m_i, qk_scale)
         if ONE_SPLIT:
             out = acc / l_i[:, None]
             tl.store(OUT + (pid * G + offs_g)[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
@@ -117,8 +125,9 @@ if triton is not None:
         tl.store(OUT + (r * ROWS + g) * D + offs_d, (acc / den).to(OUT.dtype.element_ty))
 
     @triton.jit
-    def _merge_splits(OP, MP, LP, OUT, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
-        """One program per (selection head, query row): the splits' partial outputs merged by log-sum-exp."""
+    def merge_splits(OP, MP, LP, OUT, NSPLIT, ROWS, BG, BLOCK_S: tl.constexpr, D: tl.constexpr):
+        """One program per (selection head, query row): the splits' partial outputs merged by log-sum-exp (empty
+        splits, ``m = -inf``, weigh nothing). Shared by every split-K decode kernel."""
         r = tl.program_id(0)
         g = tl.program_id(1)
         offs_s = tl.arange(0, BLOCK_S)
@@ -221,7 +230,7 @@ def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None, fuse
         ONE_SPLIT=nsplit == 1, BLOCK_G=block_g, BLOCK_N=block_n, D=d, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         **extra)
     if nsplit > 1 and not fused:
-        _merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
+        merge_splits[(b * hs, rows)](op, mp, lp, out, nsplit, rows, block_g,
                                       BLOCK_S=max(2, 1 << (nsplit - 1).bit_length()), D=d, num_warps=1)
     return out.view(b, hq, 1, d)
 
