@@ -181,8 +181,9 @@ class Ring(Full):
         t = k.shape[2]
         n = min(self.budget(t), t)
         sinks = min(self.method.params.sinks, n)
-        keep = torch.cat([torch.arange(sinks), torch.arange(max(sinks, t - (n - sinks)), t)]).to(k.device)
-        slots = self._slot(keep, torch.tensor(self.budget(t), device=k.device))
+        dev = k.device  # positions made on the device: a host-to-device copy here would wait for the GPU
+        keep = torch.cat([torch.arange(sinks, device=dev), torch.arange(max(sinks, t - (n - sinks)), t, device=dev)])
+        slots = self._slot(keep, torch.full((), self.budget(t), device=dev))
         cache.k[row, :, slots] = k[0][:, keep]
         cache.v[row, :, slots] = v[0][:, keep]
         cache.lens[row] = n
