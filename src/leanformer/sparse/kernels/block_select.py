@@ -85,6 +85,28 @@ if triton is not None:
     import triton.language as tl
 
     @triton.jit
+    def order_keys(x, valid):
+        """Order-preserving int32 keys of fp32 ``x`` (-inf < ... < -0 = +0 < ... < +inf: the magnitude bits of
+        negative floats flipped); entries not ``valid`` take the smallest int32, after every real key."""
+        x = tl.where(x == 0.0, 0.0, x)  # -0 equals +0 (a tie, as in torch.sort)
+        bits = x.to(tl.int32, bitcast=True)
+        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+        return tl.where(valid, key, -2147483648)
+
+    @triton.jit
+    def kth_largest_key(key, K):
+        """The ``K``-th largest of ``key`` by a 32-step bisection over int32 (each step one count; no sort).
+        Invariant: at least ``K`` keys are ``>= lo`` and fewer than ``K`` are ``> hi``."""
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = (lo + hi + 1) >> 1
+            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        return lo.to(tl.int32)
+
+    @triton.jit
     def _topk_rows_fwd(S, OUT, CNT, N, K, KREQ, TILES: tl.constexpr, NP: tl.constexpr):
         """One program per row: bisect for the ``K``-th largest key, then keep every larger key and the first
         ``K - #larger`` keys equal to it, written in index order (positions from a prefix sum). Keys are int32 and
@@ -95,20 +117,9 @@ if triton is not None:
         offs = tl.arange(0, NP)
         valid = offs < N
         x = tl.load(S + row * N + offs, mask=valid, other=0.0).to(tl.float32)
-        x = tl.where(x == 0.0, 0.0, x)  # -0 equals +0 (a tie, as in torch.sort)
-        bits = x.to(tl.int32, bitcast=True)
-        # order-preserving int32: flip the magnitude bits of negative floats (-inf < ... < -0 < +0 < ... < +inf);
-        # padding takes the smallest int32, after every real key of its value (it has the highest index)
-        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-        key = tl.where(valid, key, -2147483648)
-        lo = tl.full((), -2147483648, tl.int64)  # invariant: at least K keys >= lo, fewer than K keys > hi
-        hi = tl.full((), 2147483647, tl.int64)
-        for _ in range(32):
-            mid = (lo + hi + 1) >> 1
-            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        thr = lo.to(tl.int32)
+        # padding has the highest index, so it comes after every real key of its value
+        key = order_keys(x, valid)
+        thr = kth_largest_key(key, K)
         gt = key > thr
         eq = key == thr
         need = K - tl.sum(gt.to(tl.int32), 0)
@@ -151,20 +162,10 @@ if triton is not None:
         i = (row % N).to(tl.int32)
         offs = tl.arange(0, NP)
         x = tl.load(S + row * N + offs, mask=offs < N, other=0.0).to(tl.float32)
-        x = tl.where(x == 0.0, 0.0, x)
-        bits = x.to(tl.int32, bitcast=True)
-        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-        key = tl.where(offs < i, key, -2147483648)  # the diagonal, the future and the padding are never picked
+        key = order_keys(x, offs < i)  # the diagonal, the future and the padding are never picked
         cnt = tl.minimum(tl.maximum(tl.minimum(i + 1, 3), tl.load(KROW + row).to(tl.int32)), i + 1)
         k = cnt - 1
-        lo = tl.full((), -2147483648, tl.int64)
-        hi = tl.full((), 2147483647, tl.int64)
-        for _ in range(32):
-            mid = (lo + hi + 1) >> 1
-            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= k
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        thr = lo.to(tl.int32)
+        thr = kth_largest_key(key, k)
         gt = key > thr
         eq = key == thr
         need = k - tl.sum(gt.to(tl.int32), 0)

@@ -64,6 +64,8 @@ def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=No
 if triton is not None:
     import triton.language as tl
 
+    from leanformer.sparse.kernels.block_select import kth_largest_key, order_keys
+
     @triton.jit
     def _block_scores(Q, KMIN, KMAX, SMIN, SMAX, b, h, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, G, P,
                       QUANT: tl.constexpr, PREC: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr):
@@ -111,18 +113,8 @@ if triton is not None:
         """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1) and the ``K``-th largest."""
         offs = tl.arange(0, NP)
         x = tl.load(S + offs, mask=offs < P, other=0.0, cache_modifier=".cg")
-        x = tl.where(x == 0.0, 0.0, x)
-        bits = x.to(tl.int32, bitcast=True)
-        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-        key = tl.where(offs < P, key, -2147483648)
-        lo = tl.full((), -2147483648, tl.int64)
-        hi = tl.full((), 2147483647, tl.int64)
-        for _ in range(32):
-            mid = (lo + hi + 1) >> 1
-            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        return key, lo.to(tl.int32)
+        key = order_keys(x, offs < P)
+        return key, kth_largest_key(key, K)
 
     @triton.jit
     def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, HK,
