@@ -37,7 +37,7 @@ MIN_SPLIT = 256
 if triton is not None:
     import triton.language as tl
 
-    from leanformer.sparse.kernels.decode import gathered_step, merge_splits
+    from leanformer.sparse.kernels.decode import gathered_step, merge_splits, write_split
 
     @triton.jit
     def _cache_decode_fwd(Q, K, V, LENS, STARTS, PAGES, OP, MP, LP, OUT, qk_scale, sqb, sqh, skb, skh, skt, svb, svh,
@@ -84,15 +84,7 @@ if triton is not None:
                 ok = (offs < stop) & (page >= 0) & (idx < length)
             acc, l_i, m_i = gathered_step(q, K + b * skb + kvh * skh, V + b * svb + kvh * svh, idx, ok, skt, svt,
                                           offs_d, acc, l_i, m_i, qk_scale)
-        if ONE_SPLIT:
-            out = acc / l_i[:, None]
-            tl.store(OUT + (pid * G + offs_g)[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
-                     mask=gm[:, None])
-        else:
-            row = (pid * NSPLIT + sp) * BLOCK_G + offs_g
-            tl.store(OP + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
-            tl.store(MP + row, m_i, mask=gm)
-            tl.store(LP + row, l_i, mask=gm)
+        write_split(OUT, OP, MP, LP, acc, l_i, m_i, pid, sp, G, NSPLIT, offs_g, offs_d, gm, BLOCK_G, D, ONE_SPLIT)
 
 
 def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[int, int]:

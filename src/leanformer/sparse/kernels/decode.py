@@ -44,6 +44,21 @@ if triton is not None:
         return acc, l_i, m_new
 
     @triton.jit
+    def write_split(OUT, OP, MP, LP, acc, l_i, m_i, pid, sp, G, NSPLIT, offs_g, offs_d, gm, BLOCK_G: tl.constexpr,
+                    D: tl.constexpr, ONE_SPLIT: tl.constexpr):
+        """A split's result: the normalised output when it is the only split, else its partial ``(acc, m, l)`` for
+        the merge — only the ``G`` real query rows (the padding rows of the dot tile are never merged)."""
+        if ONE_SPLIT:
+            out = acc / l_i[:, None]
+            tl.store(OUT + (pid * G + offs_g)[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
+                     mask=gm[:, None])
+        else:
+            row = (pid * NSPLIT + sp) * BLOCK_G + offs_g
+            tl.store(OP + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
+            tl.store(MP + row, m_i, mask=gm)
+            tl.store(LP + row, l_i, mask=gm)
+
+    @triton.jit
     def _gather_decode_fwd(Q, K, V, IDX, VALID, OP, MP, LP, OUT, qk_scale, sqb, sqh, skb, skh, skt, svb, svh, svt,
                            sib, sih, HS, G, KVDIV, N, LEN, CHUNK, NSPLIT, NP, LAST,
                            PAGE: tl.constexpr, HAS_VALID: tl.constexpr, ONE_SPLIT: tl.constexpr,
@@ -83,16 +98,8 @@ if triton is not None:
             ok = nm & (idx >= 0) & (idx < LEN)
             acc, l_i, m_i = gathered_step(q, K + b * skb + kvh * skh, V + b * svb + kvh * svh, idx, ok, skt, svt,
                                           offs_d, acc, l_i, m_i, qk_scale)
-        if ONE_SPLIT:
-            out = acc / l_i[:, None]
-            tl.store(OUT + (pid * G + offs_g)[:, None] * D + offs_d[None, :], out.to(OUT.dtype.element_ty),
-                     mask=gm[:, None])
-        else:
-            # only the G real query rows: the padding rows of the dot tile are never merged
-            row = (pid * NSPLIT + sp) * BLOCK_G + offs_g
-            tl.store(OP + row[:, None] * D + offs_d[None, :], acc, mask=gm[:, None])
-            tl.store(MP + row, m_i, mask=gm)
-            tl.store(LP + row, l_i, mask=gm)
+        write_split(OUT, OP, MP, LP, acc, l_i, m_i, pid, sp, G, NSPLIT, offs_g, offs_d, gm, BLOCK_G, D, ONE_SPLIT)
+        if not ONE_SPLIT:
             if FUSED_MERGE:
                 # every thread's partials are written before the count says so (its release makes them visible)
                 tl.debug_barrier()
