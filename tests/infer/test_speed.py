@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from leanformer.cli import main
-from leanformer.infer.speed import Row, speedups
+from leanformer.infer.speed import Row
+from leanformer.infer.speed_report import speedups
 
 transformers = pytest.importorskip("transformers")
 

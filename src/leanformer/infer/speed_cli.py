@@ -145,7 +145,7 @@ def _commit() -> str:
 
 
 def _write(out: Path, meta: dict, rows):
-    from leanformer.infer.speed import markdown, speedups
+    from leanformer.infer.speed_report import markdown, speedups
 
     table = speedups(rows)
     tmp = out / "speed.json.tmp"
@@ -181,7 +181,8 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from leanformer.errors import UserError
-    from leanformer.infer.speed import Row, SpeedRun, batch_specs, check_engine, fits_positions, plot
+    from leanformer.infer.speed import Row, SpeedRun, batch_specs, check_engine, fits_positions
+    from leanformer.infer.speed_report import plot
     from leanformer.reliability import check_output_dir
     from leanformer.sparse.registry import DECODE_METHODS, PREFILL_METHODS, param_names
 
