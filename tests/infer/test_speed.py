@@ -77,6 +77,12 @@ def test_bad_input_is_one_line(tiny, tmp_path, capsys, extra, message):
     assert not (out / "speed.json").exists()
 
 
-def test_unknown_preset_is_refused(tmp_path, capsys):
+def test_presets_are_checked_before_any_weights_are_built(tmp_path, capsys):
     assert main(["speed", "arch:gpt-5", "--lengths", "64", "--out", str(tmp_path / "o")]) == 2
     assert "unknown architecture preset" in capsys.readouterr().err
+    # a 7B preset is never built on this CPU for a length past its 128K positions
+    assert main(["speed", "arch:qwen2.5-7b", "--lengths", "999999", "--out", str(tmp_path / "o")]) == 2
+    assert "exceeds the model's position limit 131072" in capsys.readouterr().err
+    # nor one whose weights cannot fit this machine's memory (fp32 72B: ~290 GiB)
+    assert main(["speed", "arch:qwen2.5-72b", "--lengths", "64", "--out", str(tmp_path / "o")]) == 2
+    assert "for its weights in float32" in capsys.readouterr().err

@@ -22,6 +22,10 @@ EXAMPLE = """example (one GPU, Qwen2.5-7B's shape, random weights):
       --decode snapkv quest --sparsity 0.9 0.95 --batch 1 max --new-tokens 64 --out runs/speed"""
 
 
+# the presets' context: Qwen2.5 (with its YaRN setting) and Llama 3.1 both reach 128K positions
+PRESET_POSITIONS = 131072
+
+
 def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help="model-level speed and memory of sparse attention (TTFT, decode tokens/s)",
                        description=__doc__, epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,9 +92,16 @@ def build_model(spec: str, device, dtype, layers: int | None = None):
         if name not in PRESETS:
             raise UserError(f"unknown architecture preset {name!r}; choose one of {sorted(PRESETS)}")
         s = PRESETS[name]
-        common = dict(hidden_size=s.d_model, intermediate_size=s.ff_dim, num_hidden_layers=layers or s.n_layers,
+        n_layers = layers or s.n_layers
+        need = (s.total_params - (s.n_layers - n_layers) * s.layer_params) * torch.finfo(dtype).bits // 8
+        have = _free_bytes(device)
+        if have is not None and need > 0.9 * have:
+            raise UserError(f"{spec} needs ~{need / 2**30:.0f} GiB for its weights in {str(dtype)[6:]} but "
+                            f"{device} has ~{have / 2**30:.0f} GiB free; use --layers N or a larger device")
+        common = dict(hidden_size=s.d_model, intermediate_size=s.ff_dim, num_hidden_layers=n_layers,
                       num_attention_heads=s.n_heads, num_key_value_heads=s.kv_heads, vocab_size=s.vocab_size,
-                      tie_word_embeddings=s.tie_embeddings, max_position_embeddings=131072, rms_norm_eps=1e-6)
+                      tie_word_embeddings=s.tie_embeddings, max_position_embeddings=PRESET_POSITIONS,
+                      rms_norm_eps=1e-6)
         cls = transformers.Qwen2Config if name.startswith("qwen") else transformers.LlamaConfig
         cfg = cls(**common)
         cfg.rope_theta = 1e6 if name.startswith("qwen") else 5e5
@@ -107,6 +118,18 @@ def build_model(spec: str, device, dtype, layers: int | None = None):
         model.model.layers = model.model.layers[:layers]
         model.config.num_hidden_layers = layers
     return model, False
+
+
+def _free_bytes(device) -> int | None:
+    """Memory free for a model's weights: the GPU's free memory, or the machine's physical memory on the CPU."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def _meta(args, model, device, dtype, random_weights: bool) -> dict:
@@ -212,13 +235,20 @@ def run(args) -> int:
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
              "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.dtype]
     out = check_output_dir(args.out, what="--out")
-    if not args.model.startswith("arch:"):  # refuse long lengths from the config, before loading any weights
+    # refuse long lengths from the config, before building or loading any weights
+    if args.model.startswith("arch:"):
+        from leanformer.analysis.flops import PRESETS
+
+        if args.model[5:] not in PRESETS:
+            raise UserError(f"unknown architecture preset {args.model[5:]!r}; choose one of {sorted(PRESETS)}")
+        limit = PRESET_POSITIONS
+    else:
         from leanformer.eval.models import context_length
 
         limit = context_length(args.model)
-        if limit and max(args.lengths) > limit:
-            raise UserError(f"length {max(args.lengths)} exceeds the model's position limit {limit}; choose "
-                            f"--lengths up to {limit}")
+    if limit and max(args.lengths) > limit:
+        raise UserError(f"length {max(args.lengths)} exceeds the model's position limit {limit}; choose "
+                        f"--lengths up to {limit}")
     model, random_weights = build_model(args.model, device, dtype, args.layers)
     fits_positions(model, args.lengths, args.new_tokens)
     err = check_engine(model, model.config.vocab_size, device)
