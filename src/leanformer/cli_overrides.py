@@ -67,6 +67,22 @@ def config_arguments(args: argparse.Namespace, paths: tuple[str, ...] = ("CONFIG
     return given + [None] * (len(paths) - len(given)), deprecated + overrides
 
 
+def legacy_config(path: str | None, flag: str, value: str | None) -> str | None:
+    """The config file given as a path or through an old flag (``-c FILE``, ``--config FILE``), not both."""
+    from leanformer.errors import UserError
+
+    if value is None:
+        return path
+    if path is not None:
+        raise UserError(f"two configs given ({path} and {flag} {value}); give one")
+    return value
+
+
+def with_device(overrides: list[str], device: str | None, key: str = "device") -> list[str]:
+    """``overrides`` with a ``--device`` flag's value as the config's device field (when one was given)."""
+    return overrides if device is None else [*overrides, f"{key}={device}"]
+
+
 def build_config(cls, path, overrides: list[str], base: dict | None = None):
     """YAML file ``path`` (else ``base``, else nothing) + ``key=value`` overrides -> the validated ``cls``."""
     from leanformer.config import apply_overrides, from_dict, load_yaml

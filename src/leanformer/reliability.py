@@ -99,7 +99,8 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
-def _existing_ancestor(path: Path) -> Path:
+def existing_ancestor(path: Path) -> Path:
+    """The nearest folder at or above ``path`` that exists (what a new file there would be written into)."""
     p = path.absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
@@ -108,7 +109,7 @@ def _existing_ancestor(path: Path) -> Path:
 
 def free_bytes(path: str | os.PathLike) -> int:
     """Free bytes on the file system that holds ``path`` (or would, once created)."""
-    return shutil.disk_usage(_existing_ancestor(Path(path))).free
+    return shutil.disk_usage(existing_ancestor(Path(path))).free
 
 
 def check_output_dir(path: str | os.PathLike, need_bytes: int = 0, what: str = "the output") -> Path:

@@ -67,7 +67,7 @@ def test_speedup_is_against_the_faster_dense_baseline():
     (["--lengths", "256", "--sparsity", "1.5"], "--sparsity must be in"),
     (["--lengths", "256", "--param", "bogus=1"], "belongs to none"),
     (["--lengths", "256", "--device", "cuda:0"] if not torch.cuda.is_available() else ["--lengths", "10"],
-     "no CUDA GPU" if not torch.cuda.is_available() else "at least 16"),
+     "no CUDA device" if not torch.cuda.is_available() else "at least 16"),
 ])
 def test_bad_input_is_one_line(tiny, tmp_path, capsys, extra, message):
     out = tmp_path / "o"

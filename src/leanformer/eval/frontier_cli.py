@@ -47,17 +47,12 @@ def add_parser(subparsers, name: str) -> argparse.ArgumentParser:
 
 def raw_config(args: argparse.Namespace) -> dict:
     """YAML file + overrides (+ ``--device``), as plain data."""
-    from leanformer.cli_overrides import config_arguments
+    from leanformer.cli_overrides import config_arguments, legacy_config, with_device
     from leanformer.config import apply_overrides, load_yaml
-    from leanformer.errors import UserError
 
     (config,), overrides = config_arguments(args, example=EXAMPLE)
-    if args.config_file is not None:
-        if config is not None:
-            raise UserError(f"two configs given ({config} and -c {args.config_file}); give one")
-        config = args.config_file
-    if args.device is not None:
-        overrides = [*overrides, f"device={args.device}"]
+    config = legacy_config(config, "-c", args.config_file)
+    overrides = with_device(overrides, args.device)
     return apply_overrides(load_yaml(config) if config else {}, overrides)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 from leanformer.config import cfg, from_dict
 from leanformer.errors import ConfigError, UserError
 from leanformer.eval.store import ResultsStore, canonical_json, cell_key, summary_table
-from leanformer.reliability import check_output_dir, crash_point
+from leanformer.reliability import check_output_dir, crash_point, existing_ancestor
 from leanformer.tasks import TASKS
 
 
@@ -183,8 +183,9 @@ def validate(c: FrontierConfig, dry_run: bool = False) -> list[dict]:
     grid = build_grid(c)
     store_dir = Path(c.store).absolute().parent
     if dry_run:
-        if not os.access(_existing_ancestor(store_dir), os.W_OK):
-            raise UserError(f"results store {c.store}: {_existing_ancestor(store_dir)} is not writable")
+        nearest = existing_ancestor(store_dir)
+        if not os.access(nearest, os.W_OK):
+            raise UserError(f"results store {c.store}: {nearest} is not writable")
         if not Path(c.store).exists():
             return grid
     else:
@@ -197,12 +198,6 @@ def validate(c: FrontierConfig, dry_run: bool = False) -> list[dict]:
         for model in c.models:
             store.check_model(model, model_fingerprint(model), record=not dry_run)
     return grid
-
-
-def _existing_ancestor(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
 
 
 def _check_method_params(c: FrontierConfig, pairs) -> None:

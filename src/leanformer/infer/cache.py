@@ -46,6 +46,7 @@ class LayerCache:
         self.lens = torch.zeros(batch, heads, dtype=torch.int32, device=device)
         self.starts = torch.zeros(batch, heads, dtype=torch.int32, device=device) if pooled else None
         self.extra: dict[str, torch.Tensor] = {}
+        self.n_select = 0  # Quest: pages a step picks besides the current one (a shape, fixed for the batch)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, *self.extra.values()))
@@ -56,7 +57,7 @@ class LayerCache:
             out["starts"] = self.starts
         return out
 
-    def copy_row(self, src: int, dst: int):
+    def copy_row(self, src: int, dst: int | slice):
         for t in self._tensors().values():
             t[dst] = t[src]
 
@@ -80,12 +81,8 @@ class Full:
     def slots(self, prompt_len: int, new_tokens: int) -> int:
         return prompt_len + new_tokens
 
-    def pooled(self) -> bool:
-        return False
-
     def new_cache(self, batch, heads, prompt_lens, new_tokens, head_dim, dtype, device) -> LayerCache:
-        return LayerCache(batch, heads, self.slots(max(prompt_lens), new_tokens), head_dim, dtype, device,
-                          self.pooled())
+        return LayerCache(batch, heads, self.slots(max(prompt_lens), new_tokens), head_dim, dtype, device)
 
     def prefill(self, cache: LayerCache, row: int, q, k, v, scale):
         t = k.shape[2]
@@ -101,7 +98,7 @@ class Full:
         (one launch on a GPU: :func:`~.rope_append.rope_append`); returns the rotated query ``[B, H_q, D]``."""
         return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, starts=cache.starts, impl=impl)
 
-    def reads(self, prompt_len: int, kept: int, step: int) -> int:
+    def reads(self, cache: LayerCache, prompt_len: int, kept: int, step: int) -> int:
         """Keys one head reads at decode step ``step`` (0 = the first generated token's step)."""
         return prompt_len + step + 1
 
@@ -117,9 +114,6 @@ class Evict(Full):
     def budget(self, prompt_len: int) -> int:
         return token_budget(self.sparsity, self.method.params.capacity, prompt_len)
 
-    def pooled(self) -> bool:
-        return self.ada
-
     def new_cache(self, batch, heads, prompt_lens, new_tokens, head_dim, dtype, device) -> LayerCache:
         kept = max(self.budget(t) for t in prompt_lens)
         slots = heads * (kept + new_tokens) if self.ada else kept + new_tokens
@@ -128,7 +122,8 @@ class Evict(Full):
     def prefill(self, cache: LayerCache, row: int, q, k, v, scale):
         p = self.method.params
         scores = prompt_key_scores(q, k, p.window, default_scale(q, scale), self.method.reduce, p.kernel)
-        idx, valid = self.method.keep(scores, self.budget(k.shape[2]))  # [1, H_kv, N], kept first (sorted)
+        budget = self.budget(k.shape[2])
+        idx, valid = self.method.keep(scores, budget)  # [1, H_kv, N], kept first (sorted)
         n = idx.shape[-1]
         d = k.shape[-1]
         kk = torch.gather(k[0], 1, idx[0, :, :, None].expand(-1, -1, d))
@@ -142,8 +137,8 @@ class Evict(Full):
         # followed by room for the generated tokens. The row keeps H_kv x min(budget, T) keys in all (Ada's global
         # top-k fills the budget exactly), so the packing needs no count from the device: no sync
         hk = k.shape[1]
-        new = cache.k.shape[2] // hk - self.budget(k.shape[2])
-        total = hk * min(self.budget(k.shape[2]), k.shape[2])
+        new = cache.k.shape[2] // hk - budget
+        total = hk * min(budget, k.shape[2])
         ok = valid[0] if valid is not None else torch.ones_like(idx[0], dtype=torch.bool)
         flat = torch.arange(hk * n, device=k.device).view(hk, n)
         order = torch.sort(torch.where(ok, flat, hk * n).flatten(), stable=True).indices[:total]
@@ -154,7 +149,7 @@ class Evict(Full):
         cache.starts[row] = torch.cumsum(counts + new, 0).int() - (counts + new)
         cache.lens[row] = counts
 
-    def reads(self, prompt_len: int, kept: int, step: int) -> int:
+    def reads(self, cache: LayerCache, prompt_len: int, kept: int, step: int) -> int:
         return kept + step + 1
 
 
@@ -179,22 +174,23 @@ class Ring(Full):
 
     def prefill(self, cache: LayerCache, row: int, q, k, v, scale):
         t = k.shape[2]
-        n = min(self.budget(t), t)
+        budget = self.budget(t)
+        n = min(budget, t)
         sinks = min(self.method.params.sinks, n)
         dev = k.device  # positions made on the device: a host-to-device copy here would wait for the GPU
         keep = torch.cat([torch.arange(sinks, device=dev), torch.arange(max(sinks, t - (n - sinks)), t, device=dev)])
-        slots = self._slot(keep, torch.full((), self.budget(t), device=dev))
+        slots = self._slot(keep, torch.full((), budget, device=dev))
         cache.k[row, :, slots] = k[0][:, keep]
         cache.v[row, :, slots] = v[0][:, keep]
         cache.lens[row] = n
-        cache.extra["n"][row] = self.budget(t)
+        cache.extra["n"][row] = budget
 
     def rope_append(self, cache: LayerCache, q, k, v, cos, sin, pos, impl="auto"):
         n = cache.extra["n"]
         slot = self._slot(pos[:, None].int(), n).expand_as(cache.lens).int()
         return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, slot=slot, cap=n, impl=impl)
 
-    def reads(self, prompt_len: int, kept: int, step: int) -> int:
+    def reads(self, cache: LayerCache, prompt_len: int, kept: int, step: int) -> int:
         return min(prompt_len + step + 1, self.budget(prompt_len))
 
 
@@ -218,7 +214,7 @@ class Pages(Full):
         shape = (batch, heads, slots // self.page, head_dim)
         c.extra["kmin"] = torch.zeros(shape, dtype=dtype, device=device)
         c.extra["kmax"] = torch.zeros(shape, dtype=dtype, device=device)
-        self.n_select = max(1, max(self.want(t) for t in prompt_lens)) - 1
+        c.n_select = max(1, max(self.want(t) for t in prompt_lens)) - 1
         return c
 
     def prefill(self, cache: LayerCache, row: int, q, k, v, scale):
@@ -237,7 +233,7 @@ class Pages(Full):
         return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, meta=meta, impl=impl)
 
     def select(self, cache: LayerCache, q):
-        """Top ``n_select`` complete pages before the current one, ``-1`` where fewer exist: ``[B, H_s, n]``."""
+        """Top ``cache.n_select`` complete pages before the current one, ``-1`` where fewer exist: ``[B, H_s, n]``."""
         share = self.method.params.share_gqa
         fn = page_scores_triton if (q.is_cuda and self.method.params.impl != "reference") else page_scores
         s = fn(q[:, :, None], cache.extra["kmin"], cache.extra["kmax"], share)  # [B, H_s, P]
@@ -246,7 +242,7 @@ class Pages(Full):
             cur = cur.repeat_interleave(q.shape[1] // cache.lens.shape[1], 1)
         cand = torch.arange(s.shape[-1], device=q.device) < cur[..., None]
         s = torch.where(cand, s, float("-inf"))
-        n = min(self.n_select, s.shape[-1])
+        n = min(cache.n_select, s.shape[-1])
         if q.is_cuda and s.shape[-1] <= MAX_TRITON_ROW:
             # one launch (bisection on the scores, no sort) where torch.topk's radix select takes a dozen
             idx = topk_rows_triton(s, n)
@@ -256,16 +252,16 @@ class Pages(Full):
         return torch.where(val > float("-inf"), idx, -1).int()
 
     def attend(self, cache: LayerCache, q, scale, impl="auto"):
-        if self.n_select == 0:
+        if cache.n_select == 0:
             pages = torch.full((*q.shape[:1], cache.lens.shape[1], 0), -1, dtype=torch.int32, device=q.device)
         else:
             pages = self.select(cache, q)
         return cache_decode(q, cache.k, cache.v, cache.lens, pages, self.page, scale, impl=impl)
 
-    def reads(self, prompt_len: int, kept: int, step: int) -> int:
+    def reads(self, cache: LayerCache, prompt_len: int, kept: int, step: int) -> int:
         length = prompt_len + step + 1
         cur = (length - 1) // self.page
-        return min(cur, self.n_select) * self.page + length - cur * self.page
+        return min(cur, cache.n_select) * self.page + length - cur * self.page
 
 
 POLICIES = {"dense": Full, "snapkv": Evict, "ada_snapkv": Evict, "streaming": Ring, "quest": Pages}

@@ -49,10 +49,11 @@ class Engine:
         dec_p.update(decode_params or {})
         self.prefill_sparsity = check_sparsity(sparsity if prefill_sparsity is ... else prefill_sparsity)
         self.decode_sparsity = check_sparsity(sparsity if decode_sparsity is ... else decode_sparsity)
-        pre = None if prefill in (None, "dense") and not pre_p else build_prefill(prefill, **pre_p)
-        dec = None if decode in (None, "dense") and not dec_p else build_decode(decode, **dec_p)
-        self.prefill_method = None if pre is not None and pre.name == "dense" else pre
-        self.decode_method = None if dec is not None and dec.name == "dense" else dec
+        # a dense method (by name or instance) is the engine's own dense path; building it still checks its params
+        pre = None if prefill is None else build_prefill(prefill, **pre_p)
+        dec = None if decode is None else build_decode(decode, **dec_p)
+        self.prefill_method = None if pre is None or pre.name == "dense" else pre
+        self.decode_method = None if dec is None or dec.name == "dense" else dec
         self.policy = policy_for(self.decode_method, self.decode_sparsity)
         self.cuda_graph = cuda if cuda_graph == "auto" else bool(cuda_graph)
         if self.cuda_graph and not cuda:
@@ -133,6 +134,7 @@ class Batch:
         self.steps = 0
         self.graph = None
         self.prefill_pairs: dict[int, list] = {}  # row -> [(kept pairs, causal pairs)] per layer (device tensors)
+        self._reads, self._reads_at = [], None  # decode_sparsity's per-row counts, and the step they are for
 
     def nbytes(self) -> int:
         """Bytes the caches hold (all layers, all rows): what the decode method keeps."""
@@ -163,9 +165,9 @@ class Batch:
         self.pos[row] = t
         return self.tokens[row]
 
-    def copy_row(self, src: int, dst: int):
-        """Make row ``dst`` a copy of row ``src`` (its caches, position and last token), e.g. to fill a large batch
-        for decode timing from one prefilled prompt."""
+    def copy_row(self, src: int, dst: int | slice):
+        """Make row(s) ``dst`` copies of row ``src`` (caches, position and last token), e.g. to fill a large batch
+        for decode timing from one prefilled prompt (``dst=slice(1, None)``: every other row, one copy a buffer)."""
         for c in self.caches:
             c.copy_row(src, dst)
         self.pos[dst], self.tokens[dst] = self.pos[src], self.tokens[src]
@@ -217,21 +219,28 @@ class Batch:
             self.graph.replay()
         return self.tokens
 
+    def _decode_reads(self) -> list[tuple[int, int]]:
+        """Per row, ``(keys read, cache keys)`` over the decode steps so far, summed over key heads and layers
+        (each layer's lengths read from the device once; cached until the next step)."""
+        if self._reads_at == self.steps:
+            return self._reads
+        pol = self.engine.policy
+        out = [[0, 0] for _ in self.prompt_lens]
+        for c in self.caches:
+            for r, (t, heads) in enumerate(zip(self.prompt_lens, c.lens.tolist())):
+                for length in heads:
+                    k0 = length - self.steps  # what prefill kept, before the generated tokens
+                    for step in range(self.steps):
+                        out[r][0] += pol.reads(c, t, k0, step)
+                        out[r][1] += t + step + 1
+        self._reads, self._reads_at = [tuple(x) for x in out], self.steps
+        return self._reads
+
     def decode_sparsity(self, row: int | None = None) -> float:
         """Fraction of cache keys the decode steps so far did not read (``1 - read / cache length``, summed over
         key heads, layers and steps, and over rows unless ``row`` is given); 0 for dense decode."""
-        pol = self.engine.policy
-        read = total = 0
-        rows = range(len(self.prompt_lens)) if row is None else [row]
-        for c in self.caches:
-            kept = c.lens.tolist()
-            for r in rows:
-                t = self.prompt_lens[r]
-                for h in range(len(kept[r])):
-                    k0 = kept[r][h] - self.steps  # what prefill kept, before the generated tokens
-                    for step in range(self.steps):
-                        read += pol.reads(t, k0, step)
-                        total += t + step + 1
+        reads = self._decode_reads()
+        read, total = map(sum, zip(*(reads if row is None else [reads[row]])))
         return 1.0 - read / max(total, 1)
 
     def prefill_sparsity(self, row: int | None = None) -> float:

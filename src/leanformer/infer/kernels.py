@@ -20,16 +20,14 @@ on ``C`` (or ``P``), never on ``lens``; programs whose part of the cache is beyo
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from leanformer.nn.gpu import sm_count
+from leanformer.sparse.kernels.decode import split_outputs, split_plan
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
 BLOCK_N = 64
-PROGRAMS_PER_SM = 3
 # a split reads at least this many entries: below it, merging the partials costs more than the parallelism gains
 # (SnapKV's 8K kept keys at 128K: 32 splits rather than 99, on an H100)
 MIN_SPLIT = 256
@@ -87,15 +85,6 @@ if triton is not None:
         write_split(OUT, OP, MP, LP, acc, l_i, m_i, pid, sp, G, NSPLIT, offs_g, offs_d, gm, BLOCK_G, D, ONE_SPLIT)
 
 
-def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[int, int]:
-    """``(splits, chunk)`` for ``heads`` programs' worth of lists of ``n`` entries: about ``PROGRAMS_PER_SM``
-    programs per SM in one round; ``chunk`` a multiple of ``block_n``."""
-    blocks = max(1, math.ceil(n / block_n))
-    nsplit = max(1, min(blocks, PROGRAMS_PER_SM * sms // max(heads, 1), math.ceil(n / MIN_SPLIT)))
-    chunk = math.ceil(blocks / nsplit) * block_n
-    return max(1, math.ceil(n / chunk)), chunk
-
-
 def _check(q, k, v, lens, pages, page_size, starts):
     if q.dim() != 3 or k.dim() != 4 or k.shape != v.shape:
         raise ValueError(f"cache_decode takes q [B, H_q, D] and k, v [B, H_kv, C, D]; got {tuple(q.shape)}, "
@@ -127,14 +116,8 @@ def cache_decode_triton(q, k, v, lens, pages=None, page_size: int = 0, scale: fl
     # a pool is shared by the row's heads: each head's list is at most the whole pool
     n = cap if pages is None else (n_pages + 1) * page_size
     block_g = max(16, 1 << (rows - 1).bit_length())
-    nsplit, chunk = split_plan(b * hs, n, sm_count(q.device), block_n)
-    out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
-    if nsplit > 1:
-        op = torch.empty(b * hs * nsplit * block_g, d, device=q.device, dtype=torch.float32)
-        mp = torch.empty(b * hs * nsplit * block_g, device=q.device, dtype=torch.float32)
-        lp = torch.empty_like(mp)
-    else:
-        op = mp = lp = out
+    nsplit, chunk = split_plan(b * hs, n, sm_count(q.device), block_n, MIN_SPLIT)
+    out, op, mp, lp = split_outputs(q, b * hs, rows, nsplit, block_g)
     scale = scale if scale is not None else d ** -0.5
     pg = lens if pages is None else pages
     skh, svh = (0, 0) if starts is not None else (k.stride(1), v.stride(1))

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from leanformer.errors import UserError
+from leanformer.nn.rotary import rotate_half
 
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral")
 
@@ -40,9 +41,7 @@ def rope_heads(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     """Rotary on ``x [B, T, H, D]`` with ``cos, sin [B, T, D]`` (Hugging Face's rotate-half convention), returned
     as a contiguous ``[B, H, T, D]`` (the layout change rides on the rotary pass)."""
     c, s = cos[:, :, None, :], sin[:, :, None, :]
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), -1)
-    return (x * c + rot * s).transpose(1, 2).contiguous()
+    return (x * c + rotate_half(x) * s).transpose(1, 2).contiguous()
 
 
 def to_heads(x: torch.Tensor) -> torch.Tensor:
@@ -148,6 +147,8 @@ class DecoderStack:
             x, h = f.add_rms_norm(y, h, layer.post_attention_layernorm.weight, self.eps)
             m = layer.mlp
             y = m.down_proj(f.silu_mul(m.gate_proj(x), m.up_proj(x)))
-            nxt = self.layers[i + 1].input_layernorm.weight if i + 1 < len(self.layers) else self.inner.norm.weight
-            x, h = f.add_rms_norm(y, h, nxt, self.eps)
-        return self.model.lm_head(x[:, logits_at]).float()
+            if i + 1 < len(self.layers):
+                x, h = f.add_rms_norm(y, h, self.layers[i + 1].input_layernorm.weight, self.eps)
+        # the final norm and the LM head only where logits are asked for (the last position at prefill)
+        x = f.rms_norm(h[:, logits_at] + y[:, logits_at], self.inner.norm.weight, self.eps)
+        return self.model.lm_head(x).float()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from leanformer.nn.rotary import rotate_half
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
 if triton is not None:
@@ -88,16 +89,11 @@ if triton is not None:
             tl.store(LENS + b * slb + kh, new)
 
 
-def _rotate(x, cos, sin):
-    half = x.shape[-1] // 2
-    rot = torch.cat((-x[..., half:], x[..., :half]), -1)
-    return x * cos[:, None] + rot * sin[:, None]
-
-
 def rope_append_reference(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None, meta=None):
     """The same in PyTorch ops (rotary in the input dtype, as Hugging Face computes it)."""
     b, hk, d = k.shape
-    q_rot, k_rot = _rotate(q, cos, sin), _rotate(k, cos, sin)
+    q_rot = q * cos[:, None] + rotate_half(q) * sin[:, None]
+    k_rot = k * cos[:, None] + rotate_half(k) * sin[:, None]
     at = lens if slot is None else slot
     if meta is not None:
         kmin, kmax, page = meta

@@ -25,11 +25,13 @@ import dataclasses
 import gc
 import statistics
 import time
+import types
 
 import torch
 
 from leanformer.errors import UserError
 from leanformer.infer.engine import Engine
+from leanformer.infer.layers import DecoderStack
 
 
 @dataclasses.dataclass
@@ -113,6 +115,7 @@ class SpeedRun:
     def __init__(self, model, device, repeat: int = 3, new_tokens: int = 64, params: dict | None = None):
         self.model, self.device, self.repeat, self.new_tokens = model, torch.device(device), repeat, new_tokens
         self.vocab = model.config.vocab_size
+        self.kv_bytes = DecoderStack(model).kv_bytes_per_token()  # a dense cache's bytes per token, all layers
         self.params = params or {}
         self.engines: dict = {}
         self._templates: dict = {}
@@ -143,15 +146,10 @@ class SpeedRun:
             with torch.no_grad():
                 self.model(ids, use_cache=True, logits_to_keep=1).logits[:, -1].argmax(-1)
 
-        try:
-            with _hf_sdpa(self.model):
-                _reset_peak(self.device)
-                row.ttft_s = _median_time(run, self.device, self.repeat)
-                row.peak_gb = _peak_gb(self.device)
-        except RuntimeError as e:
-            if not _oom(e):
-                raise
-            row.status = "oom"
+        with _out_of_memory(row, self.device), _hf_sdpa(self.model):
+            _reset_peak(self.device)
+            row.ttft_s = _median_time(run, self.device, self.repeat)
+            row.peak_gb = _peak_gb(self.device)
         return row
 
     def prefill(self, length: int, method: str, sparsity: float) -> Row:
@@ -160,23 +158,18 @@ class SpeedRun:
         row = Row(length, "prefill", method, sparsity if name else 0.0, 1, "1")
         eng = self.engine(prefill=name, sparsity=sparsity)
         ids = self.prompt(length)
-        try:
+        last = {}
+
+        def run():
+            last["batch"] = eng.batch([length], 1)
+            last["batch"].prefill(0, ids)
+
+        with _out_of_memory(row, self.device):
             _reset_peak(self.device)
-            last = {}
-
-            def run():
-                last["batch"] = eng.batch([length], 1)
-                last["batch"].prefill(0, ids)
-
             row.ttft_s = _median_time(run, self.device, self.repeat)
             row.peak_gb = _peak_gb(self.device)
             if name is not None:
                 row.measured_sparsity = last["batch"].prefill_sparsity()
-        except RuntimeError as e:
-            if not _oom(e):
-                raise
-            row.status = "oom"
-        gc.collect()
         return row
 
     # ---- decode -----------------------------------------------------------------------------------------------
@@ -185,29 +178,24 @@ class SpeedRun:
         """Hugging Face's own eager decode: ``model(token, past_key_values=cache)`` per step, batch 1."""
         row = Row(length, "decode", "hf", 0.0, 1, "1")
         ids = self.prompt(length)[None]
-        try:
-            with _hf_sdpa(self.model), torch.no_grad():
-                _reset_peak(self.device)
-                out = self.model(ids, use_cache=True, logits_to_keep=1)
-                cache, tok = _out_cache(out), out.logits[:, -1:].argmax(-1)
-                kw = _cache_kwarg(self.model)
+        with _out_of_memory(row, self.device), _hf_sdpa(self.model), torch.no_grad():
+            _reset_peak(self.device)
+            out = self.model(ids, use_cache=True, logits_to_keep=1)
+            cache, tok = _out_cache(out), out.logits[:, -1:].argmax(-1)
+            kw = _cache_kwarg(self.model)
 
-                def one():
-                    nonlocal cache, tok
-                    o = self.model(tok, use_cache=True, **{kw: cache})
-                    cache, tok = _out_cache(o), o.logits[:, -1:].argmax(-1)
+            def one():
+                nonlocal cache, tok
+                o = self.model(tok, use_cache=True, **{kw: cache})
+                cache, tok = _out_cache(o), o.logits[:, -1:].argmax(-1)
 
-                for _ in range(2):
-                    one()
-                dt = _timed(lambda: [one() for _ in range(self.new_tokens)], self.device)
-                row.ms_per_token = 1e3 * dt / self.new_tokens
-                row.tokens_per_s = 1e3 / row.ms_per_token
-                row.peak_gb = _peak_gb(self.device)
-                row.cache_mb_per_seq = (length + self.new_tokens + 2) * _kv_bytes(self.model) / 2**20
-        except RuntimeError as e:
-            if not _oom(e):
-                raise
-            row.status = "oom"
+            for _ in range(2):
+                one()
+            dt = _timed(lambda: [one() for _ in range(self.new_tokens)], self.device)
+            row.ms_per_token = 1e3 * dt / self.new_tokens
+            row.tokens_per_s = 1e3 / row.ms_per_token
+            row.peak_gb = _peak_gb(self.device)
+            row.cache_mb_per_seq = (length + self.new_tokens + 2) * self.kv_bytes / 2**20
         return row
 
     def template(self, eng: Engine, length: int) -> dict:
@@ -235,8 +223,7 @@ class SpeedRun:
             reserve = torch.empty(reserve_bytes, dtype=torch.uint8, device=self.device)
         b = eng.batch([length] * batch, self.new_tokens + 2)
         b.load_row(0, self.template(eng, length)["state"])
-        for r in range(1, batch):
-            b.copy_row(0, r)
+        b.copy_row(0, slice(1, None))  # every other row at once (a broadcast copy per buffer)
         return b, reserve
 
     def decode(self, length: int, method: str, sparsity: float, batch: int, spec: str,
@@ -244,7 +231,7 @@ class SpeedRun:
         name = None if method == "dense" else method
         row = Row(length, "decode", method, sparsity if name else 0.0, batch, spec)
         eng = self.engine(decode=name, sparsity=sparsity)
-        try:
+        with _out_of_memory(row, self.device):
             row.ttft_s = self.template(eng, length)["ttft"]
             _reset_peak(self.device)
             b, reserve = self._filled(eng, length, batch, reserve_bytes)
@@ -257,31 +244,18 @@ class SpeedRun:
             row.cache_mb_per_seq = b.nbytes() / batch / 2**20
             row.measured_sparsity = b.decode_sparsity() if batch <= 8 else None
             del b, reserve
-        except RuntimeError as e:
-            if not _oom(e):
-                raise
-            row.status = "oom"
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
         return row
 
     def fits(self, eng: Engine, length: int, batch: int, reserve_bytes: int) -> bool:
         """Whether ``batch`` rows' caches, two decode steps (one captured) and the reserve fit in GPU memory."""
-        try:
+        result = types.SimpleNamespace(status="ok")
+        with _out_of_memory(result, self.device):
             b, reserve = self._filled(eng, length, batch, reserve_bytes)
             b.step()
             b.step()
             torch.cuda.synchronize(self.device)
             del b, reserve
-            ok = True
-        except RuntimeError as e:
-            if not _oom(e):
-                raise
-            ok = False
-        gc.collect()
-        torch.cuda.empty_cache()
-        return ok
+        return result.status == "ok"
 
     def max_batch(self, length: int, method: str, sparsity: float, limit: int = 4096) -> tuple[int, int]:
         """``(largest batch that fits, reserve bytes)`` for decoding ``length``-token prompts with ``method``:
@@ -321,6 +295,22 @@ def _steps_time(b, n: int, device) -> float:
 
 
 @contextlib.contextmanager
+def _out_of_memory(row, device=None):
+    """Turns an out-of-memory error inside the block into ``row.status = "oom"`` (other errors pass through),
+    then frees what the block left behind."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not _oom(e):
+            raise
+        row.status = "oom"
+    finally:
+        gc.collect()
+        if device is not None and torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
 def _hf_sdpa(model):
     """The model on Hugging Face's own SDPA attention for the block, its implementation restored after."""
     old = model.config._attn_implementation
@@ -329,7 +319,6 @@ def _hf_sdpa(model):
         yield
     finally:
         model.set_attn_implementation(old)
-        gc.collect()
 
 
 def _out_cache(out):
@@ -344,13 +333,6 @@ def _cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _kv_bytes(model) -> int:
-    c = model.config
-    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    return 2 * c.num_hidden_layers * heads * hd * next(model.parameters()).element_size()
-
-
 def batch_specs(specs: list[str]) -> list[str]:
     out = []
     for s in specs:
@@ -359,13 +341,3 @@ def batch_specs(specs: list[str]) -> list[str]:
             raise UserError(f"--batch takes positive integers or 'max'; got {s!r}")
         out.append(s)
     return out
-
-
-def fits_positions(model, lengths: list[int], new_tokens: int):
-    limit = getattr(model.config, "max_position_embeddings", None)
-    for t in lengths:
-        if limit and t > limit:
-            raise UserError(f"length {t} exceeds the model's position limit max_position_embeddings={limit}; "
-                            f"choose --lengths up to {limit}")
-
-

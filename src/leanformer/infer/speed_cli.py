@@ -17,6 +17,8 @@ import platform
 import sys
 from pathlib import Path
 
+from leanformer.cli_overrides import add_device_argument
+
 EXAMPLE = """example (one GPU, Qwen2.5-7B's shape, random weights):
   leanformer speed arch:qwen2.5-7b --lengths 32768 131072 --prefill block_topk vertical_slash \\
       --decode snapkv quest --sparsity 0.9 0.95 --batch 1 max --new-tokens 64 --out runs/speed"""
@@ -41,29 +43,11 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a method parameter (e.g. block_size=64), given to whichever method has it")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's own path (the engine's dense stays)")
-    p.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'cuda:N'")
+    add_device_argument(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="auto: bf16 on a GPU, fp32 on the CPU")
     p.add_argument("--out", default="runs/speed")
     return p
-
-
-def _device(name: str):
-    import torch
-
-    from leanformer.errors import UserError
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device; use 'auto', 'cpu', 'cuda' or 'cuda:N'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asked for, but this machine has no CUDA GPU; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UserError(f"--device {name!r}: speed runs on 'cpu' or 'cuda'")
-    return dev
 
 
 def _param(text: str):
@@ -77,21 +61,29 @@ def _param(text: str):
     return key.strip(), yaml.safe_load(val)
 
 
+def preset(spec: str):
+    """The :class:`~leanformer.analysis.flops.ModelShape` an ``arch:NAME`` spec names (None for other specs)."""
+    from leanformer.analysis.flops import PRESETS
+    from leanformer.errors import UserError
+
+    if not spec.startswith("arch:"):
+        return None
+    if spec[5:] not in PRESETS:
+        raise UserError(f"unknown architecture preset {spec[5:]!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[spec[5:]]
+
+
 def build_model(spec: str, device, dtype, layers: int | None = None):
     """``(model, random_weights)``: ``arch:`` presets get random weights at the preset's shape."""
     import torch
 
     from leanformer.errors import UserError
 
-    if spec.startswith("arch:"):
+    s = preset(spec)
+    if s is not None:
         import transformers
 
-        from leanformer.analysis.flops import PRESETS
-
         name = spec[5:]
-        if name not in PRESETS:
-            raise UserError(f"unknown architecture preset {name!r}; choose one of {sorted(PRESETS)}")
-        s = PRESETS[name]
         n_layers = layers or s.n_layers
         need = (s.total_params - (s.n_layers - n_layers) * s.layer_params) * torch.finfo(dtype).bits // 8
         have = _free_bytes(device)
@@ -204,10 +196,11 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from leanformer.errors import UserError
-    from leanformer.infer.speed import Row, SpeedRun, batch_specs, check_engine, fits_positions
+    from leanformer.infer.speed import Row, SpeedRun, batch_specs, check_engine
     from leanformer.infer.speed_report import plot
     from leanformer.reliability import check_output_dir
     from leanformer.sparse.registry import DECODE_METHODS, PREFILL_METHODS, param_names
+    from leanformer.train.device import resolve_device
 
     args.batch = batch_specs(args.batch)
     for m in args.prefill:
@@ -229,18 +222,14 @@ def run(args) -> int:
     for k in params:
         if k not in known:
             raise UserError(f"--param {k!r} belongs to none of the chosen methods; allowed: {sorted(known)}")
-    device = _device(args.device)
+    device = resolve_device(args.device, "--device")
     if "max" in args.batch and device.type != "cuda":
         raise UserError("--batch max needs a CUDA device (it searches for the largest batch that fits in GPU memory)")
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
              "auto": torch.bfloat16 if device.type == "cuda" else torch.float32}[args.dtype]
     out = check_output_dir(args.out, what="--out")
     # refuse long lengths from the config, before building or loading any weights
-    if args.model.startswith("arch:"):
-        from leanformer.analysis.flops import PRESETS
-
-        if args.model[5:] not in PRESETS:
-            raise UserError(f"unknown architecture preset {args.model[5:]!r}; choose one of {sorted(PRESETS)}")
+    if preset(args.model) is not None:
         limit = PRESET_POSITIONS
     else:
         from leanformer.eval.models import context_length
@@ -250,7 +239,6 @@ def run(args) -> int:
         raise UserError(f"length {max(args.lengths)} exceeds the model's position limit {limit}; choose "
                         f"--lengths up to {limit}")
     model, random_weights = build_model(args.model, device, dtype, args.layers)
-    fits_positions(model, args.lengths, args.new_tokens)
     err = check_engine(model, model.config.vocab_size, device)
     meta = _meta(args, model, device, dtype, random_weights) | {"engine_check_rel_error": err}
     out.mkdir(parents=True, exist_ok=True)

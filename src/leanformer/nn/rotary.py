@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [-x2, x1]`` over the last dim's two halves (the Llama / Hugging Face convention)."""
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -19,9 +20,9 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     """Rotate ``x [B, H, T, D]`` by ``cos/sin [T, R]`` or ``[B, 1, T, R]`` (R <= D; channels past R untouched)."""
     r = cos.shape[-1]
     if r == x.shape[-1]:
-        return (x * cos + _rotate_half(x) * sin).to(x.dtype)
+        return (x * cos + rotate_half(x) * sin).to(x.dtype)
     xr, xp = x[..., :r], x[..., r:]
-    return torch.cat(((xr * cos + _rotate_half(xr) * sin).to(x.dtype), xp), dim=-1)
+    return torch.cat(((xr * cos + rotate_half(xr) * sin).to(x.dtype), xp), dim=-1)
 
 
 class Rotary(nn.Module):

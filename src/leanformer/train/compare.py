@@ -146,15 +146,14 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from leanformer.cli_overrides import config_arguments
+    from leanformer.cli_overrides import config_arguments, with_device
     from leanformer.errors import UserError
 
     (config,), overrides = config_arguments(
         args, required=1, example="leanformer compare configs/gpt-shakespeare.yaml --budget 2m")
     if args.seeds < 1 or args.evals < 1:
         raise UserError(f"--seeds and --evals must be >= 1 (got {args.seeds}, {args.evals})")
-    if args.device:
-        overrides = [*overrides, f"trainer.device={args.device}"]
+    overrides = with_device(overrides, args.device or None, "trainer.device")
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     out = Path(args.out) if args.out else Path("runs") / "compare" / Path(config).stem
     summary = run_compare(config, overrides, parse_budget(args.budget), methods, args.seeds, out, args.rst_table,

@@ -42,18 +42,13 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from leanformer.cli_overrides import build_config, config_arguments
+    from leanformer.cli_overrides import build_config, config_arguments, legacy_config, with_device
     from leanformer.config import DataConfig
-    from leanformer.errors import UserError
     from leanformer.train.dmc_retrofit import RetrofitConfig, gqa_uptrain, retrofit
 
     (checkpoint, config), overrides = config_arguments(args, ("CHECKPOINT", "CONFIG"), required=1, example=EXAMPLE)
-    if args.config is not None:
-        if config is not None:
-            raise UserError(f"two configs given ({config} and --config {args.config}); give one")
-        config = args.config
-    if args.device is not None:
-        overrides = [*overrides, f"device={args.device}"]
+    config = legacy_config(config, "--config", args.config)
+    overrides = with_device(overrides, args.device)
     rc = build_config(RetrofitConfig, config, overrides)
     data = DataConfig(source=args.data, seq_len=rc.seq_len or 256) if args.data else None
     fn = retrofit if args.action == "retrofit" else gqa_uptrain

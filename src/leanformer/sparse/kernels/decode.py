@@ -161,13 +161,25 @@ NUM_STAGES = 2
 PROGRAMS_PER_SM = 3
 
 
-def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N) -> tuple[int, int]:
+def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N, min_split: int = 1) -> tuple[int, int]:
     """``(splits, chunk)`` for ``heads`` = batch x selection heads reading ``n`` positions each: ``chunk`` is a
-    multiple of ``block_n`` and every split holds at least one position (the last may be partial)."""
+    multiple of ``block_n``, every split holds at least one position (the last may be partial) and, where ``n``
+    allows, at least ``min_split``."""
     blocks = max(1, math.ceil(n / block_n))
-    nsplit = max(1, min(blocks, PROGRAMS_PER_SM * sms // heads))
+    nsplit = max(1, min(blocks, PROGRAMS_PER_SM * sms // max(heads, 1), math.ceil(n / min_split)))
     chunk = math.ceil(blocks / nsplit) * block_n
     return max(1, math.ceil(n / chunk)), chunk
+
+
+def split_outputs(q: torch.Tensor, heads: int, rows: int, nsplit: int, block_g: int):
+    """``(out, acc, m, l)`` of a split-K launch: the output ``[heads, rows, D]`` and, with several splits, the fp32
+    partials the merge reads (one split writes the output itself: the partial slots are the output, untouched)."""
+    d = q.shape[-1]
+    out = torch.empty(heads, rows, d, device=q.device, dtype=q.dtype)
+    if nsplit == 1:
+        return out, out, out, out
+    mp = torch.empty(heads * nsplit * block_g, device=q.device, dtype=torch.float32)
+    return out, torch.empty(heads * nsplit * block_g, d, device=q.device, dtype=torch.float32), mp, torch.empty_like(mp)
 
 
 def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
@@ -213,13 +225,7 @@ def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None, fuse
     kvdiv = 1 if hs == hk else g
     block_g = max(16, 1 << (rows - 1).bit_length())
     nsplit, chunk = split_plan(b * hs, n, sm_count(q.device), block_n)
-    out = torch.empty(b * hs, rows, d, device=q.device, dtype=q.dtype)
-    if nsplit > 1:
-        op = torch.empty(b * hs * nsplit * block_g, d, device=q.device, dtype=torch.float32)
-        mp = torch.empty(b * hs * nsplit * block_g, device=q.device, dtype=torch.float32)
-        lp = torch.empty_like(mp)
-    else:  # not touched by the kernel (ONE_SPLIT)
-        op = mp = lp = out
+    out, op, mp, lp = split_outputs(q, b * hs, rows, nsplit, block_g)
     scale = scale if scale is not None else d ** -0.5
     ids = ids.contiguous()
     valid = ids if valid is None else valid.contiguous()
