@@ -200,7 +200,7 @@ SELECT_SCRIPT = textwrap.dedent("""
     def gap(a, b):
         return (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0).nan_to_num(nan=float("inf")).max().item()
     worst = {"int8_scores": 0.0, "fused_merge": 0.0, "quest_int8": 0.0}
-    same = {"select": True, "counts_reset": True}
+    same = {"select": True, "select_lens": True, "counts_reset": True}
     for hq, hk in [(2, 2), (8, 2)]:
         q = torch.randn(2, hq, 1, 16, generator=g)
         a, c = torch.randn(2, hk, 150, 16, generator=g), torch.randn(2, hk, 150, 16, generator=g)
@@ -210,10 +210,16 @@ SELECT_SCRIPT = textwrap.dedent("""
             ref = page_scores(q, *q8[:2], share, *q8[2:])  # relative: fp32 sums of products in another order
             err = gap(page_scores_triton(q, q8[0], q8[1], share, kmin_scale=q8[2], kmax_scale=q8[3]), ref)
             worst["int8_scores"] = max(worst["int8_scores"], err / ref.abs().max().item())
+            # device-side lengths: row 0's first head has 2 complete pages before its current one (fewer than k)
+            lens = torch.tensor([[40, 2400], [1, 777]][:2], dtype=torch.int32)[:, :hk]
             for kk in (1, 9, 150):
                 for meta in ((kmin, kmax), q8):
                     same["select"] &= torch.equal(select_pages_reference(q, *meta[:2], kk, share, *meta[2:]),
                                                   select_pages_triton(q, *meta[:2], kk, share, *meta[2:]))
+                    ref = select_pages_reference(q, *meta[:2], kk, share, *meta[2:], lens=lens, page_size=16)
+                    same["select_lens"] &= torch.equal(ref, select_pages_triton(q, *meta[:2], kk, share, *meta[2:],
+                                                                                lens=lens, page_size=16))
+                    same["select_lens"] &= bool((ref[0, 0, 2:] == -1).all()) if kk > 2 else True
         k, v = torch.randn(2, hk, 301, 16, generator=g), torch.randn(2, hk, 301, 16, generator=g)
         for hs in (hk, hq):
             pages = torch.rand(2, hs, 18, generator=g).topk(12, -1).indices

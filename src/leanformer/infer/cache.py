@@ -31,8 +31,7 @@ from leanformer.infer.kernels import cache_decode
 from leanformer.infer.rope_append import rope_append
 from leanformer.sparse.base import default_scale
 from leanformer.sparse.decode.common import prompt_key_scores, token_budget
-from leanformer.sparse.kernels.block_select import MAX_TRITON_ROW, topk_rows_triton
-from leanformer.sparse.kernels.quest_scores import page_scores, page_scores_triton
+from leanformer.sparse.kernels.quest_scores import MAX_SELECT_PAGES, select_pages_reference, select_pages_triton
 
 
 class LayerCache:
@@ -233,23 +232,13 @@ class Pages(Full):
         return rope_append(q, k, v, cos, sin, cache.k, cache.v, cache.lens, meta=meta, impl=impl)
 
     def select(self, cache: LayerCache, q):
-        """Top ``cache.n_select`` complete pages before the current one, ``-1`` where fewer exist: ``[B, H_s, n]``."""
-        share = self.method.params.share_gqa
-        fn = page_scores_triton if (q.is_cuda and self.method.params.impl != "reference") else page_scores
-        s = fn(q[:, :, None], cache.extra["kmin"], cache.extra["kmax"], share)  # [B, H_s, P]
-        cur = (cache.lens - 1) // self.page
-        if not share:
-            cur = cur.repeat_interleave(q.shape[1] // cache.lens.shape[1], 1)
-        cand = torch.arange(s.shape[-1], device=q.device) < cur[..., None]
-        s = torch.where(cand, s, float("-inf"))
-        n = min(cache.n_select, s.shape[-1])
-        if q.is_cuda and s.shape[-1] <= MAX_TRITON_ROW:
-            # one launch (bisection on the scores, no sort) where torch.topk's radix select takes a dozen
-            idx = topk_rows_triton(s, n)
-            val = torch.gather(s, -1, idx.long())
-        else:
-            val, idx = torch.topk(s, n, dim=-1, sorted=False)
-        return torch.where(val > float("-inf"), idx, -1).int()
+        """Top ``cache.n_select`` complete pages before the current one, ``-1`` where fewer exist: ``[B, H_s, n]``.
+        On CUDA one launch scores the pages and picks them (the lengths read on the device)."""
+        kmin, kmax = cache.extra["kmin"], cache.extra["kmax"]
+        args = (q[:, :, None], kmin, kmax, min(cache.n_select, kmin.shape[2]), self.method.params.share_gqa)
+        if q.is_cuda and self.method.params.impl != "reference" and kmin.shape[2] <= MAX_SELECT_PAGES:
+            return select_pages_triton(*args, lens=cache.lens, page_size=self.page)
+        return select_pages_reference(*args, lens=cache.lens, page_size=self.page)
 
     def attend(self, cache: LayerCache, q, scale, impl="auto"):
         if cache.n_select == 0:

@@ -13,7 +13,7 @@ the maximum up) so the score stays an upper bound up to rounding.
 
 :func:`select_pages_triton` scores the pages *and* picks the top ``k`` of each selection head in one launch: one
 program per (batch x key head, block of pages) writes its scores, and the last program of a key head to finish
-(an atomic count) bisects for the ``k``-th largest score of each of its selection heads and writes the winners, in
+(an atomic count) radix-selects the ``k``-th largest score of each of its selection heads and writes the winners, in
 page order. :func:`select_pages_reference` is the same with :func:`page_scores` and a stable sort.
 """
 
@@ -53,12 +53,23 @@ def quantize_pages(kmin: torch.Tensor, kmax: torch.Tensor):
     return kmin8, kmax8, smin, smax
 
 
-def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None):
+def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None, lens=None,
+                           page_size: int = 0):
     """The ``k`` best pages by :func:`page_scores`, ``[B, H_s, k]`` int32 in page order (equal scores: the lower
-    page), as :func:`select_pages_triton` returns them."""
+    page), as :func:`select_pages_triton` returns them. With ``lens [B, H_kv]`` (int32, on the device) and
+    ``page_size``, only the complete pages before each head's current one, ``(lens - 1) // page_size``, are
+    candidates; where fewer than ``k`` exist the list ends in ``-1``."""
     from leanformer.sparse.kernels.block_select import topk_rows
 
-    return topk_rows(page_scores(q, kmin, kmax, share_gqa, kmin_scale, kmax_scale), k)
+    s = page_scores(q, kmin, kmax, share_gqa, kmin_scale, kmax_scale)
+    if lens is None:
+        return topk_rows(s, k)
+    cur = (lens.long() - 1) // page_size
+    if not share_gqa:
+        cur = cur.repeat_interleave(s.shape[1] // cur.shape[1], 1)
+    cand = torch.arange(s.shape[-1], device=s.device) < cur[..., None]
+    top = topk_rows(torch.where(cand, s, float("-inf")), k)
+    return torch.where(torch.gather(cand, -1, top.long()), top, -1)
 
 
 if triton is not None:
@@ -109,20 +120,24 @@ if triton is not None:
             tl.store(OUT + rows[:, None] * P + offs_p[None, :], s, mask=(offs_g[:, None] < G) & (offs_p[None, :] < P))
 
     @triton.jit
-    def _kth_key(S, P, K, NP: tl.constexpr):
-        """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1) and the ``K``-th largest."""
+    def _kth_key(S, P, LIMIT, K, NP: tl.constexpr):
+        """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1; pages from ``LIMIT`` on
+        invalid) and the ``K``-th largest."""
         offs = tl.arange(0, NP)
+        valid = (offs < P) & (offs < LIMIT)
         x = tl.load(S + offs, mask=offs < P, other=0.0, cache_modifier=".cg")
-        key = order_keys(x, offs < P)
-        return key, kth_largest_key(key, K)
+        key = order_keys(x, valid)
+        return key, kth_largest_key(key, K), valid
 
     @triton.jit
-    def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, HK,
-                    G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr, PREC: tl.constexpr,
-                    BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr, D: tl.constexpr, NP: tl.constexpr):
+    def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb,
+                    ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
+                    PREC: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
+                    D: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
         """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
         each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
-        next step."""
+        next step. ``PAGE > 0``: candidates are the pages before ``(LENS[b, h] - 1) // PAGE``, the list padded
+        with ``-1`` where there are fewer."""
         pid = tl.program_id(0)
         offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         s = _block_scores(Q, KMIN, KMAX, SMIN, SMAX, pid // HK, pid % HK, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh,
@@ -138,14 +153,22 @@ if triton is not None:
         tl.debug_barrier()
         done = tl.atomic_add(CNT + pid, 1, sem="acq_rel")
         if done == NBLK - 1:
+            limit = P
+            if PAGE > 0:
+                limit = (tl.load(LENS + (pid // HK) * slb + (pid % HK) * slh) - 1) // PAGE
             for r in range(0, NROWS):
                 row = pid * NROWS + r
-                key, thr = _kth_key(SCORES + row * P, P, K, NP)
+                key, thr, valid = _kth_key(SCORES + row * P, P, limit, K, NP)
                 offs = tl.arange(0, NP)
                 gt = key > thr
                 eq = key == thr
                 take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
                 pos = tl.cumsum(take.to(tl.int32), 0) - 1
+                if PAGE > 0:  # fewer candidates than K: the list ends in -1 (written before the winners)
+                    offs_k = tl.arange(0, KP)
+                    tl.store(OUT + row * K + offs_k, tl.full([KP], -1, tl.int32), mask=offs_k < K)
+                    tl.debug_barrier()
+                    take = take & valid
                 tl.store(OUT + row * K + pos, offs, mask=take)
             tl.atomic_xchg(CNT + pid, 0)
 
@@ -189,7 +212,7 @@ def page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, 
     return out
 
 
-MAX_SELECT_PAGES = 16384  # pages a selection row may hold: the row sits in registers while it is bisected
+MAX_SELECT_PAGES = 16384  # pages a selection row may hold: the row sits in registers while it is selected
 
 
 @functools.lru_cache(maxsize=8)
@@ -205,10 +228,11 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
 
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
-                        block_p: int = 64, return_scores: bool = False):
+                        block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0):
     """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
-    ``return_scores``, the ``[B H_s, P]`` scores it ranked). Rows of up to :data:`MAX_SELECT_PAGES` pages (a
-    256K-token cache at 16-token pages)."""
+    ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
+    the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
+    (a 256K-token cache at 16-token pages)."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
     b, hq, _, d = q.shape
@@ -217,6 +241,8 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError(f"k={k} must be between 1 and the number of pages {p}")
     if p > MAX_SELECT_PAGES:
         raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
+    if (lens is None) != (page_size == 0):
+        raise ValueError("lens and page_size come together")
     g = hq // hk
     hs = hk if share_gqa else hq
     q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
@@ -224,8 +250,10 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     out = torch.empty(b, hs, k, device=q.device, dtype=torch.int32)
     nblk = triton.cdiv(p, block_p)
     np_ = max(16, 1 << (p - 1).bit_length())
+    lp = (lens.stride(0), lens.stride(1)) if lens is not None else (0, 0)
     _select_fwd[(b * hk, nblk)](
-        q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), out, *strides, hk, g, p, k, nblk,
-        hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, BLOCK_G=max(16, 1 << (g - 1).bit_length()),
-        BLOCK_P=block_p, D=d, NP=np_, num_warps=max(4, min(8, np_ // 1024)))
+        q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
+        *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
+        BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_,
+        KP=max(16, 1 << (k - 1).bit_length()), num_warps=max(4, min(8, np_ // 1024)))
     return (out, scores.view(b, hs, p)) if return_scores else out
