@@ -105,7 +105,7 @@ if triton is not None:
         remaining = K + tl.zeros((), tl.int32)
         prefix = tl.zeros((), tl.int32)
         for p in tl.static_range(4):
-            shift: tl.constexpr = 24 - 8 * p
+            shift = 24 - 8 * p
             digit = (u >> shift) & 255
             if p == 0:
                 match = u == u
