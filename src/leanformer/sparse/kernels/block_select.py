@@ -7,9 +7,9 @@ Block top-k's estimation picks, for each query block, the best ``k`` key blocks 
 at 128K tokens (32 heads, 1024 x 1024 block scores per head) ``torch.topk`` on fp32 takes ~1.05 ms (a multi-pass
 radix select: four passes of four launches), as long as a full ``torch.sort``, more than the scores and the pooling
 together (``benchmarks/bench_block_estimation.py``). The kernel here is one program per row with the row in
-registers (one warp per 1024 scores): a radix select over the scores' order-preserving integer keys (four
-256-bin histograms) finds the ``k``-th largest, then one prefix sum places the winners. No sort: the result comes in
-ascending index order, which is all block top-k needs (which blocks, not their rank).
+registers (one warp per 1024 scores): a 32-step bisection over the scores' order-preserving integer keys finds the
+``k``-th largest, then one prefix sum places the winners. No sort: the result comes in ascending index order,
+which is all block top-k needs (which blocks, not their rank).
 
 FlexPrefill's query-aware heads keep a different number of blocks in every query block: ``block_tiles_rows`` /
 ``block_tiles_rows_triton`` take the count per row (``k_rows``) and never pick the diagonal among the scored blocks
@@ -95,36 +95,25 @@ if triton is not None:
 
     @triton.jit
     def kth_largest_key(key, K):
-        """The ``K``-th largest of the int32 ``key`` (``K = 0``: the largest int32): a radix select over the keys'
-        unsigned order (``key ^ INT_MIN``), eight bits a pass from the top, so four histograms of 256 bins and no
-        sort. A pass counts the keys that share the bits fixed so far by their next byte, keeps the largest byte
-        ``d`` with at least ``remaining`` such keys at or above it, and takes the keys above ``d`` off ``remaining``.
-        (A 32-step bisection of counts did the same in ~45 us for 8K keys on an H100; this takes a few.)"""
-        u = key ^ (-2147483648)
-        bins = tl.arange(0, 256)
-        remaining = K + tl.zeros((), tl.int32)
-        prefix = tl.zeros((), tl.int32)
-        for p in tl.static_range(4):
-            shift = 24 - 8 * p
-            digit = (u >> shift) & 255
-            if p == 0:
-                match = u == u
-            else:
-                match = (u >> (shift + 8)) == (prefix >> (shift + 8))
-            counts = tl.histogram(tl.where(match, digit, 0), 256)
-            # the keys that do not match were counted in bin 0
-            counts -= tl.where(bins == 0, tl.sum((~match).to(tl.int32), 0), 0)
-            above = tl.sum(counts, 0) - tl.cumsum(counts, 0) + counts  # matching keys with a byte >= bin
-            d = tl.sum((above >= remaining).to(tl.int32), 0) - 1
-            remaining -= tl.sum(tl.where(bins == d, above - counts, 0), 0)
-            prefix = prefix | (d << shift)
-        return prefix ^ (-2147483648)
+        """The ``K``-th largest of ``key`` by a 32-step bisection over int32 (each step one count; no sort).
+        Invariant: at least ``K`` keys are ``>= lo`` and fewer than ``K`` are ``> hi``. (A four-pass radix select
+        over 256-bin ``tl.histogram`` counts was slower: a 128K-cache Quest step took 0.123 ms on an H200 with it,
+        results/sparse_decode-20261206T073059Z.json, against 0.079 ms on an H100 with this; a row of page scores
+        crowds a few bins.)"""
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = (lo + hi + 1) >> 1
+            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        return lo.to(tl.int32)
 
     @triton.jit
     def _topk_rows_fwd(S, OUT, CNT, N, K, KREQ, TILES: tl.constexpr, NP: tl.constexpr):
-        """One program per row: select the ``K``-th largest key, then keep every larger key and the first
+        """One program per row: bisect for the ``K``-th largest key, then keep every larger key and the first
         ``K - #larger`` keys equal to it, written in index order (positions from a prefix sum). Keys are int32 and
-        a row of up to 1024 sits in one warp.
+        a row of up to 1024 sits in one warp, so each bisection step's count is a warp reduction (no barrier).
         ``TILES``: rows are query blocks (``N`` of them per head) and the output is :func:`block_tiles`' (width
         ``K + 1``, the diagonal at ``cnt - 1``, the count in ``CNT``)."""
         row = tl.program_id(0).to(tl.int64)
@@ -171,7 +160,7 @@ if triton is not None:
     @triton.jit
     def _row_tiles_fwd(S, KROW, OUT, CNT, N, NP: tl.constexpr):
         """One program per query block ``i`` (row): keep ``cnt - 1`` of its causal off-diagonal blocks by the
-        selection of :func:`_topk_rows_fwd` and place the diagonal after them; rows are ``N`` wide."""
+        bisection of :func:`_topk_rows_fwd` and place the diagonal after them; rows are ``N`` wide."""
         row = tl.program_id(0).to(tl.int64)
         i = (row % N).to(tl.int32)
         offs = tl.arange(0, NP)

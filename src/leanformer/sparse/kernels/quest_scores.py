@@ -13,7 +13,7 @@ the maximum up) so the score stays an upper bound up to rounding.
 
 :func:`select_pages_triton` scores the pages *and* picks the top ``k`` of each selection head in one launch: one
 program per (batch x key head, block of pages) writes its scores, and the last program of a key head to finish
-(an atomic count) radix-selects the ``k``-th largest score of each of its selection heads and writes the winners, in
+(an atomic count) bisects for the ``k``-th largest score of each of its selection heads and writes the winners, in
 page order. :func:`select_pages_reference` is the same with :func:`page_scores` and a stable sort.
 """
 
