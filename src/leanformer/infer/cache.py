@@ -12,7 +12,8 @@ step has static shapes and no host reads: it can be captured in a CUDA graph.
   its largest head.
 * :class:`Ring` (streaming decode): the sinks and a ring of the most recent tokens; old ones are overwritten.
 * :class:`Pages` (Quest): the whole cache (Quest saves reads, not memory) plus each page's min/max keys; a step
-  reads its top pages and the current one.
+  reads its top pages and the current one, chosen in one launch (scores, candidates from the device-side lengths,
+  top-k).
 
 Budgets follow the logical methods in :mod:`leanformer.sparse.decode` with one difference: a budget given as a
 sparsity is fixed at the prompt's length (the logical methods of streaming and Quest recompute it as the cache
