@@ -1,6 +1,6 @@
 """Train a reference checkpoint: a small Llama-style ``gpt`` with a locally trained BPE tokenizer, on Shakespeare
 mixed with task-suite samples (:mod:`leanformer.reference.mixture`), then measure its dense accuracy per task and
-length with the harness's own prompt encoding and scorers, and write the model card.
+length with the harness's own prompt encoding, scorers and inference engine, and write the model card.
 
     PYTHONPATH=src python3 -m leanformer.reference.train --config configs/reference/small.yaml --out OUT_DIR
 
