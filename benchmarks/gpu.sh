@@ -7,6 +7,9 @@
 #   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc
 #              inference-prefill | inference-decode
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
+#              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
+#              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
+#              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
 #
@@ -41,10 +44,30 @@ run() {  # run SECONDS COMMAND...: one command under its own limit; a failure is
 
 shakespeare() { [ -f $DATA/test.txt ] || run 60 python3 benchmarks/bench_hourglass.py export --data-dir $DATA; }
 
-ref_job() {  # ref_job OUT_NAME [OVERRIDES...]: one job of configs/reference/small.yaml (train, then evaluate)
+ref_job() {  # ref_job OUT_NAME [OVERRIDES...]: one job of $REF_CONFIG (default configs/reference/small.yaml):
+    # train, then evaluate
     local out=$LOGS/$1; shift
     mkdir -p "$out" && cp src/leanformer/assets/reference/tokenizer* "$out"/
-    run 575 python3 -m leanformer.reference.train --config configs/reference/small.yaml --out "$out" --workers 15 "$@"
+    run 575 python3 -m leanformer.reference.train --config "${REF_CONFIG:-configs/reference/small.yaml}" --out "$out" \
+        --workers 15 "$@"
+}
+
+frontier_slice() {  # frontier_slice CONFIG MODEL_DIR STORE_DIR: one 560 s slice of a resumable sweep. The model and
+    # an earlier slice's store, where they travel as .scratch/NAME (device runs), are put where the config names them
+    # (the store keys rows by that path); the store comes back in $LOGS (copy it to .scratch/ for the next slice).
+    local config=$1 model=$2 store=$3
+    [ -d "$model" ] || { mkdir -p "$(dirname "$model")" && cp -r ".scratch/$(basename "$model")" "$model"; } || return 1
+    if [ ! -f "$store/results.db" ] && [ -f ".scratch/$(basename "$store")/results.db" ]; then
+        mkdir -p "$store" && cp ".scratch/$(basename "$store")"/results.db* "$store"/
+    fi
+    run 560 python3 -m leanformer.cli frontier "$config" progress=false
+    # a slice cut by its limit leaves committed rows in the write-ahead log: fold them into one file that travels
+    [ -f "$store/results.db" ] || return 0
+    python3 -c "import sqlite3, sys; sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)')" \
+        "$store/results.db"
+    if [ "$(realpath "$store")" != "$(realpath -m "$LOGS/$(basename "$store")")" ]; then
+        mkdir -p "$LOGS/$(basename "$store")" && cp "$store/results.db" "$LOGS/$(basename "$store")/"
+    fi
 }
 
 suite() {
@@ -103,6 +126,18 @@ suite() {
         ref_job reference-uneven max_seconds=400 lr=1e-3 init_from=.scratch/reference-continue \
             "mixture.tasks={$tasks, story_multihop: 1.5, story_filtering: 1.5}" 'mixture.lengths=[2048, 4096, 8192]' \
             "mixture.task_params={story_retrieval: $uneven, story_multihop: $uneven, story_filtering: $uneven}" ;;
+    reference-long)  # long job 1: the shipped model at rope base 5e5 on 4K-16K prompts (configs/reference/long.yaml)
+        REF_CONFIG=configs/reference/long.yaml ref_job reference-long init_from=src/leanformer/assets/reference ;;
+    reference-long-continue)  # long job 2: job 1's folder (copied over as .scratch/reference-long) on 8K-32K prompts
+        REF_CONFIG=configs/reference/long.yaml ref_job reference-long-continue init_from=.scratch/reference-long \
+            'mixture.lengths=[8192, 16384, 32768]' ;;
+    reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
+        local job=${LONG_JOB:-reference-long-continue}
+        mkdir -p "$LOGS" && rm -rf "${LOGS:?}/$job" && cp -r ".scratch/$job" "$LOGS/$job"
+        run 575 python3 -m leanformer.reference.train --config configs/reference/long.yaml --out "$LOGS/$job" \
+            --workers 15 --skip-train ;;
+    frontier-long)  # one slice of the study on the long reference (configs/frontier/long.yaml); resumes, ~2-3 slices
+        frontier_slice configs/frontier/long.yaml runs/gpu/reference-long-continue runs/frontier-long ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -110,7 +145,8 @@ suite() {
         run 540 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8 ;;
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} inference-prefill inference-decode reference" \
-             "reference-continue reference-uneven distributed frontier-shard all"; return 2 ;;
+             "reference-continue reference-uneven reference-long reference-long-continue reference-long-eval" \
+             "frontier-long distributed frontier-shard all"; return 2 ;;
     esac
 }
 

@@ -1,6 +1,6 @@
 """Train a reference checkpoint: a small Llama-style ``gpt`` with a locally trained BPE tokenizer, on Shakespeare
 mixed with task-suite samples (:mod:`leanformer.reference.mixture`), then measure its dense accuracy per task and
-length with the harness's own prompt encoding and scorers, and write the model card.
+length with the harness's own prompt encoding, scorers and inference engine, and write the model card.
 
     PYTHONPATH=src python3 -m leanformer.reference.train --config configs/reference/small.yaml --out OUT_DIR
 
@@ -264,40 +264,85 @@ def _prefetch(pool, seed: int, start: int, stop: int | None, ahead: int):
         yield pending.popleft().get()
 
 
-def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
-             max_new_tokens: int = 128, on_cell=None, done: dict | None = None) -> dict:
-    """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder and scorers;
-    ``on_cell(results)`` after each (task, length) cell, e.g. to save what is measured so far. Cells in ``done``
-    (an earlier, interrupted evaluation's results) with ``eval_samples`` scores are kept, not measured again."""
-    import torch
+_E: dict = {}
 
-    from leanformer.eval.generation import PromptEncoder, generate_batch
+
+def _eval_init(model_dir: str):
+    from leanformer.eval.generation import PromptEncoder
+    from leanformer.train.checkpoint import load_tokenizer
+
+    _E["encoder"] = PromptEncoder(load_tokenizer(model_dir), "off", "<answer>")
+
+
+def _eval_sample(job: tuple[str, int, int]):
+    """Task ``name``'s evaluation sample ``seed`` at ``length`` and its encoded prompt (the harness's encoding)."""
     from leanformer.tasks import TASKS
-    from leanformer.train.checkpoint import load_model, load_tokenizer
 
-    model = load_model(model_dir, device=device).to_hf().to(device).eval()
-    tok = load_tokenizer(model_dir)
-    enc = PromptEncoder(tok, "off", "<answer>")
-    results: dict = {}
+    name, length, seed = job
+    sample = TASKS[name]().generate(_E["encoder"].tokenizer, length, seed)
+    return sample, _E["encoder"].encode(sample.prompt)
+
+
+def eval_samples(model_dir: Path, jobs: list[tuple[str, int, int]], workers: int = 1):
+    """``(sample, prompt ids)`` for each ``(task, length, seed)`` of ``jobs``, in order, made ahead by ``workers``
+    processes: fitting a 32K-token prompt tokenizes it ~25 times (~1-2 s of CPU), far more than the GPU spends on
+    it, so 64 samples x 7 tasks are made in parallel while earlier cells run."""
+    if workers <= 1:
+        _eval_init(str(model_dir))
+        yield from map(_eval_sample, jobs)
+        return
+    with mp.get_context("spawn").Pool(workers, initializer=_eval_init, initargs=(str(model_dir),)) as pool:
+        yield from pool.imap(_eval_sample, jobs)
+
+
+def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
+             max_new_tokens: int = 128, on_cell=None, done: dict | None = None, workers: int = 1) -> dict:
+    """Dense accuracy per task and length (seeds 0..eval_samples-1), with the harness's encoder, scorers and
+    generation path (:class:`leanformer.infer.Engine`, bf16 on a GPU: the sweep's dense cells); ``on_cell(results)``
+    after each (task, length) cell, e.g. to save what is measured so far. Cells in ``done`` (an earlier, interrupted
+    evaluation's results) with ``eval_samples`` scores are kept, not measured again.
+
+    The engine prefills each prompt alone and decodes the batch together without padding: a left-padded batch
+    through ``generate`` would build a ``[B, T, T]`` mask (~34 GB in bool for 32 rows at 32K tokens, 4x that once
+    SDPA makes it additive). ``workers`` processes make the samples ahead (:func:`eval_samples`)."""
+    from leanformer.eval.generation import PromptEncoder, generate_engine
+    from leanformer.eval.models import load_model as load_hf
+    from leanformer.infer import Engine
+    from leanformer.tasks import TASKS
+    from leanformer.train.checkpoint import load_tokenizer
+
+    engine = Engine(load_hf(str(model_dir), device, "auto"))
+    enc = PromptEncoder(load_tokenizer(model_dir), "off", "<answer>")
+    measured: dict = {}
+    todo = []
     for name in rc.eval_tasks:
-        task = TASKS[name]()
         for L in rc.eval_lengths:
             prev = (done or {}).get(name, {}).get(str(L))
             if prev is not None and len(prev.get("scores", [])) == rc.eval_samples:
-                results.setdefault(name, {})[str(L)] = prev
-                continue
-            samples = [task.generate(tok, L, s) for s in range(rc.eval_samples)]
-            scores = []
-            for i in range(0, len(samples), batch_size):
-                chunk = samples[i:i + batch_size]
-                with torch.no_grad():
-                    gens = generate_batch(model, enc, [enc.encode(s.prompt) for s in chunk], max_new_tokens)
-                scores += [task.score(g.text, s) for g, s in zip(gens, chunk)]
-            results.setdefault(name, {})[str(L)] = {"mean": sum(scores) / len(scores), "scores": scores}
-            print(f"{name:18s} {L:6d}  {sum(scores) / len(scores):.3f}", flush=True)
-            if on_cell is not None:
-                on_cell(results)
-    return results
+                measured[(name, L)] = prev
+            else:
+                todo.append((name, L))
+
+    def results() -> dict:  # task -> length -> cell, in the config's order
+        out: dict = {}
+        for (name, L) in sorted(measured, key=lambda k: (rc.eval_tasks.index(k[0]), rc.eval_lengths.index(k[1]))):
+            out.setdefault(name, {})[str(L)] = measured[(name, L)]
+        return out
+
+    made = eval_samples(model_dir, [(n, L, s) for n, L in todo for s in range(rc.eval_samples)], workers)
+    for name, L in todo:
+        task = TASKS[name]()
+        scores = []
+        for i in range(0, rc.eval_samples, batch_size):
+            chunk = [next(made) for _ in range(min(batch_size, rc.eval_samples - i))]
+            gens, _ = generate_engine(engine, enc, [ids for _, ids in chunk], max_new_tokens)
+            scores += [task.score(g.text, s) for g, (s, _) in zip(gens, chunk)]
+        measured[(name, L)] = {"mean": sum(scores) / len(scores), "scores": scores}
+        print(f"{name:18s} {L:6d}  {sum(scores) / len(scores):.3f}", flush=True)
+        if on_cell is not None:
+            on_cell(results())
+    made.close()
+    return results()
 
 
 def main(argv=None) -> None:
@@ -344,7 +389,7 @@ def main(argv=None) -> None:
         print(f"trained; evaluate with --skip-train --out {out}")
         return
     acc = evaluate(out, rc, args.device, max_new_tokens=rc.eval_max_new_tokens, on_cell=lambda a: save(a, False),
-                   done=done)
+                   done=done, workers=args.workers)
     save(acc, True)
     write_card(out)
     print(json.dumps({k: {L: round(v["mean"], 3) for L, v in d.items()} for k, d in acc.items()}))

@@ -1,0 +1,124 @@
+"""The long-context reference recipe (configs/reference/long.yaml) and its study grid (configs/frontier/long.yaml),
+checked on the CPU at toy scale: the configs validate and agree with each other and with benchmarks/gpu.sh, the
+recipe's first two jobs run end to end from the shipped checkpoint, a slice of the study runs and resumes, and the
+reference evaluation runs through the inference engine (no ``[B, T, T]`` mask at 32K tokens).
+(The real runs: `bash benchmarks/gpu.sh reference-long`, `reference-long-continue`, `frontier-long`.)"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from leanformer.config import apply_overrides, from_dict, load_yaml
+from leanformer.reference import train as ref_train
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "src" / "leanformer" / "assets" / "reference"
+LONG = ROOT / "configs" / "reference" / "long.yaml"
+STUDY = ROOT / "configs" / "frontier" / "long.yaml"
+GPU_SH = (ROOT / "benchmarks" / "gpu.sh").read_text()
+needs_shipped = pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no reference shipped")
+
+
+def test_long_recipe_validates_and_its_rows_fit_the_positions():
+    for job2 in ([], ["mixture.lengths=[8192, 16384, 32768]"]):
+        rc = from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), job2))
+        widths = [L + rc.mixture.answer_margin for L in rc.mixture.lengths]
+        assert max(widths) <= rc.model.max_seq_len
+        # every bucket gets several rows, 32K ones too
+        assert min(rc.mixture.tokens_per_batch // w for w in widths) >= 4
+    assert max(rc.mixture.lengths) == 32768 and rc.model.rope_theta > 50000.0
+    assert {16384, 32768} <= set(rc.eval_lengths) and rc.eval_samples == 64
+    # the longest evaluation prompt (the harness adds up to 3 tokens) and its answer fit the positions
+    assert max(rc.eval_lengths) + 3 + rc.eval_max_new_tokens <= rc.model.max_seq_len
+    shipped = json.loads((SHIPPED / "model.json").read_text())["config"]
+    same = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "tie_embeddings")
+    assert {k: getattr(rc.model, k) for k in same} == {k: shipped[k] for k in same}  # init_from loads its weights
+
+
+def test_study_grid_validates_and_names_what_the_gpu_suites_write():
+    from leanformer.eval import harness
+
+    c = harness.load_config(load_yaml(str(STUDY)))
+    assert c.lengths == [4096, 8192, 16384, 32768] and c.samples >= 24 and c.engine == "on"
+    assert len(harness.build_grid(c)) == 5 * 4 * (1 + 8 * 4)
+    harness._check_method_params(c, harness.method_pairs(c))
+    # the model is the folder the suite reference-long-continue writes (runs/gpu/NAME with OUT unset), and the
+    # suite frontier-long runs this config with that model and store
+    assert "LOGS=${OUT:-runs/gpu}" in GPU_SH and "ref_job reference-long-continue " in GPU_SH
+    assert c.models == ["runs/gpu/reference-long-continue"]
+    m = re.search(r"frontier_slice configs/frontier/long.yaml (\S+) (\S+)", GPU_SH)
+    assert m and m.group(1) == c.models[0] and Path(c.store).parent == Path(m.group(2))
+    # the long reference has the positions the study's longest prompt and answer need
+    rc = from_dict(ref_train.ReferenceConfig, load_yaml(str(LONG)))
+    assert max(c.lengths) + 3 + c.max_new_tokens <= rc.model.max_seq_len
+
+
+@needs_shipped
+def test_study_slice_runs_on_the_cpu_and_resumes(tmp_path, capsys):
+    from leanformer.cli import main
+
+    args = ["frontier", str(STUDY), "models=[leanformer:reference]", "lengths=[1024]", "tasks=[niah]", "samples=1",
+            "prefill=[vertical_slash]", "decode=[quest]", "sparsities=[0.5]", "max_new_tokens=4", "device=cpu",
+            "dtype=fp32", f"store={tmp_path / 'r.db'}", "progress=false"]
+    assert main(args) == 0
+    assert "3 cells, 0 samples already done, 3 added" in capsys.readouterr().out
+    assert main(args) == 0  # a second slice skips what the first finished
+    assert "3 cells, 3 samples already done, 0 added" in capsys.readouterr().out
+
+
+@needs_shipped
+def test_long_jobs_run_from_the_shipped_checkpoint(tmp_path):
+    """Job 1 (init_from the shipped model, the new rope base and positions) and job 2 (init_from job 1, its own
+    lengths), each one step on toy lengths; the second evaluates and writes the card with both commands."""
+    toy = ["--device", "cpu", "--workers", "1", "--no-compile", "mixture.tokens_per_batch=1500", "max_steps=1",
+           "warmup_steps=1", "eval_tasks=[niah]", "eval_lengths=[320]", "eval_samples=1", "eval_max_new_tokens=4"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    ref_train.main(["--config", str(LONG), "--out", str(one), "--skip-eval", *toy, "mixture.lengths=[320]",
+                    f"init_from={SHIPPED}"])
+    meta = json.loads((one / "model.json").read_text())["config"]
+    assert meta["rope_theta"] == 500000.0 and meta["max_seq_len"] == 33152
+    ref_train.main(["--config", str(LONG), "--out", str(two), *toy, f"init_from={one}", "mixture.lengths=[400]"])
+    report = json.loads((two / "training.json").read_text())
+    assert report["training"]["data_step_offset"] == 17320 + 8929 + 1  # the shipped chain's steps, then job 1's
+    assert len(report["dense_accuracy"]["niah"]["320"]["scores"]) == 1
+    card = (two / "README.md").read_text()
+    assert card.count("--config " + str(LONG)) == 2 and "'mixture.lengths=[400]'" in card
+
+
+@needs_shipped
+def test_reference_evaluation_builds_no_square_mask(tmp_path, monkeypatch):
+    """Rows of different lengths are evaluated without padding: no attention call gets a ``[.., T, T]`` mask (a
+    left-padded batch through ``generate`` does: ~34 GB in bool for 32 rows at 32K tokens)."""
+    import torch.nn.functional as F
+
+    rc = from_dict(ref_train.ReferenceConfig, {"eval_tasks": ["story_multihop"], "eval_lengths": [512],
+                                               "eval_samples": 3})
+    from leanformer.eval.generation import PromptEncoder
+    from leanformer.tasks import TASKS
+    from leanformer.train.checkpoint import load_tokenizer
+
+    tok = load_tokenizer(SHIPPED)
+    enc = PromptEncoder(tok, "off", "<answer>")
+    lengths = {len(enc.encode(TASKS["story_multihop"]().generate(tok, 512, s).prompt)) for s in range(3)}
+    assert len(lengths) > 1  # the batch mixes prompt lengths
+    masks, real = [], F.scaled_dot_product_attention
+
+    def recording(q, k, v, attn_mask=None, *a, **kw):
+        if attn_mask is not None:
+            masks.append(tuple(attn_mask.shape))
+        return real(q, k, v, attn_mask, *a, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    acc = ref_train.evaluate(SHIPPED, rc, "cpu", max_new_tokens=4)
+    assert len(acc["story_multihop"]["512"]["scores"]) == 3
+    assert [s for s in masks if min(s[-2:]) >= min(lengths)] == []  # decode steps' [B, H, 1, L] masks are linear
+
+
+@needs_shipped
+def test_evaluation_samples_made_by_worker_processes_are_the_same():
+    jobs = [("niah", 320, 0), ("story_filtering", 512, 1)]
+    here = list(ref_train.eval_samples(SHIPPED, jobs))
+    pooled = list(ref_train.eval_samples(SHIPPED, jobs, workers=2))
+    assert [(s.prompt, ids) for s, ids in pooled] == [(s.prompt, ids) for s, ids in here]
