@@ -16,12 +16,13 @@ a d128 x 4 byte-level base, 256-step retrofits at batch 4 x 128 bytes, LR 3e-4):
 * After the zero-out stage the repurposed channel's rows of ``q_proj`` and ``k_proj`` are set to zero, as the
   released code does (``save_stage_one_final_model``), so every decision logit starts at exactly ``-5``.
 * ``decision_scale`` (default 8; the paper's is 1): ``alpha_logit = decision_scale * k[c] - 5``. Adam moves each
-  weight of the decision row by about the LR per step, so the logit moves at most ``LR * |x|_1`` per step: at
-  d_model 128-256, LR 3e-4 and a few hundred steps it travelled under 1 of the 5 it needs (the one-sided auxiliary
-  loss stayed active throughout, so retrofits to CR 2, 4 and 8 were the same run and all stopped near CR 1; the
-  H200 study of 2026-12-06 reached 1.53 / 1.58 / 1.62). Llama 2 moves it ~30x faster per step for ~20x more steps.
-  The scale multiplies the decision row's step size and nothing else (the channel is faded out of the attention
-  scores; ``omega`` is unscaled); with the rows zeroed it starts every logit at ``-5`` as before.
+  weight of the decision row by about the LR per step, so the logit moves at most ``LR * |x|_1`` per step. With
+  the paper's scale the logit travelled from -5.0 to -4.35 over the retrofit; the one-sided auxiliary loss never let
+  go, so retrofits to CR 2 and 4 were the same run (CR 1.01 reached; the H200 study of 2026-12-06, d256 and 480
+  steps, reached 1.53 / 1.58 / 1.62 for targets 2 / 4 / 8). With scale 8: CR 1.97 for target 2, 2.92 for targets
+  4 and 8 (still travel-limited past CR ~3 at this budget). The paper's Llama 2 retrofit runs 6,000 + 2,000 steps of
+  4M tokens. The scale multiplies the decision row's step size and nothing else (the channel is faded out of the
+  attention scores; ``omega`` is unscaled); with the rows zeroed every logit still starts at ``-5``.
 
 The paper's LR (3e-5) is a tenth of Llama 2's pretraining peak; by default we take a tenth of the base run's
 ``optim.lr`` (3e-5 when the base is a Hugging Face model).
