@@ -2,7 +2,8 @@
 
 Every key/value head decides per token whether to append its key/value to the cache (``alpha = 0``) or merge it into
 the last slot by an ``omega``-weighted average (``alpha = 1``), so the cache grows ~``1 / CR`` as fast. No new
-parameters: the decision logit is one repurposed channel of each key head, ``alpha_logit = k[c] - alpha_offset``, and
+parameters: the decision logit is one repurposed channel of each key head, ``alpha_logit = s * k[c] - alpha_offset``
+(``s = decision_scale``, 1 in the paper; :mod:`leanformer.train.dmc_retrofit` says when it is larger), and
 the importance is the same channel of the queries, ``omega = mean over the GQA group of sigmoid(q[c] + omega_offset)``
 (offsets 5, so a fresh retrofit starts at "always append"). Both are read *before* rotary; the channel is then scaled
 by ``1 - fade`` in ``q`` and ``k`` and rotary applied to the full head, so with ``fade = 1`` the channel adds nothing to
@@ -49,7 +50,9 @@ class DMCConfig(GPTConfig):
     target_cr: float = cfg(4.0, ge=1.0, help="target compression ratio (tokens per cache slot)")
     window: int = cfg(12, ge=1, le=256, help="largest merge group; also the training accumulation window")
     temperature: float = cfg(0.1, gt=0.0, help="Gumbel-sigmoid temperature during training")
-    alpha_offset: float = cfg(5.0, help="alpha logit = k[channel] - alpha_offset")
+    alpha_offset: float = cfg(5.0, help="alpha logit = decision_scale * k[channel] - alpha_offset")
+    decision_scale: float = cfg(1.0, gt=0.0, help="alpha logit = decision_scale * k[channel] - alpha_offset "
+                                "(paper: 1; see leanformer.train.dmc_retrofit)")
     omega_offset: float = cfg(5.0, help="omega = sigmoid(q[channel] + omega_offset)")
     dmc_channel: str = cfg("last", choices=("last", "first"), help="repurposed head channel (code: last)")
     aux_weight: float = cfg(1.0, ge=0.0, help="weight of relu(target - mean alpha)")
@@ -74,7 +77,7 @@ class DMCAttention(Attention):
     def signals(self, q, k, pos):
         """``alpha_logit, omega [B, H_kv, T]`` from the pre-rotary channel of ``q [B, H_q, T, D]``, ``k``."""
         b, _, t, _ = k.shape
-        logit = k[..., self.channel].float() - self.c.alpha_offset
+        logit = self.c.decision_scale * k[..., self.channel].float() - self.c.alpha_offset
         omega = torch.sigmoid(q[..., self.channel].float() + self.c.omega_offset)
         omega = omega.view(b, self.n_kv_heads, -1, t).mean(2)
         if self.force_cr is not None:
@@ -182,6 +185,15 @@ class DMC(GPT):
         self.target = 1.0 + (c.target_cr - 1.0) * progress if stage == "retrofit" else c.target_cr
         for a in self.attns():
             a.fade, a.decide = fade, stage in ("retrofit", "finetune")
+
+    def clear_decision_channel(self) -> None:
+        """Zero the repurposed channel's rows of every ``q_proj`` and ``k_proj``, as the released code does after
+        the zero-out stage: every decision logit then starts at exactly ``-alpha_offset`` (always append) and every
+        ``omega`` at ``sigmoid(omega_offset)``, whatever the base model kept in that channel."""
+        with torch.no_grad():
+            for a in self.attns():
+                for proj in (a.q_proj, a.k_proj):
+                    proj.weight.view(-1, a.head_dim, proj.weight.shape[-1])[:, a.channel] = 0.0
 
     def force_compression(self, cr: int | None) -> None:
         """Decisions by position (append every ``cr``-th token): an exact ratio for benchmarks; ``None`` undoes."""

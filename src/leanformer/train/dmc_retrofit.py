@@ -10,6 +10,20 @@ DMC recipe, each stage one resumable :class:`~leanformer.train.trainer.Trainer` 
 3. ``finetune`` (``OUT`` itself, so ``leanformer eval OUT`` works): target fixed, cosine LR to
    ``final_lr_fraction`` (paper: 3e-5 -> 3e-6), the last ``finetune_fraction`` of the budget.
 
+Two details make the decisions reach their target at a small model's budget (measured on the CPU, 2026-12-06:
+a d128 x 4 byte-level base, 256-step retrofits at batch 4 x 128 bytes, LR 3e-4):
+
+* After the zero-out stage the repurposed channel's rows of ``q_proj`` and ``k_proj`` are set to zero, as the
+  released code does (``save_stage_one_final_model``), so every decision logit starts at exactly ``-5``.
+* ``decision_scale`` (default 8; the paper's is 1): ``alpha_logit = decision_scale * k[c] - 5``. Adam moves each
+  weight of the decision row by about the LR per step, so the logit moves at most ``LR * |x|_1`` per step. With
+  the paper's scale the logit travelled from -5.0 to -4.35 over the retrofit; the one-sided auxiliary loss never let
+  go, so retrofits to CR 2 and 4 were the same run (CR 1.01 reached; the H200 study of 2026-12-06, d256 and 480
+  steps, reached 1.53 / 1.58 / 1.62 for targets 2 / 4 / 8). With scale 8: CR 1.97 for target 2, 2.92 for targets
+  4 and 8 (still travel-limited past CR ~3 at this budget). The paper's Llama 2 retrofit runs 6,000 + 2,000 steps of
+  4M tokens. The scale multiplies the decision row's step size and nothing else (the channel is faded out of the
+  attention scores; ``omega`` is unscaled); with the rows zeroed every logit still starts at ``-5``.
+
 The paper's LR (3e-5) is a tenth of Llama 2's pretraining peak; by default we take a tenth of the base run's
 ``optim.lr`` (3e-5 when the base is a Hugging Face model).
 
@@ -48,6 +62,8 @@ class RetrofitConfig:
     seq_len: int | None = cfg(None, ge=1, help="default: the base run's data.seq_len")
     window: int = cfg(12, ge=1, le=256)
     temperature: float = cfg(0.1, gt=0.0)
+    decision_scale: float = cfg(8.0, gt=0.0, help="alpha logit = decision_scale * k[channel] - 5 (paper: 1; see "
+                                "the module docstring)")
     device: str = "auto"
     eval_every: int = cfg(200, ge=1)
     eval_batches: int = cfg(20, ge=1)
@@ -113,7 +129,7 @@ def _train(cfg: RunConfig, out: Path, init_state: dict) -> tuple[dict, dict]:
 
 def retrofit(path, out, rc: RetrofitConfig, data: DataConfig | None = None) -> dict:
     """Run the three DMC stages from the base checkpoint ``path`` into ``out``; returns a summary dict."""
-    from leanformer.models.dmc import DMCConfig
+    from leanformer.models.dmc import DMC, DMCConfig
 
     base, data, base_lr = load_base(path, data)
     lr = rc.lr or (base_lr / 10 if base_lr else 3e-5)
@@ -125,7 +141,12 @@ def retrofit(path, out, rc: RetrofitConfig, data: DataConfig | None = None) -> d
         if steps == 0:
             continue
         model_cfg = DMCConfig(**fields, dmc_stage=stage, target_cr=rc.target_cr, window=rc.window,
-                              temperature=rc.temperature)
+                              temperature=rc.temperature, decision_scale=rc.decision_scale)
+        if stage == "retrofit":  # decisions start at "always append" whatever the base kept in the channel
+            model = DMC(model_cfg)
+            model.load_state_dict(state)
+            model.clear_decision_channel()
+            state = model.state_dict()
         cfg = _run_config(model_cfg, data, rc, lr, steps, "cosine" if stage == "finetune" else "constant")
         result, state = _train(cfg, out if stage == "finetune" else out / "stages" / stage, state)
         summary["stages"][stage] = {"steps": steps, "last_eval": result["last_eval"]}
