@@ -75,6 +75,7 @@ def test_mean_pool_kv_is_exact_when_grouped_heads_agree():
 
 @pytest.mark.parametrize("scale", [1.0, 8.0])
 def test_retrofit_reaches_its_target_with_hard_decisions(base_run, tmp_path, scale):
+    assert RetrofitConfig().scale_for(4096) == 1.0 and RetrofitConfig().scale_for(1024) == 4.0  # the paper's width
     """The decisions must travel from "always append" (logit -5) to the target rate within a short budget: the
     eval-time (hard, ``logit > 0``) compression ratio reaches the target. With the paper's unscaled logit the
     auxiliary loss never lets go and a retrofit this short stays near CR 1."""
@@ -84,7 +85,7 @@ def test_retrofit_reaches_its_target_with_hard_decisions(base_run, tmp_path, sca
                         device="cpu", progress=False, decision_scale=scale)
     summary = retrofit(base_run, tmp_path / "dmc", rc)
     reached = summary["stages"]["finetune"]["last_eval"]["compression_ratio"]
-    if scale == RetrofitConfig().decision_scale:  # the loss is one-sided: at least (about) the target
+    if scale == RetrofitConfig().scale_for(32):  # the default for this 32-wide base; one-sided loss: >= ~target
         assert reached >= 1.6, reached
     else:
         assert reached < 1.3, reached

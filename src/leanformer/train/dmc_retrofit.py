@@ -15,8 +15,10 @@ a d128 x 4 byte-level base, 256-step retrofits at batch 4 x 128 bytes, LR 3e-4):
 
 * After the zero-out stage the repurposed channel's rows of ``q_proj`` and ``k_proj`` are set to zero, as the
   released code does (``save_stage_one_final_model``), so every decision logit starts at exactly ``-5``.
-* ``decision_scale`` (default 8; the paper's is 1): ``alpha_logit = decision_scale * k[c] - 5``. Adam moves each
-  weight of the decision row by about the LR per step, so the logit moves at most ``LR * |x|_1`` per step. With
+* ``decision_scale`` (the paper's is 1): ``alpha_logit = decision_scale * k[c] - 5``. Adam moves each weight of
+  the decision row by about the LR per step, so the logit moves at most ``LR * |x|_1`` per step, which grows with
+  the width: a narrow model's decisions travel far slower than Llama 2's at width 4096. By default the scale is
+  ``4096 / d_model`` (the paper's travel per step), at least 1 and at most 8 (the largest measured). With
   the paper's scale the logit travelled from -5.0 to -4.35 over the retrofit; the one-sided auxiliary loss never let
   go, so retrofits to CR 2 and 4 were the same run (CR 1.01 reached; the H200 study of 2026-12-06, d256 and 480
   steps, reached 1.53 / 1.58 / 1.62 for targets 2 / 4 / 8). With scale 8: CR 1.97 for target 2, 2.92 for targets
@@ -49,6 +51,8 @@ from leanformer.config import (
 )
 from leanformer.errors import ConfigError, UserError
 
+MAX_DECISION_SCALE = 8.0  # the largest decision scale measured (2026-12-06, d128 on the CPU)
+
 
 @dataclasses.dataclass(kw_only=True)
 class RetrofitConfig:
@@ -62,13 +66,17 @@ class RetrofitConfig:
     seq_len: int | None = cfg(None, ge=1, help="default: the base run's data.seq_len")
     window: int = cfg(12, ge=1, le=256)
     temperature: float = cfg(0.1, gt=0.0)
-    decision_scale: float = cfg(8.0, gt=0.0, help="alpha logit = decision_scale * k[channel] - 5 (paper: 1; see "
-                                "the module docstring)")
+    decision_scale: float | None = cfg(None, gt=0.0, help="alpha logit = decision_scale * k[channel] - 5 (paper: "
+                                       "1); default 4096 / d_model within [1, 8], see the module docstring")
     device: str = "auto"
     eval_every: int = cfg(200, ge=1)
     eval_batches: int = cfg(20, ge=1)
     seed: int = cfg(0, ge=0)
     progress: bool = True
+
+    def scale_for(self, d_model: int) -> float:
+        """The decision scale for a base of width ``d_model``: as set, else ``4096 / d_model`` within ``[1, 8]``."""
+        return self.decision_scale or min(MAX_DECISION_SCALE, max(1.0, 4096 / d_model))
 
     def stage_steps(self) -> dict[str, int]:
         zero = min(self.zero_out_steps, self.budget // 5)
@@ -141,7 +149,8 @@ def retrofit(path, out, rc: RetrofitConfig, data: DataConfig | None = None) -> d
         if steps == 0:
             continue
         model_cfg = DMCConfig(**fields, dmc_stage=stage, target_cr=rc.target_cr, window=rc.window,
-                              temperature=rc.temperature, decision_scale=rc.decision_scale)
+                              temperature=rc.temperature,
+                              decision_scale=rc.scale_for(base.config.d_model))
         if stage == "retrofit":  # decisions start at "always append" whatever the base kept in the channel
             model = DMC(model_cfg)
             model.load_state_dict(state)
