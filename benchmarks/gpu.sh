@@ -133,9 +133,9 @@ suite() {
             'mixture.lengths=[8192, 16384, 32768]' ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
+        [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
         mkdir -p "$LOGS" && rm -rf "${LOGS:?}/$job" && cp -r ".scratch/$job" "$LOGS/$job"
-        run 575 python3 -m leanformer.reference.train --config configs/reference/long.yaml --out "$LOGS/$job" \
-            --workers 15 --skip-train ;;
+        REF_CONFIG=configs/reference/long.yaml ref_job "$job" --skip-train ;;
     frontier-long)  # one slice of the study on the long reference (configs/frontier/long.yaml); resumes, ~2-3 slices
         frontier_slice configs/frontier/long.yaml runs/gpu/reference-long-continue runs/frontier-long ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
