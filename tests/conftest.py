@@ -51,7 +51,7 @@ def _run(script: str, timeout: int):
 
 @functools.cache
 def _interpreter_problem() -> str | None:
-    res = _run(PROBE, 60)
+    res = _run(PROBE, 120)
     if res.returncode == 0 and res.stdout.strip().splitlines()[-1] == "[3, 2]":
         return None
     import numpy
@@ -60,7 +60,7 @@ def _interpreter_problem() -> str | None:
     return f"the Triton {triton.__version__} interpreter (NumPy {numpy.__version__}) cannot run a minimal kernel: {why}"
 
 
-def _interpret(script: str, timeout: int = 120) -> str:
+def _interpret(script: str, timeout: int = 300) -> str:
     """Run ``script`` under ``TRITON_INTERPRET=1`` in a fresh interpreter; its last printed line. Skips when
     the interpreter itself is broken here (see ``PROBE``)."""
     if (problem := _interpreter_problem()) is not None:
@@ -72,7 +72,7 @@ def _interpret(script: str, timeout: int = 120) -> str:
 
 @pytest.fixture
 def triton_interpret():
-    """``triton_interpret(script, timeout=120)``: the script's last printed line, run under the Triton interpreter
+    """``triton_interpret(script, timeout=300)``: the script's last printed line, run under the Triton interpreter
     in a subprocess (CPU); skips the test without triton or with an interpreter that cannot run kernels."""
     pytest.importorskip("triton")
     return _interpret

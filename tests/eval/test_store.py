@@ -73,7 +73,7 @@ def test_several_processes_write_one_store(tmp_path):
                        "score": 1.0}})
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(w)]) for w in range(3)]
-    assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
+    assert [p.wait(timeout=180) for p in procs] == [0, 0, 0]
     with ResultsStore(path) as store:
         # samples 0..9, 5..14, 10..19 per cell overlap: 20 distinct per cell x 6 cells, no duplicates.
         assert store.count() == 120

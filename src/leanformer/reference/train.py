@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import multiprocessing as mp
@@ -179,10 +180,9 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
         print(f"resuming from {resume} (step {start}, {elapsed:.0f} s of {rc.max_seconds:.0f})", flush=True)
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
-    ctx = mp.get_context("spawn")
-    pool = ctx.Pool(workers, initializer=_worker_init,
-                    initargs=(str(out), dataclasses.asdict(rc.mixture), str(sh_path)))
-    batches = _prefetch(pool, rc.seed, offset + start, rc.max_steps and offset + rc.max_steps, ahead=4 * workers)
+    steps = range(offset + start, offset + rc.max_steps) if rc.max_steps else itertools.count(offset + start)
+    batches = _in_workers(_worker_batch, ((rc.seed, s) for s in steps), workers, _worker_init,
+                          (str(out), dataclasses.asdict(rc.mixture), str(sh_path)))
     step, last_ckpt = start - 1, elapsed
     t_start = time.perf_counter() - elapsed
     spent = elapsed >= rc.max_seconds or (rc.max_steps and start >= rc.max_steps)  # a resumed run, budget used up
@@ -231,7 +231,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
             last_ckpt = elapsed
         if elapsed >= rc.max_seconds or (rc.max_steps and step + 1 >= rc.max_steps):
             break
-    pool.terminate()
+    batches.close()  # the workers stop: queued batches dropped
     sh_path.unlink(missing_ok=True)
     wall = time.perf_counter() - t_start
     model.eval()
@@ -248,20 +248,42 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
 
 
-def _prefetch(pool, seed: int, start: int, stop: int | None, ahead: int):
-    """Batches of data steps ``start, start + 1, ...`` (up to ``stop``) in order, at most ``ahead`` built in advance
-    (``Pool.imap`` would queue an endless stream)."""
-    from collections import deque
+def _worker_start(initializer, initargs: tuple):
+    """In each worker: exit as soon as the parent process is gone, then ``initializer(*initargs)``. A trainer killed
+    mid-run (SIGKILL, out of memory) would otherwise leave its workers waiting for work forever, holding its output
+    pipes open: a caller reading them would never see their end."""
+    import threading
 
-    pending: deque = deque()
-    step = start
-    while True:
-        while len(pending) < ahead and (stop is None or step < stop):
-            pending.append(pool.apply_async(_worker_batch, ((seed, step),)))
-            step += 1
-        if not pending:
-            return
-        yield pending.popleft().get()
+    parent = mp.parent_process()
+    if parent is not None:
+        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
+    initializer(*initargs)
+
+
+def _in_workers(fn, items, workers: int, initializer, initargs: tuple, ahead: int | None = None):
+    """``fn(item)`` for each of ``items`` in order, computed by ``workers`` spawned processes (each set up once by
+    ``initializer(*initargs)``) with at most ``ahead`` (default ``4 * workers``) submitted in advance: ``items`` may
+    be endless, as training's data steps are. Closing the generator stops the workers, dropping queued work.
+
+    A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a worker that dies or an initializer that raises fails
+    the caller with ``BrokenProcessPool`` (the pool respawns such workers forever and its ``get`` waits forever), and
+    stopping cannot deadlock on a large result a worker is still sending (``Pool.terminate`` can)."""
+    from collections import deque
+    from concurrent.futures import ProcessPoolExecutor
+
+    ahead = ahead or 4 * workers
+    items = iter(items)
+    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_start,
+                               initargs=(initializer, initargs))
+    try:
+        pending: deque = deque()
+        while True:
+            pending.extend(pool.submit(fn, item) for item in itertools.islice(items, ahead - len(pending)))
+            if not pending:
+                return
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _E: dict = {}
@@ -291,8 +313,7 @@ def eval_samples(model_dir: Path, jobs: list[tuple[str, int, int]], workers: int
         _eval_init(str(model_dir))
         yield from map(_eval_sample, jobs)
         return
-    with mp.get_context("spawn").Pool(workers, initializer=_eval_init, initargs=(str(model_dir),)) as pool:
-        yield from pool.imap(_eval_sample, jobs)
+    yield from _in_workers(_eval_sample, jobs, workers, _eval_init, (str(model_dir),))
 
 
 def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
