@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu.sh SUITE [COMMIT]
 #
 #   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc
-#              inference-prefill | inference-decode
+#              inference-prefill | inference-decode | quest-search
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
@@ -115,6 +115,15 @@ suite() {
             --out "$LOGS/speed-decode"
         run 240 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 131072 --prefill --decode snapkv \
             --sparsity 0.9375 --batch max --new-tokens 32 --repeat 1 --no-hf --out "$LOGS/speed-max" ;;
+    quest-search)  # Quest's page choice, bisection against the five-way search (the same pages): the GPU tests, the
+        # kernel-level step at batch 1 and 16, and the engine's decode at 32K and 128K, each search with its dense row
+        run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"
+        run 100 python3 benchmarks/bench_sparse_decode.py --methods quest quest:search=wide --repeat 30
+        for search in bisect wide; do
+            run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
+                --param search=$search --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf \
+                --out "$LOGS/speed-quest-$search"
+        done ;;
     reference)  # job 1: the yaml's recipe from scratch (380 s)
         ref_job reference ;;
     reference-continue)  # job 2: job 1's folder (copied over as .scratch/reference) continued 330 s at LR 1e-3

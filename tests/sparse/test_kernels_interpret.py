@@ -247,3 +247,36 @@ def test_quest_selection_int8_pages_and_fused_merge_in_interpreter(triton_interp
     print(res)
     assert all(res["same"].values()), res
     assert all(err < 1e-5 for err in res["worst"].values()), res
+
+
+WIDE_SCRIPT = textwrap.dedent("""
+    import torch
+    from leanformer.sparse.kernels.quest_scores import select_pages_reference, select_pages_triton
+    g = torch.Generator().manual_seed(7)
+    q = torch.randn(2, 4, 1, 16, generator=g)
+    base = torch.randn(2, 2, 150, 16, generator=g)
+    rows = {
+        "random": base,
+        "ties": base[:, :, torch.randint(0, 12, (150,), generator=g)],  # 12 distinct pages: many equal scores
+        "all_equal": base[:, :, :1].expand(-1, -1, 150, -1),
+        "extremes": base * torch.tensor([1e30, -1e30, 1e-30, 0.0, 1.0])[torch.arange(150) % 5].view(1, 1, 150, 1),
+    }
+    lens = torch.tensor([[40, 2400], [1, 777]], dtype=torch.int32)
+    same = True
+    for name, pages in rows.items():
+        for share in (True, False):
+            for kk in (1, 2, 37, 149, 150):
+                ref = select_pages_reference(q, pages, pages, kk, share)
+                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, search="wide"))
+                ref = select_pages_reference(q, pages, pages, kk, share, lens=lens, page_size=16)
+                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, lens=lens, page_size=16,
+                                                             search="wide"))
+    print(int(same))
+""")
+
+
+def test_quest_wide_search_picks_the_pages_the_reference_picks_in_interpreter(triton_interpret):
+    """The five-way search for the k-th largest page score against a stable sort: equal scores (the lower page
+    wins), all pages equal, scores of +-1e30, 1e-30 and 0 in one row, k from 1 to every page, and device lengths
+    that leave fewer candidates than k."""
+    assert triton_interpret(WIDE_SCRIPT, timeout=300) == "1"

@@ -75,7 +75,7 @@ def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=No
 if triton is not None:
     import triton.language as tl
 
-    from leanformer.sparse.kernels.block_select import kth_largest_key, order_keys
+    from leanformer.sparse.kernels.block_select import kth_largest_key, kth_largest_key_wide, order_keys
 
     @triton.jit
     def _block_scores(Q, KMIN, KMAX, SMIN, SMAX, b, h, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, G, P,
@@ -120,20 +120,24 @@ if triton is not None:
             tl.store(OUT + rows[:, None] * P + offs_p[None, :], s, mask=(offs_g[:, None] < G) & (offs_p[None, :] < P))
 
     @triton.jit
-    def _kth_key(S, P, LIMIT, K, NP: tl.constexpr):
+    def _kth_key(S, P, LIMIT, K, NP: tl.constexpr, WIDE: tl.constexpr):
         """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1; pages from ``LIMIT`` on
-        invalid) and the ``K``-th largest."""
+        invalid) and the ``K``-th largest (``WIDE``: by the five-way search)."""
         offs = tl.arange(0, NP)
         valid = (offs < P) & (offs < LIMIT)
         x = tl.load(S + offs, mask=offs < P, other=0.0, cache_modifier=".cg")
         key = order_keys(x, valid)
-        return key, kth_largest_key(key, K), valid
+        if WIDE:
+            thr = kth_largest_key_wide(key, K)
+        else:
+            thr = kth_largest_key(key, K)
+        return key, thr, valid
 
     @triton.jit
     def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb,
                     ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
                     PREC: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
-                    D: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
+                    D: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr, WIDE: tl.constexpr):
         """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
         each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
         next step. ``PAGE > 0``: candidates are the pages before ``(LENS[b, h] - 1) // PAGE``, the list padded
@@ -158,7 +162,7 @@ if triton is not None:
                 limit = (tl.load(LENS + (pid // HK) * slb + (pid % HK) * slh) - 1) // PAGE
             for r in range(0, NROWS):
                 row = pid * NROWS + r
-                key, thr, valid = _kth_key(SCORES + row * P, P, limit, K, NP)
+                key, thr, valid = _kth_key(SCORES + row * P, P, limit, K, NP, WIDE)
                 offs = tl.arange(0, NP)
                 gt = key > thr
                 eq = key == thr
@@ -212,6 +216,7 @@ def page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, 
     return out
 
 
+SEARCHES = ("bisect", "wide")  # select_pages_triton's ways to the k-th largest score
 MAX_SELECT_PAGES = 16384  # pages a selection row may hold: the row sits in registers while it is selected
 
 
@@ -228,11 +233,14 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
 
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
-                        block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0):
+                        block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0,
+                        search: str = "bisect"):
     """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
     ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
     the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
-    (a 256K-token cache at 16-token pages)."""
+    (a 256K-token cache at 16-token pages). ``search``: how the ``k``-th largest score is found, ``"bisect"`` (32
+    dependent block reductions) or ``"wide"`` (a five-way search: about 11-14, each with four compares per page);
+    both pick the same pages."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
     b, hq, _, d = q.shape
@@ -243,6 +251,8 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
     if (lens is None) != (page_size == 0):
         raise ValueError("lens and page_size come together")
+    if search not in SEARCHES:
+        raise ValueError(f"search={search!r}: choose one of {SEARCHES}")
     g = hq // hk
     hs = hk if share_gqa else hq
     q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
@@ -255,5 +265,5 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
         *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
         BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_,
-        KP=max(16, 1 << (k - 1).bit_length()), num_warps=max(4, min(8, np_ // 1024)))
+        KP=max(16, 1 << (k - 1).bit_length()), WIDE=search == "wide", num_warps=max(4, min(8, np_ // 1024)))
     return (out, scores.view(b, hs, p)) if return_scores else out
