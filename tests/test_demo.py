@@ -54,3 +54,35 @@ def test_demo_trains_default_model_while_no_reference_is_shipped(tmp_path, capsy
     assert main(["demo", "--out", str(tmp_path / "run"), "--device", "cpu", *over]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 < summary["test_bits_per_byte"] < 9 and 4 < summary["unigram_entropy_bits_per_byte"] < 5
+
+
+def test_long_demo_runs_the_long_grid_and_refuses_what_it_cannot_do(tmp_path, capsys, monkeypatch):
+    """``--long`` sweeps configs/frontier/long.yaml (a narrowed slice here, on the CPU when asked) into its own folder;
+    without a long reference, without a GPU under ``--device auto``, or with ``--full``, one line and exit 2."""
+    import pytest
+
+    from leanformer.eval import models
+
+    torch.manual_seed(42)
+    ckpt = tiny_checkpoint(tmp_path / "model")
+    slice_ = ["samples=1", "tasks=[niah]", "lengths=[1100]", "sparsities=[0.5]", "prefill=[vertical_slash]",
+              "decode=[quest]", "max_new_tokens=4", "dtype=fp32", "batch_size=1", "progress=false"]
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--long", "--model", str(ckpt), "--device", "cpu", *slice_]) == 0
+    printed = capsys.readouterr().out
+    assert "(frontier-long.yaml) into runs/demo-long/results.db" in printed
+    rows = sqlite3.connect(tmp_path / "runs" / "demo-long" / "results.db").execute(
+        "select prefill_method, decode_method, params from results").fetchall()
+    assert len(rows) == 3  # dense, vertical_slash, quest
+    assert ('vertical_slash', 'dense', '{"decode":{},"prefill":{"block_size":64}}') in rows  # long.yaml's tiles
+    monkeypatch.setitem(models.PACKAGED, "leanformer:reference-long", "assets/nothing-here")
+    for args, says in ((["demo", "--long"], "ships no long-context reference"),
+                       (["demo", "--long", "--model", str(ckpt), "--full"], "it takes no --full"),
+                       (["demo", "--long", "--model", str(ckpt)], "run it where there is a GPU")):
+        if "GPU" in says and torch.cuda.is_available():
+            continue
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err
+    with pytest.raises(FileNotFoundError):
+        (tmp_path / "runs" / "demo").stat()  # the short demo's folder is untouched

@@ -7,6 +7,11 @@ with plots, and a summary table (dense accuracy, accuracy per method and sparsit
 It resumes like every sweep. ``--full`` widens the grid; ``--device cuda`` runs it on a GPU; on the CPU two
 one-thread processes share the grid (``--workers``), which decodes the small model 1.5x faster than one process.
 
+``--long`` runs the long-context study instead (``configs/frontier/long.yaml``: every method at 4K-32K tokens and
+sparsities 0.5-0.95, five tasks, 24 samples a cell, one engine batch per cell), a GPU job, on the long-context
+reference (``leanformer:reference-long`` where the install ships it, else ``--model DIR``: the folder
+``bash benchmarks/gpu.sh reference-long-continue`` writes); it resumes, so a run cut short is run again.
+
 With ``--train`` (or in an install without the packaged checkpoint) the demo trains the default model
 (``configs/gpt-shakespeare.yaml``) on the CPU instead and prints its test bits per byte next to the unigram entropy.
 """
@@ -26,10 +31,13 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
                                   "reference checkpoint; or train the default GPT)", description=__doc__)
     add_config_arguments(p, (), help="overrides of the frontier grid (e.g. samples=2) or, with --train, of the "
                                      "training config (e.g. trainer.max_steps=100), in any order among the flags")
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
+    p.add_argument("--out", default=None, help="output directory (default: runs/demo, with --long runs/demo-long)")
     add_device_argument(p)
     p.add_argument("--full", action="store_true", help="a larger grid (more samples, lengths and sparsities)")
     p.add_argument("--train", action="store_true", help="train and evaluate the default GPT instead")
+    p.add_argument("--long", action="store_true",
+                   help="the long-context study (configs/frontier/long.yaml: 4K-32K tokens, every method, 24 samples "
+                        "a cell) on the long-context reference: a GPU job")
     p.add_argument("--model", default=None, help="a checkpoint directory to study instead of the packaged one")
     p.add_argument("--workers", default="auto",
                    help="processes sharing the sweep (auto: 2 on a CPU with 2+ cores for the packaged model, whose "
@@ -42,6 +50,7 @@ def packaged(name: str):
 
 
 REFERENCE = "leanformer:reference"  # the packaged checkpoint's name in sweeps (leanformer.eval.models.PACKAGED)
+REFERENCE_LONG = "leanformer:reference-long"  # the long-context one (configs/reference/long.yaml), where shipped
 
 
 def reference_dir() -> Path | None:
@@ -55,6 +64,9 @@ def run(args) -> int:
     from leanformer.cli_overrides import config_arguments
 
     _, args.overrides = config_arguments(args, ())
+    if args.long:
+        return run_long_demo(args)
+    args.out = args.out or "runs/demo"
     if args.train or (args.model is None and reference_dir() is None):
         return run_training_demo(args)
     # the packaged checkpoint by its name, which stores and reports then carry instead of an install path
@@ -66,7 +78,31 @@ def run(args) -> int:
 FULL = {"samples": 10, "lengths": [1024, 2048, 4096], "sparsities": [0.5, 0.7, 0.8, 0.9, 0.95]}
 
 
-def run_frontier_demo(args, model: str) -> int:
+def run_long_demo(args) -> int:
+    """``--long``: the long-context study on the long reference, on a GPU unless ``--device cpu`` says otherwise."""
+    import torch
+
+    from leanformer.errors import UserError
+    from leanformer.eval.models import packaged_dir
+
+    if args.train or args.full:
+        raise UserError(f"--long runs the long-context study; it takes no {'--train' if args.train else '--full'} "
+                        "(its grid is configs/frontier/long.yaml; narrow it with overrides such as lengths=[4096])")
+    if args.model is None and packaged_dir(REFERENCE_LONG) is None:
+        raise UserError("--long: this install ships no long-context reference (leanformer/assets/reference-long); "
+                        "train it with `bash benchmarks/gpu.sh reference-long` then `reference-long-continue` "
+                        "(docs/study.md) and pass --model runs/gpu/reference-long-continue")
+    if args.device == "auto" and not torch.cuda.is_available():
+        raise UserError("--long: the long-context study prefills 4K-32K-token prompts ~16,000 times, hours of GPU "
+                        "time and far more on a CPU; run it where there is a GPU, or say --device cpu to run it here")
+    args.out = args.out or "runs/demo-long"
+    return run_frontier_demo(args, args.model or REFERENCE_LONG, "configs/frontier-long.yaml",
+                             "cuda" if args.device == "auto" else args.device)
+
+
+def run_frontier_demo(args, model: str, grid: str = "configs/frontier-demo.yaml", device: str | None = None) -> int:
+    """The sweep of ``grid`` (a packaged config) on ``model`` into ``--out``, its report and summary; ``device``:
+    the sweep's (default: ``--device``, the CPU for ``auto``)."""
     import yaml
 
     from leanformer.analysis.report import ReportOptions, build_report
@@ -75,14 +111,14 @@ def run_frontier_demo(args, model: str) -> int:
     from leanformer.eval.store import StaleStoreError
 
     out = Path(args.out)
-    raw = yaml.safe_load(packaged("configs/frontier-demo.yaml").read_text())
+    raw = yaml.safe_load(packaged(grid).read_text())
     raw.update(models=[model], store=str(out / "results.db"),
-               device="cpu" if args.device == "auto" else args.device)
+               device=device or ("cpu" if args.device == "auto" else args.device))
     if args.full:
         raw.update(FULL)
     c = harness.load_config(apply_overrides(raw, list(args.overrides)))
     workers = demo_workers(args.workers, c.device, model)
-    print(f"leanformer demo: sparse-frontier sweep of {model} into {c.store}"
+    print(f"leanformer demo: sparse-frontier sweep of {model} ({grid.rsplit('/', 1)[-1]}) into {c.store}"
           + (f" ({workers} processes)" if workers > 1 else ""))
     try:  # the store's checkpoint check runs in the sweep's validation, before any sample
         harness.run_sweep_processes(c, workers)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from leanformer.errors import UserError
 
-PACKAGED = {"leanformer:reference": "assets/reference"}
+PACKAGED = {"leanformer:reference": "assets/reference", "leanformer:reference-long": "assets/reference-long"}
 
 
 def packaged_dir(name: str) -> Path | None:
