@@ -66,6 +66,8 @@ class RetrofitConfig:
     seq_len: int | None = cfg(None, ge=1, help="default: the base run's data.seq_len")
     window: int = cfg(12, ge=1, le=256)
     temperature: float = cfg(0.1, gt=0.0)
+    aux_weight: float = cfg(1.0, ge=0.0, help="weight of the compression loss relu((1 - 1/CR(t)) - mean alpha) "
+                                              "beside the LM loss (paper: 1)")
     decision_scale: float | None = cfg(None, gt=0.0, help="alpha logit = decision_scale * k[channel] - 5 (paper: "
                                        "1); default 4096 / d_model within [1, 8], see the module docstring")
     device: str = "auto"
@@ -149,7 +151,7 @@ def retrofit(path, out, rc: RetrofitConfig, data: DataConfig | None = None) -> d
         if steps == 0:
             continue
         model_cfg = DMCConfig(**fields, dmc_stage=stage, target_cr=rc.target_cr, window=rc.window,
-                              temperature=rc.temperature,
+                              temperature=rc.temperature, aux_weight=rc.aux_weight,
                               decision_scale=rc.scale_for(base.config.d_model))
         if stage == "retrofit":  # decisions start at "always append" whatever the base kept in the channel
             model = DMC(model_cfg)

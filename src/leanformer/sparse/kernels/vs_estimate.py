@@ -53,11 +53,16 @@ if triton is not None:
         return a, pos, ok, q
 
     @triton.jit
-    def _key_tile(K, b, hk, kb, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr):
+    def _block_scores(q, K, b, hk, kb, pos, first, qk_scale, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr):
+        """Key block ``kb``'s positions ``c`` and the window rows' scores against it ``[BM, BN]`` (log2 units),
+        keys after a row's query at ``-inf`` (only blocks past ``first``, the row block's first query, need it)."""
         c = kb * BN + tl.arange(0, BN)
         offs_d = tl.arange(0, D)
         kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
-        return c, kt
+        s = tl.dot(q, tl.trans(kt)) * qk_scale
+        if kb * BN + BN - 1 > first:
+            s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
+        return c, s
 
     @triton.jit
     def _stats(Q, K, MP, LP, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, NKB, KPS, WPAD,
@@ -76,10 +81,7 @@ if triton is not None:
         # no key after the block's last query is seen by any of its rows
         kb_e = tl.minimum(tl.minimum(kb_s + KPS, NKB), (first + BM - 1) // BN + 1)
         for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
-            c, kt = _key_tile(K, b, h // GROUP, kb, skb, skh, skt, T, BN, D)
-            s = tl.dot(q, tl.trans(kt)) * qk_scale
-            if kb * BN + BN - 1 > first:
-                s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
+            c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row may see no key of this share yet
             l_i = l_i * tl.exp2(m_i - m_safe) + tl.sum(tl.exp2(s - m_safe[:, None]), 1)
@@ -115,10 +117,7 @@ if triton is not None:
         row = bh * nrb + rb
         carry = tl.zeros([BN], tl.float32)
         for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
-            c, kt = _key_tile(K, b, h // GROUP, kb, skb, skh, skt, T, BN, D)
-            s = tl.dot(q, tl.trans(kt)) * qk_scale
-            if kb * BN + BN - 1 > first:
-                s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
+            c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
             p = tl.exp2(s - m[:, None]) * rinv[:, None]
             tl.store(VP + row * TPAD + c, tl.sum(p, 0))
             if HAS_TAIL:
