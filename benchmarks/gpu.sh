@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu.sh SUITE [COMMIT]
 #
 #   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc
-#              inference-prefill | inference-decode | quest-search
+#              inference-prefill | inference-decode | quest-search | sweep-batch
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
@@ -115,6 +115,10 @@ suite() {
             --out "$LOGS/speed-decode"
         run 240 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 131072 --prefill --decode snapkv \
             --sparsity 0.9375 --batch max --new-tokens 32 --repeat 1 --no-hf --out "$LOGS/speed-max" ;;
+    sweep-batch)  # the study's batched cells: frontier-sweep samples/s at batch 1 against one engine batch of 24 per
+        # cell (dense, block top-k, vertical-slash, SnapKV, Quest at 0.9; niah and story retrieval at 8K; the shipped
+        # reference), outputs compared sample by sample
+        run 540 python3 benchmarks/bench_sweep_batch.py ;;
     quest-search)  # Quest's page choice, bisection against the five-way search (the same pages): the GPU tests, the
         # kernel-level step at batch 1 and 16, and the engine's decode at 32K and 128K, each search with its dense row
         run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"

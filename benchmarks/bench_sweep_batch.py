@@ -1,0 +1,102 @@
+"""Batched sparse cells in the study: samples/s of the frontier sweep at batch 1 against one engine batch per cell.
+
+    PYTHONPATH=src python benchmarks/bench_sweep_batch.py                                  # shipped reference, 8K
+    PYTHONPATH=src python benchmarks/bench_sweep_batch.py --model runs/gpu/reference-long-continue --lengths 32768
+
+The same slice of a frontier grid (dense, sparse prefill and sparse decode cells on the given tasks and lengths) runs
+twice through :func:`leanformer.eval.harness.run_sweep`, once at ``batch_size=1`` and once at ``--batch`` (each cell
+one engine batch: every prompt prefilled alone, all rows decoded together), after a warm-up sweep of each that
+compiles the kernels. Throughput is samples per second of generation (the store's ``time_s``: prompts are made on
+the CPU outside it), per cell kind and overall; the outputs of the two runs are compared sample by sample (bf16 on a
+GPU: a batched step may round differently, so the agreement is reported, not asserted). Target (the long-context
+study's): >= 5x the samples/s of batch 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import record  # noqa: E402
+
+TARGET = 5.0
+
+
+def sweep(args, store: Path, batch: int, samples: int) -> list[dict]:
+    from leanformer.eval import harness
+    from leanformer.eval.store import ResultsStore
+
+    c = harness.load_config({
+        "models": [args.model], "tasks": args.tasks, "lengths": args.lengths, "samples": samples,
+        "prefill": args.prefill, "decode": args.decode, "sparsities": [args.sparsity], "batch_size": batch,
+        "max_new_tokens": args.max_new_tokens, "device": args.device, "dtype": args.dtype, "engine": "on",
+        "chat_template": "off", "store": str(store), "progress": False, "method_params": METHOD_PARAMS,
+        **({"tokenizer": args.tokenizer} if args.tokenizer else {})})
+    harness.run_sweep(c)
+    with ResultsStore(c.store) as s:
+        return s.rows()
+
+
+# 64-token tiles for the line methods, as configs/frontier/long.yaml (they reach high sparsity at 4K-8K there)
+METHOD_PARAMS = {"vertical_slash": {"block_size": 64}, "flexprefill": {"block_size": 64, "query_aware": False}}
+
+
+def kind(row: dict) -> str:
+    if row["prefill_method"] != "dense":
+        return "prefill:" + row["prefill_method"]
+    return "decode:" + row["decode_method"] if row["decode_method"] != "dense" else "dense"
+
+
+def throughput(rows: list[dict]) -> dict[str, float]:
+    """Samples per second of generation per cell kind and ``all``."""
+    seconds, count = defaultdict(float), defaultdict(int)
+    for r in rows:
+        for k in (kind(r), "all"):
+            seconds[k] += r["time_s"]
+            count[k] += 1
+    return {k: count[k] / seconds[k] for k in count}
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="leanformer:reference")
+    ap.add_argument("--tasks", nargs="+", default=["niah", "story_retrieval"])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[8192])
+    ap.add_argument("--prefill", nargs="*", default=["block_topk", "vertical_slash"])
+    ap.add_argument("--decode", nargs="*", default=["snapkv", "quest"])
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--samples", type=int, default=24, help="samples per cell (and the batch of the batched run)")
+    ap.add_argument("--batch", type=int, default=None, help="batched run's batch size (default: --samples)")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--tokenizer", default=None, help="the sweep's tokenizer (default: the model's own)")
+    ap.add_argument("--out", default=None, help="result JSON folder (default: $OUT, else benchmarks/results)")
+    args = ap.parse_args(argv)
+    batch = args.batch or args.samples
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for b in (1, batch):  # compile and autotune every kernel both runs launch
+            sweep(args, tmp / f"warm{b}.db", b, min(batch, 2))
+        rows = {b: sweep(args, tmp / f"b{b}.db", b, args.samples) for b in (1, batch)}
+    rate = {b: throughput(r) for b, r in rows.items()}
+    outs = {b: {(r["cell_key"], r["sample"]): r["output"] for r in rs} for b, rs in rows.items()}
+    same = sum(outs[1][k] == outs[batch].get(k) for k in outs[1])
+    result = {"model": args.model, "lengths": args.lengths, "tasks": args.tasks, "sparsity": args.sparsity,
+              "samples_per_cell": args.samples, "batch": batch, "samples_per_s": {str(b): v for b, v in rate.items()},
+              "speedup": {k: rate[batch][k] / rate[1][k] for k in rate[1]},
+              "same_outputs": same, "compared": len(outs[1]), "target": TARGET}
+    path = record("sweep_batch", result, args.out)
+    print(f"{'cells':22s} {'batch 1 samples/s':>18s} {f'batch {batch}':>12s} {'speedup':>8s}")
+    for k in sorted(rate[1]):
+        print(f"{k:22s} {rate[1][k]:18.2f} {rate[batch][k]:12.2f} {result['speedup'][k]:7.2f}x")
+    print(f"same outputs in {same} of {len(outs[1])} samples; target >= {TARGET:g}x overall; {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
