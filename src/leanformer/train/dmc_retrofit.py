@@ -22,9 +22,16 @@ a d128 x 4 byte-level base, 256-step retrofits at batch 4 x 128 bytes, LR 3e-4):
   the paper's scale the logit travelled from -5.0 to -4.35 over the retrofit; the one-sided auxiliary loss never let
   go, so retrofits to CR 2 and 4 were the same run (CR 1.01 reached; the H200 study of 2026-12-06, d256 and 480
   steps, reached 1.53 / 1.58 / 1.62 for targets 2 / 4 / 8). With scale 8: CR 1.97 for target 2, 2.92 for targets
-  4 and 8 (still travel-limited past CR ~3 at this budget). The paper's Llama 2 retrofit runs 6,000 + 2,000 steps of
-  4M tokens. The scale multiplies the decision row's step size and nothing else (the channel is faded out of the
-  attention scores; ``omega`` is unscaled); with the rows zeroed every logit still starts at ``-5``.
+  4 and 8. The paper's Llama 2 retrofit runs 6,000 + 2,000 steps of 4M tokens. The scale multiplies the decision
+  row's step size and nothing else (the channel is faded out of the attention scores; ``omega`` is unscaled); with the
+  rows zeroed every logit still starts at ``-5``.
+
+Past that point the limit is the loss, not the travel. Below its target the compression loss is linear in the mean
+``alpha``, so its gradient does not depend on the target: a retrofit to 4 and one to 8 are the same run until one of
+them reaches its target, and at weight 1 the LM loss balances it first. Measured on the CPU (2026-12-06: a d128 x 4
+base of 800 steps at 16 x 128 bytes, 300-step retrofits at batch 8): weight 1 reaches CR 2.60 for targets 4 and 8
+alike (2.550 bits/byte against the base's 2.408 after zero-out), weight 4 reaches 3.38 for target 4 (2.581) and 4.60
+for target 8 (2.742), weight 16 reaches 5.05 for target 8 (2.806). ``aux_weight`` sets it (paper: 1).
 
 The paper's LR (3e-5) is a tenth of Llama 2's pretraining peak; by default we take a tenth of the base run's
 ``optim.lr`` (3e-5 when the base is a Hugging Face model).

@@ -52,6 +52,7 @@ class StudyConfig:
     retrofit_batch_size: int = 16
     retrofit_lr: float | None = None  # default: lr / 10
     zero_out_steps: int = 250  # capped at a fifth of the retrofit steps
+    aux_weight: float = 1.0  # DMC's compression-loss weight (paper: 1; RetrofitConfig.aux_weight)
     crs: tuple[int, ...] = (2, 4, 8)
     seeds: tuple[int, ...] = (0, 1)
     control: bool = True
@@ -168,7 +169,7 @@ def run_stage(stage: Stage, cfg: StudyConfig, root: Path) -> None:
     steps = cfg.retrofit_steps
     rc = RetrofitConfig(target_cr=float(stage.cr), budget=steps, zero_out_steps=cfg.zero_out_steps,
                         lr=cfg.retrofit_lr or cfg.lr / 10, batch_size=cfg.retrofit_batch_size, device=cfg.device,
-                        eval_every=steps, eval_batches=10, seed=stage.seed, progress=False)
+                        eval_every=steps, eval_batches=10, seed=stage.seed, aux_weight=cfg.aux_weight, progress=False)
     (retrofit if stage.kind == "dmc" else gqa_uptrain)(root / "base", out, rc)
 
 
