@@ -8,6 +8,7 @@
 #              inference-prefill | inference-decode | quest-search | sweep-batch
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
+#              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #   two GPUs   distributed | frontier-shard
@@ -148,6 +149,13 @@ suite() {
     reference-long-continue)  # long job 2: job 1's folder (copied over as .scratch/reference-long) on 8K-32K prompts
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-continue init_from=.scratch/reference-long \
             'mixture.lengths=[8192, 16384, 32768]' ;;
+    reference-long-deep)  # the second size for the isoFLOPS comparison: the long reference (its folder carried as
+        # .scratch/reference-long-continue) grown to 24 layers (3x: each layer repeated, the copies' residual outputs
+        # zeroed, so it starts computing the same function), trained on 8K-32K prompts; DEEP_FROM=.scratch/NAME
+        # continues an earlier deep job instead
+        REF_CONFIG=configs/reference/long.yaml ref_job reference-long-deep \
+            init_from="${DEEP_FROM:-.scratch/reference-long-continue}" model.n_layers=24 \
+            'mixture.lengths=[8192, 16384, 32768]' ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
@@ -161,9 +169,9 @@ suite() {
     frontier-shard)  # two GPUs: one frontier sweep by one process and by two torchrun ranks, same rows
         run 540 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8 ;;
     *)
-        echo "unknown suite $1; choose one of: tests ${ALL[*]} inference-prefill inference-decode reference" \
-             "reference-continue reference-uneven reference-long reference-long-continue reference-long-eval" \
-             "frontier-long distributed frontier-shard all"; return 2 ;;
+        echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest-search sweep-batch reference" \
+             "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
+             "reference-long-eval frontier-long distributed frontier-shard all"; return 2 ;;
     esac
 }
 

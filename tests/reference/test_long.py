@@ -122,3 +122,17 @@ def test_evaluation_samples_made_by_worker_processes_are_the_same():
     here = list(ref_train.eval_samples(SHIPPED, jobs))
     pooled = list(ref_train.eval_samples(SHIPPED, jobs, workers=2))
     assert [(s.prompt, ids) for s, ids in pooled] == [(s.prompt, ids) for s, ids in here]
+
+
+def test_second_size_is_the_long_reference_three_times_deeper():
+    """The suite reference-long-deep grows the long reference to 24 layers (3x its non-embedding parameters) on the
+    second job's lengths; its overrides make a valid config whose rows still fit the positions."""
+    from leanformer.models.gpt import GPT
+
+    m = re.search(r"ref_job reference-long-deep \\\s+init_from=\S+ (model\.n_layers=\d+) \\\s+'([^']+)'", GPU_SH)
+    assert m, "the reference-long-deep suite is missing or changed shape"
+    rc = from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), [m.group(1), m.group(2)]))
+    small = from_dict(ref_train.ReferenceConfig, load_yaml(str(LONG)))
+    assert rc.model.n_layers % small.model.n_layers == 0 and max(rc.mixture.lengths) == 32768
+    ratio = GPT(rc.model).num_params(non_embedding=True) / GPT(small.model).num_params(non_embedding=True)
+    assert 2.5 < ratio < 3.5

@@ -258,3 +258,37 @@ def test_data_workers_fail_instead_of_hanging_and_stop_when_closed():
     endless = ref_train._in_workers(abs, itertools.count(-5), 2, int, ())
     assert [next(endless) for _ in range(7)] == [5, 4, 3, 2, 1, 0, 1]
     endless.close()
+
+
+def test_a_deeper_job_starts_from_a_shallower_checkpoint_computing_the_same(tmp_path):
+    """``init_from`` with ``model.n_layers`` a multiple of its layers grows the depth with the function kept: the
+    grown model's logits equal the source's before training; any other shape change is one clear error."""
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from leanformer.errors import UserError
+    from leanformer.models.gpt import GPT, deepen_state
+    from leanformer.train.checkpoint import load_model
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, first / f)
+    ref_train.main(["--out", str(first), *TOY, "max_steps=2"])
+    src = load_model(first).float().eval()
+    deep = GPT(dataclasses.replace(src.config, n_layers=3 * src.config.n_layers)).eval()
+    deep.load_state_dict(deepen_state(src.state_dict(), src.config.n_layers, deep.config.n_layers))
+    ids = torch.randint(0, 4000, (2, 50))
+    with torch.no_grad():
+        torch.testing.assert_close(deep(ids)[0], src(ids)[0], rtol=1e-5, atol=1e-5)
+    more = tmp_path / "deeper"
+    ref_train.main(["--out", str(more), *TOY, "max_steps=2", "model.n_layers=4", f"init_from={first}"])
+    assert load_model(more).config.n_layers == 4
+    with pytest.raises(UserError, match=r"d_model 32 \(model.d_model=64\)"):
+        ref_train.main(["--out", str(tmp_path / "wider"), *TOY, "max_steps=2", "model.d_model=64",
+                        f"init_from={first}"])
+    with pytest.raises(UserError, match=r"n_layers 2 \(model.n_layers=3: a multiple is allowed\)"):
+        ref_train.main(["--out", str(tmp_path / "odd"), *TOY, "max_steps=2", "model.n_layers=3",
+                        f"init_from={first}"])

@@ -217,3 +217,23 @@ def _HF_TO_OURS(k: str) -> str:
     for a, b in _INNER:
         k = k.replace(b, a)
     return k
+
+
+def deepen_state(state: dict, n_layers: int, new_layers: int) -> dict:
+    """A ``n_layers``-layer model's weights (``state``) for one ``new_layers = r * n_layers`` deep, every other shape
+    equal: new layer ``j`` starts as a copy of layer ``j // r``, and every copy after the first of a layer has its
+    residual outputs (``attn.o_proj``, ``mlp.down``) zeroed, so it adds nothing to the residual stream: the deeper
+    model computes exactly what the shallower one does, and training moves the copies apart (depth up-scaling that
+    preserves the function)."""
+    if new_layers % n_layers:
+        raise ConfigError(f"{new_layers} layers: depth growth needs a multiple of the {n_layers} layers it starts from")
+    r = new_layers // n_layers
+    out = {k: v for k, v in state.items() if not k.startswith("layers.")}
+    for k, v in state.items():
+        if not k.startswith("layers."):
+            continue
+        _, i, rest = k.split(".", 2)
+        for c in range(r):
+            zero = c > 0 and rest in ("attn.o_proj.weight", "mlp.down.weight")
+            out[f"layers.{int(i) * r + c}.{rest}"] = torch.zeros_like(v) if zero else v.clone()
+    return out

@@ -12,7 +12,8 @@ every evaluated (task, length) cell; ``--skip-eval`` stops after training, ``--s
 folder (resuming an evaluation that was cut short), and the model card is written once the evaluation is complete.
 Training checkpoints every ``checkpoint_every_s`` (``OUT/checkpoints``: weights, optimizer, step, clock) and a rerun
 of a killed job resumes there; ``init_from=DIR`` continues a finished checkpoint in a new job (its weights and
-tokenizer, a fresh optimizer, the data steps after its own), so a budget longer than one job is a chain of jobs.
+tokenizer, a fresh optimizer, the data steps after its own), so a budget longer than one job is a chain of jobs; with
+``model.n_layers`` a whole multiple of the checkpoint's it starts a deeper model that computes the same function.
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ class ReferenceConfig:
                                                         "step, clock) under OUT/checkpoints; a rerun resumes there")
     init_from: str | None = cfg(None, help="a finished reference checkpoint folder to continue training from: its "
                                            "weights and tokenizer, a fresh optimizer, and the data steps after its "
-                                           "own (a longer budget spread over several jobs)")
+                                           "own (a longer budget spread over several jobs); model.n_layers may "
+                                           "be a whole multiple of its layers (depth grown, function kept)")
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     dev = torch.device(device)
     model = GPT(rc.model).to(dev)
     if init is not None:
-        model.load_state_dict(load_model(init, device=device).float().state_dict())
+        model.load_state_dict(_init_state(load_model(init, device=device).float(), rc))
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": rc.weight_decay}, {"params": rest, "weight_decay": 0}],
@@ -246,6 +248,24 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
             "compiled": compile_ and compile_error is None, "compile_error": compile_error,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
+
+
+def _init_state(src, rc: ReferenceConfig) -> dict:
+    """``init_from``'s weights for this job's model: the same shape, or (``model.n_layers`` a multiple of its layers,
+    every other shape equal) grown in depth with the function kept (:func:`leanformer.models.gpt.deepen_state`)."""
+    from leanformer.models.gpt import deepen_state
+
+    shape = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings")
+    have, want = src.config, rc.model
+    diff = [f"{k} {getattr(have, k)} (model.{k}={getattr(want, k)})" for k in shape
+            if getattr(have, k) != getattr(want, k)]
+    if diff or want.n_layers % have.n_layers:
+        diff += [f"n_layers {have.n_layers} (model.n_layers={want.n_layers}: a multiple is allowed)"] * (
+            want.n_layers % have.n_layers != 0)
+        raise UserError(f"init_from={rc.init_from!r} has {'; '.join(diff)}: only the depth may grow, by a whole "
+                        "multiple of its layers")
+    state = src.state_dict()
+    return state if want.n_layers == have.n_layers else deepen_state(state, have.n_layers, want.n_layers)
 
 
 def _worker_start(initializer, initargs: tuple):
