@@ -31,7 +31,7 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint_and_card_data(tmp
     assert model.config.d_model == 32 and model.config.vocab_size == 4096
     # the model card: accuracy table from the recorded scores, budget, and the command that reproduces the run
     card = (tmp_path / "README.md").read_text()
-    assert f"| niah | {acc['mean']:.3f} |" in card and "320 tokens" in card
+    assert f"| niah | {acc['mean']:.3f} ± " in card and "320 tokens" in card
     assert "6 steps" in card and "'mixture.lengths=[320]'" in card and "model.d_model=32" in card
 
 
@@ -237,6 +237,23 @@ def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path
     text = card.card_text(tmp_path)
     assert "training generators' parameters {'story_retrieval': {'uneven_chapters': True}}" in text
     assert "keyed answers" not in text
+
+
+def test_card_gives_each_accuracy_its_95_percent_interval(tmp_path):
+    from leanformer.eval.store import mean_ci
+    from leanformer.reference import card
+
+    shipped = ROOT / "src" / "leanformer" / "assets" / "reference"
+    report = json.loads((shipped / "training.json").read_text())
+    scores = [1.0] * 20 + [0.0] * 12
+    report["dense_accuracy"] = {"niah": {"1024": {"mean": sum(scores) / 32, "scores": scores}},
+                                "qa": {"1024": {"mean": 0.0, "scores": [0.0] * 32}}}
+    (tmp_path / "model.json").write_text((shipped / "model.json").read_text())
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    text = card.card_text(tmp_path)
+    mean, half = mean_ci(scores)
+    assert 0.15 < half < 0.2 and f"| niah | {mean:.3f} ± {half:.3f} |" in text
+    assert "| qa | 0.000 ± 0.000 |" in text and "95% Student-t interval" in text
 
 
 def test_data_workers_fail_instead_of_hanging_and_stop_when_closed():

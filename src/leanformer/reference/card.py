@@ -34,8 +34,8 @@ def card_text(model_dir: str | Path) -> str:
     info, acc = report.get("training", {}), report["dense_accuracy"]
     m = meta["config"]
     lengths = sorted({int(L) for per in acc.values() for L in per})
-    rows = [f"| {task} | " + " | ".join(f"{per[str(L)]['mean']:.3f}" if str(L) in per else "—" for L in lengths)
-            + " |" for task, per in acc.items()]
+    rows = [f"| {task} | " + " | ".join(_cell(per[str(L)]) if str(L) in per else "—" for L in lengths) + " |"
+            for task, per in acc.items()]
     n_eval = max((len(v["scores"]) for per in acc.values() for v in per.values()), default=0)
     mix = cfg.get("mixture", {})
     # a checkpoint continued from another (init_from) is reproduced by its whole chain of jobs, oldest first
@@ -81,7 +81,8 @@ def card_text(model_dir: str | Path) -> str:
            if info.get("init_from") else "."),
         "",
         f"## Dense accuracy ({n_eval} samples per cell, the harness's prompt encoding and scorers, greedy, "
-        f"at most {cfg.get('eval_max_new_tokens', 128)} new tokens)",
+        f"at most {cfg.get('eval_max_new_tokens', 128)} new tokens; mean ± the half-width of its 95% Student-t "
+        "interval)",
         "",
         "| task | " + " | ".join(f"{L} tokens" for L in lengths) + " |",
         "| --- | " + " | ".join("---" for _ in lengths) + " |",
@@ -95,6 +96,14 @@ def card_text(model_dir: str | Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _cell(result: dict) -> str:
+    """``mean ± half-width`` of one task x length cell's scores (95% Student-t, the sweeps' summary interval)."""
+    from leanformer.eval.store import mean_ci
+
+    mean, half = mean_ci(result["scores"]) if result.get("scores") else (result["mean"], float("nan"))
+    return f"{mean:.3f}" if half != half else f"{mean:.3f} ± {half:.3f}"
 
 
 def _train_command(job: dict, i: int, n: int) -> str:
