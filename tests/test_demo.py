@@ -66,7 +66,7 @@ def test_long_demo_runs_the_long_grid_and_refuses_what_it_cannot_do(tmp_path, ca
     torch.manual_seed(42)
     ckpt = tiny_checkpoint(tmp_path / "model")
     slice_ = ["samples=1", "tasks=[niah]", "lengths=[1100]", "sparsities=[0.5]", "prefill=[vertical_slash]",
-              "decode=[quest]", "max_new_tokens=4", "dtype=fp32", "batch_size=1", "progress=false"]
+              "decode=[quest]", "max_new_tokens=4", "dtype=fp32", "batch_size=1", "prompt_workers=0", "progress=false"]
     monkeypatch.chdir(tmp_path)
     assert main(["demo", "--long", "--model", str(ckpt), "--device", "cpu", *slice_]) == 0
     printed = capsys.readouterr().out

@@ -207,3 +207,18 @@ def test_batched_sparse_cells_equal_batch_one_and_the_generate_path(tiny_model, 
     assert len(outs["batched"]) == 4 * 3 and len({v[1] for v in outs["batched"].values()}) > 1  # unequal lengths
     assert outs["batched"] == outs["single"]
     assert {k: v[0] for k, v in outs["batched"].items()} == {k: v[0] for k, v in outs["generate"].items()}
+
+
+def test_prompt_workers_make_the_samples_this_process_would(tiny_model, tmp_path):
+    """``prompt_workers``: the samples and prompts made ahead by worker processes are the ones the sweep makes itself:
+    every row (prompt length, output, answer) equal, across cells that share their samples."""
+    common = dict(tasks=["niah", "variable_tracking"], samples=2, decode=["snapkv"], sparsities=[0.5],
+                  max_new_tokens=3, method_params={"snapkv": {"window": 16, "kernel": 5, "local": 8}})
+    rows = {}
+    for workers in (0, 2):
+        c = _config(tiny_model, tmp_path / f"w{workers}.db", **common, prompt_workers=workers)
+        assert harness.run_sweep(c)["added"] == 2 * 2 * 2
+        with ResultsStore(c.store) as store:
+            rows[workers] = {(r["cell_key"], r["sample"]): (r["prompt_tokens"], r["output"], r["answer"])
+                             for r in store.rows()}
+    assert rows[0] == rows[2] and len(rows[0]) == 8

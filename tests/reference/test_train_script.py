@@ -186,7 +186,7 @@ def test_init_from_continues_a_finished_checkpoint_on_new_data(tmp_path, monkeyp
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, first / f)
     ref_train.main(["--out", str(first), *TOY, "max_steps=3"])
-    steps, real = [], ref_train._in_workers
+    steps, real = [], ref_train.in_workers
 
     def recording(fn, items, *args, **kwargs):
         def seen():
@@ -195,7 +195,7 @@ def test_init_from_continues_a_finished_checkpoint_on_new_data(tmp_path, monkeyp
                 yield item
         return real(fn, seen(), *args, **kwargs)
 
-    monkeypatch.setattr(ref_train, "_in_workers", recording)
+    monkeypatch.setattr(ref_train, "in_workers", recording)
     # a vanishing learning rate: the weights written are the ones loaded (both bf16 files), not a fresh init
     ref_train.main(["--out", str(more), *TOY, "max_steps=2", "lr=1e-20", f"init_from={first}"])
     assert steps == [3, 4]  # data steps 3 and 4: not the batches the first job trained on
@@ -254,27 +254,6 @@ def test_card_gives_each_accuracy_its_95_percent_interval(tmp_path):
     mean, half = mean_ci(scores)
     assert 0.15 < half < 0.2 and f"| niah | {mean:.3f} ± {half:.3f} |" in text
     assert "| qa | 0.000 ± 0.000 |" in text and "95% Student-t interval" in text
-
-
-def test_data_workers_fail_instead_of_hanging_and_stop_when_closed():
-    """A failing initializer or a worker that dies raises ``BrokenProcessPool`` (a ``multiprocessing.Pool`` respawns
-    such workers and waits forever); results come in order with a bounded look-ahead over an endless stream, and
-    closing the stream stops the workers."""
-    import itertools
-    import operator
-    import os
-    from concurrent.futures.process import BrokenProcessPool
-
-    import pytest
-
-    with pytest.raises(BrokenProcessPool):
-        list(ref_train._in_workers(abs, [-1, -2], 1, operator.truediv, (1, 0)))  # the initializer raises
-    with pytest.raises(BrokenProcessPool):
-        list(ref_train._in_workers(os._exit, [3], 1, int, ()))  # the worker exits mid-task
-    assert list(ref_train._in_workers(abs, range(-9, 0), 2, int, (), ahead=3)) == list(range(9, 0, -1))
-    endless = ref_train._in_workers(abs, itertools.count(-5), 2, int, ())
-    assert [next(endless) for _ in range(7)] == [5, 4, 3, 2, 1, 0, 1]
-    endless.close()
 
 
 def test_a_deeper_job_starts_from_a_shallower_checkpoint_computing_the_same(tmp_path):

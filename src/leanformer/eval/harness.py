@@ -63,6 +63,8 @@ class FrontierConfig:
                            "padding, evicting methods keep only their budget): 'auto' where the model is a "
                            "Llama-family one, 'off' for transformers' generate (sparse cells then batch only prompts "
                            "of equal length)")
+    prompt_workers: int = cfg(0, ge=0, help="processes that make the prompts ahead of the model (0: this process "
+                                           "does); a 32K-token prompt takes ~1-2 s of CPU to fit its length")
     progress: bool = True
 
 
@@ -321,7 +323,8 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
     encoder = PromptEncoder(tok, c.chat_template, c.answer_prefix)
     n_params = non_embedding_params(model)
     use_engine = c.engine == "on" or (c.engine == "auto" and _engine_runs(model))
-    samples: dict[tuple, Any] = {}
+    samples: dict[tuple, Any] = {}  # (task, length, seed) -> (sample, prompt ids), shared by the model's cells
+    made = _made_ahead(c, model_name, cells, todo)
     added = 0
     for cell in cells:
         task = TASKS[cell["task"]](**c.task_params.get(cell["task"], {}))
@@ -329,13 +332,19 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
         engine = _engine(model, cell) if use_engine else None  # one per cell: its methods warn once
         for start in range(0, len(pending), c.batch_size):
             idx = pending[start:start + c.batch_size]
-            batch = []
             for i in idx:
                 key = (cell["task"], cell["length"], c.seed + i)
-                if key not in samples:
-                    samples[key] = task.generate(tok, cell["length"], c.seed + i)
-                batch.append(samples[key])
-            ids = [encoder.encode(s.prompt) for s in batch]
+                if key not in samples:  # keys are first needed in the order the workers make them
+                    if made is not None:
+                        got, sample, prompt_ids = next(made)
+                        if got != key:
+                            raise RuntimeError(f"prompt workers made {got} where {key} was needed")
+                    else:
+                        sample = task.generate(tok, cell["length"], c.seed + i)
+                        prompt_ids = encoder.encode(sample.prompt)
+                    samples[key] = sample, prompt_ids
+            batch = [samples[(cell["task"], cell["length"], c.seed + i)][0] for i in idx]
+            ids = [samples[(cell["task"], cell["length"], c.seed + i)][1] for i in idx]
             t0 = time.perf_counter()
             if use_engine:
                 outs, measured = _engine_batch(engine, encoder, cell, ids, c.max_new_tokens)
@@ -354,8 +363,52 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
                 added += int(store.add(row))
                 crash_point("sweep.sample")
                 bar.update(1)
+    if made is not None:
+        made.close()
     del model
     return added
+
+
+def _made_ahead(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict):
+    """``(sample, prompt ids)`` of every sample ``cells`` still need, in the order they are first needed, made by
+    ``c.prompt_workers`` processes (at most the cores but one) ahead of the model, each with its key (None: made in
+    this process as needed)."""
+    if c.prompt_workers == 0:
+        return None
+    from leanformer.workers import in_workers
+
+    jobs = {}
+    for cell in cells:
+        for i in todo[cell["key"]]:
+            jobs.setdefault((cell["task"], cell["length"], c.seed + i),
+                            (cell["task"], c.task_params.get(cell["task"], {}), cell["length"], c.seed + i))
+    if not jobs:
+        return None
+    workers = min(c.prompt_workers, max(1, (os.cpu_count() or 2) - 1))  # one core stays with the sweep
+    return in_workers(_prompt_job, jobs.values(), workers, _prompt_worker_init,
+                      (model_name, c.tokenizer, c.chat_template, c.answer_prefix))
+
+
+_PROMPTS: dict = {}  # a prompt worker's tokenizer, encoder and task objects
+
+
+def _prompt_worker_init(model_name: str, tokenizer: str | None, chat_template: str, answer_prefix: str):
+    from leanformer.eval.generation import PromptEncoder
+    from leanformer.eval.models import open_tokenizer
+
+    _PROMPTS["tok"] = tok = open_tokenizer(model_name, tokenizer)
+    _PROMPTS["encoder"] = PromptEncoder(tok, chat_template, answer_prefix)
+
+
+def _prompt_job(job: tuple):
+    """``((name, length, seed), sample, prompt ids)``: task ``name``'s sample ``seed`` at ``length`` and its encoded
+    prompt, as the sweep process would make them."""
+    name, params, length, seed = job
+    key = (name, canonical_json(params))
+    if key not in _PROMPTS:
+        _PROMPTS[key] = TASKS[name](**params)
+    sample = _PROMPTS[key].generate(_PROMPTS["tok"], length, seed)
+    return (name, length, seed), sample, _PROMPTS["encoder"].encode(sample.prompt)
 
 
 def _engine_runs(model) -> bool:

@@ -23,7 +23,6 @@ import dataclasses
 import itertools
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -33,6 +32,7 @@ from leanformer.config import atomic_write_text, cfg, from_dict, load_yaml
 from leanformer.errors import UserError
 from leanformer.models.gpt import GPTConfig
 from leanformer.reference.mixture import ApproxCounter, MixtureConfig, batch_plan, bytes_per_token, make_batch
+from leanformer.workers import in_workers
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -183,7 +183,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu",
                                                                                                    enabled=False)
     steps = range(offset + start, offset + rc.max_steps) if rc.max_steps else itertools.count(offset + start)
-    batches = _in_workers(_worker_batch, ((rc.seed, s) for s in steps), workers, _worker_init,
+    batches = in_workers(_worker_batch, ((rc.seed, s) for s in steps), workers, _worker_init,
                           (str(out), dataclasses.asdict(rc.mixture), str(sh_path)))
     step, last_ckpt = start - 1, elapsed
     t_start = time.perf_counter() - elapsed
@@ -268,44 +268,6 @@ def _init_state(src, rc: ReferenceConfig) -> dict:
     return state if want.n_layers == have.n_layers else deepen_state(state, have.n_layers, want.n_layers)
 
 
-def _worker_start(initializer, initargs: tuple):
-    """In each worker: exit as soon as the parent process is gone, then ``initializer(*initargs)``. A trainer killed
-    mid-run (SIGKILL, out of memory) would otherwise leave its workers waiting for work forever, holding its output
-    pipes open: a caller reading them would never see their end."""
-    import threading
-
-    parent = mp.parent_process()
-    if parent is not None:
-        threading.Thread(target=lambda: (parent.join(), os._exit(1)), daemon=True).start()
-    initializer(*initargs)
-
-
-def _in_workers(fn, items, workers: int, initializer, initargs: tuple, ahead: int | None = None):
-    """``fn(item)`` for each of ``items`` in order, computed by ``workers`` spawned processes (each set up once by
-    ``initializer(*initargs)``) with at most ``ahead`` (default ``4 * workers``) submitted in advance: ``items`` may
-    be endless, as training's data steps are. Closing the generator stops the workers, dropping queued work.
-
-    A ``ProcessPoolExecutor``, not a ``multiprocessing.Pool``: a worker that dies or an initializer that raises fails
-    the caller with ``BrokenProcessPool`` (the pool respawns such workers forever and its ``get`` waits forever), and
-    stopping cannot deadlock on a large result a worker is still sending (``Pool.terminate`` can)."""
-    from collections import deque
-    from concurrent.futures import ProcessPoolExecutor
-
-    ahead = ahead or 4 * workers
-    items = iter(items)
-    pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_start,
-                               initargs=(initializer, initargs))
-    try:
-        pending: deque = deque()
-        while True:
-            pending.extend(pool.submit(fn, item) for item in itertools.islice(items, ahead - len(pending)))
-            if not pending:
-                return
-            yield pending.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
 _E: dict = {}
 
 
@@ -333,7 +295,7 @@ def eval_samples(model_dir: Path, jobs: list[tuple[str, int, int]], workers: int
         _eval_init(str(model_dir))
         yield from map(_eval_sample, jobs)
         return
-    yield from _in_workers(_eval_sample, jobs, workers, _eval_init, (str(model_dir),))
+    yield from in_workers(_eval_sample, jobs, workers, _eval_init, (str(model_dir),))
 
 
 def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,
