@@ -259,9 +259,9 @@ def _init_state(src, rc: ReferenceConfig) -> dict:
     have, want = src.config, rc.model
     diff = [f"{k} {getattr(have, k)} (model.{k}={getattr(want, k)})" for k in shape
             if getattr(have, k) != getattr(want, k)]
-    if diff or want.n_layers % have.n_layers:
-        diff += [f"n_layers {have.n_layers} (model.n_layers={want.n_layers}: a multiple is allowed)"] * (
-            want.n_layers % have.n_layers != 0)
+    if want.n_layers % have.n_layers:
+        diff.append(f"n_layers {have.n_layers} (model.n_layers={want.n_layers}: a multiple is allowed)")
+    if diff:
         raise UserError(f"init_from={rc.init_from!r} has {'; '.join(diff)}: only the depth may grow, by a whole "
                         "multiple of its layers")
     state = src.state_dict()
