@@ -166,7 +166,15 @@ if triton is not None:
                 offs = tl.arange(0, NP)
                 gt = key > thr
                 eq = key == thr
-                take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
+                if WIDE:  # both counts in one reduction; the tie scan only where the threshold is shared
+                    counts = tl.sum(gt.to(tl.int64) + (eq.to(tl.int64) << 32), 0)
+                    need = K - (counts & 0xFFFFFFFF).to(tl.int32)
+                    if (counts >> 32).to(tl.int32) > need:
+                        take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
+                    else:
+                        take = gt | eq
+                else:
+                    take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
                 pos = tl.cumsum(take.to(tl.int32), 0) - 1
                 if PAGE > 0:  # fewer candidates than K: the list ends in -1 (written before the winners)
                     offs_k = tl.arange(0, KP)
@@ -239,8 +247,9 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
     the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
     (a 256K-token cache at 16-token pages). ``search``: how the ``k``-th largest score is found, ``"bisect"`` (32
-    dependent block reductions) or ``"wide"`` (a five-way search: about 11-14, each with four compares per page);
-    both pick the same pages."""
+    dependent block reductions) or ``"wide"`` (a five-way search: about 11-14, each with four compares per page, and
+    the scan that breaks ties at the threshold only where there are more tied pages than places); both pick the same
+    pages."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
     b, hq, _, d = q.shape
