@@ -125,9 +125,11 @@ suite() {
         # reference), outputs compared sample by sample
         run 540 python3 benchmarks/bench_sweep_batch.py ;;
     quest-search)  # Quest's page choice, bisection against the five-way search (the same pages): the GPU tests, the
-        # kernel-level step at batch 1 and 16, and the engine's decode at 32K and 128K, each search with its dense row
+        # kernel-level step at batch 1 and 16, the selection alone against the page scores alone (its tail), and the
+        # engine's decode at 32K and 128K, each search with its dense row
         run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"
         run 100 python3 benchmarks/bench_sparse_decode.py --methods quest quest:search=wide --repeat 30
+        run 60 python3 benchmarks/bench_quest_select.py
         for search in bisect wide; do
             run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
                 --param search=$search --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf \

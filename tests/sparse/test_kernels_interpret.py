@@ -280,3 +280,24 @@ def test_quest_wide_search_picks_the_pages_the_reference_picks_in_interpreter(tr
     wins), all pages equal, scores of +-1e30, 1e-30 and 0 in one row, k from 1 to every page, and device lengths
     that leave fewer candidates than k."""
     assert triton_interpret(WIDE_SCRIPT, timeout=300) == "1"
+
+
+QUEST_BENCH = textwrap.dedent("""
+    import importlib.util, json
+    spec = importlib.util.spec_from_file_location("bench_quest_select", {bench!r})
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--device", "cpu", "--lengths", "1024", "--batch", "1", "--repeat", "1", "--budget", "128",
+                       "--out", {out!r}])
+    print(json.dumps([[r["same_pages"], r["pages"], r["k"]] for r in rows]))
+""")
+
+
+def test_quest_select_benchmark_runs_both_searches_in_interpreter(triton_interpret, tmp_path):
+    """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): both searches, the same pages."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quest_select.py"
+    script = QUEST_BENCH.format(bench=str(bench), out=str(tmp_path))
+    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, 7]]
+    assert list(tmp_path.glob("quest_select-*.json"))
