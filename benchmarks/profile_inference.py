@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import record  # noqa: E402
@@ -71,7 +72,10 @@ def main() -> int:
     p.add_argument("--sparsity", type=float, default=0.95)
     p.add_argument("--decode", default="snapkv")
     p.add_argument("--decode-sparsity", type=float, default=0.9375)
+    p.add_argument("--decode-param", action="append", default=[], metavar="KEY=VALUE",
+                   help="a decode-method parameter, e.g. search=wide for Quest (repeatable)")
     args = p.parse_args()
+    dec_params = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.decode_param)}
     dev = torch.device("cuda")
     model, _ = build_model(args.model, dev, torch.bfloat16, args.layers)
     ids = torch.randint(0, model.config.vocab_size, (args.length,), device=dev)
@@ -87,7 +91,9 @@ def main() -> int:
             wall = 1e3 * (time.perf_counter() - t0)
         results[f"prefill_{pre}"] = summary(kernels(prof), wall, f"prefill {pre} at {args.length}")
     for dec in ("dense", args.decode):
-        eng = Engine(model, decode=None if dec == "dense" else dec, sparsity=args.decode_sparsity)
+        params = dec_params if dec != "dense" else {}
+        eng = Engine(model, decode=None if dec == "dense" else dec, sparsity=args.decode_sparsity,
+                     decode_params=params)
         b = eng.batch([args.length], 24)
         b.prefill(0, ids)
         for _ in range(3):
@@ -99,7 +105,7 @@ def main() -> int:
         torch.cuda.synchronize()
         wall = 1e3 * (time.perf_counter() - t0) / 10
         eager = Engine(model, decode=None if dec == "dense" else dec, sparsity=args.decode_sparsity,
-                       cuda_graph=False)
+                       decode_params=params, cuda_graph=False)
         be = eager.batch([args.length], 8)
         be.prefill(0, ids)
         be.step()
