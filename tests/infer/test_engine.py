@@ -59,9 +59,10 @@ def test_dense_generation_equals_hf_generate(model):
     assert Engine(model).generate([ids], 12)[0] == _hf_greedy(model, ids, 12)
 
 
-@pytest.mark.parametrize("method,params", DECODES)
+@pytest.mark.parametrize("method,params", DECODES + [("quest", dict(token_budget=8, page_size=8))])
 def test_physical_eviction_generates_the_logical_methods_tokens(model, method, params):
-    """Same kept set, same tokens: the engine's cache holds only what the logical method reads."""
+    """Same kept set, same tokens: the engine's cache holds only what the logical method reads (Quest with a
+    one-page budget too: only the current page, no page chosen)."""
     ids = torch.randint(0, 97, (211,)).tolist()
     eng = Engine(model, decode=method, sparsity=None, **params)
     got = eng.generate([ids], 10)[0]

@@ -47,6 +47,7 @@ class LayerCache:
         self.starts = torch.zeros(batch, heads, dtype=torch.int32, device=device) if pooled else None
         self.extra: dict[str, torch.Tensor] = {}
         self.n_select = 0  # Quest: pages a step picks besides the current one (a shape, fixed for the batch)
+        self.no_pages = None  # Quest with n_select 0: the empty page list every step passes
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.k, self.v, *self.extra.values()))
@@ -243,8 +244,11 @@ class Pages(Full):
         return select_pages_reference(*args, lens=cache.lens, page_size=self.page)
 
     def attend(self, cache: LayerCache, q, scale, impl="auto"):
-        if cache.n_select == 0:
-            pages = torch.full((*q.shape[:1], cache.lens.shape[1], 0), -1, dtype=torch.int32, device=q.device)
+        if cache.n_select == 0:  # only the current page: an empty page list, made once per cache
+            if cache.no_pages is None:
+                cache.no_pages = torch.empty(*q.shape[:1], cache.lens.shape[1], 0, dtype=torch.int32,
+                                             device=q.device)
+            pages = cache.no_pages
         else:
             pages = self.select(cache, q)
         return cache_decode(q, cache.k, cache.v, cache.lens, pages, self.page, scale, impl=impl)
