@@ -314,7 +314,7 @@ def _watch(futures, c: FrontierConfig, grid: list[dict], every_s: float = 2.0) -
 
 
 def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict, store: ResultsStore, bar) -> int:
-    from leanformer.eval.generation import PromptEncoder
+    from leanformer.eval.generation import PromptEncoder, made_prompts
     from leanformer.eval.models import load_model, non_embedding_params, open_tokenizer
     from leanformer.eval.models import sample_flops as flops_of
 
@@ -324,7 +324,13 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
     n_params = non_embedding_params(model)
     use_engine = c.engine == "on" or (c.engine == "auto" and _engine_runs(model))
     samples: dict[tuple, Any] = {}  # (task, length, seed) -> (sample, prompt ids), shared by the model's cells
-    made = _made_ahead(c, model_name, cells, todo)
+    # every sample the cells still need, in the order they are first needed (made ahead by c.prompt_workers)
+    jobs = {}
+    for cell in cells:
+        for i in todo[cell["key"]]:
+            jobs.setdefault((cell["task"], cell["length"], c.seed + i),
+                            (cell["task"], c.task_params.get(cell["task"], {}), cell["length"], c.seed + i))
+    made = made_prompts(jobs.values(), model_name, c.tokenizer, c.chat_template, c.answer_prefix, c.prompt_workers)
     added = 0
     for cell in cells:
         task = TASKS[cell["task"]](**c.task_params.get(cell["task"], {}))
@@ -332,19 +338,14 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
         engine = _engine(model, cell) if use_engine else None  # one per cell: its methods warn once
         for start in range(0, len(pending), c.batch_size):
             idx = pending[start:start + c.batch_size]
-            for i in idx:
-                key = (cell["task"], cell["length"], c.seed + i)
-                if key not in samples:  # keys are first needed in the order the workers make them
-                    if made is not None:
-                        got, sample, prompt_ids = next(made)
-                        if got != key:
-                            raise RuntimeError(f"prompt workers made {got} where {key} was needed")
-                    else:
-                        sample = task.generate(tok, cell["length"], c.seed + i)
-                        prompt_ids = encoder.encode(sample.prompt)
+            keys = [(cell["task"], cell["length"], c.seed + i) for i in idx]
+            for key in keys:
+                if key not in samples:
+                    got, sample, prompt_ids = next(made)
+                    if got != key:
+                        raise RuntimeError(f"prompts made for {got} where {key} was needed")
                     samples[key] = sample, prompt_ids
-            batch = [samples[(cell["task"], cell["length"], c.seed + i)][0] for i in idx]
-            ids = [samples[(cell["task"], cell["length"], c.seed + i)][1] for i in idx]
+            batch, ids = [samples[k][0] for k in keys], [samples[k][1] for k in keys]
             t0 = time.perf_counter()
             if use_engine:
                 outs, measured = _engine_batch(engine, encoder, cell, ids, c.max_new_tokens)
@@ -363,52 +364,9 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
                 added += int(store.add(row))
                 crash_point("sweep.sample")
                 bar.update(1)
-    if made is not None:
-        made.close()
+    made.close()
     del model
     return added
-
-
-def _made_ahead(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict):
-    """``(sample, prompt ids)`` of every sample ``cells`` still need, in the order they are first needed, made by
-    ``c.prompt_workers`` processes (at most the cores but one) ahead of the model, each with its key (None: made in
-    this process as needed)."""
-    if c.prompt_workers == 0:
-        return None
-    from leanformer.workers import in_workers
-
-    jobs = {}
-    for cell in cells:
-        for i in todo[cell["key"]]:
-            jobs.setdefault((cell["task"], cell["length"], c.seed + i),
-                            (cell["task"], c.task_params.get(cell["task"], {}), cell["length"], c.seed + i))
-    if not jobs:
-        return None
-    workers = min(c.prompt_workers, max(1, (os.cpu_count() or 2) - 1))  # one core stays with the sweep
-    return in_workers(_prompt_job, jobs.values(), workers, _prompt_worker_init,
-                      (model_name, c.tokenizer, c.chat_template, c.answer_prefix))
-
-
-_PROMPTS: dict = {}  # a prompt worker's tokenizer, encoder and task objects
-
-
-def _prompt_worker_init(model_name: str, tokenizer: str | None, chat_template: str, answer_prefix: str):
-    from leanformer.eval.generation import PromptEncoder
-    from leanformer.eval.models import open_tokenizer
-
-    _PROMPTS["tok"] = tok = open_tokenizer(model_name, tokenizer)
-    _PROMPTS["encoder"] = PromptEncoder(tok, chat_template, answer_prefix)
-
-
-def _prompt_job(job: tuple):
-    """``((name, length, seed), sample, prompt ids)``: task ``name``'s sample ``seed`` at ``length`` and its encoded
-    prompt, as the sweep process would make them."""
-    name, params, length, seed = job
-    key = (name, canonical_json(params))
-    if key not in _PROMPTS:
-        _PROMPTS[key] = TASKS[name](**params)
-    sample = _PROMPTS[key].generate(_PROMPTS["tok"], length, seed)
-    return (name, length, seed), sample, _PROMPTS["encoder"].encode(sample.prompt)
 
 
 def _engine_runs(model) -> bool:

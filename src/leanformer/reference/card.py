@@ -102,8 +102,10 @@ def _cell(result: dict) -> str:
     """``mean ± half-width`` of one task x length cell's scores (95% Student-t, the sweeps' summary interval)."""
     from leanformer.eval.store import mean_ci
 
-    mean, half = mean_ci(result["scores"]) if result.get("scores") else (result["mean"], float("nan"))
-    return f"{mean:.3f}" if half != half else f"{mean:.3f} ± {half:.3f}"
+    if not result.get("scores"):  # an older record with the mean alone
+        return f"{result['mean']:.3f}"
+    mean, half = mean_ci(result["scores"])
+    return f"{mean:.3f} ± {half:.3f}"
 
 
 def _train_command(job: dict, i: int, n: int) -> str:

@@ -268,34 +268,15 @@ def _init_state(src, rc: ReferenceConfig) -> dict:
     return state if want.n_layers == have.n_layers else deepen_state(state, have.n_layers, want.n_layers)
 
 
-_E: dict = {}
-
-
-def _eval_init(model_dir: str):
-    from leanformer.eval.generation import PromptEncoder
-    from leanformer.train.checkpoint import load_tokenizer
-
-    _E["encoder"] = PromptEncoder(load_tokenizer(model_dir), "off", "<answer>")
-
-
-def _eval_sample(job: tuple[str, int, int]):
-    """Task ``name``'s evaluation sample ``seed`` at ``length`` and its encoded prompt (the harness's encoding)."""
-    from leanformer.tasks import TASKS
-
-    name, length, seed = job
-    sample = TASKS[name]().generate(_E["encoder"].tokenizer, length, seed)
-    return sample, _E["encoder"].encode(sample.prompt)
-
-
 def eval_samples(model_dir: Path, jobs: list[tuple[str, int, int]], workers: int = 1):
-    """``(sample, prompt ids)`` for each ``(task, length, seed)`` of ``jobs``, in order, made ahead by ``workers``
-    processes: fitting a 32K-token prompt tokenizes it ~25 times (~1-2 s of CPU), far more than the GPU spends on
-    it, so 64 samples x 7 tasks are made in parallel while earlier cells run."""
-    if workers <= 1:
-        _eval_init(str(model_dir))
-        yield from map(_eval_sample, jobs)
-        return
-    yield from in_workers(_eval_sample, jobs, workers, _eval_init, (str(model_dir),))
+    """``(sample, prompt ids)`` for each ``(task, length, seed)`` of ``jobs``, in order, with the harness's encoding
+    (:func:`leanformer.eval.generation.made_prompts`), made ahead by ``workers`` processes when more than one:
+    64 samples x 7 tasks at 32K tokens are made in parallel while earlier cells run."""
+    from leanformer.eval.generation import made_prompts
+
+    for _, sample, ids in made_prompts(((name, {}, L, seed) for name, L, seed in jobs), str(model_dir),
+                                       workers=workers if workers > 1 else 0):
+        yield sample, ids
 
 
 def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int = 32,

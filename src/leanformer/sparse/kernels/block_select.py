@@ -127,12 +127,12 @@ if triton is not None:
             packed = ((key >= p1.to(tl.int32)).to(tl.int64) + ((key >= p2.to(tl.int32)).to(tl.int64) << 16)
                       + ((key >= p3.to(tl.int32)).to(tl.int64) << 32) + ((key >= p4.to(tl.int32)).to(tl.int64) << 48))
             c = tl.sum(packed, 0)
-            j = (((c & 0xFFFF) >= K).to(tl.int32) + (((c >> 16) & 0xFFFF) >= K).to(tl.int32)
-                 + (((c >> 32) & 0xFFFF) >= K).to(tl.int32) + (((c >> 48) & 0xFFFF) >= K).to(tl.int32))
-            new_lo = tl.where(j == 1, p1, tl.where(j == 2, p2, tl.where(j == 3, p3, tl.where(j == 4, p4, lo))))
-            hi = tl.where(j == 0, p1 - 1, tl.where(j == 1, p2 - 1, tl.where(j == 2, p3 - 1, tl.where(j == 3, p4 - 1,
-                                                                                                      hi))))
-            lo = new_lo
+            # j: the pivots with at least K keys at or above them (counts fall with the pivot): the answer lies in
+            # [p_j, p_(j+1) - 1], with p_0 = lo and p_5 - 1 = hi
+            j = (((c & 0xFFFF) >= K).to(tl.int64) + (((c >> 16) & 0xFFFF) >= K).to(tl.int64)
+                 + (((c >> 32) & 0xFFFF) >= K).to(tl.int64) + (((c >> 48) & 0xFFFF) >= K).to(tl.int64))
+            hi = tl.where(j == 4, hi, lo + ((j + 1) * span + 4) // 5 - 1)
+            lo = lo + (j * span + 4) // 5
         return lo.to(tl.int32)
 
     @triton.jit
