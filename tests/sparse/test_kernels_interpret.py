@@ -288,16 +288,17 @@ QUEST_BENCH = textwrap.dedent("""
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     rows = bench.main(["--device", "cpu", "--lengths", "1024", "--batch", "1", "--repeat", "1", "--budget", "128",
-                       "--out", {out!r}])
-    print(json.dumps([[r["same_pages"], r["pages"], r["k"]] for r in rows]))
+                       "--warps", "0", "2", "--out", {out!r}])
+    print(json.dumps([[r["same_pages"], r["pages"], r["k"], "wide_w2_tail_us" in r] for r in rows]))
 """)
 
 
 def test_quest_select_benchmark_runs_both_searches_in_interpreter(triton_interpret, tmp_path):
-    """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): both searches, the same pages."""
+    """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): both searches at two warp counts, the
+    same pages."""
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quest_select.py"
     script = QUEST_BENCH.format(bench=str(bench), out=str(tmp_path))
-    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, 7]]
+    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, 7, True]]
     assert list(tmp_path.glob("quest_select-*.json"))

@@ -240,16 +240,22 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
     return _counts(device, max(64, 1 << (n - 1).bit_length()))
 
 
+def select_warps(np_: int) -> int:
+    """:func:`select_pages_triton`'s default warps for a row padded to ``np_`` pages."""
+    return max(4, min(8, np_ // 1024))
+
+
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
                         block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0,
-                        search: str = "bisect"):
+                        search: str = "bisect", num_warps: int | None = None):
     """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
     ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
     the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
     (a 256K-token cache at 16-token pages). ``search``: how the ``k``-th largest score is found, ``"bisect"`` (32
     dependent block reductions) or ``"wide"`` (a five-way search: about 11-14, each with four compares per page, and
     the scan that breaks ties at the threshold only where there are more tied pages than places); both pick the same
-    pages."""
+    pages. ``num_warps``: the launch's warps (default :func:`select_warps`); fewer warps hold more of a row per
+    thread, and each step of the search is one block reduction, cheaper across fewer warps."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
     b, hq, _, d = q.shape
@@ -262,17 +268,20 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError("lens and page_size come together")
     if search not in SEARCHES:
         raise ValueError(f"search={search!r}: choose one of {SEARCHES}")
+    np_ = max(16, 1 << (p - 1).bit_length())
+    warps = select_warps(np_) if num_warps is None else num_warps
+    if warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={num_warps}: choose 1, 2, 4, 8 or 16")
     g = hq // hk
     hs = hk if share_gqa else hq
     q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
     scores = torch.empty(b * hs, p, device=q.device, dtype=torch.float32)
     out = torch.empty(b, hs, k, device=q.device, dtype=torch.int32)
     nblk = triton.cdiv(p, block_p)
-    np_ = max(16, 1 << (p - 1).bit_length())
     lp = (lens.stride(0), lens.stride(1)) if lens is not None else (0, 0)
     _select_fwd[(b * hk, nblk)](
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
         *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
         BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_,
-        KP=max(16, 1 << (k - 1).bit_length()), WIDE=search == "wide", num_warps=max(4, min(8, np_ // 1024)))
+        KP=max(16, 1 << (k - 1).bit_length()), WIDE=search == "wide", num_warps=warps)
     return (out, scores.view(b, hs, p)) if return_scores else out
