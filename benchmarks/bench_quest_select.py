@@ -1,13 +1,13 @@
-"""Quest's page choice alone: where a decode step's selection time goes, per search.
+"""Quest's page choice alone: where a decode step's selection time goes, per launch width.
 
     PYTHONPATH=src python benchmarks/bench_quest_select.py       # Qwen2.5-7B's heads, 32K and 128K, batch 1 and 16
 
 One layer's launch as the inference engine makes it (``select_pages_triton`` with device-side lengths, bf16 page
 summaries of 16-token pages, the GQA group sharing its pages, a 1,024-token budget: 63 pages plus the current one),
 every call in a CUDA graph: the page scores alone (``page_scores_triton``, the floor: every summary read once), then
-the scores and the top-k together by the bisection and by the five-way search, at the kernel's default warps or at
-each of ``--warps``. The difference to the floor is what the selection tail costs; every variant must pick the same
-pages (checked first).
+the scores and the top-k together (one launch), at the kernel's default warps and at each of ``--warps``. The
+difference to the floor is what the selection tail costs; every variant must pick the pages the default picks
+(checked first).
 """
 
 from __future__ import annotations
@@ -33,15 +33,14 @@ def measure(args, length: int, b: int, dev, wrap, g) -> dict:
     kmin, kmax = torch.minimum(a, c), torch.maximum(a, c)
     lens = torch.full((b, args.kv_heads), length, device=dev, dtype=torch.int32)
 
-    def select(search, warps=0):
-        return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page, search=search,
-                                   num_warps=warps or None)
+    def select(warps=0):
+        return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page, num_warps=warps or None)
 
-    variants = {(f"{s}_w{w}" if w else s): (s, w) for w in args.warps for s in ("bisect", "wide")}
-    want = select("bisect")
-    same = all(torch.equal(select(s, w), want) for s, w in variants.values())
+    variants = {(f"select_w{w}" if w else "select"): w for w in args.warps}
+    want = select()
+    same = all(torch.equal(select(w), want) for w in variants.values())
     calls = {"scores": lambda: page_scores_triton(q, kmin, kmax, True),
-             **{name: (lambda s=s, w=w: select(s, w)) for name, (s, w) in variants.items()}}
+             **{name: (lambda w=w: select(w)) for name, w in variants.items()}}
     us = {name: bench(wrap(fn), warmup=1, repeat=args.repeat) * 1e6 for name, fn in calls.items()}
     row = {"length": length, "batch": b, "pages": p, "k": k, "heads": args.heads, "kv_heads": args.kv_heads,
            "same_pages": same, **{f"{n}_us": v for n, v in us.items()},

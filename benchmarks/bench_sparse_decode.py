@@ -141,7 +141,7 @@ def main(argv=None):
     ap.add_argument("--cache", type=int, default=131072)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--budget", type=float, default=1 / 16, help="fraction of the cache read per step")
-    ap.add_argument("--methods", nargs="+", default=["quest", "quest:search=wide", "snapkv", "ada_snapkv", "streaming"])
+    ap.add_argument("--methods", nargs="+", default=["quest", "snapkv", "ada_snapkv", "streaming"])
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--kv-heads", type=int, default=8)
     ap.add_argument("--dim", type=int, default=128)

@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu.sh SUITE [COMMIT]
 #
 #   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc | dmc-quality
-#              inference-prefill | inference-decode | quest-search | sweep-batch
+#              inference-prefill | inference-decode | quest | sweep-batch
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
 #              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
@@ -125,20 +125,16 @@ suite() {
         # cell (dense, block top-k, vertical-slash, SnapKV, Quest at 0.9; niah and story retrieval at 8K; the shipped
         # reference), outputs compared sample by sample
         run 540 python3 benchmarks/bench_sweep_batch.py ;;
-    quest-search)  # Quest's page choice, bisection against the five-way search (the same pages): the GPU tests, the
-        # kernel-level step at batch 1 and 16, the selection alone against the page scores alone (its tail, at each
-        # warp count), the engine's decode at 32K and 128K, each search with its dense row, then a profile of the
-        # engine's Quest step at 32K
-        run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"
-        run 100 python3 benchmarks/bench_sparse_decode.py --methods quest quest:search=wide --repeat 30
-        run 90 python3 benchmarks/bench_quest_select.py --warps 0 1 2 4 8
-        for search in bisect wide; do
-            run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
-                --param search=$search --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf \
-                --out "$LOGS/speed-quest-$search"
-        done
-        run 120 python3 benchmarks/profile_inference.py --length 32768 --sparsity 0.9 --decode quest \
-            --decode-param search=wide ;;
+    quest)  # Quest's page choice and decode: the GPU tests, the kernel-level step at batch 1 and 16, the selection
+        # alone against the page scores alone (its tail) at each launch width and at the engine's page counts (a
+        # 64-token headroom past 32K / 128K), the engine's decode at 32K and 128K with its dense row, then a profile
+        # of the engine's Quest step at 32K
+        run 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"
+        run 60 python3 benchmarks/bench_sparse_decode.py --methods quest --repeat 30
+        run 90 python3 benchmarks/bench_quest_select.py --lengths 32768 32848 131072 131152 --warps 0 4 8 16
+        run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
+            --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf --out "$LOGS/speed-quest"
+        run 120 python3 benchmarks/profile_inference.py --length 32768 --sparsity 0.9 --decode quest ;;
     reference)  # job 1: the yaml's recipe from scratch (380 s)
         ref_job reference ;;
     reference-continue)  # job 2: job 1's folder (copied over as .scratch/reference) continued 330 s at LR 1e-3
@@ -175,7 +171,7 @@ suite() {
     frontier-shard)  # two GPUs: one frontier sweep by one process and by two torchrun ranks, same rows
         run 540 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8 ;;
     *)
-        echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest-search sweep-batch reference" \
+        echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
              "reference-long-eval frontier-long distributed frontier-shard all"; return 2 ;;
     esac

@@ -73,7 +73,7 @@ def main() -> int:
     p.add_argument("--decode", default="snapkv")
     p.add_argument("--decode-sparsity", type=float, default=0.9375)
     p.add_argument("--decode-param", action="append", default=[], metavar="KEY=VALUE",
-                   help="a decode-method parameter, e.g. search=wide for Quest (repeatable)")
+                   help="a decode-method parameter, e.g. share_gqa=false for Quest (repeatable)")
     args = p.parse_args()
     dec_params = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.decode_param)}
     dev = torch.device("cuda")

@@ -166,3 +166,14 @@ def test_snapkv_without_prefill_is_a_user_error():
         m.attend(0, q[:, :, -1:], k, v)
     with pytest.raises(UserError, match="one step"):
         sparse.build_decode("quest").attend(0, q, k, v)
+
+
+def test_quest_page_choice_launch_width():
+    """The page choice's default warps keep ~16 pages a thread (4 to 16 warps); other widths are refused in one
+    line before any launch."""
+    from leanformer.sparse.kernels.quest_scores import select_pages_triton, select_warps
+
+    assert [select_warps(n) for n in (16, 2048, 4096, 8192, 16384)] == [4, 4, 8, 16, 16]
+    q, pages = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 64, 16)
+    with pytest.raises(ValueError, match="num_warps=3"):
+        select_pages_triton(q, pages, pages, 4, True, num_warps=3)

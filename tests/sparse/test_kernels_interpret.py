@@ -249,7 +249,7 @@ def test_quest_selection_int8_pages_and_fused_merge_in_interpreter(triton_interp
     assert all(err < 1e-5 for err in res["worst"].values()), res
 
 
-WIDE_SCRIPT = textwrap.dedent("""
+PAGE_CHOICE_SCRIPT = textwrap.dedent("""
     import torch
     from leanformer.sparse.kernels.quest_scores import select_pages_reference, select_pages_triton
     g = torch.Generator().manual_seed(7)
@@ -267,19 +267,18 @@ WIDE_SCRIPT = textwrap.dedent("""
         for share in (True, False):
             for kk in (1, 2, 37, 149, 150):
                 ref = select_pages_reference(q, pages, pages, kk, share)
-                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, search="wide"))
+                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share))
                 ref = select_pages_reference(q, pages, pages, kk, share, lens=lens, page_size=16)
-                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, lens=lens, page_size=16,
-                                                             search="wide"))
+                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, lens=lens, page_size=16))
     print(int(same))
 """)
 
 
-def test_quest_wide_search_picks_the_pages_the_reference_picks_in_interpreter(triton_interpret):
-    """The five-way search for the k-th largest page score against a stable sort: equal scores (the lower page
-    wins), all pages equal, scores of +-1e30, 1e-30 and 0 in one row, k from 1 to every page, and device lengths
-    that leave fewer candidates than k."""
-    assert triton_interpret(WIDE_SCRIPT, timeout=300) == "1"
+def test_quest_page_choice_picks_the_pages_the_reference_picks_in_interpreter(triton_interpret):
+    """The page choice's bisection for the k-th largest page score against a stable sort: equal scores (the lower
+    page wins), all pages equal, scores of +-1e30, 1e-30 and 0 in one row, k from 1 to every page, and device
+    lengths that leave fewer candidates than k."""
+    assert triton_interpret(PAGE_CHOICE_SCRIPT, timeout=300) == "1"
 
 
 QUEST_BENCH = textwrap.dedent("""
@@ -289,13 +288,13 @@ QUEST_BENCH = textwrap.dedent("""
     spec.loader.exec_module(bench)
     rows = bench.main(["--device", "cpu", "--lengths", "1024", "--batch", "1", "--repeat", "1", "--budget", "128",
                        "--warps", "0", "2", "--out", {out!r}])
-    print(json.dumps([[r["same_pages"], r["pages"], r["k"], "wide_w2_tail_us" in r] for r in rows]))
+    print(json.dumps([[r["same_pages"], r["pages"], r["k"], "select_w2_tail_us" in r] for r in rows]))
 """)
 
 
-def test_quest_select_benchmark_runs_both_searches_in_interpreter(triton_interpret, tmp_path):
-    """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): both searches at two warp counts, the
-    same pages."""
+def test_quest_select_benchmark_runs_each_width_in_interpreter(triton_interpret, tmp_path):
+    """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): the default launch and one of two warps,
+    the same pages."""
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quest_select.py"

@@ -239,8 +239,7 @@ class Pages(Full):
         kmin, kmax = cache.extra["kmin"], cache.extra["kmax"]
         args = (q[:, :, None], kmin, kmax, min(cache.n_select, kmin.shape[2]), self.method.params.share_gqa)
         if q.is_cuda and self.method.params.impl != "reference" and kmin.shape[2] <= MAX_SELECT_PAGES:
-            return select_pages_triton(*args, lens=cache.lens, page_size=self.page,
-                                       search=self.method.params.search)
+            return select_pages_triton(*args, lens=cache.lens, page_size=self.page)
         return select_pages_reference(*args, lens=cache.lens, page_size=self.page)
 
     def attend(self, cache: LayerCache, q, scale, impl="auto"):

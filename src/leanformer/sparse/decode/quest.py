@@ -30,7 +30,7 @@ from leanformer.errors import UserError
 from leanformer.sparse.base import DecodeMethod, check_sparsity, default_scale, info_dict
 from leanformer.sparse.decode.common import check_step, decode_info, resolve_impl, token_budget
 from leanformer.sparse.kernels.decode import expand_pages, gather_decode_pages_triton, run_decode
-from leanformer.sparse.kernels.quest_scores import SEARCHES, page_scores, quantize_pages, select_pages_triton
+from leanformer.sparse.kernels.quest_scores import page_scores, quantize_pages, select_pages_triton
 
 METADATA = ("cache", "int8")
 TOLERANCE = 0.05  # |measured - requested| sparsity whole pages may miss by before the method warns
@@ -43,7 +43,6 @@ class QuestParams:
     share_gqa: bool = True
     metadata: str = "cache"  # page min/max keys: "cache" (the cache dtype) or "int8" (scaled per page, half of bf16)
     impl: str = "auto"
-    search: str = "bisect"  # the Triton page choice's way to the k-th largest score: "bisect" or "wide" (same pages)
 
 
 def page_minmax(k: torch.Tensor, page_size: int, start: int, stop: int):
@@ -68,8 +67,6 @@ class Quest(DecodeMethod):
         super().__init__(**params)
         if self.params.metadata not in METADATA:
             raise UserError(f"unknown quest metadata {self.params.metadata!r}; choose one of {METADATA}")
-        if self.params.search not in SEARCHES:
-            raise UserError(f"unknown quest search {self.params.search!r}; choose one of {SEARCHES}")
 
     def observe_prefill(self, layer, q, k, v, scale=None):
         self.state[layer] = _empty_meta()
@@ -167,8 +164,7 @@ class Quest(DecodeMethod):
         kmin, kmax, smin, smax = self._page_meta(layer, k)
         cut = n_pages - 1
         scaled = (None, None) if smin is None else (smin[..., :cut], smax[..., :cut])
-        top = select_pages_triton(q, kmin[:, :, :cut], kmax[:, :, :cut], want - 1, p.share_gqa, *scaled,
-                                  search=p.search)
+        top = select_pages_triton(q, kmin[:, :, :cut], kmax[:, :, :cut], want - 1, p.share_gqa, *scaled)
         return top, 2 * (n_pages - 1) * b * hk
 
     def select(self, layer, q, k, sparsity=None):

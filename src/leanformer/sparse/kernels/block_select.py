@@ -110,32 +110,6 @@ if triton is not None:
         return lo.to(tl.int32)
 
     @triton.jit
-    def kth_largest_key_wide(key, K):
-        """:func:`kth_largest_key` in fewer dependent reductions: the range starts at the keys' minimum and maximum
-        and each step counts the keys at or above four pivots at once (four 16-bit counts packed in one int64 sum:
-        rows of at most 65535 keys), so it shrinks five-fold per reduction: ~11-14 reductions against 32, each
-        with four compares per key. Same invariant: at least ``K`` keys are ``>= lo``, fewer than ``K`` ``> hi``.
-        Equal pivots have equal counts, so the step never lands between two of them."""
-        lo = tl.min(key, 0).to(tl.int64)
-        hi = tl.max(key, 0).to(tl.int64)
-        while lo < hi:
-            span = hi - lo
-            p1 = lo + (span + 4) // 5  # lo + ceil(j span / 5): strictly above lo, at most hi
-            p2 = lo + (2 * span + 4) // 5
-            p3 = lo + (3 * span + 4) // 5
-            p4 = lo + (4 * span + 4) // 5
-            packed = ((key >= p1.to(tl.int32)).to(tl.int64) + ((key >= p2.to(tl.int32)).to(tl.int64) << 16)
-                      + ((key >= p3.to(tl.int32)).to(tl.int64) << 32) + ((key >= p4.to(tl.int32)).to(tl.int64) << 48))
-            c = tl.sum(packed, 0)
-            # j: the pivots with at least K keys at or above them (counts fall with the pivot): the answer lies in
-            # [p_j, p_(j+1) - 1], with p_0 = lo and p_5 - 1 = hi
-            j = (((c & 0xFFFF) >= K).to(tl.int64) + (((c >> 16) & 0xFFFF) >= K).to(tl.int64)
-                 + (((c >> 32) & 0xFFFF) >= K).to(tl.int64) + (((c >> 48) & 0xFFFF) >= K).to(tl.int64))
-            hi = tl.where(j == 4, hi, lo + ((j + 1) * span + 4) // 5 - 1)
-            lo = lo + (j * span + 4) // 5
-        return lo.to(tl.int32)
-
-    @triton.jit
     def _topk_rows_fwd(S, OUT, CNT, N, K, KREQ, TILES: tl.constexpr, NP: tl.constexpr):
         """One program per row: bisect for the ``K``-th largest key, then keep every larger key and the first
         ``K - #larger`` keys equal to it, written in index order (positions from a prefix sum). Keys are int32 and

@@ -75,7 +75,7 @@ def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=No
 if triton is not None:
     import triton.language as tl
 
-    from leanformer.sparse.kernels.block_select import kth_largest_key, kth_largest_key_wide, order_keys
+    from leanformer.sparse.kernels.block_select import kth_largest_key, order_keys
 
     @triton.jit
     def _block_scores(Q, KMIN, KMAX, SMIN, SMAX, b, h, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, G, P,
@@ -120,24 +120,20 @@ if triton is not None:
             tl.store(OUT + rows[:, None] * P + offs_p[None, :], s, mask=(offs_g[:, None] < G) & (offs_p[None, :] < P))
 
     @triton.jit
-    def _kth_key(S, P, LIMIT, K, NP: tl.constexpr, WIDE: tl.constexpr):
+    def _kth_key(S, P, LIMIT, K, NP: tl.constexpr):
         """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1; pages from ``LIMIT`` on
-        invalid) and the ``K``-th largest (``WIDE``: by the five-way search)."""
+        invalid) and the ``K``-th largest."""
         offs = tl.arange(0, NP)
         valid = (offs < P) & (offs < LIMIT)
         x = tl.load(S + offs, mask=offs < P, other=0.0, cache_modifier=".cg")
         key = order_keys(x, valid)
-        if WIDE:
-            thr = kth_largest_key_wide(key, K)
-        else:
-            thr = kth_largest_key(key, K)
-        return key, thr, valid
+        return key, kth_largest_key(key, K), valid
 
     @triton.jit
     def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb,
                     ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
                     PREC: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
-                    D: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr, WIDE: tl.constexpr):
+                    D: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
         """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
         each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
         next step. ``PAGE > 0``: candidates are the pages before ``(LENS[b, h] - 1) // PAGE``, the list padded
@@ -162,19 +158,11 @@ if triton is not None:
                 limit = (tl.load(LENS + (pid // HK) * slb + (pid % HK) * slh) - 1) // PAGE
             for r in range(0, NROWS):
                 row = pid * NROWS + r
-                key, thr, valid = _kth_key(SCORES + row * P, P, limit, K, NP, WIDE)
+                key, thr, valid = _kth_key(SCORES + row * P, P, limit, K, NP)
                 offs = tl.arange(0, NP)
                 gt = key > thr
                 eq = key == thr
-                if WIDE:  # both counts in one reduction; the tie scan only where the threshold is shared
-                    counts = tl.sum(gt.to(tl.int64) + (eq.to(tl.int64) << 32), 0)
-                    need = K - (counts & 0xFFFFFFFF).to(tl.int32)
-                    if (counts >> 32).to(tl.int32) > need:
-                        take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
-                    else:
-                        take = gt | eq
-                else:
-                    take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
+                take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
                 pos = tl.cumsum(take.to(tl.int32), 0) - 1
                 if PAGE > 0:  # fewer candidates than K: the list ends in -1 (written before the winners)
                     offs_k = tl.arange(0, KP)
@@ -224,7 +212,6 @@ def page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, 
     return out
 
 
-SEARCHES = ("bisect", "wide")  # select_pages_triton's ways to the k-th largest score
 MAX_SELECT_PAGES = 16384  # pages a selection row may hold: the row sits in registers while it is selected
 
 
@@ -241,21 +228,23 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
 
 
 def select_warps(np_: int) -> int:
-    """:func:`select_pages_triton`'s default warps for a row padded to ``np_`` pages."""
-    return max(4, min(8, np_ // 1024))
+    """:func:`select_pages_triton`'s default warps for a row padded to ``np_`` pages: 16 pages a thread, 4 to 16
+    warps. Per layer on one H100 (benchmarks/bench_quest_select.py, batch 1, 4 key heads), the tail after the page
+    scores took 6.4 us at 2,048 pages (4 warps, 16 a thread), 20.5 us at 8,192 (8 warps, 32 a thread) and 31.3 us
+    at 8,192 with 4 warps: the time follows the pages each thread counts, 32 times over."""
+    return max(4, min(16, np_ // 512))
 
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
                         block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0,
-                        search: str = "bisect", num_warps: int | None = None):
+                        num_warps: int | None = None):
     """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
     ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
     the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
-    (a 256K-token cache at 16-token pages). ``search``: how the ``k``-th largest score is found, ``"bisect"`` (32
-    dependent block reductions) or ``"wide"`` (a five-way search: about 11-14, each with four compares per page, and
-    the scan that breaks ties at the threshold only where there are more tied pages than places); both pick the same
-    pages. ``num_warps``: the launch's warps (default :func:`select_warps`); fewer warps hold more of a row per
-    thread, and each step of the search is one block reduction, cheaper across fewer warps."""
+    (a 256K-token cache at 16-token pages). ``num_warps``: the launch's warps (default :func:`select_warps`); fewer
+    warps hold more of a row per thread (the 32-step bisection's count is one block reduction a step)."""
+    if num_warps not in (None, 1, 2, 4, 8, 16):
+        raise ValueError(f"num_warps={num_warps}: choose 1, 2, 4, 8 or 16")
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
     b, hq, _, d = q.shape
@@ -266,12 +255,8 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
     if (lens is None) != (page_size == 0):
         raise ValueError("lens and page_size come together")
-    if search not in SEARCHES:
-        raise ValueError(f"search={search!r}: choose one of {SEARCHES}")
     np_ = max(16, 1 << (p - 1).bit_length())
     warps = select_warps(np_) if num_warps is None else num_warps
-    if warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"num_warps={num_warps}: choose 1, 2, 4, 8 or 16")
     g = hq // hk
     hs = hk if share_gqa else hq
     q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
@@ -283,5 +268,5 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
         *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
         BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_,
-        KP=max(16, 1 << (k - 1).bit_length()), WIDE=search == "wide", num_warps=warps)
+        KP=max(16, 1 << (k - 1).bit_length()), num_warps=warps)
     return (out, scores.view(b, hs, p)) if return_scores else out
