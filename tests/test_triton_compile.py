@@ -88,7 +88,7 @@ CASES = {
     "rope_append-quest_meta": ("infer.rope_append:_rope_append", ROPE, {**ROPE_OFF, "PAGE": 16}, 1, 3),
     # Quest's page selection: engine (lengths on the device, bf16 summaries), method (int8 summaries, per head)
     "select_pages-engine": ("sparse.kernels.quest_scores:_select_fwd", SELECT,
-                            dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, KP=64, **PAGES), 16, 3),
+                            dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, KP=64, **PAGES), 8, 3),
     "select_pages-engine-128k": ("sparse.kernels.quest_scores:_select_fwd", SELECT,  # a 128K cache + headroom
                                  dict(SHARE=True, QUANT=False, PAGE=16, NP=16384, KP=512, **PAGES), 16, 3),
     "select_pages-int8-per_head": ("sparse.kernels.quest_scores:_select_fwd",

@@ -169,11 +169,12 @@ def test_snapkv_without_prefill_is_a_user_error():
 
 
 def test_quest_page_choice_launch_width():
-    """The page choice's default warps keep ~16 pages a thread (4 to 16 warps); other widths are refused in one
-    line before any launch."""
+    """The page choice's default warps: ~16 pages a thread (4 to 8 warps) for a few heads, 4 for many; other widths
+    are refused in one line before any launch."""
     from leanformer.sparse.kernels.quest_scores import select_pages_triton, select_warps
 
-    assert [select_warps(n) for n in (16, 2048, 4096, 8192, 16384)] == [4, 4, 8, 16, 16]
+    assert [select_warps(n, 4) for n in (16, 2048, 4096, 8192, 16384)] == [4, 4, 8, 8, 8]
+    assert [select_warps(n, 64) for n in (2048, 16384)] == [4, 4]
     q, pages = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 64, 16)
     with pytest.raises(ValueError, match="num_warps=3"):
         select_pages_triton(q, pages, pages, 4, True, num_warps=3)

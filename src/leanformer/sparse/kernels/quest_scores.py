@@ -227,12 +227,16 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
     return _counts(device, max(64, 1 << (n - 1).bit_length()))
 
 
-def select_warps(np_: int) -> int:
-    """:func:`select_pages_triton`'s default warps for a row padded to ``np_`` pages: 16 pages a thread, 4 to 16
-    warps. Per layer on one H100 (benchmarks/bench_quest_select.py, batch 1, 4 key heads), the tail after the page
-    scores took 6.4 us at 2,048 pages (4 warps, 16 a thread), 20.5 us at 8,192 (8 warps, 32 a thread) and 31.3 us
-    at 8,192 with 4 warps: the time follows the pages each thread counts, 32 times over."""
-    return max(4, min(16, np_ // 512))
+def select_warps(np_: int, heads: int) -> int:
+    """:func:`select_pages_triton`'s default warps for rows padded to ``np_`` pages and ``heads`` (batch x key
+    head) finishing programs. Few heads (a batch-1 step): the tail after the page scores is latency on a few SMs and
+    follows the pages each thread counts, 32 times over, so ~16 pages a thread (4 to 8 warps). Many heads: the page
+    scores dominate and 4 warps a program score fastest. On one H100 (benchmarks/bench_quest_select.py, 4 key heads,
+    results/quest_select-20261206T125118Z.json) the whole launch took, at batch 1, 16.5 / 16.9 us with 4 / 8 warps at
+    2,048 pages and 41.7 / 30.9 us at 8,192; at batch 16, 42.5 / 49.4 us and 145.9 / 153.3 us."""
+    if heads > 16:
+        return 4
+    return max(4, min(8, np_ // 512))
 
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
@@ -256,7 +260,7 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     if (lens is None) != (page_size == 0):
         raise ValueError("lens and page_size come together")
     np_ = max(16, 1 << (p - 1).bit_length())
-    warps = select_warps(np_) if num_warps is None else num_warps
+    warps = select_warps(np_, b * hk) if num_warps is None else num_warps
     g = hq // hk
     hs = hk if share_gqa else hq
     q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
