@@ -233,7 +233,9 @@ def select_warps(np_: int, heads: int) -> int:
     follows the pages each thread counts, 32 times over, so ~16 pages a thread (4 to 8 warps). Many heads: the page
     scores dominate and 4 warps a program score fastest. On one H100 (benchmarks/bench_quest_select.py, 4 key heads,
     results/quest_select-20261206T125118Z.json) the whole launch took, at batch 1, 16.5 / 16.9 us with 4 / 8 warps at
-    2,048 pages and 41.7 / 30.9 us at 8,192; at batch 16, 42.5 / 49.4 us and 145.9 / 153.3 us."""
+    2,048 pages and 41.7 / 30.9 us at 8,192; at batch 16, 42.5 / 49.4 us and 145.9 / 153.3 us. Sixteen warps were
+    slower everywhere (results/quest_select-20261206T134254Z.json: 55.0 against 50.8 us for a row of 16,384 at
+    batch 1)."""
     if heads > 16:
         return 4
     return max(4, min(8, np_ // 512))
