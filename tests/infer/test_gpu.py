@@ -1,6 +1,6 @@
 """The engine on a GPU (run with ``pytest -m gpu`` on a CUDA machine): the decode kernel in bf16 against an fp32
-reference, captured decode steps against eager ones, compiled elementwise steps against eager ones, and the
-engine's prefill against the model's own forward."""
+reference, captured decode steps against eager ones, compiled elementwise steps against eager ones, the
+engine's prefill against the model's own forward, and a prefill with no host sync."""
 
 from __future__ import annotations
 
@@ -74,6 +74,29 @@ def test_block_topk_prefill_and_bf16_engine_run(model):
         prompts = [torch.randint(0, 512, (4096,)).tolist()]
         out = Engine(m, prefill="block_topk", decode="quest", sparsity=0.9).generate(prompts, 8)
         assert len(out[0]) == 8
+    finally:
+        model.float()
+
+
+@pytest.mark.parametrize("prefill,decode", [(None, None), ("block_topk", "snapkv"), ("vertical_slash", "ada_snapkv"),
+                                            ("flexprefill", "quest"), (None, "streaming")])
+def test_engine_prefill_never_syncs(model, prefill, decode):
+    """A prompt's whole prefill (every layer, the sparse prefill method, the decode method filling its cache, the
+    first token) queues GPU work without waiting for it: no host sync per layer. CUDA's sync debug mode raises on any
+    synchronising call."""
+    m = model.to(torch.bfloat16)
+    try:
+        eng = Engine(m, prefill=prefill, decode=decode, sparsity=0.9)
+        ids = torch.randint(0, 512, (4096,), device="cuda")
+        eng.batch([4096], 8).prefill(0, ids)  # compilation and autotuning outside the check
+        b = eng.batch([4096], 8)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            tok = b.prefill(0, ids)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert 0 <= int(tok) < 512
     finally:
         model.float()
 
