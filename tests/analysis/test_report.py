@@ -33,7 +33,8 @@ def test_cli_writes_report_with_existing_figures_and_tables(db, tmp_path, capsys
     for name in figures:
         data = (out / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
-    for section in ("## Cost accounting", "## Iso-cost frontiers", "## Accuracy preservation", "## Scaling laws",
+    for section in ("## Findings against the Sparse Frontier", "## Cost accounting", "## Iso-cost frontiers",
+                    "## Accuracy preservation", "## Scaling laws",
                     "## Budget vs length", "qwen2.5-72b"):
         assert section in md
     rows = list(csv.DictReader((out / "safe_sparsity.csv").open()))

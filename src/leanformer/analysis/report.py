@@ -1,8 +1,9 @@
 """``leanformer analyze``: from a results store to PNG figures, CSV tables and a Markdown report embedding both.
 
-Sections: the grid in the store; cost accounting (measured cells and the Qwen2.5 presets at 128K); accuracy vs
-sparsity; iso-cost frontiers and the larger-sparse-vs-smaller-dense comparison; accuracy-preservation (safe
-sparsity); scaling-law fits with held-out validation; budget growth with length. Full tables go to CSV beside
+Sections: the grid in the store; the paper's five claims answered (:mod:`leanformer.analysis.findings`); cost
+accounting (measured cells and the Qwen2.5 presets at 128K); accuracy vs sparsity; iso-cost frontiers and the
+larger-sparse-vs-smaller-dense comparison; accuracy-preservation (safe sparsity); scaling-law fits with held-out
+validation; budget growth with length. Full tables go to CSV beside
 ``report.md``; the Markdown shows the slice at one length (default: the longest).
 """
 
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leanformer.analysis import flops, isoflops, scaling, stats
+from leanformer.analysis import findings, flops, isoflops, scaling, stats
 from leanformer.analysis.store import PHASES, dense_baselines, group_cells, load_rows, paired_scores
 from leanformer.config import atomic_write_text
 from leanformer.errors import UserError
@@ -272,6 +273,8 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
     if brows and len({r["length"] for r in brows}) > 1:
         plots.budget_growth(brows, bfits, out / "budget_growth.png", o.rel_error)
         md += ["", "![budget vs length](budget_growth.png)"]
+    at = md.index("## Cost accounting")  # the answers first, the numbers behind them after
+    md[at:at] = findings.section(cells, pres, iso_rows, bfits, o.n_boot)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
     return path
