@@ -107,7 +107,7 @@ def safe_table(pres: list[dict]) -> list[dict]:
     return [best[k] for k in sorted(best)]
 
 
-def _pct(x: float) -> str:
+def _num(x: float) -> str:
     return f"{x:.3g}" if x == x else "–"
 
 
@@ -123,7 +123,7 @@ def section(cells, pres, iso_rows, fits, n_boot: int = 2000) -> list[str]:
         md.append(f"1. **Decoding tolerates more sparsity than prefilling?** {verdict}: mean safe sparsity "
                   f"{d['decode_mean']:.3g} (decode methods) vs {d['prefill_mean']:.3g} (prefill methods) over "
                   f"{d['n']} (model, task, length) cells; decode higher in {d['decode_higher']}, lower in "
-                  f"{d['decode_lower']} (sign test p = {_pct(d['p'])}).")
+                  f"{d['decode_lower']} (sign test p = {_num(d['p'])}).")
     else:
         md.append("1. **Decoding tolerates more sparsity than prefilling?** The store has no cell with both phases.")
     trend = length_trend(fits)
