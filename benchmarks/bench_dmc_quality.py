@@ -51,8 +51,7 @@ def study_config(args) -> StudyConfig:
                        pretrain_steps=args.pretrain_steps, batch_size=args.batch_size, lr=args.lr,
                        retrofit_fraction=args.retrofit_fraction, retrofit_batch_size=args.retrofit_batch_size,
                        zero_out_steps=args.zero_out_steps, aux_weight=args.aux_weight, crs=tuple(args.crs),
-                       seeds=tuple(args.seeds),
-                       control=not args.no_control, eval_batch_size=64, device=args.device,
+                       seeds=tuple(args.seeds), control=not args.no_control, eval_batch_size=64, device=args.device,
                        deadline_s=args.deadline, stage_timeout_s=parse_timeouts(args.stage_timeout))
 
 

@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 
 from leanformer.analysis import stats
+from leanformer.analysis.markdown import md_table, num
 from leanformer.analysis.store import paired_scores
 
 
@@ -107,10 +108,6 @@ def safe_table(pres: list[dict]) -> list[dict]:
     return [best[k] for k in sorted(best)]
 
 
-def _num(x: float) -> str:
-    return f"{x:.3g}" if x == x else "–"
-
-
 def section(cells, pres, iso_rows, fits, n_boot: int = 2000) -> list[str]:
     """The report's "Findings" lines (Markdown)."""
     md = ["## Findings against the Sparse Frontier", "",
@@ -123,7 +120,7 @@ def section(cells, pres, iso_rows, fits, n_boot: int = 2000) -> list[str]:
         md.append(f"1. **Decoding tolerates more sparsity than prefilling?** {verdict}: mean safe sparsity "
                   f"{d['decode_mean']:.3g} (decode methods) vs {d['prefill_mean']:.3g} (prefill methods) over "
                   f"{d['n']} (model, task, length) cells; decode higher in {d['decode_higher']}, lower in "
-                  f"{d['decode_lower']} (sign test p = {_num(d['p'])}).")
+                  f"{d['decode_lower']} (sign test p = {num(d['p'])}).")
     else:
         md.append("1. **Decoding tolerates more sparsity than prefilling?** The store has no cell with both phases.")
     trend = length_trend(fits)
@@ -156,11 +153,12 @@ def section(cells, pres, iso_rows, fits, n_boot: int = 2000) -> list[str]:
         lengths = sorted({r["length"] for r in rows})
         keys = sorted({(r["model"], r["task"], r["phase"]) for r in rows})
         at = {(r["model"], r["task"], r["phase"], r["length"]): r for r in rows}
-        md.append("| model | task | phase | " + " | ".join(f"{n:,}" for n in lengths) + " |")
-        md.append("|---" * (3 + len(lengths)) + "|")
-        for k in keys:
-            vals = [f"{at[(*k, n)]['safe']:g} ({', '.join(at[(*k, n)]['methods'])})" if (*k, n) in at else "–"
-                    for n in lengths]
-            md.append(f"| {k[0]} | {k[1]} | {k[2]} | " + " | ".join(vals) + " |")
+
+        def entry(key):
+            r = at.get(key)
+            return f"{r['safe']:g} ({', '.join(r['methods'])})" if r else "–"
+
+        md.append(md_table(["model", "task", "phase", *(f"{n:,}" for n in lengths)],
+                           [[*k, *(entry((*k, n)) for n in lengths)] for k in keys]))
     md.append("")
     return md

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from leanformer.analysis import findings, flops, isoflops, scaling, stats
+from leanformer.analysis.markdown import md_table
+from leanformer.analysis.markdown import num as _g
 from leanformer.analysis.store import PHASES, dense_baselines, group_cells, load_rows, paired_scores
 from leanformer.config import atomic_write_text
 from leanformer.errors import UserError
@@ -39,14 +41,6 @@ class ReportOptions:
     rel_error: float = 0.05
 
 
-def md_table(headers, rows) -> str:
-    if not rows:
-        return "_(nothing to show: the store has no cells for this table)_"
-    lines = ["| " + " | ".join(map(str, headers)) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _csv(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
@@ -55,10 +49,6 @@ def _csv(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
-
-
-def _g(x: float) -> str:
-    return f"{x:.3g}" if x == x else "–"
 
 
 def preservation(cells, o: ReportOptions) -> list[dict]:

@@ -59,17 +59,22 @@ class PromptEncoder:
 
 
 def made_prompts(jobs, model: str, tokenizer: str | None = None, chat_template: str = "off",
-                 answer_prefix: str = "<answer>", workers: int = 0):
+                 answer_prefix: str = "<answer>", workers: int = 0, encoder: PromptEncoder | None = None):
     """``((task, length, seed), sample, prompt ids)`` for each ``(task, task params, length, seed)`` of ``jobs``, in
     order: the task's sample, its prompt encoded by :class:`PromptEncoder` with ``model``'s tokenizer (or
     ``tokenizer``, an override as the sweep takes it). ``workers`` > 0: made ahead by that many processes (at most
     the cores but one): fitting a 32K-token prompt tokenizes it ~25 times (~1-2 s of CPU), far more than a GPU
-    spends on it; else made here, one at a time as they are asked for."""
+    spends on it; else made here, one at a time as they are asked for (by ``encoder`` where the caller has built
+    that encoder already)."""
     import os
 
     args = (model, tokenizer, chat_template, answer_prefix)
     if workers <= 0:
-        _prompt_worker_init(*args)
+        if encoder is None:
+            _prompt_worker_init(*args)
+        else:
+            _PROMPTS.clear()
+            _PROMPTS.update(tok=encoder.tokenizer, encoder=encoder)
         yield from map(_prompt_job, jobs)
         return
     from leanformer.workers import in_workers

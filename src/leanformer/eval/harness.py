@@ -330,7 +330,8 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
         for i in todo[cell["key"]]:
             jobs.setdefault((cell["task"], cell["length"], c.seed + i),
                             (cell["task"], c.task_params.get(cell["task"], {}), cell["length"], c.seed + i))
-    made = made_prompts(jobs.values(), model_name, c.tokenizer, c.chat_template, c.answer_prefix, c.prompt_workers)
+    made = made_prompts(jobs.values(), model_name, c.tokenizer, c.chat_template, c.answer_prefix, c.prompt_workers,
+                        encoder)
     added = 0
     for cell in cells:
         task = TASKS[cell["task"]](**c.task_params.get(cell["task"], {}))
