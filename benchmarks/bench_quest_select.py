@@ -7,7 +7,9 @@ summaries of 16-token pages, the GQA group sharing its pages, a 1,024-token budg
 every call in a CUDA graph: the page scores alone (``page_scores_triton``, the floor: every summary read once), then
 the scores and the top-k together (one launch), at the kernel's default warps and at each of ``--warps``. The
 difference to the floor is what the selection tail costs; every variant must pick the pages the default picks
-(checked first).
+(checked first). A row a few pages past a power of two (``--lengths 32848``: a 32K prompt with the engine's
+64-token headroom) is held as the power of two and a short tail; ``--padded`` also times it padded to twice the
+power of two, as one tensor.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench, graphed, record  # noqa: E402
 
-from leanformer.sparse.kernels.quest_scores import page_scores_triton, select_pages_triton  # noqa: E402
+from leanformer.sparse.kernels import quest_scores  # noqa: E402
+from leanformer.sparse.kernels.quest_scores import page_scores_triton, row_split, select_pages_triton  # noqa: E402
 
 
 def measure(args, length: int, b: int, dev, wrap, g) -> dict:
@@ -33,16 +36,25 @@ def measure(args, length: int, b: int, dev, wrap, g) -> dict:
     kmin, kmax = torch.minimum(a, c), torch.maximum(a, c)
     lens = torch.full((b, args.kv_heads), length, device=dev, dtype=torch.int32)
 
-    def select(warps=0):
-        return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page, num_warps=warps or None)
+    def select(warps=0, padded=False):
+        tail = quest_scores.MAX_TAIL
+        quest_scores.MAX_TAIL = 0 if padded else tail
+        try:
+            return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page,
+                                       num_warps=warps or None)
+        finally:
+            quest_scores.MAX_TAIL = tail
 
-    variants = {(f"select_w{w}" if w else "select"): w for w in args.warps}
+    variants = {(f"select_w{w}" if w else "select"): (w, False) for w in args.warps}
+    if args.padded and row_split(p)[1]:
+        variants["select_padded"] = (0, True)
     want = select()
-    same = all(torch.equal(select(w), want) for w in variants.values())
+    same = all(torch.equal(select(*v), want) for v in variants.values())
     calls = {"scores": lambda: page_scores_triton(q, kmin, kmax, True),
-             **{name: (lambda w=w: select(w)) for name, w in variants.items()}}
+             **{name: (lambda v=v: select(*v)) for name, v in variants.items()}}
     us = {name: bench(wrap(fn), warmup=1, repeat=args.repeat) * 1e6 for name, fn in calls.items()}
-    row = {"length": length, "batch": b, "pages": p, "k": k, "heads": args.heads, "kv_heads": args.kv_heads,
+    row = {"length": length, "batch": b, "pages": p, "row_split": list(row_split(p)), "k": k, "heads": args.heads,
+           "kv_heads": args.kv_heads,
            "same_pages": same, **{f"{n}_us": v for n, v in us.items()},
            **{f"{n}_tail_us": us[n] - us["scores"] for n in variants}}
     tails = ", ".join(f"{n} {us[n]:.1f} (tail {row[n + '_tail_us']:.1f})" for n in variants)
@@ -63,6 +75,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--warps", type=int, nargs="+", default=[0], help="the selection launch's warps, each timed "
                     "(0: the kernel's default for the row)")
+    ap.add_argument("--padded", action="store_true", help="also time rows with a short tail padded to one tensor "
+                    "(twice the power of two)")
     ap.add_argument("--device", default="cuda", help="cuda; cpu runs the kernels in the Triton interpreter (a check "
                                                      "of this script under TRITON_INTERPRET=1, not a timing)")
     ap.add_argument("--out", default=None, help="result JSON folder (default: $OUT, else benchmarks/results)")

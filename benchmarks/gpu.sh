@@ -125,13 +125,14 @@ suite() {
         # cell (dense, block top-k, vertical-slash, SnapKV, Quest at 0.9; niah and story retrieval at 8K; the shipped
         # reference), outputs compared sample by sample
         run 540 python3 benchmarks/bench_sweep_batch.py ;;
-    quest)  # Quest's page choice and decode: the GPU tests, the kernel-level step at batch 1 and 16, the selection
-        # alone against the page scores alone (its tail) at each launch width and at the engine's page counts (a
-        # 64-token headroom past 32K / 128K), the engine's decode at 32K and 128K with its dense row, then a profile
-        # of the engine's Quest step at 32K
-        run 90 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py -k "quest or select"
+    quest)  # Quest's page choice and decode: the GPU tests (the engine's prefill without a host sync too), the
+        # kernel-level step at batch 1 and 16, the selection alone against the page scores alone (its tail) at each
+        # launch width and at the engine's page counts (a 64-token headroom past 32K / 128K: a row and a short tail,
+        # and padded), the engine's decode at 32K and 128K with its dense row, then a profile of its step at 32K
+        run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py tests/infer/test_gpu.py \
+            -k "quest or select or sync"
         run 60 python3 benchmarks/bench_sparse_decode.py --methods quest --repeat 30
-        run 90 python3 benchmarks/bench_quest_select.py --lengths 32768 32848 131072 131152 --warps 0 4 8 16
+        run 90 python3 benchmarks/bench_quest_select.py --lengths 32768 32848 131072 131152 --warps 0 4 8 --padded
         run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
             --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf --out "$LOGS/speed-quest"
         run 120 python3 benchmarks/profile_inference.py --length 32768 --sparsity 0.9 --decode quest ;;

@@ -88,12 +88,14 @@ CASES = {
     "rope_append-quest_meta": ("infer.rope_append:_rope_append", ROPE, {**ROPE_OFF, "PAGE": 16}, 1, 3),
     # Quest's page selection: engine (lengths on the device, bf16 summaries), method (int8 summaries, per head)
     "select_pages-engine": ("sparse.kernels.quest_scores:_select_fwd", SELECT,
-                            dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, KP=64, **PAGES), 8, 3),
+                            dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=0, KP=64, **PAGES), 8, 3),
     "select_pages-engine-128k": ("sparse.kernels.quest_scores:_select_fwd", SELECT,  # a 128K cache + headroom
-                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=16384, KP=512, **PAGES), 16, 3),
+                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=8, KP=64, **PAGES), 8, 3),
+    "select_pages-engine-256k": ("sparse.kernels.quest_scores:_select_fwd", SELECT,  # a row of the most pages
+                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=16384, NT=0, KP=512, **PAGES), 16, 3),
     "select_pages-int8-per_head": ("sparse.kernels.quest_scores:_select_fwd",
                                    {**SELECT, **ptrs(I8, "KMIN KMAX"), **ptrs(F32, "SMIN SMAX LENS")},
-                                   dict(SHARE=False, QUANT=True, PAGE=0, NP=8192, KP=64, **PAGES), 8, 3),
+                                   dict(SHARE=False, QUANT=True, PAGE=0, NP=4096, NT=64, KP=64, **PAGES), 8, 3),
     "page_scores": ("sparse.kernels.quest_scores:_page_scores_fwd", {**SELECT, "OUT": F32},
                     dict(SHARE=True, QUANT=False, **PAGES), 4, 3),
     # prefill block selection: block top-k's tiles, FlexPrefill's per-row counts and tiles; top-k rows

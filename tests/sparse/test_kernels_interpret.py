@@ -251,33 +251,39 @@ def test_quest_selection_int8_pages_and_fused_merge_in_interpreter(triton_interp
 
 PAGE_CHOICE_SCRIPT = textwrap.dedent("""
     import torch
-    from leanformer.sparse.kernels.quest_scores import select_pages_reference, select_pages_triton
+    from leanformer.sparse.kernels.quest_scores import row_split, select_pages_reference, select_pages_triton
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 4, 1, 16, generator=g)
-    base = torch.randn(2, 2, 150, 16, generator=g)
+    base = torch.randn(2, 2, 200, 16, generator=g)
     rows = {
         "random": base,
-        "ties": base[:, :, torch.randint(0, 12, (150,), generator=g)],  # 12 distinct pages: many equal scores
-        "all_equal": base[:, :, :1].expand(-1, -1, 150, -1),
-        "extremes": base * torch.tensor([1e30, -1e30, 1e-30, 0.0, 1.0])[torch.arange(150) % 5].view(1, 1, 150, 1),
+        "ties": base[:, :, torch.randint(0, 12, (200,), generator=g)],  # 12 distinct pages: many equal scores
+        "all_equal": base[:, :, :1].expand(-1, -1, 200, -1),
+        "extremes": base * torch.tensor([1e30, -1e30, 1e-30, 0.0, 1.0])[torch.arange(200) % 5].view(1, 1, 200, 1),
     }
     lens = torch.tensor([[40, 2400], [1, 777]], dtype=torch.int32)
     same = True
-    for name, pages in rows.items():
-        for share in (True, False):
-            for kk in (1, 2, 37, 149, 150):
-                ref = select_pages_reference(q, pages, pages, kk, share)
-                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share))
-                ref = select_pages_reference(q, pages, pages, kk, share, lens=lens, page_size=16)
-                same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, lens=lens, page_size=16))
+    # 140 pages: a row of 128 and a tail of 12 (held as 16); 130: a tail of 2; 200: one row padded to 256
+    assert [row_split(n) for n in (140, 130, 200)] == [(128, 16), (128, 2), (256, 0)]
+    for n, names in ((140, rows), (130, ("ties", "extremes")), (200, ("ties", "extremes"))):
+        for name in names:
+            pages = rows[name][:, :, :n]
+            for share in (True, False):
+                for kk in (1, 2, 37, n - 1, n):
+                    ref = select_pages_reference(q, pages, pages, kk, share)
+                    same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share))
+                    ref = select_pages_reference(q, pages, pages, kk, share, lens=lens, page_size=16)
+                    same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, lens=lens,
+                                                                 page_size=16))
     print(int(same))
 """)
 
 
 def test_quest_page_choice_picks_the_pages_the_reference_picks_in_interpreter(triton_interpret):
     """The page choice's bisection for the k-th largest page score against a stable sort: equal scores (the lower
-    page wins), all pages equal, scores of +-1e30, 1e-30 and 0 in one row, k from 1 to every page, and device
-    lengths that leave fewer candidates than k."""
+    page wins, across the boundary of a row and its tail too), all pages equal, scores of +-1e30, 1e-30 and 0 in
+    one row, k from 1 to every page, device lengths that leave fewer candidates than k, and rows held whole, padded
+    to a power of two, or as a power of two and a short tail."""
     assert triton_interpret(PAGE_CHOICE_SCRIPT, timeout=300) == "1"
 
 
@@ -286,18 +292,20 @@ QUEST_BENCH = textwrap.dedent("""
     spec = importlib.util.spec_from_file_location("bench_quest_select", {bench!r})
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    rows = bench.main(["--device", "cpu", "--lengths", "1024", "--batch", "1", "--repeat", "1", "--budget", "128",
-                       "--warps", "0", "2", "--out", {out!r}])
-    print(json.dumps([[r["same_pages"], r["pages"], r["k"], "select_w2_tail_us" in r] for r in rows]))
+    rows = bench.main(["--device", "cpu", "--lengths", "1024", "1040", "--batch", "1", "--repeat", "1", "--budget",
+                       "128", "--warps", "0", "2", "--padded", "--out", {out!r}])
+    print(json.dumps([[r["same_pages"], r["pages"], r["row_split"], r["k"], "select_w2_tail_us" in r,
+                       "select_padded_us" in r] for r in rows]))
 """)
 
 
 def test_quest_select_benchmark_runs_each_width_in_interpreter(triton_interpret, tmp_path):
     """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): the default launch and one of two warps,
-    the same pages."""
+    the same pages; a row one page past a power of two as a tail and, with ``--padded``, padded (the same pages)."""
     from pathlib import Path
 
     bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quest_select.py"
     script = QUEST_BENCH.format(bench=str(bench), out=str(tmp_path))
-    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, 7, True]]
+    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, [64, 0], 7, True, False],
+                                                                 [True, 65, [64, 2], 7, True, True]]
     assert list(tmp_path.glob("quest_select-*.json"))

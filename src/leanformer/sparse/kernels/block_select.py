@@ -110,6 +110,21 @@ if triton is not None:
         return lo.to(tl.int32)
 
     @triton.jit
+    def kth_largest_key_split(key, tail, K):
+        """:func:`kth_largest_key` of the union of ``key`` and a short ``tail`` (a few keys past a power of two):
+        each step adds the tail's count, a reduction within one warp, to the row's."""
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
+            mid = (lo + hi + 1) >> 1
+            m = mid.to(tl.int32)
+            n = tl.sum((key >= m).to(tl.int32), 0) + tl.sum((tail >= m).to(tl.int32), 0)
+            enough = n >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        return lo.to(tl.int32)
+
+    @triton.jit
     def _topk_rows_fwd(S, OUT, CNT, N, K, KREQ, TILES: tl.constexpr, NP: tl.constexpr):
         """One program per row: bisect for the ``K``-th largest key, then keep every larger key and the first
         ``K - #larger`` keys equal to it, written in index order (positions from a prefix sum). Keys are int32 and

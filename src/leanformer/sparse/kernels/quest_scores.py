@@ -75,7 +75,7 @@ def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=No
 if triton is not None:
     import triton.language as tl
 
-    from leanformer.sparse.kernels.block_select import kth_largest_key, order_keys
+    from leanformer.sparse.kernels.block_select import kth_largest_key, kth_largest_key_split, order_keys
 
     @triton.jit
     def _block_scores(Q, KMIN, KMAX, SMIN, SMAX, b, h, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, G, P,
@@ -120,24 +120,39 @@ if triton is not None:
             tl.store(OUT + rows[:, None] * P + offs_p[None, :], s, mask=(offs_g[:, None] < G) & (offs_p[None, :] < P))
 
     @triton.jit
-    def _kth_key(S, P, LIMIT, K, NP: tl.constexpr):
-        """The keys (order-preserving int32 of the fp32 scores ``S[:P]``, read past L1; pages from ``LIMIT`` on
-        invalid) and the ``K``-th largest."""
-        offs = tl.arange(0, NP)
+    def _row_keys(S, START, P, LIMIT, N: tl.constexpr):
+        """Order-preserving int32 keys of the fp32 scores ``S[START:START + N]`` (read past L1; pages from ``P``
+        or ``LIMIT`` on invalid), their page ids and validity."""
+        offs = START + tl.arange(0, N)
         valid = (offs < P) & (offs < LIMIT)
         x = tl.load(S + offs, mask=offs < P, other=0.0, cache_modifier=".cg")
-        key = order_keys(x, valid)
-        return key, kth_largest_key(key, K), valid
+        return order_keys(x, valid), offs, valid
+
+    @triton.jit
+    def _write_top(OUT, key, offs, valid, thr, need, before, PAGE: tl.constexpr):
+        """Writes the pages ``offs`` that are among the top: every key above ``thr`` and the first ``need`` keys
+        equal to it, at positions after ``before`` winners. Returns the winners and equal keys it took."""
+        gt = key > thr
+        eq = key == thr
+        take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
+        pos = before + tl.cumsum(take.to(tl.int32), 0) - 1
+        if PAGE > 0:
+            take_out = take & valid
+        else:
+            take_out = take
+        tl.store(OUT + pos, offs, mask=take_out)
+        return tl.sum(take.to(tl.int32), 0), tl.sum((take & eq).to(tl.int32), 0)
 
     @triton.jit
     def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb,
                     ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
                     PREC: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
-                    D: tl.constexpr, NP: tl.constexpr, KP: tl.constexpr):
+                    D: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KP: tl.constexpr):
         """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
         each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
         next step. ``PAGE > 0``: candidates are the pages before ``(LENS[b, h] - 1) // PAGE``, the list padded
-        with ``-1`` where there are fewer."""
+        with ``-1`` where there are fewer. A row is ``NP`` pages in registers, and with ``NT > 0`` the ``P - NP``
+        pages past them a second tensor of ``NT``."""
         pid = tl.program_id(0)
         offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         s = _block_scores(Q, KMIN, KMAX, SMIN, SMAX, pid // HK, pid % HK, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh,
@@ -158,18 +173,21 @@ if triton is not None:
                 limit = (tl.load(LENS + (pid // HK) * slb + (pid % HK) * slh) - 1) // PAGE
             for r in range(0, NROWS):
                 row = pid * NROWS + r
-                key, thr, valid = _kth_key(SCORES + row * P, P, limit, K, NP)
-                offs = tl.arange(0, NP)
-                gt = key > thr
-                eq = key == thr
-                take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= K - tl.sum(gt.to(tl.int32), 0)))
-                pos = tl.cumsum(take.to(tl.int32), 0) - 1
                 if PAGE > 0:  # fewer candidates than K: the list ends in -1 (written before the winners)
                     offs_k = tl.arange(0, KP)
                     tl.store(OUT + row * K + offs_k, tl.full([KP], -1, tl.int32), mask=offs_k < K)
                     tl.debug_barrier()
-                    take = take & valid
-                tl.store(OUT + row * K + pos, offs, mask=take)
+                key, offs, valid = _row_keys(SCORES + row * P, 0, P, limit, NP)
+                if NT > 0:  # pages NP..P-1: a short tail, not a row padded to twice NP
+                    tail, offs_t, valid_t = _row_keys(SCORES + row * P, NP, P, limit, NT)
+                    thr = kth_largest_key_split(key, tail, K)
+                    need = K - tl.sum((key > thr).to(tl.int32), 0) - tl.sum((tail > thr).to(tl.int32), 0)
+                    n, n_eq = _write_top(OUT + row * K, key, offs, valid, thr, need, 0, PAGE)
+                    _write_top(OUT + row * K, tail, offs_t, valid_t, thr, need - n_eq, n, PAGE)
+                else:
+                    thr = kth_largest_key(key, K)
+                    _write_top(OUT + row * K, key, offs, valid, thr, K - tl.sum((key > thr).to(tl.int32), 0), 0,
+                               PAGE)
             tl.atomic_xchg(CNT + pid, 0)
 
 
@@ -227,6 +245,22 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
     return _counts(device, max(64, 1 << (n - 1).bit_length()))
 
 
+MAX_TAIL = 64  # pages past a power of two that a selection row keeps as a short second tensor
+
+
+def row_split(p: int) -> tuple[int, int]:
+    """How :func:`select_pages_triton` holds a row of ``p`` pages: ``(NP, NT)``, a power of two ``NP`` and, where
+    ``p`` passes it by at most :data:`MAX_TAIL` pages and an eighth of ``NP``, the tail's power of two ``NT`` (else
+    ``NT = 0`` and ``NP`` covers the row). A cache with a generation's headroom is a few pages past a power of two
+    (2,053 pages for a 32K prompt and 64 new tokens): padded, its row doubles, and so does each bisection step's
+    count."""
+    np_ = max(16, 1 << (p - 1).bit_length())
+    tail = p - np_ // 2
+    if np_ > 16 and tail <= min(MAX_TAIL, np_ // 16):
+        return np_ // 2, max(2, 1 << (tail - 1).bit_length())
+    return np_, 0
+
+
 def select_warps(np_: int, heads: int) -> int:
     """:func:`select_pages_triton`'s default warps for rows padded to ``np_`` pages and ``heads`` (batch x key
     head) finishing programs. Few heads (a batch-1 step): the tail after the page scores is latency on a few SMs and
@@ -261,7 +295,7 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
     if (lens is None) != (page_size == 0):
         raise ValueError("lens and page_size come together")
-    np_ = max(16, 1 << (p - 1).bit_length())
+    np_, nt = row_split(p)
     warps = select_warps(np_, b * hk) if num_warps is None else num_warps
     g = hq // hk
     hs = hk if share_gqa else hq
@@ -273,6 +307,6 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     _select_fwd[(b * hk, nblk)](
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
         *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
-        BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_,
+        BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_, NT=nt,
         KP=max(16, 1 << (k - 1).bit_length()), num_warps=warps)
     return (out, scores.view(b, hs, p)) if return_scores else out
