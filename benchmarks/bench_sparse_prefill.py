@@ -13,6 +13,11 @@ behind the GPU's, unless the method syncs (none does). bf16, random q/k/v (the p
 speed test, not a quality test). Writes ``sparse_prefill-*.json`` (after each length, so a cut-short run keeps its
 data).
 
+``--graph`` also times each call captured in one CUDA graph, dense cuDNN too (``graph_ms``, ``graph_speedup``): the
+GPU's time for the whole call, estimation included, with the host's launch work taken out, which is what a call
+costs inside a model whose other work keeps the GPU busy while the host launches (a capture also shows that the call
+never syncs: one that does fails to capture, and the row says so).
+
 ``--cells 131072:0.95 32768:0.9`` times only those (length, sparsity) pairs instead of every length x sparsity.
 ``--line-options`` times vertical-slash and FlexPrefill once per tile-kernel setting (``COL_STAGES=0``: the first,
 unpipelined column loop). Vertical-slash and FlexPrefill rows also time their window scores alone (``scores_ms``:
@@ -35,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, gpu_profile, record, utc_stamp  # noqa: E402
+from common import bench, gpu_profile, graphed, record, utc_stamp  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
@@ -127,6 +132,16 @@ def stream_ms(fn, layers, repeat) -> float:
     return bench(lambda: [fn(*x) for x in layers], warmup=1, repeat=repeat) * 1e3 / len(layers)
 
 
+def graph_ms(fn, repeat) -> tuple[float | None, str | None]:
+    """Milliseconds of ``fn`` replayed from one CUDA graph, or ``(None, why)`` where it cannot be captured."""
+    try:
+        replay = graphed(fn)
+    except RuntimeError as e:  # a host sync or a CPU-side step inside the call
+        torch.cuda.synchronize()
+        return None, str(e).splitlines()[0][:200]
+    return bench(replay, warmup=1, repeat=repeat) * 1e3, None
+
+
 def scores_alone_ms(method, q, k, args) -> float | None:
     """Milliseconds of the fused window-score estimation alone (vertical-slash, FlexPrefill with its tail)."""
     if method not in ("vertical_slash", "flexprefill"):
@@ -152,8 +167,14 @@ def bench_length(t, args, verdict, sparsities) -> list[dict]:
         expanded = [(a, repeat_kv(b, g).contiguous(), repeat_kv(c, g).contiguous()) for a, b, c in layers]
         dense_stream = stream_ms(dense_cudnn, expanded, args.repeat)
         del expanded
+    dense_graph = None
+    if args.graph:
+        ke, ve = repeat_kv(k, g).contiguous(), repeat_kv(v, g).contiguous()
+        dense_graph, _ = graph_ms(lambda: dense_cudnn(q, ke, ve), args.repeat)
+        ke = ve = None
     print(f"T={t} dense cuDNN {dense_ms:.2f} ms" + (f", {dense_stream:.2f} ms a call in a stream of {len(layers)}"
-                                                    if layers else ""), flush=True)
+                                                    if layers else "")
+          + (f", {dense_graph:.2f} ms in a CUDA graph" if dense_graph else ""), flush=True)
     rows = []
     for method in args.methods:
         scores_ms = scores_alone_ms(method, q, k, args)
@@ -171,6 +192,7 @@ def bench_length(t, args, verdict, sparsities) -> list[dict]:
                                   warmup=1, repeat=args.repeat) * 1e3
                 in_stream = (stream_ms(lambda a, b, c, call=call: call(a, b, c), layers, args.repeat)
                              if layers else None)
+                in_graph, why = graph_ms(call, args.repeat) if args.graph else (None, None)
                 key = f"{method}/{used if label == 'auto' else label}"
                 ok = verdict.get(key, {}).get("ok", False)
                 row = {"seq_len": t, "method": method, "impl": used, "kernel_options": opts, "variant": key,
@@ -182,12 +204,17 @@ def bench_length(t, args, verdict, sparsities) -> list[dict]:
                        "kernel_speedup": dense_ms / kernel_ms if ok else None,
                        "stream_ms": in_stream, "dense_cudnn_stream_ms": dense_stream,
                        "stream_speedup": dense_stream / in_stream if ok and layers else None,
+                       "graph_ms": in_graph, "dense_cudnn_graph_ms": dense_graph, "graph_error": why,
+                       "graph_speedup": dense_graph / in_graph if ok and in_graph and dense_graph else None,
                        "heads": args.heads, "kv_heads": args.kv_heads, "head_dim": args.dim, "dtype": "bf16"}
                 rows.append(row)
                 speed = (f"speedup={dense_ms / total_ms:6.2f}x (kernel {dense_ms / kernel_ms:6.2f}x)" if ok
                          else "speedup not reported: correctness check failed")
                 if layers and ok:
                     speed += f" in a stream {dense_stream / in_stream:6.2f}x ({in_stream:.2f} ms a call)"
+                if args.graph and ok:
+                    speed += (f" in a CUDA graph {dense_graph / in_graph:6.2f}x ({in_graph:.2f} ms)" if in_graph
+                              and dense_graph else f" no CUDA graph ({why})")
                 est_ms = total_ms - kernel_ms
                 est = f" estimation={est_ms:.2f} ms ({100 * est_ms / dense_ms:.1f}% of dense)"
                 if scores_ms is not None:
@@ -230,6 +257,8 @@ def main(argv=None):
     ap.add_argument("--stream", type=int, default=4,
                     help="also time calls back to back over this many distinct inputs (a model's layers), dense too; "
                          "0: off")
+    ap.add_argument("--graph", action="store_true",
+                    help="also time each call (and dense) captured in one CUDA graph: the GPU's time alone")
     ap.add_argument("--profile", action="store_true",
                     help="print the top GPU ops of each method at the longest and shortest length")
     args = ap.parse_args(argv)
