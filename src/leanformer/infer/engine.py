@@ -162,7 +162,7 @@ class Batch:
         positions = torch.arange(t, device=s.device)[None]
         logits = s.forward(ids[None], positions, attend, logits_at=slice(-1, None))
         self.tokens[row] = logits[0, -1].argmax()
-        self.pos[row] = t
+        self.pos[row].fill_(t)  # a fill launch: assigning a Python int copies it from the host and syncs
         return self.tokens[row]
 
     def copy_row(self, src: int, dst: int | slice):
