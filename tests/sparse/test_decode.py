@@ -178,3 +178,20 @@ def test_quest_page_choice_launch_width():
     q, pages = torch.randn(1, 4, 1, 16), torch.randn(1, 2, 64, 16)
     with pytest.raises(ValueError, match="num_warps=3"):
         select_pages_triton(q, pages, pages, 4, True, num_warps=3)
+
+
+def test_ada_snapkv_keep_without_a_device_read_keeps_the_same_keys():
+    """``exact_width=False`` (the engine's prefill: no host sync) pads each head's list to a bound the host knows;
+    the kept positions are the exact call's."""
+    m = sparse.build_decode("ada_snapkv")
+    scores = torch.randn(2, 4, 600, generator=torch.Generator().manual_seed(3)) ** 3
+    scores[:, 0] *= 10  # one head takes most of the shared budget
+    idx, valid = m.keep(scores, 200)
+    idx2, valid2 = m.keep(scores, 200, exact_width=False)
+    counts = valid.sum(-1)
+    assert counts.min() < counts.max() < idx2.shape[-1]  # uneven heads; the bound pads past the largest
+    assert idx.shape[-1] == counts.max()
+    for b in range(2):
+        for h in range(4):
+            assert idx[b, h][valid[b, h]].tolist() == idx2[b, h][valid2[b, h]].tolist()
+    assert int(valid2.sum()) == 2 * 4 * 200

@@ -124,7 +124,8 @@ class Evict(Full):
         p = self.method.params
         scores = prompt_key_scores(q, k, p.window, default_scale(q, scale), self.method.reduce, p.kernel)
         budget = self.budget(k.shape[2])
-        idx, valid = self.method.keep(scores, budget)  # [1, H_kv, N], kept first (sorted)
+        # [1, H_kv, N], kept first (sorted); N known on the host (Ada: a bound, rows padded), so no sync
+        idx, valid = self.method.keep(scores, budget, exact_width=False)
         n = idx.shape[-1]
         d = k.shape[-1]
         kk = torch.gather(k[0], 1, idx[0, :, :, None].expand(-1, -1, d))

@@ -38,7 +38,7 @@ class AdaSnapKV(SnapKV):
     Params = AdaSnapKVParams
     reduce = "max"
 
-    def keep(self, scores: torch.Tensor, capacity: int):
+    def keep(self, scores: torch.Tensor, capacity: int, exact_width: bool = True):
         p = self.params
         b, hk, t = scores.shape
         guaranteed = min(t, capacity, max(int(p.floor * capacity), min(p.local + p.sinks, t)))
@@ -49,8 +49,8 @@ class AdaSnapKV(SnapKV):
             rest = torch.where(taken, float("-inf"), scores).reshape(b, hk * t)
             top = torch.topk(rest, min(extra, hk * t - guaranteed * hk), dim=-1).indices
             taken.reshape(b, hk * t).scatter_(-1, top, True)
-        counts = taken.sum(-1)
-        n = int(counts.max())
+        # the most any head keeps (a device read), or a bound the host knows: the guaranteed keys and every extra one
+        n = int(taken.sum(-1).max()) if exact_width else min(t, guaranteed + max(extra, 0))
         pos = torch.arange(t, device=scores.device)
         idx = torch.sort(torch.where(taken, pos, t), -1).values[..., :n]
         valid = idx < t

@@ -58,8 +58,10 @@ class SnapKV(DecodeMethod):
         pos = torch.arange(t, device=device)
         return (pos < self.params.sinks) | (pos >= t - self.params.local)
 
-    def keep(self, scores: torch.Tensor, capacity: int):
-        """Kept prompt positions ``[B, H_kv, N]`` and their validity (None = all) for a per-head ``capacity``."""
+    def keep(self, scores: torch.Tensor, capacity: int, exact_width: bool = True):
+        """Kept prompt positions ``[B, H_kv, N]`` and their validity (None = all) for a per-head ``capacity``.
+        ``exact_width=False``: ``N`` is a bound known on the host (no read of the device; Ada-SnapKV's heads keep
+        different counts), the rows padded past their kept positions."""
         return topk_keep(scores, capacity, self.forced(scores.shape[-1], scores.device)), None
 
     def attend(self, layer, q, k, v, sparsity=None, scale=None):
