@@ -10,7 +10,7 @@ graph and replayed (both dense and sparse), and also timed eagerly. Writes ``spa
 A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``quest:share_gqa=false``. Quest's
 Triton step is two launches (fused page selection; split-K read with the merge in its last split).
 
-The issue-26 decode targets in one command (~1 minute on an H100):
+The sparse-decode targets of benchmarks/README.md in one command (~1 minute on an H100):
 
     PYTHONPATH=src python benchmarks/bench_sparse_decode.py --cache 131072 --batch 1 16 \
         --methods quest quest:metadata=int8 snapkv --impls triton

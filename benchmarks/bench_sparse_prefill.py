@@ -23,7 +23,7 @@ never syncs: one that does fails to capture, and the row says so).
 unpipelined column loop). Vertical-slash and FlexPrefill rows also time their window scores alone (``scores_ms``:
 the fused estimation) and report estimation (everything but the kernel) as a share of dense.
 
-The issue-26 targets in one command (~3 minutes on an H100, compiles included):
+The sparse-prefill targets of benchmarks/README.md in one command (~3 minutes on an H100, compiles included):
 
     PYTHONPATH=src python benchmarks/bench_sparse_prefill.py --cells 131072:0.95 32768:0.9 \
         --methods vertical_slash flexprefill block_topk --flex-options none --line-options default COL_STAGES=0 \
