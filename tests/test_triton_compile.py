@@ -86,6 +86,11 @@ CASES = {
                          1, 3),
     "rope_append-ada_pool": ("infer.rope_append:_rope_append", ROPE, {**ROPE_OFF, "HAS_START": True}, 1, 3),
     "rope_append-quest_meta": ("infer.rope_append:_rope_append", ROPE, {**ROPE_OFF, "PAGE": 16}, 1, 3),
+    # a prefill's rotary + layout change (q and k), the layout alone (v)
+    "rope_heads-rotary": ("infer.rope_layout:_rope_heads", ptrs(BF, "X COS SIN OUT"), dict(ROPE=True, BT=32, HALF=64),
+                          4, 3),
+    "rope_heads-layout": ("infer.rope_layout:_rope_heads", ptrs(BF, "X COS SIN OUT"), dict(ROPE=False, BT=32, HALF=64),
+                          4, 3),
     # Quest's page selection: engine (lengths on the device, bf16 summaries), method (int8 summaries, per head)
     "select_pages-engine": ("sparse.kernels.quest_scores:_select_fwd", SELECT,
                             dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=0, KP=64, **PAGES), 8, 3),

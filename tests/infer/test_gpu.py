@@ -1,6 +1,7 @@
 """The engine on a GPU (run with ``pytest -m gpu`` on a CUDA machine): the decode kernel in bf16 against an fp32
 reference, captured decode steps against eager ones, compiled elementwise steps against eager ones, the
-engine's prefill against the model's own forward, and a prefill with no host sync."""
+engine's prefill against the model's own forward, a prefill with no host sync, and the prefill's rotary + layout
+kernel."""
 
 from __future__ import annotations
 
@@ -122,6 +123,22 @@ def test_rope_append_kernel_bf16():
     assert torch.equal(outs[0][3], lens0 + 1) and torch.equal(outs[1][3], lens0 + 1)
     for x, y in zip(outs[0][:3], outs[1][:3]):
         assert _rel(x, y) < 1e-2
+
+
+def test_rope_layout_kernel_bf16():
+    """The prefill's rotary + layout kernel at Qwen2.5-7B's heads against the fp32 reference, and the layout alone
+    exactly."""
+    from leanformer.infer.layers import rope_heads, to_heads
+    from leanformer.infer.rope_layout import rope_heads_triton
+
+    g = torch.Generator(device="cuda").manual_seed(4)
+    t, d = 4099, 128
+    qkv = torch.randn(1, t, 36 * d, device="cuda", dtype=torch.bfloat16, generator=g)
+    q, v = qkv[..., :28 * d].view(1, t, 28, d), qkv[..., 32 * d:].view(1, t, 4, d)
+    ang = torch.rand(1, t, d // 2, device="cuda", generator=g) * 1000
+    cos, sin = (torch.cat([f(ang)] * 2, -1).to(torch.bfloat16) for f in (torch.cos, torch.sin))
+    assert _rel(rope_heads_triton(q, cos, sin), rope_heads(q.float(), cos.float(), sin.float())) < 4e-3
+    assert torch.equal(rope_heads_triton(v), to_heads(v))
 
 
 def test_long_row_topk_kernel():

@@ -125,3 +125,42 @@ def test_rope_append_reference_rotates_as_hugging_face():
     torch.testing.assert_close(kc[1, 0, 4], kr[1, 0, 0])
     torch.testing.assert_close(vc[0, 1, 3], v[0, 1])
     assert lens.tolist() == [[1, 4], [5, 2]]
+
+
+ROPE_LAYOUT = textwrap.dedent("""
+    import torch
+    from leanformer.infer.layers import rope_heads, to_heads
+    from leanformer.infer.rope_layout import rope_heads_triton
+    g = torch.Generator().manual_seed(5)
+    worst, shapes = 0.0, True
+    b, t, h, d = 2, 45, 3, 16  # 45 rows: a partial block of 32
+    # a q/k/v projection's output viewed as heads (a row of 5 heads, 3 of them this tensor's: strided, unit last)
+    x = torch.randn(b, t, 5 * d, generator=g)[..., d:4 * d].view(b, t, h, d)
+    ang = torch.rand(1, t, d // 2, generator=g) * 6
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)  # one batch row, broadcast
+    for ref, got in ((rope_heads(x, cos, sin), rope_heads_triton(x, cos, sin)), (to_heads(x), rope_heads_triton(x)),
+                     (rope_heads(x, cos.expand(b, -1, -1).contiguous(), sin.expand(b, -1, -1).contiguous()),
+                      rope_heads_triton(x, cos.expand(b, -1, -1).contiguous(), sin.expand(b, -1, -1).contiguous()))):
+        shapes &= got.shape == ref.shape and got.is_contiguous()
+        worst = max(worst, (got - ref).abs().max().item())
+    xb = x.to(torch.bfloat16)  # bf16: rotated in fp32, rounded once (within one bf16 step of the reference)
+    got = rope_heads_triton(xb, cos.to(torch.bfloat16), sin.to(torch.bfloat16)).float()
+    ref = rope_heads(xb.float(), cos.to(torch.bfloat16).float(), sin.to(torch.bfloat16).float())
+    bf16_ok = bool(((got - ref).abs() <= 2 ** -7 * ref.abs() + 1e-6).all())
+    print(int(shapes and bf16_ok), worst)
+""")
+
+
+def test_rope_layout_kernel_matches_reference(triton_interpret):
+    """The prefill's rotary + [B, T, H, D] -> [B, H, T, D] kernel against layers.rope_heads / to_heads: strided
+    head views, a partial row block, cos/sin of one batch row broadcast or one per row, the layout alone, bf16."""
+    ok, worst = triton_interpret(ROPE_LAYOUT).split()
+    assert ok == "1" and float(worst) < 1e-5
+
+
+def test_rope_layout_refuses_what_it_cannot_take():
+    from leanformer.infer.rope_layout import rope_heads_triton, supported
+
+    assert not supported(torch.randn(1, 4, 2, 16))  # a CPU tensor outside the interpreter
+    with pytest.raises(RuntimeError, match="rope_heads"):
+        rope_heads_triton(torch.randn(1, 4, 2, 16))
