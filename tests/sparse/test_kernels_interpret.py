@@ -309,3 +309,37 @@ def test_quest_select_benchmark_runs_each_width_in_interpreter(triton_interpret,
     assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, [64, 0], 7, True, False],
                                                                  [True, 65, [64, 2], 7, True, True]]
     assert list(tmp_path.glob("quest_select-*.json"))
+
+
+VS_BENCH = textwrap.dedent("""
+    import importlib.util, json
+    spec = importlib.util.spec_from_file_location("bench_vs_estimate", {bench!r})
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--device", "cpu", "--lengths", "300", "--heads", "2", "--kv-heads", "1", "--dim", "16",
+                       "--configs", "default", "BM=16,BN=32", "--repeat", "1", "--out", {out!r}])
+    print(json.dumps([[r["method"], r["config"], r["rel_err"] < 1e-4, "us" in r] for r in rows]))
+""")
+
+
+def test_vs_estimate_benchmark_checks_each_setting_in_interpreter(triton_interpret, tmp_path):
+    """benchmarks/bench_vs_estimate.py's own logic (the GPU timing aside): each tile setting's sums equal the
+    default's before it is timed, at both methods' windows (FlexPrefill's with its tail rows)."""
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vs_estimate.py"
+    rows = json.loads(triton_interpret(VS_BENCH.format(bench=str(bench), out=str(tmp_path)), timeout=300))
+    assert rows == [[m, c, True, True] for m in ("vertical_slash", "flexprefill") for c in ("default", "BM=16,BN=32")]
+    assert list(tmp_path.glob("vs_estimate-*.json"))
+
+
+def test_vs_estimate_benchmark_refuses_a_bad_setting():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vs_estimate.py"
+    r = subprocess.run([sys.executable, str(bench), "--configs", "BQ=3"], capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(bench.parents[1] / "src")})
+    assert r.returncode != 0 and "BQ=3" in r.stderr and "BM" in r.stderr

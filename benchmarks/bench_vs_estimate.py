@@ -1,0 +1,114 @@
+"""The fused window-score estimation of vertical-slash and FlexPrefill alone, per launch configuration.
+
+    PYTHONPATH=src python benchmarks/bench_vs_estimate.py      # 32K and 128K, 32 query / 8 KV heads, d 128, bf16
+
+``vs_scores_triton`` (two launches: each window row's softmax statistics, then its column and diagonal sums; see
+``leanformer/sparse/kernels/vs_estimate.py``) at vertical-slash's window (256 queries) and FlexPrefill's (512
+queries and its 128-row tail), at every ``--configs`` setting of its tiles (``BM`` window rows x ``BN`` keys, warps,
+stages). Each setting is checked against the default's outputs first (fp32 sums in another order: relative error
+under 1e-4), then timed in a CUDA graph. The floor beside each row is its matrix work (two ``W x T x D`` products
+per query head) at 800 TFLOP/s; the ``plan`` columns say how many programs the launch has. The fastest setting per
+window and length is printed last: the one to make ``vs_estimate.DEFAULT_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import bench, graphed, record  # noqa: E402
+
+from leanformer.sparse.kernels import vs_estimate  # noqa: E402
+
+# BM <= BN: a window row's skew wraps at most once in a tile
+CONFIGS = ["default", "BM=32,BN=64", "BM=64,BN=128", "BM=128,BN=128", "BM=64,BN=64,num_warps=8",
+           "BM=64,BN=128,num_warps=8", "BM=128,BN=128,num_warps=8", "BM=64,BN=64,num_stages=3"]
+WINDOWS = {"vertical_slash": (256, 0), "flexprefill": (512, 128)}
+
+
+def parse_config(text: str) -> dict:
+    if text == "default":
+        return {}
+    out = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if key not in vs_estimate.DEFAULT_CONFIG or not value.isdigit():
+            raise SystemExit(f"--configs: bad setting {item!r}; each is KEY=INT with KEY one of "
+                             f"{', '.join(vs_estimate.DEFAULT_CONFIG)}, or 'default'")
+        out[key] = int(value)
+    return out
+
+
+def _rel(a, b) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def measure(args, t: int, method: str, dev, wrap, g) -> list[dict]:
+    w, tail = WINDOWS[method]
+    q = torch.randn(1, args.heads, t, args.dim, device=dev, dtype=torch.bfloat16, generator=g)
+    k = torch.randn(1, args.kv_heads, t, args.dim, device=dev, dtype=torch.bfloat16, generator=g)
+    scale = args.dim ** -0.5
+    want = vs_estimate.vs_scores_triton(q, k, w, scale, tail)
+    floor_us = 2 * 2 * args.heads * min(w, t) * t * args.dim / 800e12 * 1e6
+    rows = []
+    for text in args.configs:
+        cfg = parse_config(text)
+        try:
+            full = vs_estimate.resolve_config(cfg)
+        except ValueError as e:
+            print(f"T={t:>6} {method:>14} {text:>28}: {e}")
+            continue
+        got = vs_estimate.vs_scores_triton(q, k, w, scale, tail, config=cfg)
+        err = max(_rel(x, y) for x, y in zip(got, want) if x is not None)
+        nrb, nkb, kps, nsplit = vs_estimate.plan(args.heads, min(w, t), t, q.device, full)
+        row = {"seq_len": t, "method": method, "window": w, "tail": tail, "config": text, "resolved": full,
+               "rel_err": err, "programs": args.heads * nrb * nsplit, "splits": nsplit, "floor_us": floor_us}
+        if err < 1e-4:
+            call = lambda cfg=cfg: vs_estimate.vs_scores_triton(q, k, w, scale, tail, config=cfg)  # noqa: E731
+            row["us"] = bench(wrap(call), warmup=1, repeat=args.repeat) * 1e6
+            print(f"T={t:>6} {method:>14} {text:>28}: {row['us']:8.1f} us (floor {floor_us:.1f}; {row['programs']} "
+                  f"programs, {nsplit} key shares)", flush=True)
+        else:
+            print(f"T={t:>6} {method:>14} {text:>28}: outputs differ (rel {err:.1e}): not timed", flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lengths", type=int, nargs="+", default=[32768, 131072])
+    ap.add_argument("--methods", nargs="+", default=list(WINDOWS), choices=list(WINDOWS))
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--configs", nargs="+", default=CONFIGS,
+                    help='tile settings, each "default" or e.g. "BM=128,BN=64,num_warps=8" (keys of DEFAULT_CONFIG)')
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--device", default="cuda", help="cuda; cpu runs the kernels in the Triton interpreter (a check "
+                                                     "of this script under TRITON_INTERPRET=1, not a timing)")
+    ap.add_argument("--out", default=None, help="result JSON folder (default: $OUT, else benchmarks/results)")
+    args = ap.parse_args(argv)
+    for text in args.configs:
+        parse_config(text)  # refuse a bad setting before any work
+    dev = torch.device(args.device)
+    wrap = graphed if dev.type == "cuda" else (lambda fn: fn)
+    g = torch.Generator(device=dev).manual_seed(0)
+    rows = [r for t in args.lengths for m in args.methods for r in measure(args, t, m, dev, wrap, g)]
+    for t in args.lengths:
+        for m in args.methods:
+            timed = [r for r in rows if r["seq_len"] == t and r["method"] == m and "us" in r]
+            if timed:
+                best = min(timed, key=lambda r: r["us"])
+                base = next((r["us"] for r in timed if r["config"] == "default"), None)
+                gain = f", {base / best['us']:.2f}x the default" if base else ""
+                print(f"best at T={t} for {m}: {best['config']} ({best['us']:.1f} us{gain})")
+    print(record("vs_estimate", rows, args.out))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
