@@ -26,8 +26,8 @@ def _model(kind="qwen2", layers=2, **kw):
            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
            "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
            "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM)}[kind]
-    cfg = cls[0](vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                 num_key_value_heads=2, max_position_embeddings=4096, **kw)
+    cfg = cls[0](**{"vocab_size": 97, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": layers,
+                    "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096, **kw})
     return cls[1](cfg).eval()
 
 
@@ -143,3 +143,46 @@ def test_refusals(model):
 def test_quest_int8_summaries_are_refused_by_the_engine(model):
     with pytest.raises(UserError, match="metadata='int8'"):
         Engine(model, decode="quest", metadata="int8")
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3"])  # q/k/v with biases; per-head q/k norms
+def test_packed_projections_compute_the_same_model_in_the_same_memory(kind):
+    """pack_projections: q/k/v and gate/up become views of one matrix each (no memory added), the model's own
+    forward and the engine's logits and tokens are unchanged, and the engine uses the packed matrices (one
+    product each); a converted model's stale copies are dropped, and packing again restores them."""
+    from leanformer.infer.layers import GATE_UP, QKV, _packed, pack_projections
+
+    m = _model(kind, intermediate_size=96)  # every projection's row count distinct: 128 q/k/v, 32 k, 96 gate
+    ids = torch.randint(0, 97, (1, 60), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = m(ids).logits
+    want = Engine(m, decode="snapkv", capacity=48, window=16, kernel=5, local=8).generate([ids[0].tolist()], 8)
+    before = sum(p.numel() for p in m.parameters())
+    assert pack_projections(m) == 2 and pack_projections(m) == 2  # idempotent
+    a, mlp = m.model.layers[0].self_attn, m.model.layers[0].mlp
+    weight = getattr(a, QKV)[0]
+    assert a.k_proj.weight.untyped_storage().data_ptr() == weight.untyped_storage().data_ptr()
+    assert sum(p.numel() for p in m.parameters()) == before
+    with torch.no_grad():
+        torch.testing.assert_close(m(ids).logits, ref, rtol=0, atol=0)
+    calls = []
+    orig = torch.nn.functional.linear
+
+    def counting(x, w, b=None):
+        calls.append(w.shape[0])
+        return orig(x, w, b)
+
+    torch.nn.functional.linear = counting
+    try:
+        out = DecoderStack(m).forward(ids, torch.arange(60)[None], lambda i, q, k, v: torch.nn.functional.
+                                      scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+    finally:
+        torch.nn.functional.linear = orig
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # one product of q/k/v's rows and one of gate/up's; none of k's or gate's alone
+    assert {weight.shape[0], getattr(mlp, GATE_UP)[0].shape[0]} <= set(calls)
+    assert a.k_proj.weight.shape[0] not in calls and mlp.gate_proj.weight.shape[0] not in calls
+    assert Engine(m, decode="snapkv", capacity=48, window=16, kernel=5, local=8).generate([ids[0].tolist()], 8) == want
+    m.double()  # converted: the views are gone, and so is the stale copy
+    assert _packed((a.q_proj, a.k_proj, a.v_proj), a, QKV) is None and getattr(a, QKV) is None
+    assert pack_projections(m) == 2 and getattr(a, QKV)[0].dtype == torch.float64

@@ -43,6 +43,7 @@ def test_speed_writes_every_row_and_resumes(tiny, tmp_path, capsys):
     assert snap["cache_mb_per_seq"] < 0.4 * dense["cache_mb_per_seq"]  # physically evicted
     assert "speedup" in snap and data["meta"]["engine_check_rel_error"] < 1e-3
     assert (out / "speed.md").read_text().count("|") > 20 and (out / "speed.png").stat().st_size > 1000
+    assert data["meta"]["settings"]["packed_projections"] and "packed" in (out / "speed.md").read_text()
     capsys.readouterr()
     # a rerun with the same settings measures nothing again
     assert main(argv) == 0

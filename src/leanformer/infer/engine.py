@@ -37,12 +37,20 @@ class Engine:
 
     ``compile``: fuse the elementwise steps with ``torch.compile`` (``"auto"``: on CUDA). ``cuda_graph``: capture a
     decode step once and replay it (``"auto"``: on CUDA). ``dense_backend``: dense prefill's SDPA kernel
-    (``"auto"``: cuDNN where it runs, else PyTorch's choice)."""
+    (``"auto"``: cuDNN where it runs, else PyTorch's choice). ``pack_projections``: pack the model's q/k/v and
+    gate/up projections into one matrix each, in place (:func:`leanformer.infer.layers.pack_projections`; fewer,
+    larger matrix products: a batch-1 decode step reads the weights faster); a model packed before is used packed
+    either way."""
 
     def __init__(self, model, prefill=None, decode=None, sparsity: float | None = 0.0, *, prefill_sparsity=...,
                  decode_sparsity=..., prefill_params: dict | None = None, decode_params: dict | None = None,
-                 compile="auto", cuda_graph="auto", dense_backend: str = "auto", **params):
+                 compile="auto", cuda_graph="auto", dense_backend: str = "auto", pack_projections: bool = False,
+                 **params):
         cuda = next(model.parameters()).is_cuda
+        if pack_projections:
+            from leanformer.infer.layers import pack_projections as pack
+
+            pack(model)
         self.stack = DecoderStack(model, Fused(cuda if compile == "auto" else bool(compile)))
         pre_p, dec_p = split_params(prefill, decode, params)
         pre_p.update(prefill_params or {})

@@ -79,6 +79,72 @@ class Fused:
             self.rope_heads, self.to_heads = rope_fast, heads_fast
 
 
+QKV, GATE_UP = "_leanformer_qkv", "_leanformer_gate_up"  # the packed matrices, kept on the attention / MLP module
+
+
+def _pack(mods) -> tuple | None:
+    """One weight matrix (and bias) holding ``mods``' rows one after another, each module's parameters made views
+    of it, so the model keeps its memory and computes what it did. ``None`` where the modules are not plain
+    ``nn.Linear`` of one dtype and device with all or no biases."""
+    import torch.nn as nn
+
+    ws = [m.weight for m in mods]
+    if (any(type(m) is not nn.Linear for m in mods) or len({(w.dtype, w.device, w.shape[1]) for w in ws}) != 1
+            or len({m.bias is None for m in mods}) != 1):
+        return None
+    sizes = [w.shape[0] for w in ws]
+    with torch.no_grad():
+        weight = torch.cat([w.detach() for w in ws])
+        bias = None if mods[0].bias is None else torch.cat([m.bias.detach() for m in mods])
+        start = 0
+        for m, n in zip(mods, sizes):
+            m.weight = nn.Parameter(weight[start:start + n], requires_grad=m.weight.requires_grad)
+            if bias is not None:
+                m.bias = nn.Parameter(bias[start:start + n], requires_grad=m.bias.requires_grad)
+            start += n
+    return weight, bias, sizes
+
+
+def _packed(mods, owner, name: str) -> tuple | None:
+    """``owner``'s packed matrices (attribute ``name``) if ``mods``' weights are still the views :func:`_pack` made;
+    where they are not (the model was moved or its weights replaced since), the stale copy is dropped."""
+    packed = getattr(owner, name, None)
+    if packed is None:
+        return None
+    weight, bias, sizes = packed
+    start = 0
+    for m, n in zip(mods, sizes):
+        w = m.weight
+        if (w.dtype != weight.dtype or w.device != weight.device or w.shape[0] != n
+                or w.data_ptr() != weight[start:].data_ptr()
+                or (bias is not None and (m.bias is None or m.bias.data_ptr() != bias[start:].data_ptr()))):
+            setattr(owner, name, None)
+            return None
+        start += n
+    return packed
+
+
+def pack_projections(model) -> int:
+    """Pack each layer's q / k / v projections into one weight matrix, and the MLP's gate and up projections into
+    another, in place: the modules' weights become views of the packed matrices (no memory added; the model's own
+    forward is unchanged), and :class:`DecoderStack` then runs one matrix product where there were three, and one
+    where there were two. At batch 1 a decode step's matrix products are reads of the weights, and small ones (a
+    GQA model's k and v: 3.7 MB each at Qwen2.5-7B's shape) run far under the memory bandwidth. Returns the number of
+    layers packed (idempotent: packed layers are left as they are; a model moved or converted since is packed
+    again). Saving the model afterwards sees parameters that share memory: save a copy, or load it again."""
+    n = 0
+    for layer in model.model.layers:
+        a, m = layer.self_attn, layer.mlp
+        qkv = (a.q_proj, a.k_proj, a.v_proj)
+        gu = (m.gate_proj, m.up_proj)
+        if _packed(qkv, a, QKV) is None:
+            setattr(a, QKV, _pack(qkv))
+        if _packed(gu, m, GATE_UP) is None:
+            setattr(m, GATE_UP, _pack(gu))
+        n += getattr(a, QKV) is not None and getattr(m, GATE_UP) is not None
+    return n
+
+
 def _sliding_window(config) -> int | None:
     types = getattr(config, "layer_types", None)
     window = getattr(config, "sliding_window", None)
@@ -127,12 +193,18 @@ class DecoderStack:
         return 2 * self.n_layers * self.kv_heads * self.head_dim * self.dtype.itemsize
 
     def _proj(self, layer, x):
-        """q, k, v projections of ``x [B, T, d]`` as ``[B, T, H, D]`` views (Qwen3's per-head norms applied)."""
+        """q, k, v projections of ``x [B, T, d]`` as ``[B, T, H, D]`` views (Qwen3's per-head norms applied): one
+        matrix product where :func:`pack_projections` packed them."""
         a = layer.self_attn
         b, t, _ = x.shape
-        q = a.q_proj(x).view(b, t, -1, self.head_dim)
-        k = a.k_proj(x).view(b, t, -1, self.head_dim)
-        v = a.v_proj(x).view(b, t, -1, self.head_dim)
+        packed = _packed((a.q_proj, a.k_proj, a.v_proj), a, QKV)
+        if packed is not None:
+            weight, bias, sizes = packed
+            q, k, v = (y.view(b, t, -1, self.head_dim) for y in F.linear(x, weight, bias).split(sizes, -1))
+        else:
+            q = a.q_proj(x).view(b, t, -1, self.head_dim)
+            k = a.k_proj(x).view(b, t, -1, self.head_dim)
+            v = a.v_proj(x).view(b, t, -1, self.head_dim)
         if hasattr(a, "q_norm"):  # Qwen3: RMSNorm over each head's channels before rotary
             q = self.fused.rms_norm(q, a.q_norm.weight, a.q_norm.variance_epsilon)
             k = self.fused.rms_norm(k, a.k_norm.weight, a.k_norm.variance_epsilon)
@@ -160,7 +232,12 @@ class DecoderStack:
             y = layer.self_attn.o_proj(y)
             x, h = f.add_rms_norm(y, h, layer.post_attention_layernorm.weight, self.eps)
             m = layer.mlp
-            y = m.down_proj(f.silu_mul(m.gate_proj(x), m.up_proj(x)))
+            packed = _packed((m.gate_proj, m.up_proj), m, GATE_UP)
+            if packed is not None:
+                gate, up = F.linear(x, packed[0], packed[1]).split(packed[2], -1)
+            else:
+                gate, up = m.gate_proj(x), m.up_proj(x)
+            y = m.down_proj(f.silu_mul(gate, up))
             if i + 1 < len(self.layers):
                 x, h = f.add_rms_norm(y, h, self.layers[i + 1].input_layernorm.weight, self.eps)
         # the final norm and the LM head only where logits are asked for (the last position at prefill)

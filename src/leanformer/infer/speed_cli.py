@@ -43,6 +43,9 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="a method parameter (e.g. block_size=64), given to whichever method has it")
     p.add_argument("--no-hf", action="store_true", help="skip Hugging Face's own path (the engine's dense stays)")
+    p.add_argument("--no-pack", action="store_true",
+                   help="keep q/k/v and gate/up as the model holds them (default: packed into one matrix each, in "
+                        "place, for every path: leanformer.infer.layers.pack_projections)")
     add_device_argument(p)
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="auto: bf16 on a GPU, fp32 on the CPU")
@@ -137,7 +140,8 @@ def _meta(args, model, device, dtype, random_weights: bool) -> dict:
             "command": " ".join(["leanformer", *sys.argv[1:]]) if sys.argv else "", "commit": _commit(),
             "settings": {"lengths": args.lengths, "prefill": args.prefill, "decode": args.decode,
                          "sparsity": args.sparsity, "batch": args.batch, "new_tokens": args.new_tokens,
-                         "repeat": args.repeat, "params": args.param, "hf": not args.no_hf}}
+                         "repeat": args.repeat, "params": args.param, "hf": not args.no_hf,
+                         "packed_projections": not args.no_pack}}
     try:
         import triton
 
@@ -239,6 +243,10 @@ def run(args) -> int:
         raise UserError(f"length {max(args.lengths)} exceeds the model's position limit {limit}; choose "
                         f"--lengths up to {limit}")
     model, random_weights = build_model(args.model, device, dtype, args.layers)
+    if not args.no_pack:
+        from leanformer.infer.layers import pack_projections
+
+        pack_projections(model)
     err = check_engine(model, model.config.vocab_size, device)
     meta = _meta(args, model, device, dtype, random_weights) | {"engine_check_rel_error": err}
     out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"{meta['device']}; {meta['dtype']}; {'random weights; ' if meta.get('random_weights') else ''}"
              f"torch {meta['torch']}, transformers {meta['transformers']}; commit {meta['commit']}.", "",
              "Speedups are against the faster dense baseline of the same length (and batch): Hugging Face's SDPA path "
-             "(`hf`) or the engine's dense path (`dense`: cuDNN prefill, graph-captured decode).", ""]
+             "(`hf`) or the engine's dense path (`dense`: cuDNN prefill, graph-captured decode)."
+             + (" Each layer's q/k/v and gate/up projections are packed into one matrix each (every path, the "
+                "model's own included)." if meta.get("settings", {}).get("packed_projections") else ""), ""]
     for kind, cols in (("prefill", ["length", "method", "sparsity", "measured_sparsity", "ttft_s", "speedup",
                                     "peak_gb"]),
                        ("decode", ["length", "batch_spec", "batch", "method", "sparsity", "ms_per_token",
