@@ -5,7 +5,7 @@
 #   bash benchmarks/gpu.sh SUITE [COMMIT]
 #
 #   one GPU    tests | sparse | sparse-sweep | training | t5 | hourglass | dtp | ntng | dmc | dmc-quality
-#              inference-prefill | inference-decode | quest | estimate | sweep-batch
+#              inference-prefill | inference-decode | quest | pack | estimate | sweep-batch
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
 #              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
@@ -121,6 +121,12 @@ suite() {
             --out "$LOGS/speed-decode"
         run 240 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 131072 --prefill --decode snapkv \
             --sparsity 0.9375 --batch max --new-tokens 32 --repeat 1 --no-hf --out "$LOGS/speed-max" ;;
+    pack)  # decode at 32K and 128K (dense, SnapKV and Quest at a 1/16 budget, batch 1) with the projections packed,
+        # then as the model holds them (--no-pack), one machine
+        local dec="--prefill --decode snapkv quest --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf"
+        run 200 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 $dec --out "$LOGS/speed-packed"
+        run 200 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 $dec --no-pack \
+            --out "$LOGS/speed-unpacked" ;;
     estimate)  # vertical-slash's and FlexPrefill's fused window scores alone at each tile setting, 32K and 128K
         run 300 python3 benchmarks/bench_vs_estimate.py ;;
     sweep-batch)  # the study's batched cells: frontier-sweep samples/s at batch 1 against one engine batch of 24 per
@@ -174,7 +180,7 @@ suite() {
     frontier-shard)  # two GPUs: one frontier sweep by one process and by two torchrun ranks, same rows
         run 540 python3 benchmarks/bench_frontier_shard.py --gpus 2 --samples 8 ;;
     *)
-        echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest estimate sweep-batch reference" \
+        echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
              "reference-long-eval frontier-long distributed frontier-shard all"; return 2 ;;
     esac
