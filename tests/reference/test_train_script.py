@@ -288,3 +288,15 @@ def test_a_deeper_job_starts_from_a_shallower_checkpoint_computing_the_same(tmp_
     with pytest.raises(UserError, match=r"n_layers 2 \(model.n_layers=3: a multiple is allowed\)"):
         ref_train.main(["--out", str(tmp_path / "odd"), *TOY, "max_steps=2", "model.n_layers=3",
                         f"init_from={first}"])
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error_before_any_work(tmp_path, capsys):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(SystemExit) as e:
+        ref_train.main(["--out", str(tmp_path / "out"), "--skip-train"])  # --device defaults to cuda
+    assert e.value.code == 2 and "--device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -344,6 +344,12 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.skip_train and args.skip_eval:
         ap.error("--skip-train and --skip-eval together leave nothing to do")
+    from leanformer.devices import check_device
+
+    try:
+        check_device(args.device, "--device")
+    except UserError as e:
+        ap.error(str(e))  # one line and exit 2, before any work
     from leanformer.config import apply_overrides
     from leanformer.reference.card import write_card
 
