@@ -287,48 +287,41 @@ def test_quest_page_choice_picks_the_pages_the_reference_picks_in_interpreter(tr
     assert triton_interpret(PAGE_CHOICE_SCRIPT, timeout=300) == "1"
 
 
-QUEST_BENCH = textwrap.dedent("""
-    import importlib.util, json
-    spec = importlib.util.spec_from_file_location("bench_quest_select", {bench!r})
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.main(["--device", "cpu", "--lengths", "1024", "1040", "--batch", "1", "--repeat", "1", "--budget",
-                       "128", "--warps", "0", "2", "--padded", "--out", {out!r}])
-    print(json.dumps([[r["same_pages"], r["pages"], r["row_split"], r["k"], "select_w2_tail_us" in r,
-                       "select_padded_us" in r] for r in rows]))
-""")
+def bench_script(name: str, argv: list[str], row: str, out) -> str:
+    """A script that loads ``benchmarks/NAME.py``, runs its ``main(argv + ["--out", out])`` on the CPU and prints
+    ``row`` (an expression of each result row ``r``) for every row, as JSON."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{name}.py"
+    return textwrap.dedent(f"""
+        import importlib.util, json
+        spec = importlib.util.spec_from_file_location({name!r}, {str(path)!r})
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        rows = bench.main({["--device", "cpu", *argv, "--out", str(out)]!r})
+        print(json.dumps([{row} for r in rows]))
+    """)
 
 
 def test_quest_select_benchmark_runs_each_width_in_interpreter(triton_interpret, tmp_path):
     """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): the default launch and one of two warps,
     the same pages; a row one page past a power of two as a tail and, with ``--padded``, padded (the same pages)."""
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_quest_select.py"
-    script = QUEST_BENCH.format(bench=str(bench), out=str(tmp_path))
+    script = bench_script("bench_quest_select", ["--lengths", "1024", "1040", "--batch", "1", "--repeat", "1",
+                                                 "--budget", "128", "--warps", "0", "2", "--padded"],
+                          '[r["same_pages"], r["pages"], r["row_split"], r["k"], "select_w2_tail_us" in r, '
+                          '"select_padded_us" in r]', tmp_path)
     assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, [64, 0], 7, True, False],
                                                                  [True, 65, [64, 2], 7, True, True]]
     assert list(tmp_path.glob("quest_select-*.json"))
 
 
-VS_BENCH = textwrap.dedent("""
-    import importlib.util, json
-    spec = importlib.util.spec_from_file_location("bench_vs_estimate", {bench!r})
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    rows = bench.main(["--device", "cpu", "--lengths", "300", "--heads", "2", "--kv-heads", "1", "--dim", "16",
-                       "--configs", "default", "BM=16,BN=32", "--repeat", "1", "--out", {out!r}])
-    print(json.dumps([[r["method"], r["config"], r["rel_err"] < 1e-4, "us" in r] for r in rows]))
-""")
-
-
 def test_vs_estimate_benchmark_checks_each_setting_in_interpreter(triton_interpret, tmp_path):
     """benchmarks/bench_vs_estimate.py's own logic (the GPU timing aside): each tile setting's sums equal the
     default's before it is timed, at both methods' windows (FlexPrefill's with its tail rows)."""
-    from pathlib import Path
-
-    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_vs_estimate.py"
-    rows = json.loads(triton_interpret(VS_BENCH.format(bench=str(bench), out=str(tmp_path)), timeout=300))
+    script = bench_script("bench_vs_estimate", ["--lengths", "300", "--heads", "2", "--kv-heads", "1", "--dim", "16",
+                                                "--configs", "default", "BM=16,BN=32", "--repeat", "1"],
+                          '[r["method"], r["config"], r["rel_err"] < 1e-4, "us" in r]', tmp_path)
+    rows = json.loads(triton_interpret(script, timeout=300))
     assert rows == [[m, c, True, True] for m in ("vertical_slash", "flexprefill") for c in ("default", "BM=16,BN=32")]
     assert list(tmp_path.glob("vs_estimate-*.json"))
 
