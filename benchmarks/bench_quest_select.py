@@ -23,8 +23,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench, graphed, record  # noqa: E402
 
-from leanformer.sparse.kernels import quest_scores  # noqa: E402
-from leanformer.sparse.kernels.quest_scores import page_scores_triton, row_split, select_pages_triton  # noqa: E402
+from leanformer.sparse.kernels.quest_scores import (  # noqa: E402
+    MAX_TAIL,
+    page_scores_triton,
+    row_split,
+    select_pages_triton,
+)
 
 
 def measure(args, length: int, b: int, dev, wrap, g) -> dict:
@@ -37,13 +41,8 @@ def measure(args, length: int, b: int, dev, wrap, g) -> dict:
     lens = torch.full((b, args.kv_heads), length, device=dev, dtype=torch.int32)
 
     def select(warps=0, padded=False):
-        tail = quest_scores.MAX_TAIL
-        quest_scores.MAX_TAIL = 0 if padded else tail
-        try:
-            return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page,
-                                       num_warps=warps or None)
-        finally:
-            quest_scores.MAX_TAIL = tail
+        return select_pages_triton(q, kmin, kmax, k, True, lens=lens, page_size=args.page, num_warps=warps or None,
+                                   max_tail=0 if padded else MAX_TAIL)
 
     variants = {(f"select_w{w}" if w else "select"): (w, False) for w in args.warps}
     if args.padded and row_split(p)[1]:
@@ -54,8 +53,7 @@ def measure(args, length: int, b: int, dev, wrap, g) -> dict:
              **{name: (lambda v=v: select(*v)) for name, v in variants.items()}}
     us = {name: bench(wrap(fn), warmup=1, repeat=args.repeat) * 1e6 for name, fn in calls.items()}
     row = {"length": length, "batch": b, "pages": p, "row_split": list(row_split(p)), "k": k, "heads": args.heads,
-           "kv_heads": args.kv_heads,
-           "same_pages": same, **{f"{n}_us": v for n, v in us.items()},
+           "kv_heads": args.kv_heads, "same_pages": same, **{f"{n}_us": v for n, v in us.items()},
            **{f"{n}_tail_us": us[n] - us["scores"] for n in variants}}
     tails = ", ".join(f"{n} {us[n]:.1f} (tail {row[n + '_tail_us']:.1f})" for n in variants)
     print(f"L={length:>6} B={b:>2} pages={p:>5}: scores {us['scores']:.1f} us; {tails}"

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, gpu_profile, graphed, record, utc_stamp  # noqa: E402
+from common import bench, gpu_profile, graphed, parse_settings, record, utc_stamp  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
@@ -56,13 +56,7 @@ def parse_flex_options(items: list[str]) -> list[dict | None]:
         if item == "default":
             out.append(None)
             continue
-        opts = {}
-        for pair in item.split(","):
-            key, _, val = pair.partition("=")
-            opts[key.strip()] = {"true": True, "false": False}.get(val.strip().lower(), None)
-            if opts[key.strip()] is None:
-                opts[key.strip()] = int(val)
-        out.append(opts)
+        out.append(parse_settings(item))
     return out
 
 
@@ -161,17 +155,13 @@ def bench_length(t, args, verdict, sparsities) -> list[dict]:
     g = args.heads // args.kv_heads
     ke, ve = repeat_kv(k, g).contiguous(), repeat_kv(v, g).contiguous()
     dense_ms = bench(lambda: dense_cudnn(q, ke, ve), warmup=2, repeat=args.repeat) * 1e3
+    dense_graph = graph_ms(lambda: dense_cudnn(q, ke, ve), args.repeat)[0] if args.graph else None
     ke = ve = None  # free the expanded copies
     dense_stream = None
     if layers:
         expanded = [(a, repeat_kv(b, g).contiguous(), repeat_kv(c, g).contiguous()) for a, b, c in layers]
         dense_stream = stream_ms(dense_cudnn, expanded, args.repeat)
         del expanded
-    dense_graph = None
-    if args.graph:
-        ke, ve = repeat_kv(k, g).contiguous(), repeat_kv(v, g).contiguous()
-        dense_graph, _ = graph_ms(lambda: dense_cudnn(q, ke, ve), args.repeat)
-        ke = ve = None
     print(f"T={t} dense cuDNN {dense_ms:.2f} ms" + (f", {dense_stream:.2f} ms a call in a stream of {len(layers)}"
                                                     if layers else "")
           + (f", {dense_graph:.2f} ms in a CUDA graph" if dense_graph else ""), flush=True)

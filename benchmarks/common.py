@@ -89,6 +89,17 @@ def record(name: str, results: dict | list, out_dir: str | os.PathLike | None = 
     return path
 
 
+def parse_settings(text: str) -> dict:
+    """Kernel launch settings as a flag gives them, ``"BLOCK_M=128,num_warps=8,USE_TMA=false"`` -> a dict of ints and
+    booleans (``ValueError`` for a value that is neither)."""
+    out = {}
+    for pair in text.split(","):
+        key, _, val = pair.partition("=")
+        flag = {"true": True, "false": False}.get(val.strip().lower())
+        out[key.strip()] = int(val) if flag is None else flag
+    return out
+
+
 def bench(fn, warmup: int = 3, repeat: int = 10, sync=None) -> float:
     """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` (CUDA-synchronised when ``sync``)."""
     import torch

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from leanformer.errors import UserError
 from leanformer.nn.rotary import rotate_half
@@ -86,8 +87,6 @@ def _pack(mods) -> tuple | None:
     """One weight matrix (and bias) holding ``mods``' rows one after another, each module's parameters made views
     of it, so the model keeps its memory and computes what it did. ``None`` where the modules are not plain
     ``nn.Linear`` of one dtype and device with all or no biases."""
-    import torch.nn as nn
-
     ws = [m.weight for m in mods]
     if (any(type(m) is not nn.Linear for m in mods) or len({(w.dtype, w.device, w.shape[1]) for w in ws}) != 1
             or len({m.bias is None for m in mods}) != 1):

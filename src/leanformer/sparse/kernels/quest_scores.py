@@ -129,18 +129,15 @@ if triton is not None:
         return order_keys(x, valid), offs, valid
 
     @triton.jit
-    def _write_top(OUT, key, offs, valid, thr, need, before, PAGE: tl.constexpr):
-        """Writes the pages ``offs`` that are among the top: every key above ``thr`` and the first ``need`` keys
-        equal to it, at positions after ``before`` winners. Returns the winners and equal keys it took."""
+    def _write_top(OUT, key, offs, valid, thr, need, before):
+        """Writes the valid pages ``offs`` that are among the top: every key above ``thr`` and the first ``need``
+        keys equal to it, at positions after ``before`` winners (an invalid page taken keeps its position: the
+        list's ``-1``). Returns the winners and equal keys it took."""
         gt = key > thr
         eq = key == thr
         take = gt | (eq & (tl.cumsum(eq.to(tl.int32), 0) <= need))
         pos = before + tl.cumsum(take.to(tl.int32), 0) - 1
-        if PAGE > 0:
-            take_out = take & valid
-        else:
-            take_out = take
-        tl.store(OUT + pos, offs, mask=take_out)
+        tl.store(OUT + pos, offs, mask=take & valid)
         return tl.sum(take.to(tl.int32), 0), tl.sum((take & eq).to(tl.int32), 0)
 
     @triton.jit
@@ -182,12 +179,11 @@ if triton is not None:
                     tail, offs_t, valid_t = _row_keys(SCORES + row * P, NP, P, limit, NT)
                     thr = kth_largest_key_split(key, tail, K)
                     need = K - tl.sum((key > thr).to(tl.int32), 0) - tl.sum((tail > thr).to(tl.int32), 0)
-                    n, n_eq = _write_top(OUT + row * K, key, offs, valid, thr, need, 0, PAGE)
-                    _write_top(OUT + row * K, tail, offs_t, valid_t, thr, need - n_eq, n, PAGE)
+                    n, n_eq = _write_top(OUT + row * K, key, offs, valid, thr, need, 0)
+                    _write_top(OUT + row * K, tail, offs_t, valid_t, thr, need - n_eq, n)
                 else:
                     thr = kth_largest_key(key, K)
-                    _write_top(OUT + row * K, key, offs, valid, thr, K - tl.sum((key > thr).to(tl.int32), 0), 0,
-                               PAGE)
+                    _write_top(OUT + row * K, key, offs, valid, thr, K - tl.sum((key > thr).to(tl.int32), 0), 0)
             tl.atomic_xchg(CNT + pid, 0)
 
 
@@ -248,15 +244,15 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
 MAX_TAIL = 64  # pages past a power of two that a selection row keeps as a short second tensor
 
 
-def row_split(p: int) -> tuple[int, int]:
+def row_split(p: int, max_tail: int = MAX_TAIL) -> tuple[int, int]:
     """How :func:`select_pages_triton` holds a row of ``p`` pages: ``(NP, NT)``, a power of two ``NP`` and, where
-    ``p`` passes it by at most :data:`MAX_TAIL` pages and an eighth of ``NP``, the tail's power of two ``NT`` (else
+    ``p`` passes it by at most ``max_tail`` pages and an eighth of ``NP``, the tail's power of two ``NT`` (else
     ``NT = 0`` and ``NP`` covers the row). A cache with a generation's headroom is a few pages past a power of two
     (2,053 pages for a 32K prompt and 64 new tokens): padded, its row doubles, and so does each bisection step's
     count."""
     np_ = max(16, 1 << (p - 1).bit_length())
     tail = p - np_ // 2
-    if np_ > 16 and tail <= min(MAX_TAIL, np_ // 16):
+    if np_ > 16 and tail <= min(max_tail, np_ // 16):
         return np_ // 2, max(2, 1 << (tail - 1).bit_length())
     return np_, 0
 
@@ -277,12 +273,13 @@ def select_warps(np_: int, heads: int) -> int:
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
                         block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0,
-                        num_warps: int | None = None):
+                        num_warps: int | None = None, max_tail: int = MAX_TAIL):
     """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
     ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
     the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
     (a 256K-token cache at 16-token pages). ``num_warps``: the launch's warps (default :func:`select_warps`); fewer
-    warps hold more of a row per thread (the 32-step bisection's count is one block reduction a step)."""
+    warps hold more of a row per thread (the 32-step bisection's count is one block reduction a step). ``max_tail``:
+    the most pages past a power of two a row holds as a short tail (:func:`row_split`; 0: rows padded whole)."""
     if num_warps not in (None, 1, 2, 4, 8, 16):
         raise ValueError(f"num_warps={num_warps}: choose 1, 2, 4, 8 or 16")
     if triton is None or not (q.is_cuda or INTERPRET):
@@ -295,7 +292,7 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
     if (lens is None) != (page_size == 0):
         raise ValueError("lens and page_size come together")
-    np_, nt = row_split(p)
+    np_, nt = row_split(p, max_tail)
     warps = select_warps(np_, b * hk) if num_warps is None else num_warps
     g = hq // hk
     hs = hk if share_gqa else hq
