@@ -103,3 +103,37 @@ def test_cli_options_reach_the_report_and_both_phase_is_handled(db, tmp_path):
     assert "log_error = β0 + ln N + ln L + ln CR + ln N·ln CR + ln L·ln CR" in md
     assert "length **16,384**" in md and "Cost = mean total FLOPs" in md
     assert (out / "accuracy_both.png").exists() and (out / "isocost_both.png").exists()
+
+
+def test_groups_at_the_floor_are_left_out_of_the_preservation_test(db, tmp_path):
+    """A (model, task, length) group whose dense accuracy is ~0 cannot show a drop: every sparsity would pass and
+    look safe. The report names it and leaves it out; --min-dense 0 keeps it."""
+    import shutil
+    import sqlite3
+
+    floored = tmp_path / "floored.db"
+    shutil.copy(db, floored)
+    con = sqlite3.connect(floored)
+    con.execute("UPDATE results SET score = 0 WHERE task = 'qa' AND length = 65536 AND model = 'qwen2.5-0.5b'")
+    con.commit()
+    con.close()
+    cells = store.group_cells(store.load_rows(floored))
+    assert set(report.floor_groups(cells, 0.1)) == {("qwen2.5-0.5b", "qa", 65536)}
+    for min_dense, kept in ((0.1, False), (0.0, True)):
+        out = tmp_path / f"rep{min_dense}"
+        assert main(["analyze", str(floored), "--out", str(out), "--n-boot", "200", "--min-dense", str(min_dense)]) == 0
+        rows = list(csv.DictReader((out / "safe_sparsity.csv").open()))
+        hit = [r for r in rows if (r["model"], r["task"], r["length"]) == ("qwen2.5-0.5b", "qa", "65536")]
+        assert bool(hit) == kept
+        if kept:  # the artefact the option removes: with nothing to lose, every method looks safe at 0.95
+            assert all(float(r["safe"]) == 0.95 for r in hit)
+        assert ("**At the floor**: 1 of 12" in (out / "report.md").read_text()) != kept
+        assert len(rows) == 3 * 2 * 2 * 3 - (0 if kept else 3)
+        summary = list(csv.DictReader((out / "cells.csv").open()))  # every cell, floored or not, marked
+        assert len(summary) == len(cells)
+        marked = {(r["model"], r["task"], r["length"]) for r in summary if r["dense_at_floor"] == "True"}
+        assert marked == (set() if kept else {("qwen2.5-0.5b", "qa", "65536")})
+        dense = next(r for r in summary if (r["model"], r["task"], r["length"], r["phase"]) ==
+                     ("qwen2.5-0.5b", "qa", "65536", "dense"))
+        assert float(dense["accuracy"]) == 0.0 and int(dense["n"]) == 24
+    assert main(["analyze", str(floored), "--out", str(tmp_path / "bad"), "--min-dense", "1.5"]) == 2

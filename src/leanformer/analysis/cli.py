@@ -28,6 +28,9 @@ def add_parser(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
                    help="degradation: a level fails when a drop is found; noninferiority: a level passes only "
                         "when a drop beyond --margin is ruled out")
     g.add_argument("--n-boot", type=int, default=2000, help="bootstrap / permutation resamples (default 2000)")
+    g.add_argument("--min-dense", type=float, default=0.1,
+                   help="leave out (model, task, length) groups whose dense accuracy is below this: no drop can show "
+                        "there, so every sparsity would look safe (default 0.1; 0 keeps every group)")
     g = p.add_argument_group("iso-cost and scaling")
     g.add_argument("--cost", default="phase", choices=("phase", "prefill", "decode", "total"),
                    help="FLOPs on the cost axis (phase: those of the phase made sparse)")
@@ -54,11 +57,14 @@ def run(args: argparse.Namespace) -> int:
         write_synthetic_store(args.store, lengths=(16384, 32768, 65536, 131072))
     if not 0 < args.alpha < 1:
         raise UserError(f"--alpha {args.alpha}: must be in (0, 1)")
+    if not 0 <= args.min_dense < 1:
+        raise UserError(f"--min-dense {args.min_dense}: must be in [0, 1)")
     if args.n_boot < 100:
         raise UserError(f"--n-boot {args.n_boot}: use at least 100 resamples")
     opts = ReportOptions(length=args.length, alpha=args.alpha, margin=args.margin, test=args.test,
                          correction=args.correction, framing=args.framing, n_boot=args.n_boot, target=args.target,
-                         interactions=args.interactions, cost=args.cost, slack=args.slack, rel_error=args.rel_error)
+                         interactions=args.interactions, cost=args.cost, slack=args.slack, rel_error=args.rel_error,
+                         min_dense=args.min_dense)
     path = build_report(args.store, args.out, opts)
     print(f"wrote {path}")
     return 0

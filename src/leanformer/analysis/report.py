@@ -39,6 +39,14 @@ class ReportOptions:
     cost: str = "phase"
     slack: float = 1.0
     rel_error: float = 0.05
+    min_dense: float = 0.1  # (model, task, length) groups whose dense accuracy is below this are at the floor
+
+
+def floor_groups(cells, min_dense: float) -> dict[tuple, float]:
+    """(model, task, length) -> dense accuracy, for the groups whose dense accuracy is below ``min_dense``. There
+    no drop can show, so every sparsity would pass the preservation test and look safe: such groups are left out
+    of the findings, the preservation tables, the scaling fits and the budget fits."""
+    return {k: c.accuracy for k, c in dense_baselines(cells).items() if c.accuracy < min_dense}
 
 
 def _csv(path: Path, rows: list[dict]) -> None:
@@ -49,6 +57,24 @@ def _csv(path: Path, rows: list[dict]) -> None:
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+def cell_rows(cells, floor: dict) -> list[dict]:
+    """The store's summary, one row per cell: mean score with the half-width of its 95% Student-t interval, the
+    measured sparsity, mean FLOPs per sample, and whether the cell's group is at the floor."""
+    from scipy.stats import t as student_t
+
+    rows = []
+    for c in sorted(cells, key=lambda c: (c.model_params, c.model, c.task, c.length, c.phase, c.method, c.sparsity)):
+        x = np.array(list(c.scores.values()))
+        half = float(student_t.ppf(0.975, x.size - 1) * x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else None
+        rows.append({"model": c.model, "model_params": c.model_params, "task": c.task, "length": c.length,
+                     "phase": c.phase, "method": c.method, "sparsity": c.sparsity,
+                     "measured_sparsity": round(c.measured_sparsity, 4), "n": c.n, "accuracy": round(c.accuracy, 4),
+                     "ci95_half_width": None if half is None else round(half, 4),
+                     "prefill_flops": c.prefill_flops, "decode_flops": c.decode_flops,
+                     "dense_at_floor": (c.model, c.task, c.length) in floor})
+    return rows
 
 
 def preservation(cells, o: ReportOptions) -> list[dict]:
@@ -158,14 +184,27 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
         raise UserError(f"--length {length}: the store has lengths {', '.join(map(str, lengths))}")
     phases = [p for p in PHASES[1:] if any(c.phase == p for c in cells)]
     models = sorted({(c.model_params, c.model) for c in cells})
+    floor = floor_groups(cells, o.min_dense)
+    kept = [c for c in cells if (c.model, c.task, c.length) not in floor]
+    _csv(out / "cells.csv", cell_rows(cells, floor))
     md = [f"# Sparse-attention analysis of `{Path(store).name}`", "",
           f"{sum(c.n for c in cells)} samples in {len(cells)} cells: {len(models)} models "
           f"({', '.join(m for _, m in models)}), tasks {', '.join(sorted({c.task for c in cells}))}, lengths "
           f"{', '.join(map(str, lengths))}, phases {', '.join(phases)}, methods "
           f"{', '.join(sorted({c.method for c in cells if c.phase != 'dense'}))}, sparsities "
           f"{', '.join(f'{s:g}' for s in sorted({c.sparsity for c in cells if c.phase != 'dense'}))}.",
-          f"Figures and Markdown tables show length **{length:,}**; the CSV files hold every length.", "",
-          "## Cost accounting", "",
+          f"Figures and Markdown tables show length **{length:,}**; the CSV files hold every length (`cells.csv`: "
+          "every cell's accuracy with its 95% interval).", ""]
+    if floor:
+        groups = defaultdict(list)
+        for (model, task, n), acc in sorted(floor.items()):
+            groups[(model, task)].append(f"{n:,} ({acc:.3f})")
+        md += [f"**At the floor**: {len(floor)} of {len(dense_baselines(cells))} (model, task, length) groups have a "
+               f"dense accuracy below {o.min_dense:g}, where no drop can show and every sparsity would look safe. "
+               "They are left out of the findings, accuracy preservation, scaling laws and budget fits (the "
+               "accuracy plots keep them; `--min-dense 0` keeps them everywhere): "
+               + "; ".join(f"{task} of {model} at {', '.join(v)}" for (model, task), v in groups.items()) + ".", ""]
+    md += ["## Cost accounting", "",
           "Mean forward FLOPs per sample of the dense runs in the store (multiply-add = 2; from "
           "`leanformer.analysis.flops`):", ""]
     dense = sorted((c for c in cells if c.phase == "dense"), key=lambda c: (c.model_params, c.task, c.length))
@@ -210,7 +249,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
                          for r in shown]), ""]
     _csv(out / "isocost.csv", iso_rows)
 
-    pres = preservation(cells, o)
+    pres = preservation(kept, o)
     _csv(out / "safe_sparsity.csv", pres)
     test_desc = (f"{o.test} test, framing `{o.framing}`, α = {o.alpha:g}, margin = {o.margin:g}, "
                  f"{o.correction} correction across the sparsity ladder")
@@ -220,15 +259,18 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
            "failing level, its Δ and adjusted p-value.", ""]
     for phase in phases:
         name = f"safe_{phase}.png"
-        plots.safe_sparsity_bars(pres, phase, length, out / name)
         rows = [r for r in pres if r["phase"] == phase and r["length"] == length]
+        if not rows:  # every group of this phase and length is at the floor (or has no dense baseline)
+            md += [f"**{phase}**: no group to test at this length.", ""]
+            continue
+        plots.safe_sparsity_bars(pres, phase, length, out / name)
         keys = sorted({(r["task"], r["method"]) for r in rows})
         table = [[t, m] + [next((f"{r['safe']:g}" for r in rows if r["task"] == t and r["method"] == m
                                  and r["model"] == mod), "–") for _, mod in models] for t, m in keys]
         md += [f"![safe {phase} sparsity]({name})", "", md_table(["task", "method"] + [m for _, m in models], table),
                ""]
 
-    results, notes = scaling_results(cells, o)
+    results, notes = scaling_results(kept, o)
     terms = "ln N + ln L + ln CR" + (" + ln N·ln CR + ln L·ln CR" if o.interactions else "")
     md += ["## Scaling laws", "",
            f"Per method: {o.target} = β0 + {terms} (+ one intercept per task), least squares over cells (dense "
@@ -249,7 +291,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
         plots.scaling_fit(shown, out / "scaling_fit.png", o.target)
         md += ["![scaling-law fit vs observed](scaling_fit.png)", ""]
 
-    brows, bfits = budgets(cells, o)
+    brows, bfits = budgets(kept, o)
     _csv(out / "budgets.csv", brows)
     md += ["## Budget vs length", "",
            f"Smallest token budget (1 − s)·L whose relative accuracy loss is at most {o.rel_error:.0%} (interpolated "
@@ -264,7 +306,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
         plots.budget_growth(brows, bfits, out / "budget_growth.png", o.rel_error)
         md += ["", "![budget vs length](budget_growth.png)"]
     at = md.index("## Cost accounting")  # the answers first, the numbers behind them after
-    md[at:at] = findings.section(cells, pres, iso_rows, bfits, o.n_boot)
+    md[at:at] = findings.section(kept, pres, iso_rows, bfits, o.n_boot)
     path = out / "report.md"
     atomic_write_text(path, "\n".join(md) + "\n")
     return path
