@@ -222,3 +222,26 @@ def test_prompt_workers_make_the_samples_this_process_would(tiny_model, tmp_path
             rows[workers] = {(r["cell_key"], r["sample"]): (r["prompt_tokens"], r["output"], r["answer"])
                              for r in store.rows()}
     assert rows[0] == rows[2] and len(rows[0]) == 8
+
+
+def test_a_prefill_methods_dense_layers_are_a_cell_of_their_own(tiny_model, tmp_path):
+    """``method_params: {vertical_slash: {dense_layers: [...]}}``: a cell apart from the method without it (its
+    own rows in the store), with every layer dense the dense cell's outputs, and the measured sparsity counts the
+    dense layers."""
+    c = _config(tiny_model, tmp_path / "r.db", tasks=["niah"], samples=2, prefill=["vertical_slash"], decode=[],
+                sparsities=[0.6], max_new_tokens=4, task_params={}, batch_size=2,
+                method_params={"vertical_slash": {"block_size": 16, "dense_layers": [0, 1]}})
+    harness.run_sweep(c)
+    one = _config(tiny_model, tmp_path / "r.db", tasks=["niah"], samples=2, prefill=["vertical_slash"], decode=[],
+                  sparsities=[0.6], max_new_tokens=4, task_params={}, batch_size=2,
+                  method_params={"vertical_slash": {"block_size": 16, "dense_layers": [1]}})
+    assert harness.run_sweep(one)["added"] == 2  # the dense cell is done; the new setting is a new cell
+    with ResultsStore(c.store) as store:
+        rows = store.rows()
+    dense = [r for r in rows if r["prefill_method"] == "dense"]
+    every = [r for r in rows if json.loads(r["params"])["prefill"].get("dense_layers") == [0, 1]]
+    second = [r for r in rows if json.loads(r["params"])["prefill"].get("dense_layers") == [1]]
+    assert len(every) == len(second) == 2
+    assert sorted(r["output"] for r in every) == sorted(r["output"] for r in dense)
+    assert all(r["prefill_sparsity"] == 0.0 for r in every)
+    assert all(0.1 < r["prefill_sparsity"] < 0.45 for r in second)  # one layer of two sparse at ~0.6

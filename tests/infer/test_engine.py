@@ -186,3 +186,23 @@ def test_packed_projections_compute_the_same_model_in_the_same_memory(kind):
     m.double()  # converted: the views are gone, and so is the stale copy
     assert _packed((a.q_proj, a.k_proj, a.v_proj), a, QKV) is None and getattr(a, QKV) is None
     assert pack_projections(m) == 2 and getattr(a, QKV)[0].dtype == torch.float64
+
+
+def test_dense_layers_prefill_as_sparse_apply_does(model):
+    """The engine leaves the same layers dense as ``sparse.apply`` (same tokens), and its measured prefill sparsity
+    counts them: every layer dense is the dense engine."""
+    ids = torch.randint(0, 97, (300,)).tolist()
+    kw = dict(prefill="vertical_slash", sparsity=0.8, block_size=16, local=16, window=32)
+    eng = Engine(model, dense_layers=[0], **kw)
+    got = eng.generate([ids], 6)[0]
+    with sparse.apply(model, dense_layers=[0], **kw):
+        assert got == _hf_greedy(model, ids, 6)
+    one = eng.last_batch.prefill_sparsity()
+    sparse_all = Engine(model, **kw)
+    sparse_all.generate([ids], 1)
+    assert one == pytest.approx(sparse_all.last_batch.prefill_sparsity() / 2, abs=0.02)  # one layer of two dense
+    every = Engine(model, dense_layers=[0, 1], **kw)
+    assert every.generate([ids], 6)[0] == Engine(model).generate([ids], 6)[0]
+    assert every.last_batch.prefill_sparsity() == 0.0
+    with pytest.raises(UserError, match="has 2 layers"):
+        Engine(model, dense_layers=[5], **kw)

@@ -111,3 +111,33 @@ def test_separate_phase_sparsities(prompt):
     pre = [r for r in session.stats if r["phase"] == "prefill"]
     dec = [r for r in session.stats if r["phase"] == "decode"]
     assert all(r["sparsity"] == 0.0 for r in pre) and all(r["sparsity"] > 0.8 for r in dec)
+
+
+def test_dense_layers_run_those_layers_dense_and_count_them(prompt):
+    """``dense_layers``: the listed layers' prompts attend densely, the others sparsely; every layer's call is in
+    the stats, so the measured sparsity counts the dense ones."""
+    model = tiny("llama")
+    with torch.no_grad():
+        dense = model(prompt).logits
+    kw = dict(prefill="vertical_slash", sparsity=0.6, block_size=8, local=8, window=8, sinks=1)
+    with torch.no_grad(), sparse.apply(model, dense_layers=[0, 1], **kw) as s:
+        every = model(prompt).logits
+    torch.testing.assert_close(every, dense)  # both layers dense: the dense model
+    assert [r["sparsity"] for r in s.stats] == [0.0, 0.0]
+    with torch.no_grad(), sparse.apply(model, dense_layers=[0], **kw) as s:
+        first = model(prompt).logits
+    by_layer = {r["layer"]: r for r in s.stats}
+    assert by_layer[0]["method"] == "dense" and by_layer[0]["sparsity"] == 0.0
+    assert by_layer[1]["method"] == "vertical_slash" and by_layer[1]["sparsity"] > 0.3
+    with torch.no_grad(), sparse.apply(model, **kw):
+        none = model(prompt).logits
+    assert not torch.allclose(first, dense) and not torch.allclose(first, none)
+
+
+@pytest.mark.parametrize("bad, message", [([2], r"the model has 2 layers \(0-1\)"), ([-1], "integers >= 0"),
+                                          (0, "give a list"), (["0"], "integers >= 0")])
+def test_dense_layers_out_of_range_or_not_indices_are_one_line_errors(bad, message):
+    model = tiny("qwen2")
+    with pytest.raises(UserError, match=message):
+        with sparse.apply(model, prefill="block_topk", sparsity=0.5, dense_layers=bad):
+            pass

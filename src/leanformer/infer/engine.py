@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from leanformer.errors import UserError
 from leanformer.infer.cache import policy_for
 from leanformer.infer.layers import DecoderStack, Fused
-from leanformer.sparse.base import check_sparsity
+from leanformer.sparse.base import check_sparsity, dense_info
 from leanformer.sparse.hf import split_params
 from leanformer.sparse.registry import build_decode, build_prefill
 
@@ -61,6 +61,8 @@ class Engine:
         pre = None if prefill is None else build_prefill(prefill, **pre_p)
         dec = None if decode is None else build_decode(decode, **dec_p)
         self.prefill_method = None if pre is None or pre.name == "dense" else pre
+        if self.prefill_method is not None:
+            self.prefill_method.check_layers(self.stack.n_layers)
         self.decode_method = None if dec is None or dec.name == "dense" else dec
         self.policy = policy_for(self.decode_method, self.decode_sparsity)
         self.cuda_graph = cuda if cuda_graph == "auto" else bool(cuda_graph)
@@ -158,8 +160,9 @@ class Batch:
         method, sparsity, pol = e.prefill_method, e.prefill_sparsity, e.policy
 
         def attend(i, q, k, v):
-            if method is None:
-                out, info = e._dense(q, k, v, s.scale), None
+            if method is None or method.dense_at(i):  # no method, or a layer it leaves dense (dense_layers)
+                out = e._dense(q, k, v, s.scale)
+                info = None if method is None else dense_info(q, sparsity)
             else:
                 out, info = method(q, k, v, sparsity=sparsity, scale=s.scale)
             pol.prefill(self.caches[i], row, q, k, v, s.scale)

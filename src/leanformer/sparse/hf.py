@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from leanformer.errors import UserError
 from leanformer.nn.attention import attention
-from leanformer.sparse.base import check_sparsity
+from leanformer.sparse.base import check_sparsity, dense_info
 from leanformer.sparse.registry import build_decode, build_prefill
 
 _ids = itertools.count()
@@ -70,11 +70,13 @@ class SparseSession:
                             f"{tuple(attention_mask.shape)}); pass a 2-D padding mask of ones, or none")
         info = None
         if tq == tk:
-            if self.prefill is not None:
+            if self.prefill is not None and not self.prefill.dense_at(layer):
                 out, info = self.prefill(query, key, value, sparsity=self.prefill_sparsity, scale=scaling)
             else:
                 out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
                                                      enable_gqa=query.shape[1] != key.shape[1])
+                if self.prefill is not None:  # a layer the method leaves dense: counted in the measured sparsity
+                    info = dense_info(query, self.prefill_sparsity)
             if self.decode is not None:
                 self.decode.observe_prefill(layer, query, key, value, scale=scaling)
             phase = "prefill"
@@ -142,6 +144,8 @@ def apply(model, prefill=None, decode=None, sparsity: float | None = 0.0, *, pre
     ds = check_sparsity(sparsity if decode_sparsity is ... else decode_sparsity)
     session = SparseSession(None if prefill is None else build_prefill(prefill, **pre_p),
                             None if decode is None else build_decode(decode, **dec_p), ps, ds)
+    if session.prefill is not None:
+        session.prefill.check_layers(model.config.num_hidden_layers)
     if session.decode is not None:
         session.decode.reset()
     name = f"leanformer_sparse_{next(_ids)}"

@@ -60,6 +60,8 @@ class FlexPrefillParams:
     block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
+    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
+    dense_layers: tuple[int, ...] = ()
     # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
     kernel_options: dict | None = None
 

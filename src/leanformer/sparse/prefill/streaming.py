@@ -38,6 +38,8 @@ class StreamingParams:
     local: int = 1024
     block_size: int = 128
     impl: str = "auto"
+    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
+    dense_layers: tuple[int, ...] = ()
 
 
 TOLERANCE = 0.05  # |measured - requested| a request may miss by before the method warns

@@ -67,6 +67,8 @@ class VerticalSlashParams:
     block_size: int = 128
     slash_share: float = 0.5
     impl: str = "auto"
+    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
+    dense_layers: tuple[int, ...] = ()
     # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
     kernel_options: dict | None = None
 
