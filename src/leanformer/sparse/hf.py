@@ -144,8 +144,9 @@ def apply(model, prefill=None, decode=None, sparsity: float | None = 0.0, *, pre
     ds = check_sparsity(sparsity if decode_sparsity is ... else decode_sparsity)
     session = SparseSession(None if prefill is None else build_prefill(prefill, **pre_p),
                             None if decode is None else build_decode(decode, **dec_p), ps, ds)
-    if session.prefill is not None:
-        session.prefill.check_layers(model.config.num_hidden_layers)
+    n_layers = getattr(model.config, "num_hidden_layers", None)  # some configs nest it (multimodal text_config)
+    if session.prefill is not None and n_layers is not None:
+        session.prefill.check_layers(n_layers)
     if session.decode is not None:
         session.decode.reset()
     name = f"leanformer_sparse_{next(_ids)}"
