@@ -137,3 +137,34 @@ def test_groups_at_the_floor_are_left_out_of_the_preservation_test(db, tmp_path)
                      ("qwen2.5-0.5b", "qa", "65536", "dense"))
         assert float(dense["accuracy"]) == 0.0 and int(dense["n"]) == 24
     assert main(["analyze", str(floored), "--out", str(tmp_path / "bad"), "--min-dense", "1.5"]) == 2
+
+
+def test_two_settings_of_one_method_are_two_methods_in_the_analysis(db, tmp_path):
+    """Rows of one method run with different parameters (here ``dense_layers``) are not merged into one cell: the
+    analysis names each variant by the settings that differ, and a setting every row shares adds nothing."""
+    import json
+    import shutil
+    import sqlite3
+
+    path = tmp_path / "variants.db"
+    shutil.copy(db, path)
+    con = sqlite3.connect(path)
+    con.execute("""UPDATE results SET params = '{"prefill": {"block_size": 64}, "decode": {}}'""")
+    cols = [d[1] for d in con.execute("PRAGMA table_info(results)")]
+    rows = con.execute("SELECT * FROM results WHERE prefill_method = 'vertical_slash'").fetchall()
+    variant = json.dumps({"prefill": {"block_size": 64, "dense_layers": [0]}, "decode": {}})
+    for r in rows:
+        r = dict(zip(cols, r))
+        r.update(cell_key=r["cell_key"] + "-dense0", params=variant, score=0.0)
+        con.execute(f"INSERT INTO results ({', '.join(r)}) VALUES ({', '.join('?' * len(r))})", list(r.values()))
+    con.commit()
+    con.close()
+    cells = store.group_cells(store.load_rows(path))
+    methods = {c.method for c in cells if c.phase == "prefill"}
+    assert methods == {"vertical_slash", "vertical_slash[dense_layers=[0]]", "block_topk"}
+    plain = next(c for c in cells if c.method == "vertical_slash" and c.sparsity == 0.5)
+    assert plain.accuracy > 0  # not averaged with the zero-score variant
+    assert all(c.accuracy == 0 for c in cells if c.method == "vertical_slash[dense_layers=[0]]")
+    out = tmp_path / "rep"
+    assert main(["analyze", str(path), "--out", str(out), "--n-boot", "200"]) == 0
+    assert "vertical_slash[dense_layers=[0]]" in (out / "safe_sparsity.csv").read_text()

@@ -9,6 +9,7 @@ The dense baseline of a (model, task, length) is its phase-``dense`` rows; paire
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sqlite3
 from collections import defaultdict
@@ -28,7 +29,7 @@ SCHEMA = """CREATE TABLE IF NOT EXISTS results (
 )"""
 
 COLUMNS = ("model", "model_params", "prefill_method", "decode_method", "sparsity", "prefill_sparsity",
-           "decode_sparsity", "task", "length", "seed", "score", "prefill_flops", "decode_flops", "time_s")
+           "decode_sparsity", "task", "length", "seed", "score", "prefill_flops", "decode_flops", "time_s", "params")
 PHASES = ("dense", "prefill", "decode", "both")
 
 
@@ -100,12 +101,48 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
     return rows
 
 
+def _phase_params(r: dict) -> dict:
+    """``{"prefill": {...}, "decode": {...}}``: the method parameters a row was run with (``{}`` where unknown)."""
+    try:
+        p = json.loads(r.get("params") or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return p if isinstance(p, dict) else {}
+
+
+def variant_keys(rows: list[dict]) -> dict[tuple, list[str]]:
+    """``(phase, method) -> parameter names`` whose values differ between the store's rows of that method: the
+    settings that make variants of one method (``dense_layers: [0]`` beside none, two block sizes, ...)."""
+    seen: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        p = _phase_params(r)
+        for side in ("prefill", "decode"):
+            if r[f"{side}_method"] != "dense":
+                seen[(side, r[f"{side}_method"])].append(p.get(side) or {})
+    out = {}
+    for key, dicts in seen.items():
+        names = set().union(*dicts)
+        out[key] = sorted(n for n in names if len({json.dumps(d.get(n), sort_keys=True) for d in dicts}) > 1)
+    return out
+
+
+def _label(method: str, params: dict, names: list[str]) -> str:
+    parts = [f"{n}={json.dumps(params[n], separators=(',', ':'))}" for n in names if n in params]
+    return f"{method}[{','.join(parts)}]" if parts else method
+
+
 def group_cells(rows: list[dict]) -> list[Cell]:
-    """Group rows into :class:`Cell` s; a seed repeated within a cell (e.g. two param settings) is averaged."""
+    """Group rows into :class:`Cell` s; a seed repeated within a cell is averaged. Rows of one method run with
+    different settings are cells apart, the method named with the settings that differ
+    (``vertical_slash[dense_layers=[0]]`` beside ``vertical_slash``)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
+    variants = variant_keys(rows)
     for r in rows:
         pre, dec = r["prefill_method"], r["decode_method"]
-        key = (r["model"], r["task"], int(r["length"]), phase_of(pre, dec), method_of(pre, dec),
+        p = _phase_params(r)
+        pre_l = pre if pre == "dense" else _label(pre, p.get("prefill") or {}, variants.get(("prefill", pre), []))
+        dec_l = dec if dec == "dense" else _label(dec, p.get("decode") or {}, variants.get(("decode", dec), []))
+        key = (r["model"], r["task"], int(r["length"]), phase_of(pre, dec), method_of(pre_l, dec_l),
                round(float(r["sparsity"]), 6))
         groups[key].append(r)
     cells = []
