@@ -116,3 +116,10 @@ def test_quest_warns_when_pages_miss_the_request():
     seen = [w for w in seen if issubclass(w.category, SparsityWarning)]
     assert len(seen) == 1 and "quest" in str(seen[0].message) and "page" in str(seen[0].message)
     assert float(info["sparsity"]) == pytest.approx(1 - 24 / 40)
+
+
+def test_the_reachable_bound_is_rounded_down_never_to_the_refused_request():
+    from leanformer.sparse.base import unreachable_message
+
+    msg = unreachable_message("vertical_slash", 0.9, 1023, 0.89985, "forced lines")
+    assert "[0, 0.899]" in msg and "0.900" not in msg

@@ -184,8 +184,10 @@ def warn_once(method, message: str) -> None:
 
 def unreachable_message(method: str, requested: float, seq_len: int, reachable: float, why: str) -> str:
     """The one line a method warns with when ``requested`` is above the most it can skip (``reachable``)."""
+    # rounded down, so the bound shown is never the request it refuses (0.8998 reads 0.899, not 0.900)
+    shown = math.floor(max(reachable, 0.0) * 1000) / 1000
     return (f"{method}: requested sparsity {requested:g} is out of reach at {seq_len} tokens ({why}); reachable "
-            f"here: [0, {max(reachable, 0.0):.3f}]; the call computes the densest pattern it must and info['sparsity'] "
+            f"here: [0, {shown:.3f}]; the call computes the densest pattern it must and info['sparsity'] "
             "reports the measured value")
 
 
