@@ -11,6 +11,7 @@
 #              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
+#              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
 #
@@ -174,6 +175,9 @@ suite() {
         REF_CONFIG=configs/reference/long.yaml ref_job "$job" --skip-train ;;
     frontier-long)  # one slice of the study on the long reference (configs/frontier/long.yaml); resumes, ~2-3 slices
         frontier_slice configs/frontier/long.yaml runs/gpu/reference-long-continue runs/frontier-long ;;
+    frontier-long-dense0)  # vertical-slash and FlexPrefill with layer 0 dense into the study's store (carried as
+        # .scratch/frontier-long): 3,840 samples, one call
+        frontier_slice configs/frontier/long-dense0.yaml runs/gpu/reference-long-continue runs/frontier-long ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -182,7 +186,7 @@ suite() {
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
-             "reference-long-eval frontier-long distributed frontier-shard all"; return 2 ;;
+             "reference-long-eval frontier-long frontier-long-dense0 distributed frontier-shard all"; return 2 ;;
     esac
 }
 

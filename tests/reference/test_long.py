@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "src" / "leanformer" / "assets" / "reference"
 LONG = ROOT / "configs" / "reference" / "long.yaml"
 STUDY = ROOT / "configs" / "frontier" / "long.yaml"
+DENSE0 = ROOT / "configs" / "frontier" / "long-dense0.yaml"
 GPU_SH = (ROOT / "benchmarks" / "gpu.sh").read_text()
 needs_shipped = pytest.mark.skipif(not (SHIPPED / "model.safetensors").is_file(), reason="no reference shipped")
 
@@ -136,3 +137,24 @@ def test_second_size_is_the_long_reference_three_times_deeper():
     assert rc.model.n_layers % small.model.n_layers == 0 and max(rc.mixture.lengths) == 32768
     ratio = GPT(rc.model).num_params(non_embedding=True) / GPT(small.model).num_params(non_embedding=True)
     assert 2.5 < ratio < 3.5
+
+
+def test_layer_zero_dense_grid_shares_the_studys_store_and_dense_cells():
+    """configs/frontier/long-dense0.yaml adds vertical-slash and FlexPrefill with dense_layers [0] to the study's
+    store: the same model, store, lengths, tasks and samples; its dense cells are the study's (skipped there), its
+    sparse cells are new ones; and a GPU suite runs it."""
+    from leanformer.eval import harness
+
+    study, extra = (harness.load_config(load_yaml(str(p))) for p in (STUDY, DENSE0))
+    for key in ("models", "store", "tasks", "lengths", "samples", "seed", "sparsities", "max_new_tokens"):
+        assert getattr(extra, key) == getattr(study, key), key
+    harness._check_method_params(extra, harness.method_pairs(extra))
+    ours, theirs = harness.build_grid(extra), harness.build_grid(study)
+    dense = {c["key"] for c in ours if c["prefill_method"] == c["decode_method"] == "dense"}
+    assert len(ours) == 5 * 4 * (1 + 2 * 4) and len(dense) == 5 * 4
+    assert dense <= {c["key"] for c in theirs}  # the study's dense rows serve as this grid's baselines
+    assert not ({c["key"] for c in ours} - dense) & {c["key"] for c in theirs}
+    for m in ("vertical_slash", "flexprefill"):
+        assert extra.method_params[m] == {**study.method_params[m], "dense_layers": [0]}
+    assert "frontier_slice configs/frontier/long-dense0.yaml runs/gpu/reference-long-continue runs/frontier-long" \
+        in GPU_SH
