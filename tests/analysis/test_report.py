@@ -118,7 +118,7 @@ def test_groups_at_the_floor_are_left_out_of_the_preservation_test(db, tmp_path)
     con.commit()
     con.close()
     cells = store.group_cells(store.load_rows(floored))
-    assert set(report.floor_groups(cells, 0.1)) == {("qwen2.5-0.5b", "qa", 65536)}
+    assert set(report.floor_groups(store.dense_baselines(cells), 0.1)) == {("qwen2.5-0.5b", "qa", 65536)}
     for min_dense, kept in ((0.1, False), (0.0, True)):
         out = tmp_path / f"rep{min_dense}"
         assert main(["analyze", str(floored), "--out", str(out), "--n-boot", "200", "--min-dense", str(min_dense)]) == 0

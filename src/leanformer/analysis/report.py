@@ -42,11 +42,12 @@ class ReportOptions:
     min_dense: float = 0.1  # (model, task, length) groups whose dense accuracy is below this are at the floor
 
 
-def floor_groups(cells, min_dense: float) -> dict[tuple, float]:
-    """(model, task, length) -> dense accuracy, for the groups whose dense accuracy is below ``min_dense``. There
-    no drop can show, so every sparsity would pass the preservation test and look safe: such groups are left out
-    of the findings, the preservation tables, the scaling fits and the budget fits."""
-    return {k: c.accuracy for k, c in dense_baselines(cells).items() if c.accuracy < min_dense}
+def floor_groups(base: dict, min_dense: float) -> dict[tuple, float]:
+    """(model, task, length) -> dense accuracy, for the groups of ``base`` (:func:`dense_baselines`) whose dense
+    accuracy is below ``min_dense``. There no drop can show, so every sparsity would pass the preservation test and
+    look safe: such groups are left out of the findings, the preservation tables, the scaling fits and the budget
+    fits."""
+    return {k: c.accuracy for k, c in base.items() if c.accuracy < min_dense}
 
 
 def _csv(path: Path, rows: list[dict]) -> None:
@@ -184,7 +185,8 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
         raise UserError(f"--length {length}: the store has lengths {', '.join(map(str, lengths))}")
     phases = [p for p in PHASES[1:] if any(c.phase == p for c in cells)]
     models = sorted({(c.model_params, c.model) for c in cells})
-    floor = floor_groups(cells, o.min_dense)
+    base = dense_baselines(cells)
+    floor = floor_groups(base, o.min_dense)
     kept = [c for c in cells if (c.model, c.task, c.length) not in floor]
     _csv(out / "cells.csv", cell_rows(cells, floor))
     md = [f"# Sparse-attention analysis of `{Path(store).name}`", "",
@@ -199,7 +201,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
         groups = defaultdict(list)
         for (model, task, n), acc in sorted(floor.items()):
             groups[(model, task)].append(f"{n:,} ({acc:.3f})")
-        md += [f"**At the floor**: {len(floor)} of {len(dense_baselines(cells))} (model, task, length) groups have a "
+        md += [f"**At the floor**: {len(floor)} of {len(base)} (model, task, length) groups have a "
                f"dense accuracy below {o.min_dense:g}, where no drop can show and every sparsity would look safe. "
                "They are left out of the findings, accuracy preservation, scaling laws and budget fits (the "
                "accuracy plots keep them; `--min-dense 0` keeps them everywhere): "

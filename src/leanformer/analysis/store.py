@@ -110,12 +110,12 @@ def _phase_params(r: dict) -> dict:
     return p if isinstance(p, dict) else {}
 
 
-def variant_keys(rows: list[dict]) -> dict[tuple, list[str]]:
+def variant_keys(rows: list[dict], params: list[dict]) -> dict[tuple, list[str]]:
     """``(phase, method) -> parameter names`` whose values differ between the store's rows of that method: the
-    settings that make variants of one method (``dense_layers: [0]`` beside none, two block sizes, ...)."""
+    settings that make variants of one method (``dense_layers: [0]`` beside none, two block sizes, ...).
+    ``params``: each row's :func:`_phase_params`."""
     seen: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        p = _phase_params(r)
+    for r, p in zip(rows, params):
         for side in ("prefill", "decode"):
             if r[f"{side}_method"] != "dense":
                 seen[(side, r[f"{side}_method"])].append(p.get(side) or {})
@@ -136,10 +136,10 @@ def group_cells(rows: list[dict]) -> list[Cell]:
     different settings are cells apart, the method named with the settings that differ
     (``vertical_slash[dense_layers=[0]]`` beside ``vertical_slash``)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    variants = variant_keys(rows)
-    for r in rows:
+    params = [_phase_params(r) for r in rows]
+    variants = variant_keys(rows, params)
+    for r, p in zip(rows, params):
         pre, dec = r["prefill_method"], r["decode_method"]
-        p = _phase_params(r)
         pre_l = pre if pre == "dense" else _label(pre, p.get("prefill") or {}, variants.get(("prefill", pre), []))
         dec_l = dec if dec == "dense" else _label(dec, p.get("decode") or {}, variants.get(("decode", dec), []))
         key = (r["model"], r["task"], int(r["length"]), phase_of(pre, dec), method_of(pre_l, dec_l),

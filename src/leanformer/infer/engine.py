@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from leanformer.errors import UserError
 from leanformer.infer.cache import policy_for
 from leanformer.infer.layers import DecoderStack, Fused
-from leanformer.sparse.base import check_sparsity, dense_info
+from leanformer.sparse.base import check_sparsity
 from leanformer.sparse.hf import split_params
 from leanformer.sparse.registry import build_decode, build_prefill
 
@@ -159,12 +159,14 @@ class Batch:
             raise ValueError(f"row {row} was sized for {self.prompt_lens[row]} prompt tokens; got {t}")
         method, sparsity, pol = e.prefill_method, e.prefill_sparsity, e.policy
 
+        def dense(q, k, v):
+            return e._dense(q, k, v, s.scale)
+
         def attend(i, q, k, v):
-            if method is None or method.dense_at(i):  # no method, or a layer it leaves dense (dense_layers)
-                out = e._dense(q, k, v, s.scale)
-                info = None if method is None else dense_info(q, sparsity)
-            else:
-                out, info = method(q, k, v, sparsity=sparsity, scale=s.scale)
+            if method is None:
+                out, info = dense(q, k, v), None
+            else:  # a layer the method leaves dense (dense_layers) takes the engine's dense path
+                out, info = method.at_layer(i, q, k, v, dense, sparsity, s.scale)
             pol.prefill(self.caches[i], row, q, k, v, s.scale)
             if info is not None:
                 self.prefill_pairs.setdefault(row, []).append((info["kept_pairs"], info["causal_pairs"]))

@@ -83,10 +83,15 @@ class Fused:
 QKV, GATE_UP = "_leanformer_qkv", "_leanformer_gate_up"  # the packed matrices, kept on the attention / MLP module
 
 
+def _pointers(mods) -> tuple:
+    return tuple((m.weight.data_ptr(), 0 if m.bias is None else m.bias.data_ptr()) for m in mods)
+
+
 def _pack(mods) -> tuple | None:
     """One weight matrix (and bias) holding ``mods``' rows one after another, each module's parameters made views
-    of it, so the model keeps its memory and computes what it did. ``None`` where the modules are not plain
-    ``nn.Linear`` of one dtype and device with all or no biases."""
+    of it, so the model keeps its memory and computes what it did: ``(weight, bias, sizes, pointers)``, the last the
+    views' addresses. ``None`` where the modules are not plain ``nn.Linear`` of one dtype and device with all or no
+    biases."""
     ws = [m.weight for m in mods]
     if (any(type(m) is not nn.Linear for m in mods) or len({(w.dtype, w.device, w.shape[1]) for w in ws}) != 1
             or len({m.bias is None for m in mods}) != 1):
@@ -101,25 +106,18 @@ def _pack(mods) -> tuple | None:
             if bias is not None:
                 m.bias = nn.Parameter(bias[start:start + n], requires_grad=m.bias.requires_grad)
             start += n
-    return weight, bias, sizes
+    return weight, bias, sizes, _pointers(mods)
 
 
 def _packed(mods, owner, name: str) -> tuple | None:
-    """``owner``'s packed matrices (attribute ``name``) if ``mods``' weights are still the views :func:`_pack` made;
-    where they are not (the model was moved or its weights replaced since), the stale copy is dropped."""
+    """``owner``'s packed matrices (attribute ``name``) if ``mods``' parameters are still the views :func:`_pack`
+    made (the same addresses: the packed matrices hold that memory, so no other tensor can take it); where they are
+    not (the model was moved or converted, or its weights replaced since), the stale copy is dropped. A comparison of
+    integers: it runs for every layer of every forward."""
     packed = getattr(owner, name, None)
-    if packed is None:
+    if packed is not None and _pointers(mods) != packed[3]:
+        setattr(owner, name, None)
         return None
-    weight, bias, sizes = packed
-    start = 0
-    for m, n in zip(mods, sizes):
-        w = m.weight
-        if (w.dtype != weight.dtype or w.device != weight.device or w.shape[0] != n
-                or w.data_ptr() != weight[start:].data_ptr()
-                or (bias is not None and (m.bias is None or m.bias.data_ptr() != bias[start:].data_ptr()))):
-            setattr(owner, name, None)
-            return None
-        start += n
     return packed
 
 
@@ -198,7 +196,7 @@ class DecoderStack:
         b, t, _ = x.shape
         packed = _packed((a.q_proj, a.k_proj, a.v_proj), a, QKV)
         if packed is not None:
-            weight, bias, sizes = packed
+            weight, bias, sizes, _ = packed
             q, k, v = (y.view(b, t, -1, self.head_dim) for y in F.linear(x, weight, bias).split(sizes, -1))
         else:
             q = a.q_proj(x).view(b, t, -1, self.head_dim)

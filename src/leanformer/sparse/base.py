@@ -114,26 +114,30 @@ class PrefillMethod:
     def __init__(self, **params):
         self.params = make_params(self.Params, params)
         self._warned = False
-        layers = getattr(self.params, "dense_layers", ())
-        if isinstance(layers, (int, str)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
-            raise UserError(f"{self.name}: dense_layers={layers!r}: give a list of layer indices (integers >= 0), "
-                            "e.g. [0]")
-        self.dense_layers = frozenset(layers)
         if hasattr(self.params, "dense_layers"):
-            self.params.dense_layers = tuple(sorted(self.dense_layers))
+            layers = self.params.dense_layers
+            if isinstance(layers, (int, str)) or not all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+                raise UserError(f"{self.name}: dense_layers={layers!r}: give a list of layer indices (integers >= 0), "
+                                "e.g. [0]")
+            self.params.dense_layers = tuple(sorted(set(layers)))
 
     def __call__(self, q, k, v, sparsity=None, scale=None):
         raise NotImplementedError
 
-    def dense_at(self, layer: int) -> bool:
-        """Whether ``layer``'s prompt runs dense (``dense_layers``); the caller, which knows the layer, asks."""
-        return layer in self.dense_layers
+    def at_layer(self, layer: int, q, k, v, dense, sparsity=None, scale=None):
+        """The call for ``layer`` of a model: the method, or ``dense(q, k, v)`` (the caller's dense attention) where
+        ``dense_layers`` lists the layer, with an ``info`` of every pair kept so the measured sparsity counts it."""
+        if layer in getattr(self.params, "dense_layers", ()):
+            total = causal_pairs(q.shape[2]) * q.shape[0] * q.shape[1]
+            return dense(q, k, v), info_dict("dense", sparsity, total, total, 0, "sdpa", dense_layer=True)
+        return self(q, k, v, sparsity=sparsity, scale=scale)
 
     def check_layers(self, n_layers: int) -> None:
         """Refuse ``dense_layers`` a model of ``n_layers`` layers does not have, before any work."""
-        if self.dense_layers and max(self.dense_layers) >= n_layers:
-            raise UserError(f"{self.name}: dense_layers={sorted(self.dense_layers)}: the model has {n_layers} layers "
+        layers = getattr(self.params, "dense_layers", ())
+        if layers and layers[-1] >= n_layers:
+            raise UserError(f"{self.name}: dense_layers={list(layers)}: the model has {n_layers} layers "
                             f"(0-{n_layers - 1})")
 
     def warn_once(self, message: str) -> None:
@@ -220,13 +224,6 @@ def defer_warning(method, flag: torch.Tensor | None, message: str | None = None)
         method._pending = DeferredWarning(flag, message)
         if method._pending.event is None:
             defer_warning(method, None)
-
-
-def dense_info(q: torch.Tensor, requested) -> dict:
-    """The ``info`` of a layer a prefill method leaves dense (``dense_layers``): every causal pair kept, so the
-    measured sparsity over layers counts it."""
-    total = causal_pairs(q.shape[2]) * q.shape[0] * q.shape[1]
-    return info_dict("dense", requested, total, total, 0, "sdpa", dense_layer=True)
 
 
 def info_dict(method: str, requested, kept, total, estimation, impl, **extra) -> dict:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from leanformer.errors import UserError
 from leanformer.nn.attention import attention
-from leanformer.sparse.base import check_sparsity, dense_info
+from leanformer.sparse.base import check_sparsity
 from leanformer.sparse.registry import build_decode, build_prefill
 
 _ids = itertools.count()
@@ -70,13 +70,14 @@ class SparseSession:
                             f"{tuple(attention_mask.shape)}); pass a 2-D padding mask of ones, or none")
         info = None
         if tq == tk:
-            if self.prefill is not None and not self.prefill.dense_at(layer):
-                out, info = self.prefill(query, key, value, sparsity=self.prefill_sparsity, scale=scaling)
+            def dense(q, k, v):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
+                                                      enable_gqa=q.shape[1] != k.shape[1])
+
+            if self.prefill is not None:
+                out, info = self.prefill.at_layer(layer, query, key, value, dense, self.prefill_sparsity, scaling)
             else:
-                out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
-                                                     enable_gqa=query.shape[1] != key.shape[1])
-                if self.prefill is not None:  # a layer the method leaves dense: counted in the measured sparsity
-                    info = dense_info(query, self.prefill_sparsity)
+                out = dense(query, key, value)
             if self.decode is not None:
                 self.decode.observe_prefill(layer, query, key, value, scale=scaling)
             phase = "prefill"
