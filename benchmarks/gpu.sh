@@ -12,6 +12,7 @@
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
+#              frontier-long-deep   (configs/frontier/long-deep.yaml: the deep reference, into the same store)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
 #
@@ -163,11 +164,12 @@ suite() {
             'mixture.lengths=[8192, 16384, 32768]' ;;
     reference-long-deep)  # the second size for the isoFLOPS comparison: the long reference (its folder carried as
         # .scratch/reference-long-continue) grown to 24 layers (3x: each layer repeated, the copies' residual outputs
-        # zeroed, so it starts computing the same function), trained on 8K-32K prompts; DEEP_FROM=.scratch/NAME
+        # zeroed, so it starts computing the same function), trained 380 s on 8K-32K prompts, then evaluated at 16
+        # samples a cell (3x the layers evaluate 3x slower; the study's dense cells give 24); DEEP_FROM=.scratch/NAME
         # continues an earlier deep job instead
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-deep \
             init_from="${DEEP_FROM:-.scratch/reference-long-continue}" model.n_layers=24 \
-            'mixture.lengths=[8192, 16384, 32768]' ;;
+            'mixture.lengths=[8192, 16384, 32768]' max_seconds=380 eval_samples=16 ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
@@ -178,6 +180,9 @@ suite() {
     frontier-long-dense0)  # vertical-slash and FlexPrefill with layer 0 dense into the study's store (carried as
         # .scratch/frontier-long): 3,840 samples, one call
         frontier_slice configs/frontier/long-dense0.yaml runs/gpu/reference-long-continue runs/frontier-long ;;
+    frontier-long-deep)  # the deep reference (.scratch/reference-long-deep) on block top-k and Quest into the
+        # study's store (.scratch/frontier-long): the isoFLOPS comparison's second size, one call
+        frontier_slice configs/frontier/long-deep.yaml runs/gpu/reference-long-deep runs/frontier-long ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -186,7 +191,7 @@ suite() {
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
-             "reference-long-eval frontier-long frontier-long-dense0 distributed frontier-shard all"; return 2 ;;
+             "reference-long-eval frontier-long frontier-long-dense0 frontier-long-deep distributed frontier-shard all"; return 2 ;;
     esac
 }
 

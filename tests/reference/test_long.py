@@ -158,3 +158,24 @@ def test_layer_zero_dense_grid_shares_the_studys_store_and_dense_cells():
         assert extra.method_params[m] == {**study.method_params[m], "dense_layers": [0]}
     assert "frontier_slice configs/frontier/long-dense0.yaml runs/gpu/reference-long-continue runs/frontier-long" \
         in GPU_SH
+
+
+def test_deep_grid_is_a_slice_of_the_study_for_the_second_size():
+    """configs/frontier/long-deep.yaml runs the deep reference (the folder the suite reference-long-deep writes) on
+    a slice of the study's grid, into the study's store, so the isoFLOPS comparison finds both sizes' cells of one
+    (task, length) side by side: same store, samples, seed, sparsities and answer budget; its tasks, lengths and
+    methods are the study's; every cell is new (the model differs)."""
+    from leanformer.eval import harness
+
+    study, deep = (harness.load_config(load_yaml(str(p))) for p in (STUDY, ROOT / "configs/frontier/long-deep.yaml"))
+    for key in ("store", "samples", "seed", "sparsities", "max_new_tokens", "batch_size", "dtype"):
+        assert getattr(deep, key) == getattr(study, key), key
+    assert set(deep.tasks) <= set(study.tasks) and set(deep.lengths) <= set(study.lengths)
+    assert set(deep.prefill) <= set(study.prefill) and set(deep.decode) <= set(study.decode)
+    assert deep.models == ["runs/gpu/reference-long-deep"] != study.models
+    assert "ref_job reference-long-deep " in GPU_SH
+    assert "frontier_slice configs/frontier/long-deep.yaml runs/gpu/reference-long-deep runs/frontier-long" in GPU_SH
+    harness._check_method_params(deep, harness.method_pairs(deep))
+    ours = harness.build_grid(deep)
+    assert len(ours) == 3 * 3 * (1 + 2 * 4)
+    assert not {c["key"] for c in ours} & {c["key"] for c in harness.build_grid(study)}
