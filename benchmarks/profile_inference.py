@@ -2,11 +2,12 @@
 a random-weight preset, under ``torch.profiler``, kernels grouped into GEMMs, attention, elementwise and the rest.
 
     python3 benchmarks/profile_inference.py --model arch:qwen2.5-7b --length 131072 --prefill block_topk \
-        --sparsity 0.95 --decode snapkv --decode-sparsity 0.9375 [--layers 28]
+        --sparsity 0.95 --decode snapkv --decode-sparsity 0.9375 [--layers 28] [--no-pack] [--phases prefill]
 
 Prints one table per phase (share of kernel time per group, the top kernels) and the kernel time against the wall
-time of the captured decode step (the gap is launch and dependency overhead); writes
-``profile_inference-<stamp>.json`` (see ``common.record``).
+time of the captured decode step (the gap is launch and dependency overhead), and each prefill's peak GPU memory;
+writes ``profile_inference-<stamp>.json`` (see ``common.record``). The projections are packed as ``leanformer speed``
+packs them (``--no-pack``: the model's own layout).
 """
 
 from __future__ import annotations
@@ -74,26 +75,33 @@ def main() -> int:
     p.add_argument("--decode-sparsity", type=float, default=0.9375)
     p.add_argument("--decode-param", action="append", default=[], metavar="KEY=VALUE",
                    help="a decode-method parameter, e.g. share_gqa=false for Quest (repeatable)")
+    p.add_argument("--no-pack", action="store_true", help="keep the model's q/k/v and gate/up projections apart")
+    p.add_argument("--phases", nargs="+", choices=("prefill", "decode"), default=["prefill", "decode"])
     args = p.parse_args()
     dec_params = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.decode_param)}
     dev = torch.device("cuda")
     model, _ = build_model(args.model, dev, torch.bfloat16, args.layers)
     ids = torch.randint(0, model.config.vocab_size, (args.length,), device=dev)
+    pack = not args.no_pack
     results = {}
-    for pre in ("dense", args.prefill):
-        eng = Engine(model, prefill=None if pre == "dense" else pre, sparsity=args.sparsity)
+    for pre in ("dense", args.prefill) if "prefill" in args.phases else ():
+        eng = Engine(model, prefill=None if pre == "dense" else pre, sparsity=args.sparsity, pack_projections=pack)
         eng.batch([args.length], 1).prefill(0, ids)  # warm-up (compilation)
         torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             t0 = time.perf_counter()
             eng.batch([args.length], 1).prefill(0, ids)
             torch.cuda.synchronize()
             wall = 1e3 * (time.perf_counter() - t0)
-        results[f"prefill_{pre}"] = summary(kernels(prof), wall, f"prefill {pre} at {args.length}")
-    for dec in ("dense", args.decode):
+        peak = torch.cuda.max_memory_allocated() / 2**30
+        results[f"prefill_{pre}"] = {**summary(kernels(prof), wall, f"prefill {pre} at {args.length}"),
+                                     "peak_gib": peak}
+        print(f"  peak memory {peak:.2f} GiB")
+    for dec in ("dense", args.decode) if "decode" in args.phases else ():
         params = dec_params if dec != "dense" else {}
         eng = Engine(model, decode=None if dec == "dense" else dec, sparsity=args.decode_sparsity,
-                     decode_params=params)
+                     decode_params=params, pack_projections=pack)
         b = eng.batch([args.length], 24)
         b.prefill(0, ids)
         for _ in range(3):
@@ -105,7 +113,7 @@ def main() -> int:
         torch.cuda.synchronize()
         wall = 1e3 * (time.perf_counter() - t0) / 10
         eager = Engine(model, decode=None if dec == "dense" else dec, sparsity=args.decode_sparsity,
-                       decode_params=params, cuda_graph=False)
+                       decode_params=params, cuda_graph=False, pack_projections=pack)
         be = eager.batch([args.length], 8)
         be.prefill(0, ids)
         be.step()
