@@ -168,3 +168,30 @@ def test_two_settings_of_one_method_are_two_methods_in_the_analysis(db, tmp_path
     out = tmp_path / "rep"
     assert main(["analyze", str(path), "--out", str(out), "--n-boot", "200"]) == 0
     assert "vertical_slash[dense_layers=[0]]" in (out / "safe_sparsity.csv").read_text()
+
+
+def test_requested_and_measured_sparsity_apart_are_named(db, tmp_path):
+    """A method whose measured sparsity falls short of the request (one that leaves a layer dense) is named in the
+    report with its measured level, since the findings compare methods at the requested one; methods that meet the
+    request are not."""
+    import shutil
+    import sqlite3
+
+    path = tmp_path / "short.db"
+    shutil.copy(db, path)
+    con = sqlite3.connect(path)
+    con.execute("UPDATE results SET prefill_sparsity = sparsity * 0.875 WHERE prefill_method = 'vertical_slash'")
+    con.commit()
+    con.close()
+    cells = store.group_cells(store.load_rows(path))
+    gaps = report.sparsity_gaps(cells)
+    assert set(gaps) == {("prefill", "vertical_slash")}
+    got = gaps[("prefill", "vertical_slash")]
+    assert [r for r, _ in got] == [0.5, 0.8, 0.95]
+    assert [m for _, m in got] == pytest.approx([0.4375, 0.7, 0.83125])
+    out = tmp_path / "rep"
+    assert main(["analyze", str(path), "--out", str(out), "--n-boot", "200"]) == 0
+    md = (out / "report.md").read_text()
+    assert "vertical_slash (prefill) 0.5 → 0.44, 0.8 → 0.70, 0.95 → 0.83" in md
+    assert main(["analyze", str(db), "--out", str(tmp_path / "plain"), "--n-boot", "200"]) == 0
+    assert "Requested and measured sparsity differ" not in (tmp_path / "plain" / "report.md").read_text()

@@ -130,6 +130,20 @@ def scaling_results(cells, o: ReportOptions) -> tuple[dict, list[str]]:
     return out, notes
 
 
+def sparsity_gaps(cells, tol: float = 0.02) -> dict[tuple[str, str], list[tuple[float, float]]]:
+    """``(phase, method) -> [(requested, mean measured), ...]`` for the methods whose measured sparsity, averaged
+    over the cells of a requested level, is more than ``tol`` from the request at some level (a method that leaves
+    layers dense, a tile that cannot reach the request): the findings compare methods at requested sparsity."""
+    by = defaultdict(list)
+    for c in cells:
+        if c.phase != "dense" and c.measured_sparsity == c.measured_sparsity:  # NaN: not measured
+            by[(c.phase, c.method, c.sparsity)].append(c.measured_sparsity)
+    levels = defaultdict(list)
+    for (phase, method, req), ms in sorted(by.items()):
+        levels[(phase, method)].append((req, float(np.mean(ms))))
+    return {k: v for k, v in levels.items() if any(abs(req - m) > tol for req, m in v)}
+
+
 def budgets(cells, o: ReportOptions) -> tuple[list[dict], dict]:
     base = dense_baselines(cells)
     ladders = defaultdict(list)
@@ -206,6 +220,13 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
                "They are left out of the findings, accuracy preservation, scaling laws and budget fits (the "
                "accuracy plots keep them; `--min-dense 0` keeps them everywhere): "
                + "; ".join(f"{task} of {model} at {', '.join(v)}" for (model, task), v in groups.items()) + ".", ""]
+    gaps = sparsity_gaps(cells)
+    if gaps:
+        md += ["**Requested and measured sparsity differ** for these methods (mean measured sparsity of each "
+               "requested level, every length): the findings and tables compare methods at the requested level, "
+               "so read theirs at the measured one: "
+               + "; ".join(f"{method} ({phase}) " + ", ".join(f"{req:g} → {m:.2f}" for req, m in v)
+                           for (phase, method), v in gaps.items()) + ".", ""]
     md += ["## Cost accounting", "",
           "Mean forward FLOPs per sample of the dense runs in the store (multiply-add = 2; from "
           "`leanformer.analysis.flops`):", ""]
