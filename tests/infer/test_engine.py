@@ -172,15 +172,26 @@ def test_packed_projections_compute_the_same_model_in_the_same_memory(kind):
         calls.append(w.shape[0])
         return orig(x, w, b)
 
+    def attend(i, q, k, v):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    def step(i, q, k, v, cos, sin):  # a decode step's shapes: the attention itself does not matter here
+        return q
+
     torch.nn.functional.linear = counting
     try:
-        out = DecoderStack(m).forward(ids, torch.arange(60)[None], lambda i, q, k, v: torch.nn.functional.
-                                      scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+        out = DecoderStack(m).forward(ids, torch.arange(60)[None], attend)
+        prompt, calls[:] = list(calls), []
+        DecoderStack(m).forward(ids[:, :1], torch.zeros(1, 1, dtype=torch.long), step=step)
     finally:
         torch.nn.functional.linear = orig
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    # one product of q/k/v's rows and one of gate/up's; none of k's or gate's alone
-    assert {weight.shape[0], getattr(mlp, GATE_UP)[0].shape[0]} <= set(calls)
+    gu = getattr(mlp, GATE_UP)[0].shape[0]
+    # a prompt: one product of q/k/v's rows, none of k's alone; gate and up apart (SiLU x up on contiguous tensors)
+    assert weight.shape[0] in prompt and a.k_proj.weight.shape[0] not in prompt
+    assert mlp.gate_proj.weight.shape[0] in prompt and gu not in prompt
+    # a decode step: one product of q/k/v's rows and one of gate/up's, none of k's or gate's alone
+    assert {weight.shape[0], gu} <= set(calls)
     assert a.k_proj.weight.shape[0] not in calls and mlp.gate_proj.weight.shape[0] not in calls
     assert Engine(m, decode="snapkv", capacity=48, window=16, kernel=5, local=8).generate([ids[0].tolist()], 8) == want
     m.double()  # converted: the views are gone, and so is the stale copy

@@ -223,8 +223,13 @@ class DecoderStack:
         return layer.self_attn.o_proj(y)
 
     def _mlp(self, layer, x) -> torch.Tensor:
+        """The MLP. Its packed gate/up matrix serves decode steps (``T == 1``: one read of the weights where there
+        were two); a prompt takes the two products apart, so that SiLU x up reads contiguous tensors: on the halves
+        of the packed product the compiled kernel ran 1.5x slower (279 against 187 ms of a 128K-token prefill of
+        Qwen2.5-7B's shape, against ~17 ms the packed product saves; one H100,
+        ``benchmarks/results/profile_inference-20261206T204411Z.json`` and ``-20261206T204454Z.json``)."""
         m = layer.mlp
-        packed = _packed((m.gate_proj, m.up_proj), m, GATE_UP)
+        packed = _packed((m.gate_proj, m.up_proj), m, GATE_UP) if x.shape[1] == 1 else None
         if packed is not None:
             gate, up = F.linear(x, packed[0], packed[1]).split(packed[2], -1)
         else:
