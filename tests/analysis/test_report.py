@@ -168,6 +168,13 @@ def test_two_settings_of_one_method_are_two_methods_in_the_analysis(db, tmp_path
     out = tmp_path / "rep"
     assert main(["analyze", str(path), "--out", str(out), "--n-boot", "200"]) == 0
     assert "vertical_slash[dense_layers=[0]]" in (out / "safe_sparsity.csv").read_text()
+    # --methods: the plain method alone, by the name the report gives it (the variant is left out)
+    assert main(["analyze", str(path), "--out", str(tmp_path / "plain"), "--n-boot", "200",
+                 "--methods", "vertical_slash", "quest"]) == 0
+    kept = {r["method"] for r in csv.DictReader((tmp_path / "plain" / "cells.csv").open())}
+    assert kept == {"dense", "vertical_slash", "quest"}
+    assert main(["analyze", str(path), "--out", str(tmp_path / "bad"), "--methods", "vertical_slash", "nope"]) == 2
+    assert not (tmp_path / "bad" / "report.md").exists()
 
 
 def test_requested_and_measured_sparsity_apart_are_named(db, tmp_path):

@@ -40,6 +40,20 @@ class ReportOptions:
     slack: float = 1.0
     rel_error: float = 0.05
     min_dense: float = 0.1  # (model, task, length) groups whose dense accuracy is below this are at the floor
+    methods: tuple[str, ...] | None = None  # analyse only these methods (as the report names them) and dense
+
+
+def select_methods(cells, methods) -> list:
+    """The dense cells and those of ``methods`` (names as the report gives them, a variant with its settings:
+    ``vertical_slash`` leaves ``vertical_slash[dense_layers=[0]]`` out); ``None``: every cell. A name the store
+    does not have is refused, with the names it has."""
+    if methods is None:
+        return cells
+    have = sorted({c.method for c in cells if c.phase != "dense"})
+    unknown = [m for m in methods if m not in have]
+    if unknown:
+        raise UserError(f"--methods {' '.join(unknown)}: not in the store; it has {', '.join(have)}")
+    return [c for c in cells if c.phase == "dense" or c.method in methods]
 
 
 def floor_groups(base: dict, min_dense: float) -> dict[tuple, float]:
@@ -190,7 +204,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
     from leanformer.analysis import plots  # matplotlib only when a report is written
 
     o = options or ReportOptions()
-    cells = group_cells(load_rows(store))
+    cells = select_methods(group_cells(load_rows(store)), o.methods)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lengths = sorted({c.length for c in cells})
