@@ -22,6 +22,19 @@ def db(tmp_path_factory):
     return path
 
 
+def edited_copy(db, path, sql: str):
+    """A copy of the store at ``path`` with ``sql`` applied to it."""
+    import shutil
+    import sqlite3
+
+    shutil.copy(db, path)
+    con = sqlite3.connect(path)
+    con.execute(sql)
+    con.commit()
+    con.close()
+    return path
+
+
 def test_cli_writes_report_with_existing_figures_and_tables(db, tmp_path, capsys):
     out = tmp_path / "rep"
     assert main(["analyze", str(db), "--out", str(out), "--n-boot", "200"]) == 0
@@ -108,15 +121,8 @@ def test_cli_options_reach_the_report_and_both_phase_is_handled(db, tmp_path):
 def test_groups_at_the_floor_are_left_out_of_the_preservation_test(db, tmp_path):
     """A (model, task, length) group whose dense accuracy is ~0 cannot show a drop: every sparsity would pass and
     look safe. The report names it and leaves it out; --min-dense 0 keeps it."""
-    import shutil
-    import sqlite3
-
-    floored = tmp_path / "floored.db"
-    shutil.copy(db, floored)
-    con = sqlite3.connect(floored)
-    con.execute("UPDATE results SET score = 0 WHERE task = 'qa' AND length = 65536 AND model = 'qwen2.5-0.5b'")
-    con.commit()
-    con.close()
+    floored = edited_copy(db, tmp_path / "floored.db", "UPDATE results SET score = 0 "
+                          "WHERE task = 'qa' AND length = 65536 AND model = 'qwen2.5-0.5b'")
     cells = store.group_cells(store.load_rows(floored))
     assert set(report.floor_groups(store.dense_baselines(cells), 0.1)) == {("qwen2.5-0.5b", "qa", 65536)}
     for min_dense, kept in ((0.1, False), (0.0, True)):
@@ -181,15 +187,8 @@ def test_requested_and_measured_sparsity_apart_are_named(db, tmp_path):
     """A method whose measured sparsity falls short of the request (one that leaves a layer dense) is named in the
     report with its measured level, since the findings compare methods at the requested one; methods that meet the
     request are not."""
-    import shutil
-    import sqlite3
-
-    path = tmp_path / "short.db"
-    shutil.copy(db, path)
-    con = sqlite3.connect(path)
-    con.execute("UPDATE results SET prefill_sparsity = sparsity * 0.875 WHERE prefill_method = 'vertical_slash'")
-    con.commit()
-    con.close()
+    path = edited_copy(db, tmp_path / "short.db",
+                       "UPDATE results SET prefill_sparsity = sparsity * 0.875 WHERE prefill_method = 'vertical_slash'")
     cells = store.group_cells(store.load_rows(path))
     gaps = report.sparsity_gaps(cells)
     assert set(gaps) == {("prefill", "vertical_slash")}
