@@ -210,7 +210,8 @@ class DecoderStack:
 
     # The two blocks are functions so that their intermediates (q / k / v, the MLP's [B, T, d_ff] gate and up) are
     # freed on return: held in the layer loop's variables, one layer's stayed alive through the next layer's matrix
-    # products, one [B, T, d_ff] tensor pair more at the prefill's peak (~10 GB at 128K tokens of Qwen2.5-7B).
+    # products, about one [B, T, d_ff] tensor more at the prefill's peak (43.6 against 38.8 GB at 128K tokens of
+    # Qwen2.5-7B's shape, one H100; tests/infer/test_no_quadratic.py watches it on the CPU).
     def _attention(self, i, layer, x, cos, sin, attend, step) -> torch.Tensor:
         f = self.fused
         b, t, _ = x.shape
