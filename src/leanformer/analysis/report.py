@@ -150,7 +150,7 @@ def sparsity_gaps(cells, tol: float = 0.02) -> dict[tuple[str, str], list[tuple[
     layers dense, a tile that cannot reach the request): the findings compare methods at requested sparsity."""
     by = defaultdict(list)
     for c in cells:
-        if c.phase != "dense" and c.measured_sparsity == c.measured_sparsity:  # NaN: not measured
+        if c.phase != "dense" and not np.isnan(c.measured_sparsity):  # NaN: not measured
             by[(c.phase, c.method, c.sparsity)].append(c.measured_sparsity)
     levels = defaultdict(list)
     for (phase, method, req), ms in sorted(by.items()):

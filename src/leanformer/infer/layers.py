@@ -125,11 +125,12 @@ def _packed(mods, owner, name: str) -> tuple | None:
 def pack_projections(model) -> int:
     """Pack each layer's q / k / v projections into one weight matrix, and the MLP's gate and up projections into
     another, in place: the modules' weights become views of the packed matrices (no memory added; the model's own
-    forward is unchanged), and :class:`DecoderStack` then runs one matrix product where there were three, and one
-    where there were two. At batch 1 a decode step's matrix products are reads of the weights, and small ones (a
-    GQA model's k and v: 3.7 MB each at Qwen2.5-7B's shape) run far under the memory bandwidth. Returns the number of
-    layers packed (idempotent: packed layers are left as they are; a model moved or converted since is packed
-    again). Saving the model afterwards sees parameters that share memory: save a copy, or load it again."""
+    forward is unchanged), and :class:`DecoderStack` then runs one matrix product where there were three (q / k / v)
+    and, in decode steps, one where there were two (gate / up; a prompt runs them apart, :meth:`DecoderStack._mlp`).
+    At batch 1 a decode step's matrix products are reads of the weights, and small ones (a GQA model's k and v: 3.7 MB
+    each at Qwen2.5-7B's shape) run far under the memory bandwidth. Returns the number of layers packed
+    (idempotent: packed layers are left as they are; a model moved or converted since is packed again). Saving the
+    model afterwards sees parameters that share memory: save a copy, or load it again."""
     n = 0
     for layer in model.model.layers:
         a, m = layer.self_attn, layer.mlp

@@ -100,6 +100,14 @@ def pick_impl(impl: str, x: torch.Tensor, fast: tuple[str, ...]) -> str:
     return impl
 
 
+@dataclasses.dataclass(kw_only=True, slots=True)
+class SparsePrefillParams:
+    """What every sparse prefill method's parameters hold beside its own."""
+
+    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
+    dense_layers: tuple[int, ...] = ()
+
+
 class PrefillMethod:
     """A prefill method maps ``(q, k, v)`` of one layer to the causal attention output.
 
@@ -114,7 +122,7 @@ class PrefillMethod:
     def __init__(self, **params):
         self.params = make_params(self.Params, params)
         self._warned = False
-        if hasattr(self.params, "dense_layers"):
+        if isinstance(self.params, SparsePrefillParams):
             layers = self.params.dense_layers
             if isinstance(layers, (int, str)) or not all(
                     isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
@@ -125,17 +133,22 @@ class PrefillMethod:
     def __call__(self, q, k, v, sparsity=None, scale=None):
         raise NotImplementedError
 
+    @property
+    def dense_layers(self) -> tuple[int, ...]:
+        """The layers whose prompts this method leaves dense (sorted, unique; ``()`` for every layer sparse)."""
+        return self.params.dense_layers if isinstance(self.params, SparsePrefillParams) else ()
+
     def at_layer(self, layer: int, q, k, v, dense, sparsity=None, scale=None):
         """The call for ``layer`` of a model: the method, or ``dense(q, k, v)`` (the caller's dense attention) where
         ``dense_layers`` lists the layer, with an ``info`` of every pair kept so the measured sparsity counts it."""
-        if layer in getattr(self.params, "dense_layers", ()):
+        if layer in self.dense_layers:
             total = causal_pairs(q.shape[2]) * q.shape[0] * q.shape[1]
             return dense(q, k, v), info_dict("dense", sparsity, total, total, 0, "sdpa", dense_layer=True)
         return self(q, k, v, sparsity=sparsity, scale=scale)
 
     def check_layers(self, n_layers: int) -> None:
         """Refuse ``dense_layers`` a model of ``n_layers`` layers does not have, before any work."""
-        layers = getattr(self.params, "dense_layers", ())
+        layers = self.dense_layers
         if layers and layers[-1] >= n_layers:
             raise UserError(f"{self.name}: dense_layers={list(layers)}: the model has {n_layers} layers "
                             f"(0-{n_layers - 1})")

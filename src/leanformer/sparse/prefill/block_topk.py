@@ -27,6 +27,7 @@ import torch
 
 from leanformer.sparse.base import (
     PrefillMethod,
+    SparsePrefillParams,
     causal_pairs,
     check_qkv,
     check_sparsity,
@@ -43,12 +44,10 @@ from leanformer.sparse.prefill.estimate import pooled_block_scores
 
 
 @dataclass(kw_only=True, slots=True)
-class BlockTopKParams:
+class BlockTopKParams(SparsePrefillParams):
     topk: int = 8
     block_size: int | None = None  # None: from the length and the request (largest tile that reaches it)
     impl: str = "auto"
-    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
-    dense_layers: tuple[int, ...] = ()
     # kernel options merged over the kernel's defaults: FlexAttention's (BLOCK_M, BLOCK_N, num_warps, num_stages, ...)
     # for impl "flex", the tile kernel's (BM, BN, num_warps, num_stages, USE_TMA) for impl "triton"
     kernel_options: dict | None = None

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from leanformer.sparse.base import (
     PrefillMethod,
+    SparsePrefillParams,
     causal_pairs,
     check_qkv,
     check_sparsity,
@@ -50,7 +51,7 @@ from leanformer.sparse.prefill.vertical_slash import forced_pairs, lines_kept_pa
 
 
 @dataclass(kw_only=True, slots=True)
-class FlexPrefillParams:
+class FlexPrefillParams(SparsePrefillParams):
     alpha: float = 0.65
     tau: float = 0.1
     window: int = 512
@@ -60,8 +61,6 @@ class FlexPrefillParams:
     block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
-    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
-    dense_layers: tuple[int, ...] = ()
     # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
     kernel_options: dict | None = None
 

@@ -19,6 +19,7 @@ import torch
 
 from leanformer.sparse.base import (
     PrefillMethod,
+    SparsePrefillParams,
     causal_pairs,
     check_qkv,
     check_sparsity,
@@ -33,13 +34,11 @@ from leanformer.sparse.prefill.estimate import diagonal_cost, select_by_cost
 
 
 @dataclass(kw_only=True, slots=True)
-class StreamingParams:
+class StreamingParams(SparsePrefillParams):
     sinks: int = 4
     local: int = 1024
     block_size: int = 128
     impl: str = "auto"
-    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
-    dense_layers: tuple[int, ...] = ()
 
 
 TOLERANCE = 0.05  # |measured - requested| a request may miss by before the method warns

@@ -31,6 +31,7 @@ import torch
 
 from leanformer.sparse.base import (
     PrefillMethod,
+    SparsePrefillParams,
     causal_pairs,
     check_qkv,
     check_sparsity,
@@ -58,7 +59,7 @@ from leanformer.sparse.prefill.lines import (
 
 
 @dataclass(kw_only=True, slots=True)
-class VerticalSlashParams:
+class VerticalSlashParams(SparsePrefillParams):
     vertical_size: int = 512
     slash_size: int = 512
     window: int = 256
@@ -67,8 +68,6 @@ class VerticalSlashParams:
     block_size: int = 128
     slash_share: float = 0.5
     impl: str = "auto"
-    # layers whose prompts run dense attention, the rest sparse (applied by the caller: ``sparse.apply``, the engine)
-    dense_layers: tuple[int, ...] = ()
     # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
     kernel_options: dict | None = None
 
