@@ -5,7 +5,8 @@
 
 The same slice of a frontier grid (dense, sparse prefill and sparse decode cells on the given tasks and lengths) runs
 twice through :func:`leanformer.eval.harness.run_sweep`, once at ``batch_size=1`` and once at ``--batch`` (each cell
-one engine batch: every prompt prefilled alone, all rows decoded together), after a warm-up sweep of each (its first
+one engine batch: prompts prefilled together right-padded, attention on each row's own tokens, all rows decoded
+together), after a warm-up sweep of each (its first
 task, at its batch size) that compiles the kernels. Throughput is samples per second of generation (the store's
 ``time_s``: prompts are made on the CPU outside it), per cell kind and overall; the outputs of the two runs are
 compared sample by sample (bf16 on a GPU: a batched step may round differently, so the agreement is reported, not

@@ -116,6 +116,44 @@ def test_unequal_rows_equal_one_row_at_a_time(model):
         assert batched == single, method
 
 
+PREFILLS = [("block_topk", dict(block_size=16)), ("vertical_slash", {}), ("flexprefill", {}), ("streaming", {}),
+            ("block_topk", dict(block_size=16, dense_layers=[0]))]
+
+
+@pytest.mark.parametrize("prefill,decode,params", [(None, None, {})] + [(None, m, p) for m, p in DECODES]
+                         + [(m, None, p) for m, p in PREFILLS])
+def test_rows_prefilled_together_equal_each_prefilled_alone(model, prefill, decode, params):
+    """Right-padded rows in one prefill: each row's first token, cache (every layer's kept keys and values, lengths
+    and page summaries) and measured sparsity equal its prefill alone."""
+    torch.manual_seed(1)
+    prompts = [torch.randint(0, 97, (n,)) for n in (300, 211, 277)]
+    kw = dict(prefill=prefill, decode=decode, sparsity=0.6 if prefill else None, **params)
+    together = Engine(model, **kw).batch([len(p) for p in prompts], 4)
+    first = together.prefill_rows([0, 1, 2], prompts)
+    alone = Engine(model, **kw).batch([len(p) for p in prompts], 4)
+    for r, p in enumerate(prompts):
+        assert int(alone.prefill(r, p)) == int(first[r])
+    for a, b in zip(together.caches, alone.caches):
+        assert torch.equal(a.lens, b.lens)
+        for name, x in {"k": a.k, "v": a.v, **a.extra}.items():
+            y = b.k if name == "k" else b.v if name == "v" else b.extra[name]
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=f"{name} differs")
+    assert torch.equal(together.tokens, alone.tokens) and torch.equal(together.pos, alone.pos)
+    for r in range(3):
+        assert together.prefill_sparsity(r) == pytest.approx(alone.prefill_sparsity(r))
+    if prefill:
+        assert 0.1 < together.prefill_sparsity(0) and together.prefill_sparsity(0) != together.prefill_sparsity(1)
+
+
+def test_prefill_groups_stay_within_the_token_budget(model):
+    eng = Engine(model, prefill_tokens=600)
+    assert eng.prefill_groups([200, 250, 100, 700, 50]) == [[0, 1], [2], [3], [4]]
+    assert Engine(model, prefill_tokens=1).prefill_groups([3, 3]) == [[0], [1]]
+    assert len(Engine(model).prefill_groups([2000] * 24)) == 1  # the default: ~4M tokens at d_ff 128, fp32
+    with pytest.raises(UserError, match="prefill_tokens=0"):
+        Engine(model, prefill_tokens=0)
+
+
 def test_stop_callback_ends_generation_early(model):
     calls = []
 

@@ -162,8 +162,9 @@ def _finish(encoder: PromptEncoder, row: list[int], stop: str, pad_stops: bool =
 
 def generate_engine(engine, encoder: PromptEncoder, batch: list[list[int]], max_new_tokens: int,
                     stop: str = STOP) -> tuple[list[Generation], list[tuple[float, float]]]:
-    """Greedy-decode ``batch`` (token lists of any lengths) with a :class:`leanformer.infer.Engine`: every row
-    prefilled alone, decoded together, no padding (so each row's tokens equal what it gets at batch 1). Returns the
+    """Greedy-decode ``batch`` (token lists of any lengths) with a :class:`leanformer.infer.Engine`: rows
+    prefilled together right-padded, attention on each row's own tokens, decoded together (so each row's tokens
+    equal what it gets at batch 1). Returns the
     generations and each row's measured ``(prefill, decode)`` sparsity."""
 
     def done(tokens: list[list[int]]) -> bool:

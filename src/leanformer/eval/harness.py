@@ -7,15 +7,15 @@ prefill method with dense decode, each listed decode method with dense prefill, 
 (``"vertical_slash/quest"``); the dense pair runs at sparsity 0 only. Sample ``i`` of a (task, length) uses seed
 ``seed + i``, the same for every model and method, so rows pair by (model, task, length, seed).
 
-Order of work: everything is validated first (:func:`validate`: task and method names, task parameters, sparsity
-in [0, 1), lengths against each model's context, the store); then each rank takes the cells with
-``index % world_size == rank``, skips the samples already in the store, and commits each sample as soon as its
-batch is scored. Samples of one cell are batched through :class:`leanformer.infer.Engine` (``engine``): each
-prompt prefilled alone, all decoded together over a static cache, no padding — a sample's tokens equal its batch-1
-tokens, and each sample gets its own measured sparsity (pair-weighted over layers and steps). With ``engine: off``
-(or a model the engine does not run) transformers' ``generate`` does it: dense cells left-padded, sparse cells in
-groups of prompts of equal length sharing the group's measured sparsity. The wall time of a batch is shared
-equally by its samples.
+Order of work: everything is validated first (:func:`validate`: task and method names, task parameters, sparsity in
+[0, 1), lengths against each model's context, the store); then each rank takes the cells with ``index % world_size
+== rank``, skips the samples already in the store, and commits each sample as soon as its batch is scored. Samples
+of one cell are batched through :class:`leanformer.infer.Engine` (``engine``): prompts prefilled together
+right-padded (attention on each row's own tokens), all decoded together over a static cache — a sample's tokens
+equal its batch-1 tokens, and each sample gets its own measured sparsity (pair-weighted over layers and steps). With
+``engine: off`` (or a model the engine does not run) transformers' ``generate`` does it: dense cells left-padded,
+sparse cells in groups of prompts of equal length sharing the group's measured sparsity. The wall time of a batch is
+shared equally by its samples.
 """
 
 from __future__ import annotations

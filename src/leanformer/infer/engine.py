@@ -4,10 +4,13 @@ cache that the decode method owns, each step one CUDA graph on a GPU.
 A Hugging Face Llama-family model's weights and layers are used as they are (:class:`~.layers.DecoderStack`);
 what the engine replaces is ``generate``'s per-step Python and cache bookkeeping:
 
-* **Prefill**, one row at a time (rows may differ in length; no padding, so no mask and nothing of size ``T x T``):
-  each layer's attention is the prefill method (dense: cuDNN SDPA on a GPU where it runs), then the decode
-  method's cache policy (:mod:`~.cache`) stores what it keeps of the layer's keys/values — SnapKV's cache is its
-  budget from the first layer on. Only the last position reaches the LM head.
+* **Prefill**, rows in groups up to a token budget (``prefill_tokens``): a group's prompts are right-padded to its
+  longest, so its projections and MLPs run as one batch; its attention runs on each row's own tokens — dense as
+  one causal call (the padding comes after every real token, so no real query sees it), a sparse method row by
+  row — so each row's pattern, cache and measured sparsity equal its own prefill's (no mask, nothing of size
+  ``T x T``). The decode method's cache policy (:mod:`~.cache`) then stores what it keeps of each row's keys and
+  values — SnapKV's cache is its budget from the first layer on. Only each row's last position reaches the LM
+  head. A prompt longer than the budget runs alone.
 * **Decode**, all rows together: a step embeds each row's last token at its own position, appends its key/value
   to every layer's cache and attends through the policy (:func:`~.kernels.cache_decode`: lengths read on the
   device), and writes the greedy next token in place. On CUDA the step is captured once and replayed.
@@ -40,12 +43,13 @@ class Engine:
     (``"auto"``: cuDNN where it runs, else PyTorch's choice). ``pack_projections``: pack the model's q/k/v and
     gate/up projections into one matrix each, in place (:func:`leanformer.infer.layers.pack_projections`; fewer,
     larger matrix products: a batch-1 decode step reads the weights faster); a model packed before is used packed
-    either way."""
+    either way. ``prefill_tokens``: :meth:`generate` prefills rows together while the group's padded tokens stay
+    within it (``None``: as many as keep one ``[tokens, d_ff]`` activation within 1 GiB; 1: each row alone)."""
 
     def __init__(self, model, prefill=None, decode=None, sparsity: float | None = 0.0, *, prefill_sparsity=...,
                  decode_sparsity=..., prefill_params: dict | None = None, decode_params: dict | None = None,
                  compile="auto", cuda_graph="auto", dense_backend: str = "auto", pack_projections: bool = False,
-                 **params):
+                 prefill_tokens: int | None = None, **params):
         cuda = next(model.parameters()).is_cuda
         if pack_projections:
             from leanformer.infer.layers import pack_projections as pack
@@ -69,6 +73,11 @@ class Engine:
         if self.cuda_graph and not cuda:
             raise UserError("cuda_graph=True needs the model on a CUDA device")
         self.dense_backend = dense_backend
+        if prefill_tokens is not None and (not isinstance(prefill_tokens, int) or prefill_tokens < 1):
+            raise UserError(f"prefill_tokens={prefill_tokens!r} must be a positive integer (or None: from the "
+                            "model's MLP width)")
+        d_ff = getattr(self.stack.config, "intermediate_size", None) or 4 * self.stack.config.hidden_size
+        self.prefill_tokens = prefill_tokens or max(1, 2**30 // (d_ff * self.stack.dtype.itemsize))
 
     # ---- dense prefill attention ------------------------------------------------------------------------------
 
@@ -113,13 +122,27 @@ class Engine:
         self.check_lengths(prompt_lens, new_tokens)
         return Batch(self, prompt_lens, new_tokens)
 
+    def prefill_groups(self, prompt_lens: list[int]) -> list[list[int]]:
+        """Consecutive rows whose count times longest prompt stays within ``prefill_tokens`` (a longer prompt
+        alone)."""
+        groups, longest = [], 0
+        for r, t in enumerate(prompt_lens):
+            if groups and (len(groups[-1]) + 1) * max(longest, t) <= self.prefill_tokens:
+                groups[-1].append(r)
+                longest = max(longest, t)
+            else:
+                groups.append([r])
+                longest = t
+        return groups
+
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop=None, check_every: int = 8):
         """Greedy tokens ``[B][max_new_tokens]`` for token lists ``prompts`` (any lengths). ``stop(tokens)``, given
         the tokens so far ``[B][n]``, may end generation early (checked every ``check_every`` steps)."""
         b = self.batch([len(p) for p in prompts], max_new_tokens)
-        for i, ids in enumerate(prompts):
-            b.prefill(i, torch.tensor(ids, dtype=torch.long, device=self.stack.device))
+        for rows in self.prefill_groups([len(p) for p in prompts]):
+            b.prefill_rows(rows, [torch.tensor(prompts[r], dtype=torch.long, device=self.stack.device)
+                                  for r in rows])
         out = [b.tokens.clone()]
         for n in range(1, max_new_tokens):
             out.append(b.step().clone())
@@ -150,33 +173,54 @@ class Batch:
         """Bytes the caches hold (all layers, all rows): what the decode method keeps."""
         return sum(c.nbytes() for c in self.caches)
 
-    @torch.no_grad()
     def prefill(self, row: int, ids: torch.Tensor) -> torch.Tensor:
         """Run the prompt ``ids [T]`` of ``row`` through every layer; its first generated token (device, 0-d)."""
+        return self.prefill_rows([row], [ids])[0]
+
+    @torch.no_grad()
+    def prefill_rows(self, rows: list[int], prompts: list[torch.Tensor]) -> torch.Tensor:
+        """Prefill ``rows`` together, each from its prompt ``[T_r]``: right-padded to the longest, the projections
+        and MLPs run once for all; attention sees each row's own tokens only (dense: one causal call, the padding
+        after every real token; a sparse method: row by row), so a row's cache, first token and measured sparsity
+        are those of its prefill alone. Returns the rows' first generated tokens ``[len(rows)]`` (device)."""
         e, s = self.engine, self.engine.stack
-        t = ids.shape[0]
-        if t != self.prompt_lens[row]:
-            raise ValueError(f"row {row} was sized for {self.prompt_lens[row]} prompt tokens; got {t}")
+        lens = [int(ids.shape[0]) for ids in prompts]
+        for row, t in zip(rows, lens):
+            if t != self.prompt_lens[row]:
+                raise ValueError(f"row {row} was sized for {self.prompt_lens[row]} prompt tokens; got {t}")
         method, sparsity, pol = e.prefill_method, e.prefill_sparsity, e.policy
+        longest, ragged = max(lens), min(lens) != max(lens)
 
         def dense(q, k, v):
             return e._dense(q, k, v, s.scale)
 
+        def own(x, j):  # row j's real tokens of a [B, H, T, D] tensor, [1, H, T_j, D]
+            return x[j:j + 1, :, :lens[j]] if ragged else x[j:j + 1]
+
         def attend(i, q, k, v):
             if method is None:
-                out, info = dense(q, k, v), None
-            else:  # a layer the method leaves dense (dense_layers) takes the engine's dense path
-                out, info = method.at_layer(i, q, k, v, dense, sparsity, s.scale)
-            pol.prefill(self.caches[i], row, q, k, v, s.scale)
-            if info is not None:
-                self.prefill_pairs.setdefault(row, []).append((info["kept_pairs"], info["causal_pairs"]))
+                out = dense(q, k, v)
+            else:  # each row alone; a layer the method leaves dense (dense_layers) takes the engine's dense path
+                # zeros at the padding keep its (unused) hidden states finite
+                out = q.new_zeros(q.shape) if ragged else torch.empty_like(q)
+                for j, row in enumerate(rows):
+                    qj, kj, vj = (own(x, j).contiguous() for x in (q, k, v))
+                    oj, info = method.at_layer(i, qj, kj, vj, dense, sparsity, s.scale)
+                    out[j:j + 1, :, :lens[j]] = oj
+                    if info is not None:
+                        self.prefill_pairs.setdefault(row, []).append((info["kept_pairs"], info["causal_pairs"]))
+            for j, row in enumerate(rows):
+                pol.prefill(self.caches[i], row, own(q, j), own(k, j), own(v, j), s.scale)
             return out
 
-        positions = torch.arange(t, device=s.device)[None]
-        logits = s.forward(ids[None], positions, attend, logits_at=slice(-1, None))
-        self.tokens[row] = logits[0, -1].argmax()
-        self.pos[row].fill_(t)  # a fill launch: assigning a Python int copies it from the host and syncs
-        return self.tokens[row]
+        ids = torch.stack([F.pad(x, (0, longest - x.shape[0])) for x in prompts])
+        positions = torch.arange(longest, device=s.device)[None]
+        last = slice(-1, None) if not ragged else torch.tensor([t - 1 for t in lens], device=s.device)
+        first = s.forward(ids, positions, attend, logits_at=last)[:, -1].argmax(-1)
+        for j, (row, t) in enumerate(zip(rows, lens)):
+            self.tokens[row] = first[j]
+            self.pos[row].fill_(t)  # a fill launch: assigning a Python int copies it from the host and syncs
+        return first
 
     def copy_row(self, src: int, dst: int | slice):
         """Make row(s) ``dst`` copies of row ``src`` (caches, position and last token), e.g. to fill a large batch

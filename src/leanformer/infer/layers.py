@@ -157,7 +157,8 @@ class DecoderStack:
 
     ``forward(ids [B, T], positions [B, T], attend, logits_at)``: ``attend(layer, q, k, v)`` gets ``q [B, H_q, T, D]``
     and ``k, v [B, H_kv, T, D]`` (contiguous, rotary applied) and returns ``[B, H_q, T, D]``; ``logits_at`` picks
-    the hidden positions that reach the LM head (``slice(-1, None)`` at prefill). Returns fp32 logits
+    the hidden positions that reach the LM head (``slice(-1, None)`` at prefill, or one index per row ``[B]``: then
+    ``T' = 1``). Returns fp32 logits
     ``[B, T', V]``."""
 
     def __init__(self, model, fused: Fused | None = None):
@@ -255,6 +256,9 @@ class DecoderStack:
             y = self._mlp(layer, x)
             if i + 1 < len(self.layers):
                 x, h = f.add_rms_norm(y, h, self.layers[i + 1].input_layernorm.weight, self.eps)
-        # the final norm and the LM head only where logits are asked for (the last position at prefill)
-        x = f.rms_norm(h[:, logits_at] + y[:, logits_at], self.inner.norm.weight, self.eps)
+        # the final norm and the LM head only where logits are asked for (the last position at prefill; a
+        # position per row, ``[B]``, for right-padded rows)
+        at = (torch.arange(h.shape[0], device=h.device), logits_at) if torch.is_tensor(logits_at) else \
+            (slice(None), logits_at)
+        x = f.rms_norm((h[at] + y[at]).view(h.shape[0], -1, h.shape[-1]), self.inner.norm.weight, self.eps)
         return self.model.lm_head(x).float()

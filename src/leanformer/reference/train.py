@@ -286,9 +286,10 @@ def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int 
     after each (task, length) cell, e.g. to save what is measured so far. Cells in ``done`` (an earlier, interrupted
     evaluation's results) with ``eval_samples`` scores are kept, not measured again.
 
-    The engine prefills each prompt alone and decodes the batch together without padding: a left-padded batch
-    through ``generate`` would build a ``[B, T, T]`` mask (~34 GB in bool for 32 rows at 32K tokens, 4x that once
-    SDPA makes it additive). ``workers`` processes make the samples ahead (:func:`eval_samples`)."""
+    The engine prefills rows right-padded (attention on each row's own tokens, no mask) and decodes the batch
+    together: a left-padded batch through ``generate`` would build a ``[B, T, T]`` mask (~34 GB in bool for 32 rows
+    at 32K tokens, 4x that once SDPA makes it additive). ``workers`` processes make the samples ahead
+    (:func:`eval_samples`)."""
     from leanformer.eval.generation import PromptEncoder, generate_engine
     from leanformer.eval.models import load_model as load_hf
     from leanformer.infer import Engine
