@@ -166,7 +166,8 @@ suite() {
         # .scratch/reference-long-continue) grown to 24 layers (3x: each layer repeated, the copies' residual outputs
         # zeroed, so it starts computing the same function), trained 380 s on 8K-32K prompts, then evaluated at 16
         # samples a cell (3x the layers evaluate 3x slower; the study's dense cells give 24); DEEP_FROM=.scratch/NAME
-        # continues an earlier deep job instead
+        # continues an earlier deep job instead. Compiling 24 layers for the three lengths takes ~200 s of the job
+        # (one H100): a 250 s job ran 89 steps (benchmarks/results/frontier_long_deep-20261206T2300Z.json)
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-deep \
             init_from="${DEEP_FROM:-.scratch/reference-long-continue}" model.n_layers=24 \
             'mixture.lengths=[8192, 16384, 32768]' max_seconds=380 eval_samples=16 ;;

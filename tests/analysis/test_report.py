@@ -183,6 +183,17 @@ def test_two_settings_of_one_method_are_two_methods_in_the_analysis(db, tmp_path
     assert not (tmp_path / "bad" / "report.md").exists()
 
 
+def test_models_option_keeps_the_named_models_only(db, tmp_path):
+    """--models: the report on one model's cells (no iso-cost comparison is left); a name the store lacks is
+    refused before anything is written."""
+    out = tmp_path / "one"
+    assert main(["analyze", str(db), "--out", str(out), "--n-boot", "200", "--models", "qwen2.5-3b"]) == 0
+    assert {r["model"] for r in csv.DictReader((out / "cells.csv").open())} == {"qwen2.5-3b"}
+    assert "no iso-cost comparison" in (out / "report.md").read_text()
+    assert main(["analyze", str(db), "--out", str(tmp_path / "bad"), "--models", "qwen2.5-3b", "nope"]) == 2
+    assert not (tmp_path / "bad" / "report.md").exists()
+
+
 def test_requested_and_measured_sparsity_apart_are_named(db, tmp_path):
     """A method whose measured sparsity falls short of the request (one that leaves a layer dense) is named in the
     report with its measured level, since the findings compare methods at the requested one; methods that meet the

@@ -22,6 +22,8 @@ def add_parser(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="analyse only these methods (and dense), named as the report names them: vertical_slash "
                         "leaves out vertical_slash[dense_layers=[0]] (default: every method in the store)")
+    p.add_argument("--models", nargs="+", default=None, metavar="MODEL",
+                   help="analyse only these models, named as the store names them (default: every model)")
     g = p.add_argument_group("accuracy preservation")
     g.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     g.add_argument("--margin", type=float, default=0.0, help="non-inferiority margin in score units (default 0)")
@@ -67,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     opts = ReportOptions(length=args.length, alpha=args.alpha, margin=args.margin, test=args.test,
                          correction=args.correction, framing=args.framing, n_boot=args.n_boot, target=args.target,
                          interactions=args.interactions, cost=args.cost, slack=args.slack, rel_error=args.rel_error,
-                         min_dense=args.min_dense, methods=tuple(args.methods) if args.methods else None)
+                         min_dense=args.min_dense, methods=tuple(args.methods) if args.methods else None,
+                         models=tuple(args.models) if args.models else None)
     path = build_report(args.store, args.out, opts)
     print(f"wrote {path}")
     return 0

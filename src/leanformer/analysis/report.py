@@ -41,6 +41,7 @@ class ReportOptions:
     rel_error: float = 0.05
     min_dense: float = 0.1  # (model, task, length) groups whose dense accuracy is below this are at the floor
     methods: tuple[str, ...] | None = None  # analyse only these methods (as the report names them) and dense
+    models: tuple[str, ...] | None = None  # analyse only these models (as the store names them)
 
 
 def select_methods(cells, methods) -> list:
@@ -54,6 +55,18 @@ def select_methods(cells, methods) -> list:
     if unknown:
         raise UserError(f"--methods {' '.join(unknown)}: not in the store; it has {', '.join(have)}")
     return [c for c in cells if c.phase == "dense" or c.method in methods]
+
+
+def select_models(cells, models) -> list:
+    """The cells of ``models`` (as the store names them); ``None``: every cell. A name the store does not have is
+    refused, with the names it has."""
+    if models is None:
+        return cells
+    have = sorted({c.model for c in cells})
+    unknown = [m for m in models if m not in have]
+    if unknown:
+        raise UserError(f"--models {' '.join(unknown)}: not in the store; it has {', '.join(have)}")
+    return [c for c in cells if c.model in models]
 
 
 def floor_groups(base: dict, min_dense: float) -> dict[tuple, float]:
@@ -204,7 +217,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
     from leanformer.analysis import plots  # matplotlib only when a report is written
 
     o = options or ReportOptions()
-    cells = select_methods(group_cells(load_rows(store)), o.methods)
+    cells = select_models(select_methods(group_cells(load_rows(store)), o.methods), o.models)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lengths = sorted({c.length for c in cells})
