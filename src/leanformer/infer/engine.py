@@ -197,18 +197,21 @@ class Batch:
         def own(x, j):  # row j's real tokens of a [B, H, T, D] tensor, [1, H, T_j, D]
             return x[j:j + 1, :, :lens[j]] if ragged else x[j:j + 1]
 
+        def sparse(i, j, q, k, v):  # row j alone; a layer the method leaves dense (dense_layers) takes ``dense``
+            out, info = method.at_layer(i, *(own(x, j).contiguous() for x in (q, k, v)), dense, sparsity, s.scale)
+            if info is not None:
+                self.prefill_pairs.setdefault(rows[j], []).append((info["kept_pairs"], info["causal_pairs"]))
+            return out
+
         def attend(i, q, k, v):
             if method is None:
                 out = dense(q, k, v)
-            else:  # each row alone; a layer the method leaves dense (dense_layers) takes the engine's dense path
-                # zeros at the padding keep its (unused) hidden states finite
+            elif len(rows) == 1:  # the method's own output: no copy (a prompt alone is the long one)
+                out = sparse(i, 0, q, k, v)
+            else:  # zeros at the padding keep its (unused) hidden states finite
                 out = q.new_zeros(q.shape) if ragged else torch.empty_like(q)
-                for j, row in enumerate(rows):
-                    qj, kj, vj = (own(x, j).contiguous() for x in (q, k, v))
-                    oj, info = method.at_layer(i, qj, kj, vj, dense, sparsity, s.scale)
-                    out[j:j + 1, :, :lens[j]] = oj
-                    if info is not None:
-                        self.prefill_pairs.setdefault(row, []).append((info["kept_pairs"], info["causal_pairs"]))
+                for j in range(len(rows)):
+                    out[j:j + 1, :, :lens[j]] = sparse(i, j, q, k, v)
             for j, row in enumerate(rows):
                 pol.prefill(self.caches[i], row, own(q, j), own(k, j), own(v, j), s.scale)
             return out
