@@ -10,7 +10,9 @@ together), after a warm-up sweep of each (its first
 task, at its batch size) that compiles the kernels. Throughput is samples per second of generation (the store's
 ``time_s``: prompts are made on the CPU outside it), per cell kind and overall; the outputs of the two runs are
 compared sample by sample (bf16 on a GPU: a batched step may round differently, so the agreement is reported, not
-asserted). Target (the long-context study's): >= 5x the samples/s of batch 1.
+asserted). ``--prefill-alone`` runs the batch a third time with each prompt prefilled alone (the engine's
+``prefill_tokens=1``): what prefilling a cell's prompts together adds, in the same run. Target (the long-context
+study's): >= 5x the samples/s of batch 1.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from common import record  # noqa: E402
 TARGET = 5.0
 
 
-def sweep(args, store: Path, batch: int, samples: int, tasks: list[str] | None = None) -> list[dict]:
+def sweep(args, store: Path, batch: int, samples: int, tasks: list[str] | None = None,
+          prefill_tokens: int | None = None) -> list[dict]:
     from leanformer.eval import harness
     from leanformer.eval.store import ResultsStore
 
@@ -36,6 +39,7 @@ def sweep(args, store: Path, batch: int, samples: int, tasks: list[str] | None =
         "prefill": args.prefill, "decode": args.decode, "sparsities": [args.sparsity], "batch_size": batch,
         "max_new_tokens": args.max_new_tokens, "device": args.device, "dtype": args.dtype, "engine": "on",
         "chat_template": "off", "store": str(store), "progress": False, "method_params": METHOD_PARAMS,
+        "prefill_tokens": prefill_tokens,
         **({"tokenizer": args.tokenizer} if args.tokenizer else {})})
     harness.run_sweep(c)
     with ResultsStore(c.store) as s:
@@ -76,6 +80,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bf16")
     ap.add_argument("--tokenizer", default=None, help="the sweep's tokenizer (default: the model's own)")
+    ap.add_argument("--prefill-alone", action="store_true",
+                    help="also run the batch with each prompt prefilled alone (prefill_tokens=1): what prefilling "
+                         "a cell's prompts together adds, in the same run")
     ap.add_argument("--out", default=None, help="result JSON folder (default: $OUT, else benchmarks/results)")
     args = ap.parse_args(argv)
     batch = args.batch or args.samples
@@ -84,6 +91,8 @@ def main(argv=None) -> dict:
         for b in (1, batch):  # compile and autotune every kernel both runs launch, at their batch sizes
             sweep(args, tmp / f"warm{b}.db", b, min(batch, 2) if b == 1 else batch, args.tasks[:1])
         rows = {b: sweep(args, tmp / f"b{b}.db", b, args.samples) for b in (1, batch)}
+        if args.prefill_alone:
+            alone = throughput(sweep(args, tmp / "alone.db", batch, args.samples, prefill_tokens=1))
     rate = {b: throughput(r) for b, r in rows.items()}
     outs = {b: {(r["cell_key"], r["sample"]): r["output"] for r in rs} for b, rs in rows.items()}
     same = sum(outs[1][k] == outs[batch].get(k) for k in outs[1])
@@ -91,10 +100,13 @@ def main(argv=None) -> dict:
               "samples_per_cell": args.samples, "batch": batch, "samples_per_s": {str(b): v for b, v in rate.items()},
               "speedup": {k: rate[batch][k] / rate[1][k] for k in rate[1]},
               "same_outputs": same, "compared": len(outs[1]), "target": TARGET}
+    if args.prefill_alone:
+        result["speedup_prefill_alone"] = {k: alone[k] / rate[1][k] for k in rate[1]}
     path = record("sweep_batch", result, args.out)
     print(f"{'cells':22s} {'batch 1 samples/s':>18s} {f'batch {batch}':>12s} {'speedup':>8s}")
     for k in sorted(rate[1]):
-        print(f"{k:22s} {rate[1][k]:18.2f} {rate[batch][k]:12.2f} {result['speedup'][k]:7.2f}x")
+        alone_col = f"  (prompts alone {result['speedup_prefill_alone'][k]:.2f}x)" if args.prefill_alone else ""
+        print(f"{k:22s} {rate[1][k]:18.2f} {rate[batch][k]:12.2f} {result['speedup'][k]:7.2f}x{alone_col}")
     print(f"same outputs in {same} of {len(outs[1])} samples; target >= {TARGET:g}x overall; {path}")
     return result
 

@@ -133,8 +133,8 @@ suite() {
         run 300 python3 benchmarks/bench_vs_estimate.py ;;
     sweep-batch)  # the study's batched cells: frontier-sweep samples/s at batch 1 against one engine batch of 24 per
         # cell (dense, block top-k, vertical-slash, SnapKV, Quest at 0.9; niah and story retrieval at 8K; the shipped
-        # reference), outputs compared sample by sample
-        run 540 python3 benchmarks/bench_sweep_batch.py ;;
+        # reference), outputs compared sample by sample; the batch again with each prompt prefilled alone
+        run 540 python3 benchmarks/bench_sweep_batch.py --prefill-alone ;;
     quest)  # Quest's page choice and decode: the GPU tests (the engine's prefill without a host sync too), the
         # kernel-level step at batch 1 and 16, the selection alone against the page scores alone (its tail) at each
         # launch width and at the engine's page counts (a 64-token headroom past 32K / 128K: a row and a short tail,

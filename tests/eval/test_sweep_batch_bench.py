@@ -15,9 +15,11 @@ spec.loader.exec_module(bench)
 def test_batch_one_and_batched_runs_fill_the_same_cells_and_agree(tiny_model, tmp_path):
     res = bench.main(["--model", str(tiny_model), "--tasks", "niah", "--lengths", "700", "--prefill", "block_topk",
                       "--decode", "snapkv", "--sparsity", "0.5", "--samples", "3", "--max-new-tokens", "4",
-                      "--device", "cpu", "--dtype", "fp32", "--tokenizer", "byte", "--out", str(tmp_path)])
+                      "--device", "cpu", "--dtype", "fp32", "--tokenizer", "byte", "--out", str(tmp_path),
+                      "--prefill-alone"])
     assert res["compared"] == 3 * 3 and res["same_outputs"] == res["compared"]  # dense, prefill, decode cells
     assert set(res["speedup"]) == {"dense", "prefill:block_topk", "decode:snapkv", "all"}
     assert all(v > 0 for v in res["samples_per_s"]["1"].values())
+    assert set(res["speedup_prefill_alone"]) == set(res["speedup"])  # the ablation: the batch, prompts alone
     saved = json.loads(next(tmp_path.glob("sweep_batch-*.json")).read_text())
     assert saved["results"]["batch"] == 3 and saved["commit"]

@@ -59,10 +59,12 @@ class FrontierConfig:
     chat_template: str = cfg("auto", choices=("auto", "on", "off"))
     answer_prefix: str = "<answer>"
     engine: str = cfg("auto", choices=("auto", "on", "off"),
-                      help="generate with leanformer.infer.Engine (static cache, rows of any length batched without "
-                           "padding, evicting methods keep only their budget): 'auto' where the model is a "
-                           "Llama-family one, 'off' for transformers' generate (sparse cells then batch only prompts "
-                           "of equal length)")
+                      help="generate with leanformer.infer.Engine (static cache, rows of any length batched, "
+                           "evicting methods keep only their budget): 'auto' where the model is a Llama-family one, "
+                           "'off' for transformers' generate (sparse cells then batch only prompts of equal length)")
+    prefill_tokens: int | None = cfg(None, ge=1, help="the engine prefills a batch's prompts together while count x "
+                                     "longest prompt stays within this many tokens (default: as many as keep one "
+                                     "[tokens, d_ff] activation within 1 GiB; 1: each prompt alone)")
     prompt_workers: int = cfg(0, ge=0, help="processes that make the prompts ahead of the model (0: this process "
                                            "does); a 32K-token prompt takes ~1-2 s of CPU to fit its length")
     progress: bool = True
@@ -336,7 +338,7 @@ def _run_model(c: FrontierConfig, model_name: str, cells: list[dict], todo: dict
     for cell in cells:
         task = TASKS[cell["task"]](**c.task_params.get(cell["task"], {}))
         pending = todo[cell["key"]]
-        engine = _engine(model, cell) if use_engine else None  # one per cell: its methods warn once
+        engine = _engine(model, cell, c.prefill_tokens) if use_engine else None  # one per cell: its methods warn once
         for start in range(0, len(pending), c.batch_size):
             idx = pending[start:start + c.batch_size]
             keys = [(cell["task"], cell["length"], c.seed + i) for i in idx]
@@ -378,14 +380,14 @@ def _engine_runs(model) -> bool:
     return kind in SUPPORTED and not getattr(model, "hf_device_map", None)
 
 
-def _engine(model, cell: dict):
+def _engine(model, cell: dict, prefill_tokens: int | None = None):
     """The cell's methods on the engine (reused by the cell's batches)."""
     from leanformer.infer import Engine
 
     p, d = cell["prefill_method"], cell["decode_method"]
     return Engine(model, prefill=None if p == "dense" else p, decode=None if d == "dense" else d,
                   sparsity=cell["sparsity"], prefill_params=cell["params"].get("prefill"),
-                  decode_params=cell["params"].get("decode"))
+                  decode_params=cell["params"].get("decode"), prefill_tokens=prefill_tokens)
 
 
 def _engine_batch(eng, encoder, cell: dict, ids: list[list[int]], max_new_tokens: int):
