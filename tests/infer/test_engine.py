@@ -10,6 +10,7 @@ import leanformer.sparse as sparse
 from leanformer.errors import UserError
 from leanformer.infer import Engine
 from leanformer.infer.layers import DecoderStack
+from leanformer.sparse.base import PrefillMethod, SparsePrefillParams, info_dict
 
 transformers = pytest.importorskip("transformers")
 
@@ -124,12 +125,12 @@ PREFILLS = [("block_topk", dict(block_size=16)), ("vertical_slash", {}), ("flexp
                          + [(m, None, p) for m, p in PREFILLS])
 def test_rows_prefilled_together_equal_each_prefilled_alone(model, prefill, decode, params):
     """Right-padded rows in one prefill: each row's first token, cache (every layer's kept keys and values, lengths
-    and page summaries) and measured sparsity equal its prefill alone."""
+    and page summaries) and measured sparsity equal its prefill alone (rows of one length share a sparse call)."""
     torch.manual_seed(1)
-    prompts = [torch.randint(0, 97, (n,)) for n in (300, 211, 277)]
+    prompts = [torch.randint(0, 97, (n,)) for n in (300, 211, 277, 211)]
     kw = dict(prefill=prefill, decode=decode, sparsity=0.6 if prefill else None, **params)
     together = Engine(model, **kw).batch([len(p) for p in prompts], 4)
-    first = together.prefill_rows([0, 1, 2], prompts)
+    first = together.prefill_rows([0, 1, 2, 3], prompts)
     alone = Engine(model, **kw).batch([len(p) for p in prompts], 4)
     for r, p in enumerate(prompts):
         assert int(alone.prefill(r, p)) == int(first[r])
@@ -139,10 +140,43 @@ def test_rows_prefilled_together_equal_each_prefilled_alone(model, prefill, deco
             y = b.k if name == "k" else b.v if name == "v" else b.extra[name]
             torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5, msg=f"{name} differs")
     assert torch.equal(together.tokens, alone.tokens) and torch.equal(together.pos, alone.pos)
-    for r in range(3):
-        assert together.prefill_sparsity(r) == pytest.approx(alone.prefill_sparsity(r))
+    for r in range(4):
+        assert together.prefill_sparsity(r) == pytest.approx(alone.prefill_sparsity(r), rel=1e-6, abs=1e-9)
     if prefill:
         assert 0.1 < together.prefill_sparsity(0) and together.prefill_sparsity(0) != together.prefill_sparsity(1)
+
+
+class _ContentCounts(PrefillMethod):
+    """Dense attention that reports a kept-pair count of each (row, head) from its content (the share of positive
+    query entries): rows of one length then differ, so the engine must attribute a shared call's counts row by row."""
+
+    name = "content_counts"
+    Params = SparsePrefillParams
+
+    calls = 0
+
+    def __call__(self, q, k, v, sparsity=None, scale=None):
+        self.calls += 1
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+        total = q.shape[2] * (q.shape[2] + 1) // 2
+        kept = ((q > 0).double().mean((2, 3)) * total).round()  # [B, H]
+        return out, info_dict(self.name, sparsity, kept.sum(), total * q.shape[0] * q.shape[1], 0, "reference",
+                              per_head_sparsity=1 - kept / total)
+
+
+def test_rows_of_one_length_share_a_call_and_keep_their_own_counts(model):
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, 97, (n,)) for n in (150, 150, 90, 150)]
+    method = _ContentCounts()
+    together = Engine(model, prefill=method).batch([len(p) for p in prompts], 2)
+    together.prefill_rows([0, 1, 2, 3], prompts)
+    assert method.calls == 2 * 2  # two lengths, two layers
+    alone = Engine(model, prefill=_ContentCounts()).batch([len(p) for p in prompts], 2)
+    for r, p in enumerate(prompts):
+        alone.prefill(r, p)
+    got = [together.prefill_sparsity(r) for r in range(4)]
+    assert len({round(x, 9) for x in got}) == 4  # the rows of length 150 differ: a shared mean would not
+    assert got == pytest.approx([alone.prefill_sparsity(r) for r in range(4)], rel=1e-6)
 
 
 def test_prefill_groups_stay_within_the_token_budget(model):

@@ -6,11 +6,11 @@ what the engine replaces is ``generate``'s per-step Python and cache bookkeeping
 
 * **Prefill**, rows in groups up to a token budget (``prefill_tokens``): a group's prompts are right-padded to its
   longest, so its projections and MLPs run as one batch; its attention runs on each row's own tokens — dense as
-  one causal call (the padding comes after every real token, so no real query sees it), a sparse method row by
-  row — so each row's pattern, cache and measured sparsity equal its own prefill's (no mask, nothing of size
-  ``T x T``). The decode method's cache policy (:mod:`~.cache`) then stores what it keeps of each row's keys and
-  values — SnapKV's cache is its budget from the first layer on. Only each row's last position reaches the LM
-  head. A prompt longer than the budget runs alone.
+  one causal call (the padding comes after every real token, so no real query sees it), a sparse method once per
+  prompt length (rows of one length in one call) — so each row's pattern, cache and measured sparsity equal its
+  own prefill's (no mask, nothing of size ``T x T``). The decode method's cache policy (:mod:`~.cache`) then
+  stores what it keeps of each row's keys and values — SnapKV's cache is its budget from the first layer on. Only
+  each row's last position reaches the LM head. A prompt longer than the budget runs alone.
 * **Decode**, all rows together: a step embeds each row's last token at its own position, appends its key/value
   to every layer's cache and attends through the policy (:func:`~.kernels.cache_decode`: lengths read on the
   device), and writes the greedy next token in place. On CUDA the step is captured once and replayed.
@@ -181,8 +181,9 @@ class Batch:
     def prefill_rows(self, rows: list[int], prompts: list[torch.Tensor]) -> torch.Tensor:
         """Prefill ``rows`` together, each from its prompt ``[T_r]``: right-padded to the longest, the projections
         and MLPs run once for all; attention sees each row's own tokens only (dense: one causal call, the padding
-        after every real token; a sparse method: row by row), so a row's cache, first token and measured sparsity
-        are those of its prefill alone. Returns the rows' first generated tokens ``[len(rows)]`` (device)."""
+        after every real token; a sparse method: once per prompt length), so a row's cache, first token and
+        measured sparsity are those of its prefill alone. Returns the rows' first generated tokens ``[len(rows)]``
+        (device)."""
         e, s = self.engine, self.engine.stack
         lens = [int(ids.shape[0]) for ids in prompts]
         for row, t in zip(rows, lens):
@@ -197,21 +198,35 @@ class Batch:
         def own(x, j):  # row j's real tokens of a [B, H, T, D] tensor, [1, H, T_j, D]
             return x[j:j + 1, :, :lens[j]] if ragged else x[j:j + 1]
 
-        def sparse(i, j, q, k, v):  # row j alone; a layer the method leaves dense (dense_layers) takes ``dense``
-            out, info = method.at_layer(i, *(own(x, j).contiguous() for x in (q, k, v)), dense, sparsity, s.scale)
+        # a sparse method runs once per prompt length: rows of one length are one call (each (row, head) has its
+        # own pattern, so a row's result is its own); their positions in the group, on the device, made once here
+        by_len: dict[int, list[int]] = {}
+        for j, t in enumerate(lens):
+            by_len.setdefault(t, []).append(j)
+        index = {t: torch.tensor(js, device=s.device) for t, js in by_len.items()} if len(by_len) > 1 else {}
+
+        def sparse(i, t, q, k, v):  # the rows of length t; a layer in dense_layers takes ``dense``
+            js = by_len[t]
+            pick = (lambda x: x[:, :, :t]) if not index else (lambda x: x.index_select(0, index[t])[:, :, :t])
+            out, info = method.at_layer(i, *(pick(x).contiguous() for x in (q, k, v)), dense, sparsity, s.scale)
             if info is not None:
-                self.prefill_pairs.setdefault(rows[j], []).append((info["kept_pairs"], info["causal_pairs"]))
+                n, per_head = len(js), info.get("per_head_sparsity")
+                total = info["causal_pairs"] / n  # per row
+                for r, j in enumerate(js):  # one row: the call's own counts; a dense layer keeps every pair
+                    kept = (info["kept_pairs"] / n if n == 1 or per_head is None
+                            else ((1 - per_head[r].double()) * total / per_head.shape[1]).sum())
+                    self.prefill_pairs.setdefault(rows[j], []).append((kept, total))
             return out
 
         def attend(i, q, k, v):
             if method is None:
                 out = dense(q, k, v)
-            elif len(rows) == 1:  # the method's own output: no copy (a prompt alone is the long one)
-                out = sparse(i, 0, q, k, v)
+            elif not index:  # one length (a prompt alone included): the method's own output, no copy
+                out = sparse(i, longest, q, k, v)
             else:  # zeros at the padding keep its (unused) hidden states finite
-                out = q.new_zeros(q.shape) if ragged else torch.empty_like(q)
-                for j in range(len(rows)):
-                    out[j:j + 1, :, :lens[j]] = sparse(i, j, q, k, v)
+                out = q.new_zeros(q.shape)
+                for t in by_len:
+                    out[index[t], :, :t] = sparse(i, t, q, k, v)
             for j, row in enumerate(rows):
                 pol.prefill(self.caches[i], row, own(q, j), own(k, j), own(v, j), s.scale)
             return out
