@@ -44,29 +44,23 @@ class ReportOptions:
     models: tuple[str, ...] | None = None  # analyse only these models (as the store names them)
 
 
-def select_methods(cells, methods) -> list:
-    """The dense cells and those of ``methods`` (names as the report gives them, a variant with its settings:
-    ``vertical_slash`` leaves ``vertical_slash[dense_layers=[0]]`` out); ``None``: every cell. A name the store
-    does not have is refused, with the names it has."""
-    if methods is None:
+def select(cells, names, of, option: str, always=lambda c: False) -> list:
+    """The cells whose ``of(cell)`` is one of ``names``, and those ``always`` keeps; ``None``: every cell. A name the
+    store does not have is refused (``option`` names the flag), with the names it has."""
+    if names is None:
         return cells
-    have = sorted({c.method for c in cells if c.phase != "dense"})
-    unknown = [m for m in methods if m not in have]
+    have = sorted({of(c) for c in cells if not always(c)})
+    unknown = [n for n in names if n not in have]
     if unknown:
-        raise UserError(f"--methods {' '.join(unknown)}: not in the store; it has {', '.join(have)}")
-    return [c for c in cells if c.phase == "dense" or c.method in methods]
+        raise UserError(f"{option} {' '.join(unknown)}: not in the store; it has {', '.join(have)}")
+    return [c for c in cells if always(c) or of(c) in names]
 
 
-def select_models(cells, models) -> list:
-    """The cells of ``models`` (as the store names them); ``None``: every cell. A name the store does not have is
-    refused, with the names it has."""
-    if models is None:
-        return cells
-    have = sorted({c.model for c in cells})
-    unknown = [m for m in models if m not in have]
-    if unknown:
-        raise UserError(f"--models {' '.join(unknown)}: not in the store; it has {', '.join(have)}")
-    return [c for c in cells if c.model in models]
+def select_cells(cells, o: ReportOptions) -> list:
+    """The cells of ``o.models`` (as the store names them) and of ``o.methods`` with dense (as the report names
+    them, a variant with its settings: ``vertical_slash`` leaves ``vertical_slash[dense_layers=[0]]`` out)."""
+    cells = select(cells, o.methods, lambda c: c.method, "--methods", always=lambda c: c.phase == "dense")
+    return select(cells, o.models, lambda c: c.model, "--models")
 
 
 def floor_groups(base: dict, min_dense: float) -> dict[tuple, float]:
@@ -217,7 +211,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
     from leanformer.analysis import plots  # matplotlib only when a report is written
 
     o = options or ReportOptions()
-    cells = select_models(select_methods(group_cells(load_rows(store)), o.methods), o.models)
+    cells = select_cells(group_cells(load_rows(store)), o)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     lengths = sorted({c.length for c in cells})

@@ -203,7 +203,8 @@ class Batch:
         by_len: dict[int, list[int]] = {}
         for j, t in enumerate(lens):
             by_len.setdefault(t, []).append(j)
-        index = {t: torch.tensor(js, device=s.device) for t, js in by_len.items()} if len(by_len) > 1 else {}
+        index = ({t: torch.tensor(js, device=s.device) for t, js in by_len.items()}
+                 if method is not None and len(by_len) > 1 else {})
 
         def sparse(i, t, q, k, v):  # the rows of length t; a layer in dense_layers takes ``dense``
             js = by_len[t]
