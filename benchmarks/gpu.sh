@@ -9,10 +9,12 @@
 #              reference | reference-continue | reference-uneven   (the reference checkpoint's three jobs, in order)
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
 #              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
+#              reference-long-shallow   (the smaller size: the long reference cut to 4 layers, then trained)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
 #              frontier-long-deep   (configs/frontier/long-deep.yaml: the deep reference, into the same store)
+#              frontier-long-shallow   (configs/frontier/long-shallow.yaml: the shallow reference, same store)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
 #
@@ -171,6 +173,12 @@ suite() {
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-deep \
             init_from="${DEEP_FROM:-.scratch/reference-long-continue}" model.n_layers=24 \
             'mixture.lengths=[8192, 16384, 32768]' max_seconds=380 eval_samples=16 ;;
+    reference-long-shallow)  # the smaller size for the isoFLOPS comparison: the long reference (its folder carried
+        # as .scratch/reference-long-continue) cut to 4 of its 8 layers (evenly spaced, first and last kept), trained
+        # 300 s on 8K-32K prompts at the long recipe's LR; its dense cells come from frontier-long-shallow
+        REF_CONFIG=configs/reference/long.yaml ref_job reference-long-shallow \
+            init_from=.scratch/reference-long-continue model.n_layers=4 'mixture.lengths=[8192, 16384, 32768]' \
+            max_seconds=300 --skip-eval ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
@@ -184,6 +192,9 @@ suite() {
     frontier-long-deep)  # the deep reference (.scratch/reference-long-deep) on block top-k and Quest into the
         # study's store (.scratch/frontier-long): the isoFLOPS comparison's second size, one call
         frontier_slice configs/frontier/long-deep.yaml runs/gpu/reference-long-deep runs/frontier-long ;;
+    frontier-long-shallow)  # the shallow reference (.scratch/reference-long-shallow) on block top-k and Quest into
+        # the study's store (.scratch/frontier-long): the isoFLOPS comparison's smaller size, one call
+        frontier_slice configs/frontier/long-shallow.yaml runs/gpu/reference-long-shallow runs/frontier-long ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -192,7 +203,8 @@ suite() {
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
-             "reference-long-eval frontier-long frontier-long-dense0 frontier-long-deep distributed frontier-shard all"; return 2 ;;
+             "reference-long-shallow reference-long-eval frontier-long frontier-long-dense0 frontier-long-deep" \
+             "frontier-long-shallow distributed frontier-shard all"; return 2 ;;
     esac
 }
 

@@ -160,22 +160,39 @@ def test_layer_zero_dense_grid_shares_the_studys_store_and_dense_cells():
         in GPU_SH
 
 
-def test_deep_grid_is_a_slice_of_the_study_for_the_second_size():
-    """configs/frontier/long-deep.yaml runs the deep reference (the folder the suite reference-long-deep writes) on
-    a slice of the study's grid, into the study's store, so the isoFLOPS comparison finds both sizes' cells of one
-    (task, length) side by side: same store, samples, seed, sparsities and answer budget; its tasks, lengths and
-    methods are the study's; every cell is new (the model differs)."""
+@pytest.mark.parametrize("size", ["deep", "shallow"])
+def test_other_size_grid_is_a_slice_of_the_study(size):
+    """configs/frontier/long-{deep,shallow}.yaml run the deep or shallow reference (the folder the suite
+    reference-long-{size} writes) on a slice of the study's grid, into the study's store, so the isoFLOPS comparison
+    finds both sizes' cells of one (task, length) side by side: same store, samples, seed, sparsities and answer
+    budget; its tasks, lengths and methods are the study's; every cell is new (the model differs)."""
     from leanformer.eval import harness
 
-    study, deep = (harness.load_config(load_yaml(str(p))) for p in (STUDY, ROOT / "configs/frontier/long-deep.yaml"))
+    name = f"reference-long-{size}"
+    study, other = (harness.load_config(load_yaml(str(p)))
+                    for p in (STUDY, ROOT / f"configs/frontier/long-{size}.yaml"))
     for key in ("store", "samples", "seed", "sparsities", "max_new_tokens", "batch_size", "dtype"):
-        assert getattr(deep, key) == getattr(study, key), key
-    assert set(deep.tasks) <= set(study.tasks) and set(deep.lengths) <= set(study.lengths)
-    assert set(deep.prefill) <= set(study.prefill) and set(deep.decode) <= set(study.decode)
-    assert deep.models == ["runs/gpu/reference-long-deep"] != study.models
-    assert "ref_job reference-long-deep " in GPU_SH
-    assert "frontier_slice configs/frontier/long-deep.yaml runs/gpu/reference-long-deep runs/frontier-long" in GPU_SH
-    harness._check_method_params(deep, harness.method_pairs(deep))
-    ours = harness.build_grid(deep)
+        assert getattr(other, key) == getattr(study, key), key
+    assert set(other.tasks) <= set(study.tasks) and set(other.lengths) <= set(study.lengths)
+    assert set(other.prefill) <= set(study.prefill) and set(other.decode) <= set(study.decode)
+    assert other.models == [f"runs/gpu/{name}"] != study.models
+    assert f"ref_job {name} " in GPU_SH
+    assert f"frontier_slice configs/frontier/long-{size}.yaml runs/gpu/{name} runs/frontier-long" in GPU_SH
+    harness._check_method_params(other, harness.method_pairs(other))
+    ours = harness.build_grid(other)
     assert len(ours) == 3 * 3 * (1 + 2 * 4)
     assert not {c["key"] for c in ours} & {c["key"] for c in harness.build_grid(study)}
+
+
+def test_smaller_size_is_the_long_reference_cut_to_half_its_layers():
+    """The suite reference-long-shallow starts from the 8-layer long reference with 4 layers (half its non-embedding
+    parameters) on the second job's lengths; its overrides make a valid config whose rows still fit the positions."""
+    from leanformer.models.gpt import GPT
+
+    m = re.search(r"ref_job reference-long-shallow \\\s+init_from=\S+ (model\.n_layers=\d+) '([^']+)'", GPU_SH)
+    assert m, "the reference-long-shallow suite is missing or changed shape"
+    rc = from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), [m.group(1), m.group(2)]))
+    small = from_dict(ref_train.ReferenceConfig, load_yaml(str(LONG)))
+    assert rc.model.n_layers < small.model.n_layers and max(rc.mixture.lengths) == 32768
+    ratio = GPT(rc.model).num_params(non_embedding=True) / GPT(small.model).num_params(non_embedding=True)
+    assert 0.4 < ratio < 0.6

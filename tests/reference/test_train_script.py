@@ -285,9 +285,51 @@ def test_a_deeper_job_starts_from_a_shallower_checkpoint_computing_the_same(tmp_
     with pytest.raises(UserError, match=r"d_model 32 \(model.d_model=64\)"):
         ref_train.main(["--out", str(tmp_path / "wider"), *TOY, "max_steps=2", "model.d_model=64",
                         f"init_from={first}"])
-    with pytest.raises(UserError, match=r"n_layers 2 \(model.n_layers=3: a multiple is allowed\)"):
+    with pytest.raises(UserError, match=r"n_layers 2 \(model.n_layers=3: fewer, or a multiple, is allowed\)"):
         ref_train.main(["--out", str(tmp_path / "odd"), *TOY, "max_steps=2", "model.n_layers=3",
                         f"init_from={first}"])
+
+
+def test_a_shallower_job_keeps_evenly_spaced_layers_of_its_checkpoint(tmp_path):
+    """``init_from`` with fewer layers keeps evenly spaced layers (the first and last among them) with their weights
+    unchanged, and the embeddings, final norm and head; the shallower model is the kept layers run in order."""
+    import dataclasses
+
+    import pytest
+    import torch
+
+    from leanformer.errors import ConfigError
+    from leanformer.models.gpt import GPT, GPTConfig, shallow_layers, shallow_state
+    from leanformer.train.checkpoint import load_model
+
+    assert shallow_layers(8, 4) == [0, 2, 5, 7] and shallow_layers(8, 8) == list(range(8))
+    assert shallow_layers(24, 8) == [0, 3, 7, 10, 13, 16, 20, 23] and shallow_layers(5, 1) == [4]
+    with pytest.raises(ConfigError, match="between 1 and the 8 layers"):
+        shallow_layers(8, 9)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=97, d_model=32, n_layers=6, n_heads=4, n_kv_heads=2, max_seq_len=64)
+    big = GPT(cfg).eval()
+    small = GPT(dataclasses.replace(cfg, n_layers=3)).eval()
+    small.load_state_dict(shallow_state(big.state_dict(), 6, 3))
+    kept = shallow_layers(6, 3)
+    assert kept == [0, 2, 5]
+    for j, i in enumerate(kept):
+        for k, v in small.layers[j].state_dict().items():
+            assert torch.equal(v, big.layers[i].state_dict()[k]), (j, k)
+    # the shallower model is the kept layers in order: drop the others from the big one and the logits agree
+    big.layers = torch.nn.ModuleList(big.layers[i] for i in kept)
+    ids = torch.randint(0, cfg.vocab_size, (2, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(small(ids)[0], big(ids)[0])
+
+    first = tmp_path / "first"
+    first.mkdir()
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(ROOT / "src" / "leanformer" / "assets" / "reference" / f, first / f)
+    ref_train.main(["--out", str(first), *TOY, "max_steps=2", "model.n_layers=4"])
+    ref_train.main(["--out", str(tmp_path / "shallow"), *TOY, "max_steps=2", "model.n_layers=2",
+                    f"init_from={first}"])
+    assert load_model(tmp_path / "shallow").config.n_layers == 2
 
 
 def test_a_device_this_machine_lacks_is_a_one_line_error_before_any_work(tmp_path, capsys):

@@ -237,3 +237,31 @@ def deepen_state(state: dict, n_layers: int, new_layers: int) -> dict:
             zero = c > 0 and rest in ("attn.o_proj.weight", "mlp.down.weight")
             out[f"layers.{int(i) * r + c}.{rest}"] = torch.zeros_like(v) if zero else v.clone()
     return out
+
+
+def shallow_layers(n_layers: int, new_layers: int) -> list[int]:
+    """The ``new_layers`` of ``n_layers`` that :func:`shallow_state` keeps: evenly spaced in depth, the first and the
+    last always among them (8 -> 4 keeps 0, 2, 5, 7)."""
+    if not 1 <= new_layers <= n_layers:
+        raise ConfigError(f"{new_layers} layers: a shallower model keeps between 1 and the {n_layers} layers it starts "
+                          "from")
+    if new_layers == 1:
+        return [n_layers - 1]
+    return [round(i * (n_layers - 1) / (new_layers - 1)) for i in range(new_layers)]
+
+
+def shallow_state(state: dict, n_layers: int, new_layers: int) -> dict:
+    """A ``n_layers``-layer model's weights (``state``) for one ``new_layers < n_layers`` deep, every other shape
+    equal: layer ``j`` of the new model is layer ``shallow_layers(...)[j]`` of the old one (layer dropping), the
+    embeddings, final norm and head kept. Unlike :func:`deepen_state` the function changes; training recovers it
+    from a far better start than random weights (the smaller size of an isoFLOPS comparison)."""
+    keep = {old: new for new, old in enumerate(shallow_layers(n_layers, new_layers))}
+    out = {}
+    for k, v in state.items():
+        if not k.startswith("layers."):
+            out[k] = v
+            continue
+        _, i, rest = k.split(".", 2)
+        if int(i) in keep:
+            out[f"layers.{keep[int(i)]}.{rest}"] = v.clone()
+    return out

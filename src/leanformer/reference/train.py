@@ -13,7 +13,8 @@ folder (resuming an evaluation that was cut short), and the model card is writte
 Training checkpoints every ``checkpoint_every_s`` (``OUT/checkpoints``: weights, optimizer, step, clock) and a rerun
 of a killed job resumes there; ``init_from=DIR`` continues a finished checkpoint in a new job (its weights and
 tokenizer, a fresh optimizer, the data steps after its own), so a budget longer than one job is a chain of jobs; with
-``model.n_layers`` a whole multiple of the checkpoint's it starts a deeper model that computes the same function.
+``model.n_layers`` a whole multiple of the checkpoint's it starts a deeper model that computes the same function, and
+with fewer layers a shallower one from evenly spaced layers of it (the sizes of an isoFLOPS comparison).
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class ReferenceConfig:
     init_from: str | None = cfg(None, help="a finished reference checkpoint folder to continue training from: its "
                                            "weights and tokenizer, a fresh optimizer, and the data steps after its "
                                            "own (a longer budget spread over several jobs); model.n_layers may "
-                                           "be a whole multiple of its layers (depth grown, function kept)")
+                                           "be a whole multiple of its layers (depth grown, function kept) or "
+                                           "fewer (evenly spaced layers kept, the first and last among them)")
 
 
 # ---- tokenizer ------------------------------------------------------------------------------------------------
@@ -251,20 +253,23 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
 
 
 def _init_state(src, rc: ReferenceConfig) -> dict:
-    """``init_from``'s weights for this job's model: the same shape, or (``model.n_layers`` a multiple of its layers,
-    every other shape equal) grown in depth with the function kept (:func:`leanformer.models.gpt.deepen_state`)."""
-    from leanformer.models.gpt import deepen_state
+    """``init_from``'s weights for this job's model: the same shape, or (every other shape equal) ``model.n_layers``
+    a multiple of its layers, grown in depth with the function kept (:func:`leanformer.models.gpt.deepen_state`), or
+    fewer layers, evenly spaced ones kept (:func:`leanformer.models.gpt.shallow_state`)."""
+    from leanformer.models.gpt import deepen_state, shallow_state
 
     shape = ("vocab_size", "d_model", "n_heads", "n_kv_heads", "d_ff", "tie_embeddings")
     have, want = src.config, rc.model
     diff = [f"{k} {getattr(have, k)} (model.{k}={getattr(want, k)})" for k in shape
             if getattr(have, k) != getattr(want, k)]
-    if want.n_layers % have.n_layers:
-        diff.append(f"n_layers {have.n_layers} (model.n_layers={want.n_layers}: a multiple is allowed)")
+    if want.n_layers > have.n_layers and want.n_layers % have.n_layers:
+        diff.append(f"n_layers {have.n_layers} (model.n_layers={want.n_layers}: fewer, or a multiple, is allowed)")
     if diff:
-        raise UserError(f"init_from={rc.init_from!r} has {'; '.join(diff)}: only the depth may grow, by a whole "
-                        "multiple of its layers")
+        raise UserError(f"init_from={rc.init_from!r} has {'; '.join(diff)}: only the depth may change (fewer layers, "
+                        "or a whole multiple of its layers)")
     state = src.state_dict()
+    if want.n_layers < have.n_layers:
+        return shallow_state(state, have.n_layers, want.n_layers)
     return state if want.n_layers == have.n_layers else deepen_state(state, have.n_layers, want.n_layers)
 
 
