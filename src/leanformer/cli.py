@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "eval": "leanformer.eval.cli",
     "frontier": "leanformer.eval.frontier_cli",
     "analyze": "leanformer.analysis.cli",
+    "merge": "leanformer.eval.merge_cli",
     "dmc": "leanformer.train.dmc_cli",
     "rst": "leanformer.train.rst_cli",
     "compare": "leanformer.train.compare",

@@ -149,3 +149,67 @@ def test_rows_without_a_recorded_checkpoint_are_not_resumed(tmp_path):
         with pytest.raises(StaleStoreError, match="did not fingerprint"):
             store.check_model("m", "sha256:aaa")
         store.check_model("new", "sha256:aaa")  # a name with no rows is simply recorded
+
+
+def _store(path, model, fingerprint, keys, samples=(0, 1), score=1.0):
+    with ResultsStore(path) as s:
+        s.check_model(model, fingerprint)
+        for k in keys:
+            for i in samples:
+                s.add(_row(k, i, score, model=model))
+    return path
+
+
+def test_merge_adds_the_rows_a_store_lacks_and_nothing_twice(tmp_path):
+    """Rows are keyed by (cell_key, sample): a merge adds the missing ones with the source's fingerprints, keeps the
+    rows already there as they are (the source's copy of a shared row is not written over), and a second merge adds
+    nothing; the source is only read, and its rows still in the write-ahead log (a live writer) count."""
+    into = _store(tmp_path / "into.db", "small", "sha256:aaa", ["a", "b"], score=1.0)
+    src = tmp_path / "src.db"
+    _store(src, "small", "sha256:aaa", ["b", "c"], samples=(1, 2), score=0.0)
+    writer = ResultsStore(src)  # holds the WAL open: its rows are not yet in the main file
+    writer.check_model("large", "sha256:bbb")
+    writer.add(_row("d", 0, 0.25, model="large"))
+    try:
+        with ResultsStore(into) as s:
+            assert s.merge(src) == (4, 1)  # c1 c2 b2 d0 added; b1 already here
+            assert s.merge(src) == (0, 5)
+            rows = {(r["cell_key"], r["sample"]): r["score"] for r in s.rows()}
+            prints = dict(s.conn.execute("SELECT model, fingerprint FROM models"))
+    finally:
+        writer.close()
+    assert rows[("b", 1)] == 1.0 and rows[("b", 2)] == 0.0 and rows[("d", 0)] == 0.25 and len(rows) == 8
+    assert prints == {"small": "sha256:aaa", "large": "sha256:bbb"}
+    with ResultsStore(src) as s:
+        assert s.count() == 5
+
+
+def test_merge_refuses_one_model_name_from_two_checkpoints_and_writes_nothing(tmp_path):
+    into = _store(tmp_path / "into.db", "m", "sha256:aaa", ["a"])
+    other = _store(tmp_path / "other.db", "m", "sha256:ccc", ["b"])
+    plain = tmp_path / "plain.db"
+    with ResultsStore(plain) as s:  # rows without a fingerprint (an older store)
+        s.add(_row("c", 0))
+    with ResultsStore(into) as s:
+        with pytest.raises(UserError, match=r"both hold model 'm' \(checkpoints sha256:aaa and sha256:ccc\)"):
+            s.merge(other)
+        with pytest.raises(UserError, match="not fingerprinted"):
+            s.merge(plain)
+        with pytest.raises(UserError, match="into itself"):
+            s.merge(into)
+        with pytest.raises(UserError, match="does not exist"):
+            s.merge(tmp_path / "missing.db")
+        assert s.count() == 2
+
+
+def test_merge_command_reports_counts_and_refuses_a_missing_source_before_creating_anything(tmp_path):
+    src = _store(tmp_path / "src.db", "m", "sha256:aaa", ["a", "b"])
+    into = tmp_path / "new" / "into.db"
+    run = [sys.executable, "-m", "leanformer.cli", "merge"]
+    bad = subprocess.run([*run, str(into), str(src), str(tmp_path / "nope.db")], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "nope.db does not exist" in bad.stderr
+    assert not into.exists()
+    ok = subprocess.run([*run, str(into), str(src)], capture_output=True, text=True, check=True)
+    assert "4 rows added, 0 already in" in ok.stdout
+    with ResultsStore(into) as s:
+        assert s.count() == 4

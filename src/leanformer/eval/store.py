@@ -148,6 +148,61 @@ class ResultsStore:
         self.conn.execute("INSERT OR IGNORE INTO models (model, fingerprint, created_at) VALUES (?, ?, ?)",
                           (model, fingerprint, datetime.now(UTC).isoformat(timespec="seconds")))
 
+    def merge(self, src: str | os.PathLike) -> tuple[int, int]:
+        """Add the rows of the store ``src`` that this one lacks (by ``(cell_key, sample)``), and its model
+        fingerprints, in one transaction: a failure leaves this store as it was. Returns ``(added, already here)``.
+        A model name both stores hold for different checkpoints (or that either holds rows of without a
+        fingerprint) is refused before anything is written; ``src`` is only read. For sweeps run apart (slices on
+        different machines, a second model's cells) that one analysis should see together."""
+        src = Path(src)
+        if not src.is_file():
+            raise UserError(f"results store {src} does not exist")
+        if src.resolve() == self.path.resolve():
+            raise UserError(f"results store {src} cannot be merged into itself")
+        try:
+            other = sqlite3.connect(f"file:{src}?mode=ro", uri=True, timeout=120.0)
+            try:
+                tables = {r[0] for r in other.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+                if "results" not in tables:
+                    raise UserError(f"{src} is not a results store (it has no results table)")
+                cur = other.execute("SELECT * FROM results")
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+                prints = dict(other.execute("SELECT model, fingerprint FROM models")) if "models" in tables else {}
+            finally:
+                other.close()
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"results store {src} cannot be read as SQLite: {e}") from None
+        unknown = set(names) - set(COLUMNS)
+        if unknown:
+            raise UserError(f"results store {src} has unknown columns {sorted(unknown)}")
+        mine = dict(self.conn.execute("SELECT model, fingerprint FROM models"))
+        theirs_models = {r[names.index("model")] for r in rows}
+        mine_models = {r[0] for r in self.conn.execute("SELECT DISTINCT model FROM results")}
+        for model in sorted(theirs_models & mine_models):
+            a, b = mine.get(model), prints.get(model)
+            if a is None or b is None or a != b:
+                what = f"checkpoints {a[:19]} and {b[:19]}" if a and b else "a checkpoint not fingerprinted"
+                raise UserError(f"results stores {self.path} and {src} both hold model {model!r} ({what}); merging "
+                                "would mix two checkpoints' results. Nothing was merged")
+        sql = f"INSERT OR IGNORE INTO results ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        before = self.count()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.conn.executemany("INSERT OR IGNORE INTO models (model, fingerprint, created_at) VALUES (?, ?, ?)",
+                                      [(m, f, datetime.now(UTC).isoformat(timespec="seconds"))
+                                       for m, f in prints.items()])
+                self.conn.executemany(sql, rows)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as e:
+            raise UserError(f"results store {self.path}: cannot write ({e}); nothing was merged") from None
+        added = self.count() - before
+        return added, len(rows) - added
+
     def rows(self, where: str = "", args: tuple = ()) -> list[dict]:
         cur = self.conn.execute(f"SELECT * FROM results {where}", args)
         names = [d[0] for d in cur.description]
