@@ -21,5 +21,7 @@ def test_batch_one_and_batched_runs_fill_the_same_cells_and_agree(tiny_model, tm
     assert set(res["speedup"]) == {"dense", "prefill:block_topk", "decode:snapkv", "all"}
     assert all(v > 0 for v in res["samples_per_s"]["1"].values())
     assert set(res["speedup_prefill_alone"]) == set(res["speedup"])  # the ablation: the batch, prompts alone
+    assert set(res["speedup_by_task"]) == {"niah"} and set(res["speedup_by_task"]["niah"]) == set(res["speedup"])
+    assert 1 <= res["prompt_lengths_per_cell"]["niah"] <= 3
     saved = json.loads(next(tmp_path.glob("sweep_batch-*.json")).read_text())
     assert saved["results"]["batch"] == 3 and saved["commit"]
