@@ -73,3 +73,18 @@ def test_findings_on_a_store_with_planted_tolerances(planted):
     for n in range(1, 6):
         assert f"\n{n}. **" in md
     assert "decoding tolerates more" in md and "no iso-cost comparison" in md
+
+
+def test_iso_cost_comparisons_with_a_model_at_the_floor_are_set_aside():
+    """Claim 4 counts verdicts only where both models do the task: a smaller model at the floor (it cannot do the
+    task at all) makes "larger sparse better" a statement about training, not sparsity, so it is counted apart."""
+    def row(verdict, small_floor=False, large_floor=False, phase="prefill"):
+        return {"phase": phase, "verdict": verdict, "small_at_floor": small_floor, "large_at_floor": large_floor}
+
+    rows = [row("larger sparse better"), row("smaller dense better"), row("larger sparse better", small_floor=True),
+            row("tie", large_floor=True), row("tie", phase="decode")]
+    counts, aside = findings.iso_summary(rows)
+    assert counts == {"prefill": {"larger sparse better": 1, "smaller dense better": 1}, "decode": {"tie": 1}}
+    assert aside == 2
+    md = "\n".join(findings.section([], [], rows, {}, n_boot=50))
+    assert "prefill: larger sparse better 1, smaller dense better 1" in md and "2 comparisons set aside" in md

@@ -298,7 +298,7 @@ def test_a_shallower_job_keeps_evenly_spaced_layers_of_its_checkpoint(tmp_path):
     import pytest
     import torch
 
-    from leanformer.errors import ConfigError
+    from leanformer.errors import ConfigError, UserError
     from leanformer.models.gpt import GPT, GPTConfig, shallow_layers, shallow_state
     from leanformer.train.checkpoint import load_model
 
@@ -330,6 +330,12 @@ def test_a_shallower_job_keeps_evenly_spaced_layers_of_its_checkpoint(tmp_path):
     ref_train.main(["--out", str(tmp_path / "shallow"), *TOY, "max_steps=2", "model.n_layers=2",
                     f"init_from={first}"])
     assert load_model(tmp_path / "shallow").config.n_layers == 2
+    # a config of another depth without model.n_layers= is refused before any work: it would cut or grow silently
+    quiet = [x for x in TOY if not x.startswith("model.n_layers=")]
+    with pytest.raises(UserError, match=r"has 2 layers and the config \(the defaults\) 4: name the depth, "
+                                        r"model.n_layers=2 to continue"):
+        ref_train.main(["--out", str(tmp_path / "silent"), *quiet, "max_steps=2", f"init_from={tmp_path / 'shallow'}"])
+    assert not (tmp_path / "silent").exists()
 
 
 def test_a_device_this_machine_lacks_is_a_one_line_error_before_any_work(tmp_path, capsys):

@@ -86,12 +86,19 @@ def best_methods(cells, n_boot: int = 2000) -> dict:
     return out
 
 
-def iso_summary(iso_rows: list[dict]) -> dict:
-    """Claim 4: verdict counts per phase."""
+def iso_summary(iso_rows: list[dict]) -> tuple[dict, int]:
+    """Claim 4: verdict counts per phase, and how many comparisons were set aside because either model's dense
+    accuracy on that task and length is at the floor (a smaller model that cannot do the task at all makes "larger
+    sparse better" a statement about the two models' training, not about sparsity; a larger one at the floor, the
+    same the other way)."""
     out = defaultdict(lambda: defaultdict(int))
+    aside = 0
     for r in iso_rows:
+        if r.get("small_at_floor") or r.get("large_at_floor"):
+            aside += 1
+            continue
         out[r["phase"]][r["verdict"]] += 1
-    return {p: dict(v) for p, v in out.items()}
+    return {p: dict(v) for p, v in out.items()}, aside
 
 
 def safe_table(pres: list[dict]) -> list[dict]:
@@ -142,10 +149,12 @@ def section(cells, pres, iso_rows, fits, n_boot: int = 2000) -> list[str]:
                      f"as good as the best: {good})")
     md.append("3. **Is any method best everywhere?** " + ("; ".join(parts) if parts else
                                                            "fewer than two methods per phase.") + ".")
-    iso = iso_summary(iso_rows)
+    iso, aside = iso_summary(iso_rows)
     md.append("4. **Does a larger sparse model beat a smaller dense one at equal cost?** " + (
         "; ".join(f"{p}: " + ", ".join(f"{v} {n}" for v, n in sorted(c.items())) for p, c in sorted(iso.items()))
-        if any(iso.values()) else "no iso-cost comparison (one model size, or no cell of a larger one)") + ".")
+        if any(iso.values()) else "no iso-cost comparison (one model size, or no cell of a larger one)")
+        + (f" ({aside} comparisons set aside: one of the two models is at the floor there; the iso-cost "
+           "tables below list them)" if aside else "") + ".")
     rows = safe_table(pres)
     md += ["5. **Safe sparsity per task and length** (the largest over each phase's methods; 0: only dense "
            "passed):", ""]

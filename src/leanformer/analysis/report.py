@@ -278,7 +278,9 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
                       "small_cost": r.small_cost, "small_acc": r.small.accuracy,
                       "large_model": r.large_model, "large_sparsity": r.large.sparsity if r.large
                       else None, "large_cost": r.large_cost, "large_acc": r.large.accuracy if r.large else None,
-                      "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": r.verdict} for r in comps]
+                      "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": r.verdict,
+                      "small_at_floor": (r.small.model, r.task, r.length) in floor,
+                      "large_at_floor": (r.large_model, r.task, r.length) in floor} for r in comps]
         shown = [r for r in comps if r.length == length]
         counts = defaultdict(int)
         for r in comps:
@@ -289,7 +291,10 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
                         [[r.task, r.small.model, _g(r.small_cost), f"{r.small.accuracy:.3f}",
                           f"{r.large_model} ({r.large.sparsity:g})" if r.large else r.large_model, _g(r.large_cost),
                           f"{r.large.accuracy:.3f}" if r.large else "–",
-                          f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.large else "–", r.verdict]
+                          f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.large else "–",
+                          r.verdict + (" (a model at the floor)" if {(r.small.model, r.task, r.length),
+                                                                     (r.large_model, r.task, r.length)} & floor.keys()
+                                       else "")]
                          for r in shown]), ""]
     _csv(out / "isocost.csv", iso_rows)
 

@@ -252,6 +252,20 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
 
 
+def _check_depth_named(rc: ReferenceConfig, overrides: list[str], config: str | None) -> None:
+    """A job whose depth differs from its ``init_from`` checkpoint's must say so with ``model.n_layers=``: a config
+    written for another depth would otherwise grow or cut the model silently (continuing a 4-layer checkpoint with
+    an 8-layer config would grow it to 8)."""
+    try:
+        have = json.loads((Path(rc.init_from) / "model.json").read_text())["config"]["n_layers"]
+    except (OSError, KeyError, ValueError, TypeError):
+        return  # not a checkpoint folder: training's own check names what is missing
+    if have != rc.model.n_layers and not any(o.startswith("model.n_layers=") for o in overrides):
+        raise UserError(f"init_from={rc.init_from!r} has {have} layers and the config "
+                        f"({config or 'the defaults'}) {rc.model.n_layers}: name the depth, model.n_layers={have} to "
+                        f"continue it as it is or model.n_layers={rc.model.n_layers} to change it")
+
+
 def _init_state(src, rc: ReferenceConfig) -> dict:
     """``init_from``'s weights for this job's model: the same shape, or (every other shape equal) ``model.n_layers``
     a multiple of its layers, grown in depth with the function kept (:func:`leanformer.models.gpt.deepen_state`), or
@@ -361,6 +375,8 @@ def main(argv=None) -> None:
 
     raw = apply_overrides(load_yaml(args.config) if args.config else {}, args.set)
     rc = from_dict(ReferenceConfig, raw)
+    if rc.init_from and not args.skip_train:
+        _check_depth_named(rc, args.set, args.config)
     out = Path(args.out)
     record = out / "training.json"
     report = {"config": raw, "resolved_config": dataclasses.asdict(rc), "config_file": args.config,
