@@ -55,6 +55,10 @@ class ReferenceConfig:
                                                           "story_retrieval", "story_multihop", "story_filtering"])
     eval_max_new_tokens: int = cfg(128, ge=1, help="generation budget per evaluation sample (keyed answers need "
                                                    "~300 for story_retrieval's 16 queries)")
+    compile_scope: str = cfg("model", choices=("model", "blocks"),
+                             help="what torch.compile takes: the whole loss (model) or each block apart (blocks: "
+                                  "one graph for every block of one shape, so compile time does not grow with "
+                                  "depth; the embeddings, head and loss stay eager)")
     checkpoint_every_s: float = cfg(120.0, gt=0.0, help="seconds between resumable checkpoints (model, optimizer, "
                                                         "step, clock) under OUT/checkpoints; a rerun resumes there")
     init_from: str | None = cfg(None, help="a finished reference checkpoint folder to continue training from: its "
@@ -170,7 +174,7 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": rc.weight_decay}, {"params": rest, "weight_decay": 0}],
                             lr=rc.lr, betas=(0.9, 0.95), fused=dev.type == "cuda")
     # dynamic shapes: the mixture's nine row widths (and row counts) share one compiled graph, not nine
-    loss_fn = torch.compile(model.compute_loss, dynamic=True) if compile_ else model.compute_loss
+    loss_fn = _compiled_loss(model, rc.compile_scope) if compile_ else model.compute_loss
     log, elapsed, start, tokens, compile_error = [], 0.0, 0, 0, None
     resume = latest_checkpoint(out)
     if resume is not None:  # a run cut short: same config, continue from its last checkpoint
@@ -206,12 +210,12 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
                 loss, _ = loss_fn(b)
             loss.backward()
         except Exception as e:  # noqa: BLE001 - a compiler failure must not cost the run: the step is redone eagerly
-            if loss_fn is model.compute_loss:
+            if loss_fn == model.compute_loss:  # eager already (bound methods compare equal, never identical)
                 raise
             compile_error = f"step {step}: {type(e).__name__}: {str(e)[:400]}"
             print(f"torch.compile failed at {compile_error}; training eagerly from here", flush=True)
             opt.zero_grad(set_to_none=True)
-            loss_fn = model.compute_loss
+            loss_fn = _eager_loss(model)
             with amp:
                 loss, _ = loss_fn(b)
             loss.backward()
@@ -250,6 +254,39 @@ def train(rc: ReferenceConfig, out: Path, device: str, workers: int, compile_: b
             "compiled": compile_ and compile_error is None, "compile_error": compile_error,
             "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU",
             "params": model.num_params(), "non_embedding_params": model.num_params(non_embedding=True)}
+
+
+COMPILE_BACKEND = "inductor"  # tests trace with "eager": the same graphs, no code generation
+
+
+class _BlocksCompiled:
+    """``model.compute_loss`` with each block compiled apart (``nn.Module.compile``): blocks of one shape share one
+    compiled graph, so a 24-layer model compiles in about the time of one layer. A distinct object, so the training
+    loop can tell it from the eager loss (a compiler failure falls back to :func:`_eager_loss`)."""
+
+    def __init__(self, model):
+        self.model = model
+        for block in model.layers:
+            block.compile(dynamic=True, backend=COMPILE_BACKEND)
+
+    def __call__(self, batch):
+        return self.model.compute_loss(batch)
+
+
+def _compiled_loss(model, scope: str):
+    import torch
+
+    if scope == "blocks":
+        return _BlocksCompiled(model)
+    return torch.compile(model.compute_loss, dynamic=True, backend=COMPILE_BACKEND)
+
+
+def _eager_loss(model):
+    """The eager loss, with any block compiled apart returned to eager (``nn.Module.compile`` keeps the compiled call
+    in ``_compiled_call_impl``; ``None`` is the module's eager state)."""
+    for block in model.layers:
+        block._compiled_call_impl = None
+    return model.compute_loss
 
 
 def _check_depth_named(rc: ReferenceConfig, overrides: list[str], config: str | None) -> None:
