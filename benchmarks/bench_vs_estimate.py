@@ -26,7 +26,7 @@ from leanformer.sparse.kernels import vs_estimate  # noqa: E402
 
 # BM <= BN: a window row's skew wraps at most once in a tile
 CONFIGS = ["default", "BM=32,BN=64", "BM=64,BN=128", "BM=128,BN=128", "BM=64,BN=64,num_warps=8",
-           "BM=64,BN=128,num_warps=8", "BM=128,BN=128,num_warps=8", "BM=64,BN=64,num_stages=3"]
+           "BM=64,BN=128,num_warps=8", "BM=128,BN=128,num_warps=8", "BM=64,BN=64,num_stages=2"]
 WINDOWS = {"vertical_slash": (256, 0), "flexprefill": (512, 128)}
 
 

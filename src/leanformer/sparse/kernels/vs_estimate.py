@@ -35,8 +35,11 @@ import torch
 from leanformer.nn.gpu import sm_count
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
-# BM window rows x BN keys per tile (BM <= BN: a row's rotation wraps at most once), 4 warps
-DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 2}
+# BM window rows x BN keys per tile (BM <= BN: a row's rotation wraps at most once), 4 warps, key tiles in three
+# pipeline stages: of eight settings timed on one H100 (benchmarks/results/vs_estimate-20261207T002648Z.json, the same
+# sums bit for bit) the fastest for both methods at 32K and 128K, 1.10-1.12x two stages for vertical-slash's window
+# and 1.05x for FlexPrefill's
+DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}
 LOG2E = 1.4426950408889634
 
 if triton is not None:
