@@ -213,3 +213,16 @@ def test_merge_command_reports_counts_and_refuses_a_missing_source_before_creati
     assert "4 rows added, 0 already in" in ok.stdout
     with ResultsStore(into) as s:
         assert s.count() == 4
+
+
+def test_merge_refuses_rows_under_a_name_the_store_fingerprinted_for_another_checkpoint(tmp_path):
+    """A name this store knows only by its fingerprint (no rows yet) still means that checkpoint: rows of another
+    checkpoint under it would later be resumed as this one's."""
+    into = tmp_path / "into.db"
+    with ResultsStore(into) as s:
+        s.check_model("m", "sha256:aaa")
+    other = _store(tmp_path / "other.db", "m", "sha256:ccc", ["b"])
+    with ResultsStore(into) as s:
+        with pytest.raises(UserError, match=r"both hold model 'm' \(checkpoints sha256:aaa and sha256:ccc\)"):
+            s.merge(other)
+        assert s.count() == 0

@@ -177,9 +177,9 @@ class ResultsStore:
         if unknown:
             raise UserError(f"results store {src} has unknown columns {sorted(unknown)}")
         mine = dict(self.conn.execute("SELECT model, fingerprint FROM models"))
-        theirs_models = {r[names.index("model")] for r in rows}
-        mine_models = {r[0] for r in self.conn.execute("SELECT DISTINCT model FROM results")}
-        for model in sorted(theirs_models & mine_models):
+        theirs_models = {r[names.index("model")] for r in rows} | prints.keys()
+        mine_models = {r[0] for r in self.conn.execute("SELECT DISTINCT model FROM results")} | mine.keys()
+        for model in sorted(theirs_models & mine_models):  # a name either store knows, by rows or fingerprint
             a, b = mine.get(model), prints.get(model)
             if a is None or b is None or a != b:
                 what = f"checkpoints {a[:19]} and {b[:19]}" if a and b else "a checkpoint not fingerprinted"
