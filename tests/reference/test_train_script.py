@@ -119,7 +119,7 @@ def test_a_compiler_failure_falls_back_to_eager_training_and_is_recorded(tmp_pat
                     "model.n_kv_heads=1", "model.max_seq_len=1024", "mixture.lengths=[320]",
                     "mixture.tokens_per_batch=2000", "max_steps=3", "warmup_steps=1"])
     info = json.loads((tmp_path / "training.json").read_text())["training"]
-    assert seen == {"dynamic": True}  # one graph for every row width
+    assert seen["dynamic"] is True  # one graph for every row width
     assert info["steps"] == 3 and info["compiled"] is False
     assert info["compile_error"] == "step 0: RuntimeError: inductor: no kernel for this shape"
 
