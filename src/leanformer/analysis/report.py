@@ -274,13 +274,15 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
         plots.iso_cost(cells, phase, length, out / name, o.cost)
         md += [f"![iso-cost {phase}]({name})", ""]
         comps = isoflops.iso_cost(cells, phase, o.cost, o.slack, o.n_boot)
+        # per comparison: is (small, large)'s dense group at the floor
+        floored = {id(r): ((r.small.model, r.task, r.length) in floor, (r.large_model, r.task, r.length) in floor)
+                   for r in comps}
         iso_rows += [{"phase": phase, "task": r.task, "length": r.length, "small_model": r.small.model,
                       "small_cost": r.small_cost, "small_acc": r.small.accuracy,
                       "large_model": r.large_model, "large_sparsity": r.large.sparsity if r.large
                       else None, "large_cost": r.large_cost, "large_acc": r.large.accuracy if r.large else None,
                       "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high, "verdict": r.verdict,
-                      "small_at_floor": (r.small.model, r.task, r.length) in floor,
-                      "large_at_floor": (r.large_model, r.task, r.length) in floor} for r in comps]
+                      "small_at_floor": floored[id(r)][0], "large_at_floor": floored[id(r)][1]} for r in comps]
         shown = [r for r in comps if r.length == length]
         counts = defaultdict(int)
         for r in comps:
@@ -292,9 +294,7 @@ def build_report(store, out, options: ReportOptions | None = None) -> Path:
                           f"{r.large_model} ({r.large.sparsity:g})" if r.large else r.large_model, _g(r.large_cost),
                           f"{r.large.accuracy:.3f}" if r.large else "–",
                           f"{r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]" if r.large else "–",
-                          r.verdict + (" (a model at the floor)" if {(r.small.model, r.task, r.length),
-                                                                     (r.large_model, r.task, r.length)} & floor.keys()
-                                       else "")]
+                          r.verdict + (" (a model at the floor)" if any(floored[id(r)]) else "")]
                          for r in shown]), ""]
     _csv(out / "isocost.csv", iso_rows)
 

@@ -213,10 +213,12 @@ class Batch:
             if info is not None:
                 n, per_head = len(js), info.get("per_head_sparsity")
                 total = info["causal_pairs"] / n  # per row
-                for r, j in enumerate(js):  # one row: the call's own counts; a dense layer keeps every pair
-                    kept = (info["kept_pairs"] / n if n == 1 or per_head is None
-                            else ((1 - per_head[r].double()) * total / per_head.shape[1]).sum())
-                    self.prefill_pairs.setdefault(rows[j], []).append((kept, total))
+                # one row: the call's own count; several: each row's from the per-head shares, in one reduction (a
+                # dense layer has none and keeps every pair)
+                kept = ([info["kept_pairs"] / n] * n if n == 1 or per_head is None
+                        else ((1 - per_head.double()) * (total / per_head.shape[1])).sum(-1))
+                for r, j in enumerate(js):
+                    self.prefill_pairs.setdefault(rows[j], []).append((kept[r], total))
             return out
 
         def attend(i, q, k, v):

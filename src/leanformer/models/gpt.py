@@ -228,14 +228,23 @@ def deepen_state(state: dict, n_layers: int, new_layers: int) -> dict:
     if new_layers % n_layers:
         raise ConfigError(f"{new_layers} layers: depth growth needs a multiple of the {n_layers} layers it starts from")
     r = new_layers // n_layers
-    out = {k: v for k, v in state.items() if not k.startswith("layers.")}
+    return _relayer(state, [(j // r, j % r > 0) for j in range(new_layers)])
+
+
+def _relayer(state: dict, plan: list[tuple[int, bool]]) -> dict:
+    """``state`` with new layer ``j`` a copy of old layer ``plan[j][0]``, its residual outputs (``attn.o_proj``,
+    ``mlp.down``) zeroed where ``plan[j][1]``; every weight outside the layers kept."""
+    out, layers = {}, {}
     for k, v in state.items():
-        if not k.startswith("layers."):
-            continue
-        _, i, rest = k.split(".", 2)
-        for c in range(r):
-            zero = c > 0 and rest in ("attn.o_proj.weight", "mlp.down.weight")
-            out[f"layers.{int(i) * r + c}.{rest}"] = torch.zeros_like(v) if zero else v.clone()
+        if k.startswith("layers."):
+            _, i, rest = k.split(".", 2)
+            layers.setdefault(int(i), {})[rest] = v
+        else:
+            out[k] = v
+    for j, (i, zero) in enumerate(plan):
+        for rest, v in layers[i].items():
+            silent = zero and rest in ("attn.o_proj.weight", "mlp.down.weight")
+            out[f"layers.{j}.{rest}"] = torch.zeros_like(v) if silent else v.clone()
     return out
 
 
@@ -255,13 +264,4 @@ def shallow_state(state: dict, n_layers: int, new_layers: int) -> dict:
     equal: layer ``j`` of the new model is layer ``shallow_layers(...)[j]`` of the old one (layer dropping), the
     embeddings, final norm and head kept. Unlike :func:`deepen_state` the function changes; training recovers it
     from a far better start than random weights (the smaller size of an isoFLOPS comparison)."""
-    keep = {old: new for new, old in enumerate(shallow_layers(n_layers, new_layers))}
-    out = {}
-    for k, v in state.items():
-        if not k.startswith("layers."):
-            out[k] = v
-            continue
-        _, i, rest = k.split(".", 2)
-        if int(i) in keep:
-            out[f"layers.{keep[int(i)]}.{rest}"] = v.clone()
-    return out
+    return _relayer(state, [(i, False) for i in shallow_layers(n_layers, new_layers)])

@@ -294,9 +294,11 @@ def _check_depth_named(rc: ReferenceConfig, overrides: list[str], config: str | 
     """A job whose depth differs from its ``init_from`` checkpoint's must say so with ``model.n_layers=``: a config
     written for another depth would otherwise grow or cut the model silently (continuing a 4-layer checkpoint with
     an 8-layer config would grow it to 8)."""
+    from leanformer.train.checkpoint import read_model_meta
+
     try:
-        have = json.loads((Path(rc.init_from) / "model.json").read_text())["config"]["n_layers"]
-    except (OSError, KeyError, ValueError, TypeError):
+        have = read_model_meta(rc.init_from)["config"]["n_layers"]
+    except (UserError, KeyError):
         return  # not a checkpoint folder: training's own check names what is missing
     if have != rc.model.n_layers and not any(o.startswith("model.n_layers=") for o in overrides):
         raise UserError(f"init_from={rc.init_from!r} has {have} layers and the config "
