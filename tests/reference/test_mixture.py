@@ -211,6 +211,46 @@ def test_tasks_without_a_keyed_form_train_on_their_plain_answer():
         task, tok, 1500, TRAIN_SEED_BASE + 2)
 
 
+@pytest.mark.parametrize("name", ["story_multihop", "variable_tracking"])
+def test_chained_answers_write_each_lookup_and_still_score_full(name):
+    """Each step's key is the value written just before it (the first is copied from the question); the steps are
+    facts of the prompt; the training row ends in the chain; a chain that ends wrong does not score."""
+    tok = ByteTokenizer()
+    task = TASKS[name]()
+    seed = TRAIN_SEED_BASE + 7
+    sample = task.generate(tok, 6000, seed)
+    chain = sample.meta["chain_answer_text"]
+    assert chain != sample.answer_text and task.score(chain, sample) == 1.0
+    steps = [it.split(": ") for it in chain[len("<answer>"):-len("</answer>")].split(", ")]
+    assert all(len(st) == 2 for st in steps) and len(steps) >= 3
+    for (_, value), (key, _) in zip(steps, steps[1:]):
+        assert key == value or key.endswith(f"chapter {int(value.split()[-1]) - 1}")
+    question = sample.prompt.rsplit("\n", 2)[-2]
+    assert steps[0][0] in question
+    if name == "story_multihop":
+        (item, place), (_, chapter), (_, answer) = steps
+        assert f"Before leaving {place}, the traveller bought a {item}." in sample.prompt
+        assert f"{chapter.capitalize()}.\nThe traveller arrived at {place}." in sample.prompt
+        before = sample.prompt.split(f"{chapter.capitalize()}.\n")[0].rsplit("Chapter ", 1)[1]
+        assert f"the traveller bought a {answer}." in before
+        assert task.score(chain.replace(answer, "rusty tin bell"), sample) == 0.0
+    else:
+        for key, var in steps:
+            assert f"VAR {var} = {key if key.isdigit() else 'VAR ' + key}." in sample.prompt
+        assert task.score(chain.replace(steps[-1][1], "QQQQQ"), sample) < 1.0
+    ids, start = task_sequence(task, tok, 6000, seed, chain=True)
+    assert tok.decode(ids[:start]) == sample.prompt and tok.decode(ids[start:]) == chain
+    assert task_sequence(task, tok, 6000, seed) != task_sequence(task, tok, 6000, seed, chain=True)
+
+
+def test_a_plain_multihop_answer_scores_as_before_the_chained_form():
+    task = TASKS["story_multihop"]()
+    sample = task.generate(ByteTokenizer(), 3000, 3)
+    assert task.score(sample.answer_text, sample) == 1.0
+    assert task.score(f"<answer>{sample.answer}, {sample.answer}</answer>", sample) == 0.0
+    assert task.score("<answer>rusty tin bell</answer>", sample) == 0.0
+
+
 def test_task_params_shape_the_training_generators_only():
     mix = MixtureConfig(tasks={"niah": 1.0, "story_retrieval": 1.0},
                         task_params={"story_retrieval": {"uneven_chapters": True, "n_queries": 4}})

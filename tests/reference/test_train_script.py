@@ -24,6 +24,7 @@ def test_training_script_runs_and_writes_a_loadable_checkpoint_and_card_data(tmp
     assert report["training"]["steps"] == 6 and report["training"]["tokens"] > 0
     acc = report["dense_accuracy"]["niah"]["320"]
     assert len(acc["scores"]) == 2 and 0.0 <= acc["mean"] <= 1.0
+    assert len(acc["examples"]) == 2 and {"seed", "output", "gold"} <= set(acc["examples"][0])
     assert not (tmp_path / ".shakespeare-train.npy").exists()
     from leanformer.train.checkpoint import load_model
 
@@ -229,12 +230,14 @@ def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path
     (tmp_path / "model.json").write_text((shipped / "model.json").read_text())
     (tmp_path / "training.json").write_text(json.dumps(report))
     text = card.card_text(tmp_path)
-    assert "keyed answers (niah and story_retrieval answered item by item" in text
+    assert "keyed answers (niah and story_retrieval answered item by item" in text and "chained" not in text
     assert "at most 320 new tokens" in text and "training generators' parameters" not in text
     report["resolved_config"]["mixture"]["task_params"] = {"story_retrieval": {"uneven_chapters": True}}
     report["resolved_config"]["mixture"]["keyed_answers"] = False
+    report["resolved_config"]["mixture"]["chain_answers"] = True
     (tmp_path / "training.json").write_text(json.dumps(report))
     text = card.card_text(tmp_path)
+    assert "chained answers (story_multihop and variable_tracking write out their lookups" in text
     assert "training generators' parameters {'story_retrieval': {'uneven_chapters': True}}" in text
     assert "keyed answers" not in text
 

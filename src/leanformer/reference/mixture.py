@@ -61,6 +61,9 @@ class MixtureConfig:
     keyed_answers: bool = cfg(False, help="task samples whose task has a keyed form (niah, story_retrieval) are "
                                           "answered item by item as 'QUERY: ANSWER' (Task.keyed_items), which their "
                                           "scorers accept: copy the query, then look it up (mind answer_margin)")
+    chain_answers: bool = cfg(False, help="task samples whose task has a chained form (story_multihop, "
+                                          "variable_tracking) write out their lookups one step at a time, 'KEY: "
+                                          "VALUE, VALUE: NEXT, ...' (Task.chain_items), which their scorers accept")
     task_params: dict = cfg(default_factory=dict,
                             help="per task, parameters of its generator for the training samples, e.g. "
                                  "{story_retrieval: {uneven_chapters: true}}; evaluation always uses the defaults")
@@ -116,15 +119,20 @@ def bytes_per_token(task, tokenizer, length: int = 2048, seed: int = TRAIN_SEED_
 
 
 def task_sequence(task, tokenizer, length: int, seed: int, counter: ApproxCounter | None = None,
-                  answer_space: bool = False, keyed: bool = False) -> tuple[list[int], int]:
+                  answer_space: bool = False, keyed: bool = False, chain: bool = False) -> tuple[list[int], int]:
     """Token ids of prompt + answer prefix + gold answer + EOS, and the index where the answer prefix starts.
-    ``keyed``: the gold answer in its keyed form where the task has one (:meth:`Task.keyed_items`).
+    ``keyed``: the gold answer in its keyed form where the task has one (:meth:`Task.keyed_items`); ``chain``: in
+    its chained form where the task has one (:meth:`Task.chain_items`).
 
     With ``counter`` the filler is fitted by approximate counts (the prompt lands within a few % of ``length``).
     ``counters`` in :func:`make_batch` are keyed by ``(task name, length)``."""
     sample = task.generate(counter or tokenizer, length, seed)
     prompt = list(tokenizer.encode(sample.prompt))
-    text = sample.meta.get("keyed_answer_text", sample.answer_text) if keyed else sample.answer_text
+    text = sample.answer_text
+    if keyed:
+        text = sample.meta.get("keyed_answer_text", text)
+    if chain:
+        text = sample.meta.get("chain_answer_text", text)
     answer = text[len(ANSWER_PREFIX):] if text.startswith(ANSWER_PREFIX) else text
     ids = prompt + list(tokenizer.encode(ANSWER_PREFIX)) + list(tokenizer.encode(" " * answer_space + answer))
     if getattr(tokenizer, "eos_id", None) is not None:
@@ -232,11 +240,11 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
             try:
                 seq, answer_start = task_sequence(tasks[name], tokenizer, plan["length"], seed,
                                                   counters.get((name, plan["length"])), mix.answer_space,
-                                                  mix.keyed_answers)
+                                                  mix.keyed_answers, mix.chain_answers)
             except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
                 seq, answer_start = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
                                                   counters.get(("niah", plan["length"])), mix.answer_space,
-                                                  mix.keyed_answers)
+                                                  mix.keyed_answers, mix.chain_answers)
             seq = seq[:width + 1]
             ids[r, :len(seq)] = seq
             # labels[t] = ids[t + 1]: with answer_only, only targets from the answer prefix on are learned

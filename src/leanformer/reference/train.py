@@ -376,12 +376,14 @@ def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int 
     made = eval_samples(model_dir, [(n, L, s) for n, L in todo for s in range(rc.eval_samples)], workers)
     for name, L in todo:
         task = TASKS[name]()
-        scores = []
+        scores, examples = [], []
         for i in range(0, rc.eval_samples, batch_size):
             chunk = [next(made) for _ in range(min(batch_size, rc.eval_samples - i))]
             gens, _ = generate_engine(engine, enc, [ids for _, ids in chunk], max_new_tokens)
             scores += [task.score(g.text, s) for g, (s, _) in zip(gens, chunk)]
-        measured[(name, L)] = {"mean": sum(scores) / len(scores), "scores": scores}
+            examples += [{"seed": s.seed, "output": g.text, "gold": s.answer_text}
+                         for g, (s, _) in zip(gens, chunk)][:max(0, 3 - len(examples))]
+        measured[(name, L)] = {"mean": sum(scores) / len(scores), "scores": scores, "examples": examples}
         print(f"{name:18s} {L:6d}  {sum(scores) / len(scores):.3f}", flush=True)
         if on_cell is not None:
             on_cell(results())

@@ -93,6 +93,15 @@ class Task:
         used by the reference checkpoints' training mixture, never by the evaluation)."""
         return None
 
+    def chain_items(self, plan: Any) -> list[str] | None:
+        """The gold answer reached through its intermediate lookups, one ``KEY: VALUE`` step per item, the last step
+        ending in the answer, in a form :meth:`score` also accepts; None where the task has no such form. For tasks
+        that need several lookups in a row (story_multihop, variable_tracking): a model trained to write each step
+        looks one thing up at a time, each step's key being the text it has just written
+        (``Sample.meta["chain_answer_text"]``; used by the reference checkpoints' training mixture, never by the
+        evaluation)."""
+        return None
+
     def params(self) -> dict:
         """The task's parameters (part of the harness's cell key)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
@@ -122,6 +131,8 @@ class Task:
         meta = {"filler_units": n}
         if (keyed := self.keyed_items(plan)) is not None:
             meta["keyed_answer_text"] = f"{_TAG_OPEN}{', '.join(keyed)}{_TAG_CLOSE}"
+        if (chain := self.chain_items(plan)) is not None:
+            meta["chain_answer_text"] = f"{_TAG_OPEN}{', '.join(chain)}{_TAG_CLOSE}"
         return Sample(task=self.name, prompt=self.prompt(plan, n), answer=answer,
                       answer_text=f"{_TAG_OPEN}{', '.join(items)}{_TAG_CLOSE}", seed=seed, length=length,
                       prompt_tokens=tokens, meta=meta)

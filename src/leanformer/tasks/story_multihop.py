@@ -2,7 +2,8 @@
 
 Two hops: find the chapter where the named item was bought, then the purchase in the chapter before it (every
 chapter has a purchase in this task). Answer ``<answer>ITEM</answer>``; exact match after normalization (articles,
-case and punctuation ignored).
+case and punctuation ignored). An answer that writes out its lookups first, ``STEP: ..., STEP: ITEM``
+(:meth:`StoryMultihop.chain_items`), is scored on the text after its last colon.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class StoryMultihop(StoryTask):
         chapters = plan["chapters"]
         k = rng.randrange(1, len(chapters))
         plan["asked"], plan["answer"] = chapters[k].item, chapters[k - 1].item
+        plan["asked_chapter"] = chapters[k]
         return plan
 
     def question(self, plan: dict) -> str:
@@ -32,6 +34,13 @@ class StoryMultihop(StoryTask):
     def gold(self, plan: dict) -> tuple[str, list[str]]:
         return plan["answer"], [plan["answer"]]
 
+    def chain_items(self, plan: dict) -> list[str]:
+        # the asked item -> where it was bought (its purchase sentence names the place) -> that place's chapter (the
+        # chapter's header names it) -> the item of the chapter before, in story_retrieval's keyed form
+        ch = plan["asked_chapter"]
+        return [f"{plan['asked']}: the {ch.location}", f"the {ch.location}: chapter {ch.number}",
+                f"item in chapter {ch.number - 1}: {plan['answer']}"]
+
     def score(self, prediction: str, sample: Sample) -> float:
-        pred = normalize(extract_answer(prediction))
+        pred = normalize(extract_answer(prediction).rsplit(":", 1)[-1])
         return float(bool(pred) and pred == normalize(sample.answer))

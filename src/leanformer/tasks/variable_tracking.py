@@ -3,7 +3,8 @@
 ``n_chains`` chains each start with "VAR A = 12345." and continue with ``n_hops`` statements "VAR B = VAR A.";
 statements sit at random depths in filler sentences, each chain in order, chains interleaved. The question names
 the value of one chain; the answer is every variable bound to it, ``<answer>A, B, ...</answer>`` (any order).
-Score: intersection over union of the variable sets.
+Score: intersection over union of the variable sets (an item's last word is taken, so the chain of lookups
+``12345: A, A: B, ...`` of :meth:`VariableTracking.chain_items` scores as ``A, B, ...``).
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class VariableTracking(Task):
     def gold(self, plan: dict) -> tuple[list[str], list[str]]:
         chain = list(plan["chains"][plan["query"]])
         return chain, chain
+
+    def chain_items(self, plan: dict) -> list[str]:
+        # the queried value -> the variable assigned it -> the variable assigned that one -> ...
+        chain = plan["chains"][plan["query"]]
+        return [f"{a}: {b}" for a, b in zip([str(plan["values"][plan["query"]]), *chain], chain)]
 
     def score(self, prediction: str, sample: Sample) -> float:
         pred = [it.split()[-1] for it in split_items(prediction)]
