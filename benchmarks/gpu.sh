@@ -15,6 +15,7 @@
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
 #              frontier-long-deep   (configs/frontier/long-deep.yaml: the deep reference, into the same store)
+#              frontier-long-chain   (configs/frontier/long-chain.yaml: the chained-answer reference, own store)
 #              frontier-long-shallow   (configs/frontier/long-shallow.yaml: the shallow reference, same store)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
@@ -207,6 +208,9 @@ suite() {
     frontier-long-shallow)  # the shallow reference (.scratch/reference-long-shallow) on block top-k and Quest into
         # the study's store (.scratch/frontier-long): the isoFLOPS comparison's smaller size, one call
         frontier_slice configs/frontier/long-shallow.yaml runs/gpu/reference-long-shallow runs/frontier-long ;;
+    frontier-long-chain)  # the chained-answer reference (.scratch/reference-long-chain) on story multi-hop and variable
+        # tracking, every method, its own store (merge it into the study's): one call
+        frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-chain runs/frontier-long-chain ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -216,7 +220,7 @@ suite() {
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
              "reference-long-shallow reference-long-chain reference-long-eval frontier-long frontier-long-dense0 frontier-long-deep" \
-             "frontier-long-shallow distributed frontier-shard all"; return 2 ;;
+             "frontier-long-shallow frontier-long-chain distributed frontier-shard all"; return 2 ;;
     esac
 }
 
