@@ -10,12 +10,11 @@
 #              reference-long | reference-long-continue   (the long-context reference's two jobs, in order)
 #              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
 #              reference-long-shallow   (the smaller size: the long reference cut to 4 layers, then trained)
-#              reference-long-chain   (the long reference taught to write out multi-hop lookups; CHAIN_FROM=DIR)
+#              reference-long-chain   (the long reference trained to write out multi-step lookups; CHAIN_FROM=DIR)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
 #              frontier-long-deep   (configs/frontier/long-deep.yaml: the deep reference, into the same store)
-#              frontier-long-chain   (configs/frontier/long-chain.yaml: the chained-answer reference, own store)
 #              frontier-long-shallow   (configs/frontier/long-shallow.yaml: the shallow reference, same store)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
@@ -185,12 +184,14 @@ suite() {
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-shallow \
             init_from=.scratch/reference-long-continue model.n_layers=4 'mixture.lengths=[8192, 16384, 32768]' \
             max_seconds=300 --skip-eval ;;
-    reference-long-chain)  # the long reference taught to write out its lookups (chained answers: story_multihop and
-        # variable_tracking), continuing the shipped reference-long (or CHAIN_FROM) on 4K-32K prompts, then evaluated
+    reference-long-chain)  # the long reference trained to write out its lookups (chained answers: story_multihop and
+        # variable_tracking), continuing the shipped reference-long (or CHAIN_FROM) on 4K-32K prompts, then evaluated;
+        # run once on one H100 (results/reference_long_chain-20261207T0255Z.json): both tasks stayed at the floor
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-chain \
             init_from="${CHAIN_FROM:-src/leanformer/assets/reference-long}" mixture.chain_answers=true \
             'mixture.lengths=[4096, 8192, 16384, 32768]' mixture.shakespeare_fraction=0.1 mixture.copy_fraction=0.1 \
-            'mixture.tasks={niah: 1.0, variable_tracking: 3.0, common_words: 0.5, qa: 0.5, story_retrieval: 2.0, story_multihop: 4.0, story_filtering: 1.0}' \
+            'mixture.tasks={niah: 1.0, variable_tracking: 3.0, common_words: 0.5, qa: 0.5, story_retrieval: 2.0,
+                            story_multihop: 4.0, story_filtering: 1.0}' \
             compile_scope=blocks max_seconds=330 ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
@@ -208,9 +209,6 @@ suite() {
     frontier-long-shallow)  # the shallow reference (.scratch/reference-long-shallow) on block top-k and Quest into
         # the study's store (.scratch/frontier-long): the isoFLOPS comparison's smaller size, one call
         frontier_slice configs/frontier/long-shallow.yaml runs/gpu/reference-long-shallow runs/frontier-long ;;
-    frontier-long-chain)  # the chained-answer reference (.scratch/reference-long-chain) on story multi-hop and variable
-        # tracking, every method, its own store (merge it into the study's): one call
-        frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-chain runs/frontier-long-chain ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -219,8 +217,8 @@ suite() {
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
-             "reference-long-shallow reference-long-chain reference-long-eval frontier-long frontier-long-dense0 frontier-long-deep" \
-             "frontier-long-shallow frontier-long-chain distributed frontier-shard all"; return 2 ;;
+             "reference-long-shallow reference-long-chain reference-long-eval frontier-long frontier-long-dense0" \
+             "frontier-long-deep frontier-long-shallow distributed frontier-shard all"; return 2 ;;
     esac
 }
 

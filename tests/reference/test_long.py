@@ -198,12 +198,10 @@ def test_smaller_size_is_the_long_reference_cut_to_half_its_layers():
     assert 0.4 < ratio < 0.6
 
 
-def test_chained_answer_recipe_and_its_grid_agree_with_the_study():
-    """The suite reference-long-chain continues the long reference with chained answers on (its overrides make a
-    valid config whose rows fit the positions), and configs/frontier/long-chain.yaml runs that model on the study's
-    two multi-step tasks at every length, method and sparsity of the study, with room for a chained answer."""
+def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers():
+    """The suite reference-long-chain continues the long reference with chained answers on; its overrides make a
+    valid config whose rows fit the positions and whose answer margin holds a chained answer at 32K."""
     from leanformer.data import HFTokenizer
-    from leanformer.eval import harness
     from leanformer.tasks import TASKS
 
     m = re.search(r"ref_job reference-long-chain \\\s+init_from=\S+ (.*?) ;;", GPU_SH, re.S)
@@ -212,16 +210,9 @@ def test_chained_answer_recipe_and_its_grid_agree_with_the_study():
     rc = from_dict(ref_train.ReferenceConfig,
                    apply_overrides(load_yaml(str(LONG)), [o.strip("'") for o in overrides]))
     assert rc.mixture.chain_answers and rc.mixture.keyed_answers
+    assert {"story_multihop", "variable_tracking"} <= set(rc.mixture.tasks)
     assert max(rc.mixture.lengths) + rc.mixture.answer_margin <= rc.model.max_seq_len
-    study, chain = (harness.load_config(load_yaml(str(p))) for p in (STUDY, ROOT / "configs/frontier/long-chain.yaml"))
-    for key in ("lengths", "prefill", "decode", "sparsities", "samples", "seed", "method_params", "dtype"):
-        assert getattr(chain, key) == getattr(study, key), key
-    assert set(chain.tasks) == {"story_multihop", "variable_tracking"}
-    assert chain.models == ["runs/gpu/reference-long-chain"]
-    assert chain.store != study.store and len(harness.build_grid(chain)) == 2 * 4 * (1 + 8 * 4)
-    assert "frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-chain runs/frontier-long-chain" \
-        in GPU_SH
     tok = HFTokenizer.from_pretrained(str(SHIPPED))
-    for name in chain.tasks:
+    for name in ("story_multihop", "variable_tracking"):
         answer = TASKS[name]().generate(tok, 32768, 5).meta["chain_answer_text"]
-        assert len(tok.encode(answer)) + 16 <= chain.max_new_tokens
+        assert len(tok.encode(answer)) + 16 <= rc.mixture.answer_margin

@@ -262,8 +262,9 @@ COMPILE_BACKEND = "inductor"  # tests trace with "eager": the same graphs, no co
 class _BlocksCompiled:
     """``model.compute_loss`` with each block compiled apart (``nn.Module.compile``): blocks of one shape share one
     compiled graph, so the compile work is one block's, whatever the depth (the whole loss compiled took ~200 s for
-    24 layers on one H100; this path is not yet timed there). A distinct object, so the training loop can tell it
-    from the eager loss (a compiler failure falls back to :func:`_eager_loss`)."""
+    24 layers on one H100; on the 8-layer long reference there, step 25 came at 47 s this way and at 126 s with the
+    whole loss, benchmarks/results/reference_long_chain-20261207T0255Z.json). A distinct object, so the training loop
+    can tell it from the eager loss (a compiler failure falls back to :func:`_eager_loss`)."""
 
     def __init__(self, model):
         self.model = model
