@@ -168,6 +168,44 @@ def test_recall_batches_learn_exactly_the_values_of_queried_keys():
         assert not learn[r, t:].any()
 
 
+def test_reverse_recall_queries_learn_the_key_written_before_the_value():
+    """Queries asked backwards give a value, then learn the key that precedes that value in the first half (values
+    are then distinct, so only finding the value can predict it); forward queries stay as they were, and with no
+    reverse share the rows are the very rows drawn without the option."""
+    from leanformer.reference.mixture import recall_rows
+
+    specials = [0, 1, 2]
+    args = (6, 201, 200, specials)
+    ids, learn = recall_rows(*args, np.random.default_rng(5), key_len=2, value_len=3, reverse=0.5)
+    pairs = (201 // 2) // 5
+    n_reverse = 0
+    for r in range(6):
+        keys = {tuple(ids[r, i * 5:i * 5 + 2]): tuple(ids[r, i * 5 + 2:i * 5 + 5]) for i in range(pairs)}
+        values = {v: k for k, v in keys.items()}
+        assert len(keys) == len(values) == pairs and len({v[0] for v in values}) == pairs
+        assert not learn[r, :pairs * 5].any()
+        t = pairs * 5
+        while t + 5 <= 201:
+            if tuple(ids[r, t:t + 2]) in keys and learn[r, t + 2:t + 5].all():  # forward: key, then its value
+                assert keys[tuple(ids[r, t:t + 2])] == tuple(ids[r, t + 2:t + 5]) and not learn[r, t:t + 2].any()
+            else:  # backwards: value, then the key before it
+                assert values[tuple(ids[r, t:t + 3])] == tuple(ids[r, t + 3:t + 5])
+                assert learn[r, t + 3:t + 5].all() and not learn[r, t:t + 3].any()
+                n_reverse += 1
+            t += 5
+    assert 0.3 < n_reverse / (6 * ((201 - pairs * 5) // 5)) < 0.7
+    plain = recall_rows(*args, np.random.default_rng(5))
+    same = recall_rows(*args, np.random.default_rng(5), reverse=0.0)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, same))
+    mix = dataclasses.replace(MIX, shakespeare_fraction=0.0, copy_fraction=0.0, recall_fraction=1.0,
+                              recall_reverse=1.0)
+    batch = make_batch(batch_plan(mix, 0, 0), mix, ByteTokenizer(), np.zeros(10, dtype=np.int64), {}, 0)
+    labels, inputs = batch["labels"][0], batch["input_ids"][0]
+    first = int(np.argmax(labels != -100))  # the first learned key token: predicted after a whole value
+    assert first % 5 == 2 and (labels[first:first + 2] != -100).all() and (labels[first - 3:first] == -100).all()
+    assert inputs[first] != labels[first]
+
+
 def test_recall_fraction_draws_recall_batches_and_fractions_must_fit():
     mix = dataclasses.replace(MIX, shakespeare_fraction=0.2, copy_fraction=0.2, recall_fraction=0.3)
     kinds = [batch_plan(mix, 0, s)["kind"] for s in range(400)]

@@ -238,6 +238,10 @@ def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path
     (tmp_path / "training.json").write_text(json.dumps(report))
     text = card.card_text(tmp_path)
     assert "chained answers (story_multihop and variable_tracking write out their lookups" in text
+    assert "backwards" not in text
+    report["resolved_config"]["mixture"].update(recall_fraction=0.2, recall_reverse=0.5)
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    assert "associative recall 0.2 (0.5 of its queries backwards), the rest" in card.card_text(tmp_path)
     assert "training generators' parameters {'story_retrieval': {'uneven_chapters': True}}" in text
     assert "keyed answers" not in text
 

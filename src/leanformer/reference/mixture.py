@@ -2,10 +2,10 @@
 
 Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows, task samples,
 copy sequences — random tokens whose second half repeats chunks of the first, which teach induction-style copying —
-or associative recall — key-value pairs queried again, which teach matching a key), which tasks and which sample
-seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above any seed an
-evaluation uses (the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them apart and a
-test checks that the two never overlap).
+or associative recall — key-value pairs queried again, which teach matching a key, some queries optionally asked
+backwards by value), which tasks and which sample seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above
+any seed an evaluation uses (the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them
+apart and a test checks that the two never overlap).
 
 A task sample becomes ``encode(prompt) + encode("<answer>") + encode(items + "</answer>") + [eos]`` — exactly the
 tokens the harness feeds (:class:`leanformer.eval.generation.PromptEncoder`, chat template off) followed by the gold
@@ -45,6 +45,11 @@ class MixtureConfig:
                                  help="share of batches that are multi-query associative recall (random key-value "
                                       "pairs, then keys queried again, loss on their values): they teach matching a "
                                       "queried key, the step after copying that needle tasks need")
+    recall_reverse: float = cfg(0.0, ge=0.0, le=1.0,
+                                help="share of associative-recall queries asked backwards: a value, then the key "
+                                     "written before it (the reverse lookup that story_multihop and "
+                                     "variable_tracking start with: the place before a named item, the variable "
+                                     "before a named value)")
     tasks: dict = cfg(default_factory=lambda: {"niah": 1.0, "variable_tracking": 1.0, "common_words": 0.5,
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})
@@ -192,11 +197,14 @@ def copy_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.rando
 
 
 def recall_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.random.Generator,
-                key_len: int = 2, value_len: int = 3) -> tuple[np.ndarray, np.ndarray]:
+                key_len: int = 2, value_len: int = 3, reverse: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Multi-query associative recall (the MQAR task of *Zoology*, Arora et al., 2023): the first half of a row is
     ``key value`` pairs of random tokens (keys distinct), the second half queries them again in random order, each
     query followed by its value; ``learn[t]`` marks the queried values' tokens. Predicting them needs what needle
-    tasks need: find the queried key earlier in the row and copy what follows it."""
+    tasks need: find the queried key earlier in the row and copy what follows it.
+
+    ``reverse``: the share of queries asked backwards, ``value key`` (values then distinct too; ``learn`` marks the
+    key): find the value and copy what *precedes* it. With 0 the rows are those drawn without the option."""
     regular, ids = _random_rows(n, width, vocab_size, specials, rng)
     learn = np.zeros((n, width), dtype=bool)
     pair = key_len + value_len
@@ -206,12 +214,18 @@ def recall_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.ran
         keys = np.concatenate([regular[first][:, None],
                                regular[rng.integers(0, len(regular), size=(n_pairs, key_len - 1))]], 1)
         values = regular[rng.integers(0, len(regular), size=(n_pairs, value_len))]
+        if reverse > 0:  # distinct first tokens: a value names its pair as a key does
+            values[:, 0] = regular[rng.choice(len(regular), size=n_pairs, replace=False)]
         ids[r, :n_pairs * pair] = np.concatenate([keys, values], 1).reshape(-1)
         t = n_pairs * pair
         while t + pair <= width:
             j = int(rng.integers(n_pairs))
-            ids[r, t:t + key_len], ids[r, t + key_len:t + pair] = keys[j], values[j]
-            learn[r, t + key_len:t + pair] = True
+            if reverse > 0 and rng.random() < reverse:
+                ids[r, t:t + value_len], ids[r, t + value_len:t + pair] = values[j], keys[j]
+                learn[r, t + value_len:t + pair] = True
+            else:
+                ids[r, t:t + key_len], ids[r, t + key_len:t + pair] = keys[j], values[j]
+                learn[r, t + key_len:t + pair] = True
             t += pair
     return ids, learn
 
@@ -230,10 +244,13 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
             ids[r] = shakespeare_tokens[s:s + width + 1]
         valid[:] = True
     elif plan["kind"] in ("copy", "recall"):
-        rows = copy_rows if plan["kind"] == "copy" else recall_rows
-        ids[:], valid[:] = rows(plan["n"], width + 1, tokenizer.vocab_size,
-                                [pad_id, getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)],
-                                np.random.default_rng(plan["tokens_seed"]))
+        specials = [pad_id, getattr(tokenizer, "bos_id", None), getattr(tokenizer, "eos_id", None)]
+        rng = np.random.default_rng(plan["tokens_seed"])
+        if plan["kind"] == "copy":
+            ids[:], valid[:] = copy_rows(plan["n"], width + 1, tokenizer.vocab_size, specials, rng)
+        else:
+            ids[:], valid[:] = recall_rows(plan["n"], width + 1, tokenizer.vocab_size, specials, rng,
+                                           reverse=mix.recall_reverse)
     else:
         for r, (name, seed) in enumerate(plan["items"]):
             counters = counters or {}
