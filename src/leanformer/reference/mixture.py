@@ -220,12 +220,10 @@ def recall_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.ran
         t = n_pairs * pair
         while t + pair <= width:
             j = int(rng.integers(n_pairs))
-            if reverse > 0 and rng.random() < reverse:
-                ids[r, t:t + value_len], ids[r, t + value_len:t + pair] = values[j], keys[j]
-                learn[r, t + value_len:t + pair] = True
-            else:
-                ids[r, t:t + key_len], ids[r, t + key_len:t + pair] = keys[j], values[j]
-                learn[r, t + key_len:t + pair] = True
+            asked, answer = (values[j], keys[j]) if reverse > 0 and rng.random() < reverse else (keys[j], values[j])
+            a = t + len(asked)
+            ids[r, t:a], ids[r, a:t + pair] = asked, answer
+            learn[r, a:t + pair] = True
             t += pair
     return ids, learn
 

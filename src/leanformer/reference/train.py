@@ -383,7 +383,7 @@ def evaluate(model_dir: Path, rc: ReferenceConfig, device: str, batch_size: int 
             gens, _ = generate_engine(engine, enc, [ids for _, ids in chunk], max_new_tokens)
             scores += [task.score(g.text, s) for g, (s, _) in zip(gens, chunk)]
             examples += [{"seed": s.seed, "output": g.text, "gold": s.answer_text}
-                         for g, (s, _) in zip(gens, chunk)][:max(0, 3 - len(examples))]
+                         for g, (s, _) in list(zip(gens, chunk))[:3 - len(examples)]]
         measured[(name, L)] = {"mean": sum(scores) / len(scores), "scores": scores, "examples": examples}
         print(f"{name:18s} {L:6d}  {sum(scores) / len(scores):.3f}", flush=True)
         if on_cell is not None:

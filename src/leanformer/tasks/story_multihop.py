@@ -25,7 +25,6 @@ class StoryMultihop(StoryTask):
         chapters = plan["chapters"]
         k = rng.randrange(1, len(chapters))
         plan["asked"], plan["answer"] = chapters[k].item, chapters[k - 1].item
-        plan["asked_chapter"] = chapters[k]
         return plan
 
     def question(self, plan: dict) -> str:
@@ -37,7 +36,7 @@ class StoryMultihop(StoryTask):
     def chain_items(self, plan: dict) -> list[str]:
         # the asked item -> where it was bought (its purchase sentence names the place) -> that place's chapter (the
         # chapter's header names it) -> the item of the chapter before, in story_retrieval's keyed form
-        ch = plan["asked_chapter"]
+        ch = next(c for c in plan["chapters"] if c.item == plan["asked"])  # items are unique to their chapter
         return [f"{plan['asked']}: the {ch.location}", f"the {ch.location}: chapter {ch.number}",
                 f"item in chapter {ch.number - 1}: {plan['answer']}"]
 
