@@ -11,6 +11,7 @@
 #              reference-long-deep   (the second size: the long reference grown to 24 layers, then trained)
 #              reference-long-shallow   (the smaller size: the long reference cut to 4 layers, then trained)
 #              reference-long-chain   (the long reference trained to write out multi-step lookups; CHAIN_FROM=DIR)
+#              reference-long-reverse   (reference-long-chain's output trained on backward recall; REVERSE_FROM=DIR)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
@@ -193,6 +194,16 @@ suite() {
             'mixture.tasks={niah: 1.0, variable_tracking: 3.0, common_words: 0.5, qa: 0.5, story_retrieval: 2.0,
                             story_multihop: 4.0, story_filtering: 1.0}' \
             compile_scope=blocks max_seconds=330 ;;
+    reference-long-reverse)  # the chained-answer reference (REVERSE_FROM, default .scratch/reference-long-chain: the
+        # output of reference-long-chain) trained further with associative recall asked backwards (a value, then the
+        # key written before it: the reverse lookup multi-hop and variable tracking failed on), 4K-16K, then evaluated
+        REF_CONFIG=configs/reference/long.yaml ref_job reference-long-reverse \
+            init_from="${REVERSE_FROM:-.scratch/reference-long-chain}" mixture.chain_answers=true \
+            'mixture.lengths=[4096, 8192, 16384]' mixture.shakespeare_fraction=0.05 mixture.copy_fraction=0.05 \
+            mixture.recall_fraction=0.25 mixture.recall_reverse=0.75 \
+            'mixture.tasks={niah: 1.0, variable_tracking: 3.0, common_words: 0.5, qa: 0.5, story_retrieval: 1.5,
+                            story_multihop: 4.0, story_filtering: 1.0}' \
+            compile_scope=blocks max_seconds=390 ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
@@ -217,8 +228,8 @@ suite() {
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
-             "reference-long-shallow reference-long-chain reference-long-eval frontier-long frontier-long-dense0" \
-             "frontier-long-deep frontier-long-shallow distributed frontier-shard all"; return 2 ;;
+             "reference-long-shallow reference-long-chain reference-long-reverse reference-long-eval frontier-long" \
+             "frontier-long-dense0 frontier-long-deep frontier-long-shallow distributed frontier-shard all"; return 2 ;;
     esac
 }
 
