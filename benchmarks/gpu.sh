@@ -196,7 +196,8 @@ suite() {
             compile_scope=blocks max_seconds=330 ;;
     reference-long-reverse)  # the chained-answer reference (REVERSE_FROM, default .scratch/reference-long-chain: the
         # output of reference-long-chain) trained further with associative recall asked backwards (a value, then the
-        # key written before it: the reverse lookup multi-hop and variable tracking failed on), 4K-16K, then evaluated
+        # key written before it: the reverse lookup variable tracking fails on; multi-hop's chain reads the asked
+        # item's chapter, no reverse step), 4K-16K, then evaluated
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-reverse \
             init_from="${REVERSE_FROM:-.scratch/reference-long-chain}" mixture.chain_answers=true \
             'mixture.lengths=[4096, 8192, 16384]' mixture.shakespeare_fraction=0.05 mixture.copy_fraction=0.05 \

@@ -260,16 +260,17 @@ def test_chained_answers_write_each_lookup_and_still_score_full(name):
     chain = sample.meta["chain_answer_text"]
     assert chain != sample.answer_text and task.score(chain, sample) == 1.0
     steps = [it.split(": ") for it in chain[len("<answer>"):-len("</answer>")].split(", ")]
-    assert all(len(st) == 2 for st in steps) and len(steps) >= 3
+    assert all(len(st) == 2 for st in steps) and len(steps) >= 2
     for (_, value), (key, _) in zip(steps, steps[1:]):
         assert key == value or key.endswith(f"chapter {int(value.split()[-1]) - 1}")
     question = sample.prompt.rsplit("\n", 2)[-2]
     assert steps[0][0] in question
     if name == "story_multihop":
-        (item, place), (_, chapter), (_, answer) = steps
-        assert f"Before leaving {place}, the traveller bought a {item}." in sample.prompt
-        assert f"{chapter.capitalize()}.\nThe traveller arrived at {place}." in sample.prompt
-        before = sample.prompt.split(f"{chapter.capitalize()}.\n")[0].rsplit("Chapter ", 1)[1]
+        (item, chapter), (_, answer) = steps
+        number = int(chapter.split()[-1])
+        text = sample.prompt.split(f"Chapter {number}.\n")[1].split("\n\nChapter ")[0]
+        assert f"the traveller bought a {item}." in text
+        before = sample.prompt.split(f"Chapter {number}.\n")[0].rsplit(f"Chapter {number - 1}.\n", 1)[1]
         assert f"the traveller bought a {answer}." in before
         assert task.score(chain.replace(answer, "rusty tin bell"), sample) == 0.0
     else:

@@ -47,9 +47,8 @@ class MixtureConfig:
                                       "queried key, the step after copying that needle tasks need")
     recall_reverse: float = cfg(0.0, ge=0.0, le=1.0,
                                 help="share of associative-recall queries asked backwards: a value, then the key "
-                                     "written before it (the reverse lookup that story_multihop and "
-                                     "variable_tracking start with: the place before a named item, the variable "
-                                     "before a named value)")
+                                     "written before it (the reverse lookup that variable_tracking starts with: "
+                                     "the variable before a named value)")
     tasks: dict = cfg(default_factory=lambda: {"niah": 1.0, "variable_tracking": 1.0, "common_words": 0.5,
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})

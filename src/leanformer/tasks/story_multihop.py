@@ -34,11 +34,11 @@ class StoryMultihop(StoryTask):
         return plan["answer"], [plan["answer"]]
 
     def chain_items(self, plan: dict) -> list[str]:
-        # the asked item -> where it was bought (its purchase sentence names the place) -> that place's chapter (the
-        # chapter's header names it) -> the item of the chapter before, in story_retrieval's keyed form
-        ch = next(c for c in plan["chapters"] if c.item == plan["asked"])  # items are unique to their chapter
-        return [f"{plan['asked']}: the {ch.location}", f"the {ch.location}: chapter {ch.number}",
-                f"item in chapter {ch.number - 1}: {plan['answer']}"]
+        # the asked item -> its chapter (read where the item is named: the chapter's retrieval features are there, as
+        # story_retrieval uses them) -> the item of the chapter before, in story_retrieval's keyed form. No step
+        # reads what is written *before* a match (the place before the item), the lookup the model lacked.
+        n = next(c.number for c in plan["chapters"] if c.item == plan["asked"])  # items are unique to their chapter
+        return [f"{plan['asked']}: chapter {n}", f"item in chapter {n - 1}: {plan['answer']}"]
 
     def score(self, prediction: str, sample: Sample) -> float:
         pred = normalize(extract_answer(prediction).rsplit(":", 1)[-1])
