@@ -17,6 +17,7 @@
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
 #              frontier-long-deep   (configs/frontier/long-deep.yaml: the deep reference, into the same store)
 #              frontier-long-shallow   (configs/frontier/long-shallow.yaml: the shallow reference, same store)
+#              frontier-long-chain   (configs/frontier/long-chain.yaml: the two multi-step tasks, chained reference)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
 #
@@ -221,6 +222,10 @@ suite() {
     frontier-long-shallow)  # the shallow reference (.scratch/reference-long-shallow) on block top-k and Quest into
         # the study's store (.scratch/frontier-long): the isoFLOPS comparison's smaller size, one call
         frontier_slice configs/frontier/long-shallow.yaml runs/gpu/reference-long-shallow runs/frontier-long ;;
+    frontier-long-chain)  # multi-hop and variable tracking on the reference that writes out its lookups
+        # (.scratch/reference-long-reverse: reference-long-reverse's output) into a store of its own
+        # (configs/frontier/long-chain.yaml; merge it into the study's): 6,336 samples, one call
+        frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-reverse runs/frontier-long-chain ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -230,7 +235,8 @@ suite() {
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
              "reference-long-shallow reference-long-chain reference-long-reverse reference-long-eval frontier-long" \
-             "frontier-long-dense0 frontier-long-deep frontier-long-shallow distributed frontier-shard all"; return 2 ;;
+             "frontier-long-dense0 frontier-long-deep frontier-long-shallow frontier-long-chain distributed frontier-shard" \
+             "all"; return 2 ;;
     esac
 }
 

@@ -198,21 +198,50 @@ def test_smaller_size_is_the_long_reference_cut_to_half_its_layers():
     assert 0.4 < ratio < 0.6
 
 
-def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers():
-    """The suite reference-long-chain continues the long reference with chained answers on; its overrides make a
-    valid config whose rows fit the positions and whose answer margin holds a chained answer at 32K."""
+@pytest.mark.parametrize("suite", ["reference-long-chain", "reference-long-reverse"])
+def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers(suite):
+    """The suites reference-long-chain and reference-long-reverse (which continues the first's output with backward
+    associative recall mixed in) train with chained answers on; their overrides make a valid config whose rows fit
+    the positions and whose answer margin holds a chained answer at 32K."""
     from leanformer.data import HFTokenizer
     from leanformer.tasks import TASKS
 
-    m = re.search(r"ref_job reference-long-chain \\\s+init_from=\S+ (.*?) ;;", GPU_SH, re.S)
-    assert m, "the reference-long-chain suite is missing or changed shape"
+    m = re.search(rf"ref_job {suite} \\\s+init_from=\S+ (.*?) ;;", GPU_SH, re.S)
+    assert m, f"the {suite} suite is missing or changed shape"
     overrides = re.findall(r"'[^']+'|\S+", m.group(1).replace("\\\n", " "))
     rc = from_dict(ref_train.ReferenceConfig,
                    apply_overrides(load_yaml(str(LONG)), [o.strip("'") for o in overrides]))
     assert rc.mixture.chain_answers and rc.mixture.keyed_answers
+    if suite == "reference-long-reverse":
+        assert rc.mixture.recall_fraction > 0 and rc.mixture.recall_reverse > 0
+        assert "REVERSE_FROM:-.scratch/reference-long-chain" in m.group(0)
     assert {"story_multihop", "variable_tracking"} <= set(rc.mixture.tasks)
     assert max(rc.mixture.lengths) + rc.mixture.answer_margin <= rc.model.max_seq_len
     tok = HFTokenizer.from_pretrained(str(SHIPPED))
     for name in ("story_multihop", "variable_tracking"):
         answer = TASKS[name]().generate(tok, 32768, 5).meta["chain_answer_text"]
         assert len(tok.encode(answer)) + 16 <= rc.mixture.answer_margin
+
+
+def test_chained_study_grid_is_the_studys_grid_for_the_multi_step_tasks():
+    """configs/frontier/long-chain.yaml runs the chained reference (the folder reference-long-reverse writes) on the
+    study's grid for story_multihop and variable_tracking, into a store of its own, with room for the longest
+    chained answer; a GPU suite runs it."""
+    from leanformer.data import HFTokenizer
+    from leanformer.eval import harness
+    from leanformer.tasks import TASKS
+
+    study, chain = (harness.load_config(load_yaml(str(p)))
+                    for p in (STUDY, ROOT / "configs/frontier/long-chain.yaml"))
+    for key in ("lengths", "samples", "seed", "sparsities", "prefill", "decode", "method_params", "batch_size"):
+        assert getattr(chain, key) == getattr(study, key), key
+    assert set(chain.tasks) == {"story_multihop", "variable_tracking"} and chain.store != study.store
+    assert chain.models == ["runs/gpu/reference-long-reverse"]
+    assert "frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-reverse runs/frontier-long-chain" \
+        in GPU_SH
+    assert len(harness.build_grid(chain)) == 2 * 4 * (1 + 8 * 4)
+    tok = HFTokenizer.from_pretrained(str(SHIPPED))
+    for name in chain.tasks:
+        longest = max(len(tok.encode(TASKS[name]().generate(tok, 4096, s).meta["chain_answer_text"]))
+                      for s in range(8))
+        assert longest + 16 <= chain.max_new_tokens
