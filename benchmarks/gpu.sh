@@ -17,7 +17,6 @@
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
 #              frontier-long-deep   (configs/frontier/long-deep.yaml: the deep reference, into the same store)
 #              frontier-long-shallow   (configs/frontier/long-shallow.yaml: the shallow reference, same store)
-#              frontier-long-chain   (configs/frontier/long-chain.yaml: the two multi-step tasks, chained reference)
 #   two GPUs   distributed | frontier-shard
 #   all        the one-GPU result suites (ALL below) side by side, one per GPU: one call on an 8-GPU machine
 #
@@ -198,7 +197,8 @@ suite() {
     reference-long-reverse)  # the chained-answer reference (REVERSE_FROM, default .scratch/reference-long-chain: the
         # output of reference-long-chain) trained further with associative recall asked backwards (a value, then the
         # key written before it: the reverse lookup variable tracking fails on; multi-hop's chain reads the asked
-        # item's chapter, no reverse step), 4K-16K, then evaluated
+        # item's chapter, no reverse step), 4K-16K, then evaluated; run once on one H100
+        # (results/reference_long_reverse-20261207T0504Z.json): both tasks stayed at the floor, 32K fell
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-reverse \
             init_from="${REVERSE_FROM:-.scratch/reference-long-chain}" mixture.chain_answers=true \
             'mixture.lengths=[4096, 8192, 16384]' mixture.shakespeare_fraction=0.05 mixture.copy_fraction=0.05 \
@@ -222,10 +222,6 @@ suite() {
     frontier-long-shallow)  # the shallow reference (.scratch/reference-long-shallow) on block top-k and Quest into
         # the study's store (.scratch/frontier-long): the isoFLOPS comparison's smaller size, one call
         frontier_slice configs/frontier/long-shallow.yaml runs/gpu/reference-long-shallow runs/frontier-long ;;
-    frontier-long-chain)  # multi-hop and variable tracking on the reference that writes out its lookups
-        # (.scratch/reference-long-reverse: reference-long-reverse's output) into a store of its own
-        # (configs/frontier/long-chain.yaml; merge it into the study's): 6,336 samples, one call
-        frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-reverse runs/frontier-long-chain ;;
     distributed)  # two GPUs: 1 GPU vs DDP vs FSDP2 at 16 sequences per GPU, then DDP at 32
         run 280 python3 benchmarks/bench_ddp.py
         run 200 python3 benchmarks/bench_ddp.py --modes ddp --batch-per-gpu 32 --steps 30 ;;
@@ -235,8 +231,7 @@ suite() {
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
              "reference-long-shallow reference-long-chain reference-long-reverse reference-long-eval frontier-long" \
-             "frontier-long-dense0 frontier-long-deep frontier-long-shallow frontier-long-chain distributed frontier-shard" \
-             "all"; return 2 ;;
+             "frontier-long-dense0 frontier-long-deep frontier-long-shallow distributed frontier-shard all"; return 2 ;;
     esac
 }
 

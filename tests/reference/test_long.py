@@ -222,26 +222,3 @@ def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers(suite):
         answer = TASKS[name]().generate(tok, 32768, 5).meta["chain_answer_text"]
         assert len(tok.encode(answer)) + 16 <= rc.mixture.answer_margin
 
-
-def test_chained_study_grid_is_the_studys_grid_for_the_multi_step_tasks():
-    """configs/frontier/long-chain.yaml runs the chained reference (the folder reference-long-reverse writes) on the
-    study's grid for story_multihop and variable_tracking, into a store of its own, with room for the longest
-    chained answer; a GPU suite runs it."""
-    from leanformer.data import HFTokenizer
-    from leanformer.eval import harness
-    from leanformer.tasks import TASKS
-
-    study, chain = (harness.load_config(load_yaml(str(p)))
-                    for p in (STUDY, ROOT / "configs/frontier/long-chain.yaml"))
-    for key in ("lengths", "samples", "seed", "sparsities", "prefill", "decode", "method_params", "batch_size"):
-        assert getattr(chain, key) == getattr(study, key), key
-    assert set(chain.tasks) == {"story_multihop", "variable_tracking"} and chain.store != study.store
-    assert chain.models == ["runs/gpu/reference-long-reverse"]
-    assert "frontier_slice configs/frontier/long-chain.yaml runs/gpu/reference-long-reverse runs/frontier-long-chain" \
-        in GPU_SH
-    assert len(harness.build_grid(chain)) == 2 * 4 * (1 + 8 * 4)
-    tok = HFTokenizer.from_pretrained(str(SHIPPED))
-    for name in chain.tasks:
-        longest = max(len(tok.encode(TASKS[name]().generate(tok, 4096, s).meta["chain_answer_text"]))
-                      for s in range(8))
-        assert longest + 16 <= chain.max_new_tokens
