@@ -187,7 +187,8 @@ suite() {
             max_seconds=300 --skip-eval ;;
     reference-long-chain)  # the long reference trained to write out its lookups (chained answers: story_multihop and
         # variable_tracking), continuing the shipped reference-long (or CHAIN_FROM) on 4K-32K prompts, then evaluated;
-        # run once on one H100 (results/reference_long_chain-20261207T0255Z.json): both tasks stayed at the floor
+        # run once on one H100 (results/reference_long_chain-20261207T0255Z.json, at 6c4bb8a, when multi-hop's chain
+        # went through the place: ITEM: the PLACE, the PLACE: chapter N, ...): both tasks stayed at the floor
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-chain \
             init_from="${CHAIN_FROM:-src/leanformer/assets/reference-long}" mixture.chain_answers=true \
             'mixture.lengths=[4096, 8192, 16384, 32768]' mixture.shakespeare_fraction=0.1 mixture.copy_fraction=0.1 \

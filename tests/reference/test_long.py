@@ -221,4 +221,3 @@ def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers(suite):
     for name in ("story_multihop", "variable_tracking"):
         answer = TASKS[name]().generate(tok, 32768, 5).meta["chain_answer_text"]
         assert len(tok.encode(answer)) + 16 <= rc.mixture.answer_margin
-
