@@ -34,9 +34,8 @@ class StoryMultihop(StoryTask):
         return plan["answer"], [plan["answer"]]
 
     def chain_items(self, plan: dict) -> list[str]:
-        # the asked item -> its chapter (read where the item is named: the chapter's retrieval features are there, as
-        # story_retrieval uses them) -> the item of the chapter before, in story_retrieval's keyed form. No step
-        # reads what is written *before* a match (the place before the item), the lookup the model lacked.
+        # the asked item -> its chapter -> the item of the chapter before, in story_retrieval's keyed form; no step
+        # names what is written just before a match (the place before the item, which an earlier chain went through)
         n = next(c.number for c in plan["chapters"] if c.item == plan["asked"])  # items are unique to their chapter
         return [f"{plan['asked']}: chapter {n}", f"item in chapter {n - 1}: {plan['answer']}"]
 
