@@ -8,7 +8,8 @@ SnapKV's scoring or Quest's page metadata is done once before timing, as in serv
 graph and replayed (both dense and sparse), and also timed eagerly. Writes ``sparse_decode-*.json``.
 
 A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``quest:share_gqa=false``. Quest's
-Triton step is two launches (fused page selection; split-K read with the merge in its last split).
+Triton step is two launches (fused page selection; split-K read with the merge in its last split); the other methods'
+Triton step is one (``--merge launch`` also times it with the merge as a second launch).
 
 The sparse-decode targets of benchmarks/README.md in one command (~1 minute on an H100):
 
@@ -107,8 +108,13 @@ def bench_batch(b, args, verdict) -> list[dict]:
     dense_graph = bench(graphed(dense), warmup=3, repeat=args.repeat) * 1e3
     print(f"B={b} L={length} dense: eager {dense_eager:.3f} ms, graph {dense_graph:.3f} ms", flush=True)
     rows = []
-    for spec, impl in [(m, i) for m in args.methods for i in args.impls]:
+    from leanformer.sparse.kernels import decode as kd
+
+    for merge, spec, impl in [(g, m, i) for g in args.merge for m in args.methods for i in args.impls]:
         name, params = parse_method(spec)
+        if name == "quest" and merge != args.merge[0]:
+            continue  # Quest's Triton step always merges in its last split
+        kd.FUSED_MERGE = merge == "fused"
         m = build_decode(name, impl=impl, **params)
         m.observe_prefill(0, q_prompt, k, v)
         _, info = m.attend(0, q, k, v, sparsity=s)  # builds metadata / kept sets outside the timing
@@ -120,7 +126,7 @@ def bench_batch(b, args, verdict) -> list[dict]:
         graph = bench(graphed(step), warmup=3, repeat=args.repeat) * 1e3
         ok = verdict.get(f"{spec}/{info['impl']}", False)
         row = {"batch": b, "cache_len": length, "method": name, "params": params, "variant": spec,
-               "impl": info["impl"], "checked": ok,
+               "impl": info["impl"], "merge": merge, "checked": ok,
                "requested_sparsity": s,
                "sparsity": float(info["sparsity"]), "keys_read": float(info["keys_read"]),
                "keys_total": float(info["keys_total"]), "eager_ms": eager, "graph_ms": graph,
@@ -131,7 +137,7 @@ def bench_batch(b, args, verdict) -> list[dict]:
         rows.append(row)
         speed = (f"speedup graph {dense_graph / graph:.2f}x eager {dense_eager / eager:.2f}x" if ok
                  else "speedup not reported: correctness check failed")
-        print(f"B={b:>2} {spec:>22} {info['impl']:>7} measured={row['sparsity']:.4f} eager={eager:.3f} ms "
+        print(f"B={b:>2} {spec:>22} {info['impl']:>7} {merge:>6} measured={row['sparsity']:.4f} eager={eager:.3f} ms "
               f"graph={graph:.3f} ms {speed}", flush=True)
     return rows
 
@@ -147,6 +153,9 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--impls", nargs="+", default=["triton", "gather"])
+    ap.add_argument("--merge", nargs="+", choices=["fused", "launch"], default=["fused"],
+                    help="how the Triton kernel merges its splits over token positions: the last split of each head "
+                         "(fused) or a second launch; Quest's page path always fuses")
     args = ap.parse_args(argv)
     torch.manual_seed(42)
     verdict = check(args)
@@ -155,6 +164,8 @@ def main(argv=None):
         rows += bench_batch(b, args, verdict)
         torch.cuda.empty_cache()
     from leanformer.sparse.kernels import decode as kd
+
+    kd.FUSED_MERGE = True
 
     # the fused kernel's knobs and the split count a per-KV-head selection of the budget gets at each batch size
     sms, kept = kd.sm_count(torch.device("cuda")), round(args.budget * args.cache)

@@ -55,8 +55,9 @@ SCRIPT = textwrap.dedent("""
         valid = torch.rand(b, h, 1000, generator=g) < 0.7
         valid[..., 64:128] = False  # a whole split with no valid key
         for vv in (None, valid):
-            out = kd.gather_decode_triton(q, k, v, idx, vv)
-            worst = max(worst, gap(out, kd.gather_decode_reference(q, k, v, idx, vv)))
+            ref = kd.gather_decode_reference(q, k, v, idx, vv)
+            for fused in (True, False):  # the last split merging, or a merge launch
+                worst = max(worst, gap(kd.gather_decode_triton(q, k, v, idx, vv, fused_merge=fused), ref))
         # pages of 16 (the last one partial): 50 pages + the current one = 816 positions
         pages = torch.rand(b, h, length // 16, generator=g).topk(50, -1).indices
         out = kd.gather_decode_pages_triton(q, k, v, pages, 16, last_page=length // 16)

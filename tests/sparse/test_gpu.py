@@ -391,6 +391,34 @@ def test_quest_fused_step_replays_in_a_cuda_graph():
         assert torch.equal(out, want), step
 
 
+def test_snapkv_one_launch_step_replays_in_a_cuda_graph():
+    """SnapKV's step over kept positions is one launch whose last split per head merges the others and resets its
+    count: a CUDA graph of it replays with the eager result, which matches the merge launch's."""
+    from leanformer.sparse.kernels import decode as kd
+
+    b, hq, hk, length, d = 2, 32, 8, 65536, 128
+    q, k, v = _qkv(b, hq, hk, length, d, torch.bfloat16)
+    m = sparse.build_decode("snapkv")
+    m.observe_prefill(0, q[:, :, -64:], k, v)
+    q1 = q[:, :, -1:].clone()
+    m.attend(0, q1, k, v, sparsity=0.9375)  # kept sets and counts exist before the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, _ = m.attend(0, q1, k, v, sparsity=0.9375)
+    for step in range(3):
+        q1.copy_(torch.randn_like(q1))
+        graph.replay()
+        torch.cuda.synchronize()
+        want, _ = m.attend(0, q1, k, v, sparsity=0.9375)
+        assert torch.equal(out, want), step
+        kd.FUSED_MERGE = False
+        try:
+            two, _ = m.attend(0, q1, k, v, sparsity=0.9375)
+        finally:
+            kd.FUSED_MERGE = True
+        assert (two.float() - want.float()).abs().max().item() < 2e-2, step
+
+
 @pytest.mark.parametrize("hs", ["kv", "q"])
 def test_gather_decode_pages_fused_merge_vs_reference(hs):
     from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton

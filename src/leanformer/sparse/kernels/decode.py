@@ -182,15 +182,22 @@ def split_outputs(q: torch.Tensor, heads: int, rows: int, nsplit: int, block_g: 
     return out, torch.empty(heads * nsplit * block_g, d, device=q.device, dtype=torch.float32), mp, torch.empty_like(mp)
 
 
-def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = BLOCK_N) -> torch.Tensor:
+FUSED_MERGE = True  # gather_decode_triton's default: the last split of each head merges (one launch, no second)
+
+
+def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = BLOCK_N,
+                         fused_merge: bool | None = None) -> torch.Tensor:
     """Fused split-K kernel: each program reads ``idx`` positions of one selection head straight from the cache
-    (no gathered copy) for all query heads that share it, skipping those ``valid`` masks out; a second kernel
-    merges the splits by their log-sum-exp (at most two launches per step, none to mask or copy the selection:
-    at batch 1 the step is launch-bound, so PyTorch ops around the kernel would cost more than the reads)."""
+    (no gathered copy) for all query heads that share it, skipping those ``valid`` masks out; the splits are
+    merged by their log-sum-exp, by the last split of each head to finish (``fused_merge``, default
+    :data:`FUSED_MERGE`: one launch; make the first call outside a CUDA-graph capture, which allocates the counts)
+    or by a second kernel. No launch masks or copies the selection: at batch 1 the step is launch-bound, so PyTorch
+    ops around the kernel would cost more than the reads."""
     _check(q, k, idx)
     if valid is not None and valid.shape != idx.shape:
         raise ValueError(f"valid {tuple(valid.shape)} must have the shape of idx {tuple(idx.shape)}")
-    return _launch(q, k, v, idx, idx.shape[2], 0, 0, -1, scale, block_n, valid)
+    fused = FUSED_MERGE if fused_merge is None else fused_merge
+    return _launch(q, k, v, idx, idx.shape[2], 0, 0, -1, scale, block_n, valid, fused_merge=fused)
 
 
 def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | None = None,
