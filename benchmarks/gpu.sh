@@ -12,6 +12,7 @@
 #              reference-long-shallow   (the smaller size: the long reference cut to 4 layers, then trained)
 #              reference-long-chain   (the long reference trained to write out multi-step lookups; CHAIN_FROM=DIR)
 #              reference-long-reverse   (reference-long-chain's output trained on backward recall; REVERSE_FROM=DIR)
+#              reference-long-keep   (the long reference from the 1K-8K one at its rope base, keeping multi-hop)
 #              reference-long-eval   (finishes a long job's evaluation cut short: .scratch/$LONG_JOB, --skip-train)
 #              frontier-long   (one resumable 10-minute slice of configs/frontier/long.yaml; run it until done)
 #              frontier-long-dense0   (configs/frontier/long-dense0.yaml: layer 0 dense, into the same store)
@@ -207,6 +208,17 @@ suite() {
             'mixture.tasks={niah: 1.0, variable_tracking: 3.0, common_words: 0.5, qa: 0.5, story_retrieval: 1.5,
                             story_multihop: 4.0, story_filtering: 1.0}' \
             compile_scope=blocks max_seconds=390 ;;
+    reference-long-keep)  # the long reference remade so as to keep multi-hop: from the shipped 1K-8K reference
+        # (0.91 / 0.75 / 0.56 / 0.25 at 1K / 2K / 4K / 8K) at its own rope base (5e4: the slowest rotary pair turns
+        # 1.3 rad over 32K positions, no wrap; raising it to 5e5 alone halved multi-hop at 1K-2K,
+        # results/reference_cpu_multihop-20261207T0615Z.json), on 2K-32K prompts (the lengths it solves kept beside
+        # the new ones), multi-hop weighted up, at 3e-4; KEEP_FROM=DIR continues an earlier keep job
+        REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
+            init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta=50000.0 \
+            'mixture.lengths=[2048, 4096, 8192, 16384, 32768]' lr=3e-4 warmup_steps=50 \
+            'mixture.tasks={niah: 1.0, variable_tracking: 1.5, common_words: 0.5, qa: 0.5, story_retrieval: 2.5,
+                            story_multihop: 3.0, story_filtering: 1.5}' \
+            compile_scope=blocks max_seconds=330 ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
@@ -231,7 +243,8 @@ suite() {
     *)
         echo "unknown suite $1; choose one of: tests ${ALL[*]} dmc-quality quest pack estimate sweep-batch reference" \
              "reference-continue reference-uneven reference-long reference-long-continue reference-long-deep" \
-             "reference-long-shallow reference-long-chain reference-long-reverse reference-long-eval frontier-long" \
+             "reference-long-shallow reference-long-chain reference-long-reverse reference-long-keep" \
+             "reference-long-eval frontier-long" \
              "frontier-long-dense0 frontier-long-deep frontier-long-shallow distributed frontier-shard all"; return 2 ;;
     esac
 }

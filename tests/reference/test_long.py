@@ -221,3 +221,20 @@ def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers(suite):
     for name in ("story_multihop", "variable_tracking"):
         answer = TASKS[name]().generate(tok, 32768, 5).meta["chain_answer_text"]
         assert len(tok.encode(answer)) + 16 <= rc.mixture.answer_margin
+
+
+def test_keep_recipe_starts_from_the_shipped_reference_at_its_rope_base():
+    """The suite reference-long-keep continues the shipped 1K-8K reference at the rope base it was trained with,
+    keeps the lengths where it solves multi-hop beside 32K, and weights multi-hop above the long recipe; its
+    overrides make a valid config whose rows fit the positions."""
+    m = re.search(r"ref_job reference-long-keep \\\s+init_from=(\S+) (.*?) ;;", GPU_SH, re.S)
+    assert m, "the reference-long-keep suite is missing or changed shape"
+    assert m.group(1) == '"${KEEP_FROM:-src/leanformer/assets/reference}"'
+    overrides = [o.strip("'") for o in re.findall(r"'[^']+'|\S+", m.group(2).replace("\\\n", " "))]
+    rc = from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), overrides))
+    long = from_dict(ref_train.ReferenceConfig, load_yaml(str(LONG)))
+    shipped = json.loads((SHIPPED / "model.json").read_text())["config"]
+    assert rc.model.rope_theta == shipped["rope_theta"] < long.model.rope_theta
+    assert min(rc.mixture.lengths) <= 2048 and max(rc.mixture.lengths) == 32768
+    assert max(rc.mixture.lengths) + rc.mixture.answer_margin <= rc.model.max_seq_len
+    assert rc.mixture.tasks["story_multihop"] > long.mixture.tasks["story_multihop"] and rc.lr < long.lr
