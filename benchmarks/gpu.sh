@@ -212,7 +212,9 @@ suite() {
         # (0.91 / 0.75 / 0.56 / 0.25 at 1K / 2K / 4K / 8K) at its own rope base (5e4: the slowest rotary pair turns
         # 1.3 rad over 32K positions, no wrap; raising it to 5e5 alone halved multi-hop at 1K-2K,
         # results/reference_cpu_multihop-20261207T0615Z.json), on 2K-32K prompts (the lengths it solves kept beside
-        # the new ones), multi-hop weighted up, at 3e-4; KEEP_FROM=DIR continues an earlier keep job
+        # the new ones), multi-hop weighted up, at 3e-4; KEEP_FROM=DIR continues an earlier keep job. Run once on one
+        # H100 (results/reference_long_keep-20261207T0757Z.json): multi-hop 0.17 / 0.09 / 0 at 8K / 16K / 32K, niah
+        # 0.97 / 0.87 / 0.20: 32K needs a second job
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
             init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta=50000.0 \
             'mixture.lengths=[2048, 4096, 8192, 16384, 32768]' lr=3e-4 warmup_steps=50 \

@@ -391,9 +391,10 @@ def test_quest_fused_step_replays_in_a_cuda_graph():
         assert torch.equal(out, want), step
 
 
-def test_snapkv_one_launch_step_replays_in_a_cuda_graph():
-    """SnapKV's step over kept positions is one launch whose last split per head merges the others and resets its
-    count: a CUDA graph of it replays with the eager result, which matches the merge launch's."""
+@pytest.mark.parametrize("fused", [False, True])
+def test_snapkv_step_replays_in_a_cuda_graph_with_either_merge(fused, monkeypatch):
+    """SnapKV's step over kept positions, its splits merged by a second launch or by the last split of each head
+    (which resets its count): a CUDA graph of it replays with the eager result, and both merges agree."""
     from leanformer.sparse.kernels import decode as kd
 
     b, hq, hk, length, d = 2, 32, 8, 65536, 128
@@ -401,6 +402,7 @@ def test_snapkv_one_launch_step_replays_in_a_cuda_graph():
     m = sparse.build_decode("snapkv")
     m.observe_prefill(0, q[:, :, -64:], k, v)
     q1 = q[:, :, -1:].clone()
+    monkeypatch.setattr(kd, "FUSED_MERGE", fused)
     m.attend(0, q1, k, v, sparsity=0.9375)  # kept sets and counts exist before the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -411,12 +413,10 @@ def test_snapkv_one_launch_step_replays_in_a_cuda_graph():
         torch.cuda.synchronize()
         want, _ = m.attend(0, q1, k, v, sparsity=0.9375)
         assert torch.equal(out, want), step
-        kd.FUSED_MERGE = False
-        try:
-            two, _ = m.attend(0, q1, k, v, sparsity=0.9375)
-        finally:
-            kd.FUSED_MERGE = True
-        assert (two.float() - want.float()).abs().max().item() < 2e-2, step
+        monkeypatch.setattr(kd, "FUSED_MERGE", not fused)
+        other, _ = m.attend(0, q1, k, v, sparsity=0.9375)
+        monkeypatch.setattr(kd, "FUSED_MERGE", fused)
+        assert (other.float() - want.float()).abs().max().item() < 2e-2, step
 
 
 @pytest.mark.parametrize("hs", ["kv", "q"])

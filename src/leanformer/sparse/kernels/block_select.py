@@ -95,35 +95,36 @@ if triton is not None:
 
     @triton.jit
     def kth_largest_key(key, K):
-        """A threshold ``t`` of the ``K`` largest of ``key``: ``#(key > t) < K <= #(key >= t)``, so the callers take
-        every key above ``t`` and the first ``K - #(key > t)`` equal to it. A bisection over int32 (each step one
-        count; no sort) between the row's smallest and largest key, which stops at the first midpoint that exactly
-        ``K`` keys reach (the top ``K`` then stand apart from the rest, ``t`` need not be a key); otherwise it ends at
-        the ``K``-th largest key. Invariant: at least ``K`` keys are ``>= lo`` and fewer than ``K`` are ``> hi``. (A
-        four-pass radix select over 256-bin ``tl.histogram`` counts was slower: a 128K-cache Quest step took 0.123
-        ms on an H200 with it, results/sparse_decode-20261206T073059Z.json, against 0.079 ms on an H100 with a
-        bisection of 32 fixed steps; a row of page scores crowds a few bins.)"""
-        lo = tl.min(key, 0).to(tl.int64)
-        hi = tl.max(key, 0).to(tl.int64)
-        while lo < hi:
+        """The ``K``-th largest of ``key`` by a 32-step bisection over int32 (each step one count; no sort).
+        Invariant: at least ``K`` keys are ``>= lo`` and fewer than ``K`` are ``> hi``. (A four-pass radix select
+        over 256-bin ``tl.histogram`` counts was slower: a 128K-cache Quest step took 0.123 ms on an H200 with it,
+        results/sparse_decode-20261206T073059Z.json, against 0.079 ms on an H100 with this; a row of page scores
+        crowds a few bins. A bisection between the row's smallest and largest key that stops at the first midpoint
+        exactly ``K`` keys reach takes ~13 counts instead of 32, yet made the step slower: 0.081 against 0.071 ms at
+        batch 1 and 0.452 against 0.425 ms at batch 16, same H100, results/decode_merge_topk-20261207T0748Z.json;
+        the fixed loop unrolls and its counts pipeline, the data-dependent one waits on each.)"""
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
             mid = (lo + hi + 1) >> 1
-            n = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0)
-            lo = tl.where(n >= K, mid, lo)
-            hi = tl.where(n > K, hi, tl.where(n == K, mid, mid - 1))
+            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
         return lo.to(tl.int32)
 
     @triton.jit
     def kth_largest_key_split(key, tail, K):
         """:func:`kth_largest_key` of the union of ``key`` and a short ``tail`` (a few keys past a power of two):
         each step adds the tail's count, a reduction within one warp, to the row's."""
-        lo = tl.minimum(tl.min(key, 0), tl.min(tail, 0)).to(tl.int64)
-        hi = tl.maximum(tl.max(key, 0), tl.max(tail, 0)).to(tl.int64)
-        while lo < hi:
+        lo = tl.full((), -2147483648, tl.int64)
+        hi = tl.full((), 2147483647, tl.int64)
+        for _ in range(32):
             mid = (lo + hi + 1) >> 1
             m = mid.to(tl.int32)
             n = tl.sum((key >= m).to(tl.int32), 0) + tl.sum((tail >= m).to(tl.int32), 0)
-            lo = tl.where(n >= K, mid, lo)
-            hi = tl.where(n > K, hi, tl.where(n == K, mid, mid - 1))
+            enough = n >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
         return lo.to(tl.int32)
 
     @triton.jit
