@@ -167,7 +167,7 @@ def main(argv=None):
         torch.cuda.empty_cache()
     from leanformer.sparse.kernels import decode as kd
 
-    kd.FUSED_MERGE = False
+    kd.FUSED_MERGE = False  # the library's default again
 
     # the fused kernel's knobs and the split count a per-KV-head selection of the budget gets at each batch size
     sms, kept = kd.sm_count(torch.device("cuda")), round(args.budget * args.cache)
