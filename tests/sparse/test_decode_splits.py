@@ -83,3 +83,17 @@ def test_kernel_under_h200_split_plan_in_interpreter():
     got = json.loads(res.stdout.strip().splitlines()[-1])
     assert got["plans"] == [16, 16, 16, 1], got  # many splits in the first three, one in the last
     assert got["worst"] < 1e-5, got
+
+
+def test_merge_counts_are_never_freed():
+    """The counts a one-launch merge uses stay allocated whatever sizes come after (a CUDA graph captured over them
+    keeps their address, so a freed buffer would be replayed into)."""
+    import torch
+
+    from leanformer.sparse.kernels.quest_scores import counts_for
+
+    first = counts_for(torch.device("cpu"), 64)
+    for n in range(7, 18):  # eleven more sizes, 128 to 131,072 entries
+        counts_for(torch.device("cpu"), 1 << n)
+    again = counts_for(torch.device("cpu"), 33)
+    assert again is first and again.data_ptr() == first.data_ptr() and int(again.sum()) == 0

@@ -229,10 +229,12 @@ def page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, 
 MAX_SELECT_PAGES = 16384  # pages a selection row may hold: the row sits in registers while it is selected
 
 
-@functools.lru_cache(maxsize=8)
+@functools.cache
 def _counts(device: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 counts, one per (batch x key head), kept per device: each launch leaves them at zero (its last
-    program resets its head's), so a CUDA graph can replay the step. Allocate (one first call) outside a capture."""
+    program resets its head's), so a CUDA graph can replay the step. Allocate (one first call) outside a capture.
+    Never evicted: a captured graph keeps the address, so a freed buffer would be replayed into (sizes are powers of
+    two, a few per device)."""
     return torch.zeros(n, dtype=torch.int32, device=device)
 
 
