@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench, graphed, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
+from leanformer.sparse.kernels import decode as kd  # noqa: E402
 
 
 def _spy(fn, seen: dict, name: str):
@@ -54,8 +55,6 @@ def parse_method(spec: str) -> tuple[str, dict]:
 def check(args, b: int = 2, length: int = 8191) -> dict:
     """Each method/impl's step vs the fp32 dense-masked reference on the same selection (error at most twice the
     same-precision reference's): ``{method/impl: ok}``."""
-    from leanformer.sparse.kernels import decode as kd
-
     k = torch.randn(b, args.kv_heads, length, args.dim, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
     q = torch.randn(b, args.heads, 1, args.dim, device="cuda", dtype=torch.bfloat16)
@@ -108,8 +107,6 @@ def bench_batch(b, args, verdict) -> list[dict]:
     dense_graph = bench(graphed(dense), warmup=3, repeat=args.repeat) * 1e3
     print(f"B={b} L={length} dense: eager {dense_eager:.3f} ms, graph {dense_graph:.3f} ms", flush=True)
     rows = []
-    from leanformer.sparse.kernels import decode as kd
-
     for merge, spec, impl in [(g, m, i) for g in args.merge for m in args.methods for i in args.impls]:
         name, params = parse_method(spec)
         if name == "quest" and merge != args.merge[0]:
@@ -162,12 +159,11 @@ def main(argv=None):
     torch.manual_seed(42)
     verdict = check(args)
     rows = []
+    default_merge = kd.FUSED_MERGE  # each row sets it; put back after
     for b in args.batch:
         rows += bench_batch(b, args, verdict)
         torch.cuda.empty_cache()
-    from leanformer.sparse.kernels import decode as kd
-
-    kd.FUSED_MERGE = False  # the library's default again
+    kd.FUSED_MERGE = default_merge
 
     # the fused kernel's knobs and the split count a per-KV-head selection of the budget gets at each batch size
     sms, kept = kd.sm_count(torch.device("cuda")), round(args.budget * args.cache)

@@ -198,6 +198,14 @@ def test_smaller_size_is_the_long_reference_cut_to_half_its_layers():
     assert 0.4 < ratio < 0.6
 
 
+def _suite_config(suite: str):
+    """``(init_from as written, config)`` of a gpu.sh reference suite: its ``ref_job`` overrides on the long recipe."""
+    m = re.search(rf"ref_job {suite} \\\s+init_from=(\S+) (.*?) ;;", GPU_SH, re.S)
+    assert m, f"the {suite} suite is missing or changed shape"
+    overrides = [o.strip("'") for o in re.findall(r"'[^']+'|\S+", m.group(2).replace("\\\n", " "))]
+    return m.group(1), from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), overrides))
+
+
 @pytest.mark.parametrize("suite", ["reference-long-chain", "reference-long-reverse"])
 def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers(suite):
     """The suites reference-long-chain and reference-long-reverse (which continues the first's output with backward
@@ -206,15 +214,11 @@ def test_chained_answer_recipe_is_the_long_recipe_with_chained_answers(suite):
     from leanformer.data import HFTokenizer
     from leanformer.tasks import TASKS
 
-    m = re.search(rf"ref_job {suite} \\\s+init_from=\S+ (.*?) ;;", GPU_SH, re.S)
-    assert m, f"the {suite} suite is missing or changed shape"
-    overrides = re.findall(r"'[^']+'|\S+", m.group(1).replace("\\\n", " "))
-    rc = from_dict(ref_train.ReferenceConfig,
-                   apply_overrides(load_yaml(str(LONG)), [o.strip("'") for o in overrides]))
+    init, rc = _suite_config(suite)
     assert rc.mixture.chain_answers and rc.mixture.keyed_answers
     if suite == "reference-long-reverse":
         assert rc.mixture.recall_fraction > 0 and rc.mixture.recall_reverse > 0
-        assert "REVERSE_FROM:-.scratch/reference-long-chain" in m.group(0)
+        assert "REVERSE_FROM:-.scratch/reference-long-chain" in init
     assert {"story_multihop", "variable_tracking"} <= set(rc.mixture.tasks)
     assert max(rc.mixture.lengths) + rc.mixture.answer_margin <= rc.model.max_seq_len
     tok = HFTokenizer.from_pretrained(str(SHIPPED))
@@ -227,11 +231,8 @@ def test_keep_recipe_starts_from_the_shipped_reference_at_its_rope_base():
     """The suite reference-long-keep continues the shipped 1K-8K reference at the rope base it was trained with,
     keeps the lengths where it solves multi-hop beside 32K, and weights multi-hop above the long recipe; its
     overrides make a valid config whose rows fit the positions."""
-    m = re.search(r"ref_job reference-long-keep \\\s+init_from=(\S+) (.*?) ;;", GPU_SH, re.S)
-    assert m, "the reference-long-keep suite is missing or changed shape"
-    assert m.group(1) == '"${KEEP_FROM:-src/leanformer/assets/reference}"'
-    overrides = [o.strip("'") for o in re.findall(r"'[^']+'|\S+", m.group(2).replace("\\\n", " "))]
-    rc = from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), overrides))
+    init, rc = _suite_config("reference-long-keep")
+    assert init == '"${KEEP_FROM:-src/leanformer/assets/reference}"'
     long = from_dict(ref_train.ReferenceConfig, load_yaml(str(LONG)))
     shipped = json.loads((SHIPPED / "model.json").read_text())["config"]
     assert rc.model.rope_theta == shipped["rope_theta"] < long.model.rope_theta
