@@ -214,13 +214,14 @@ suite() {
         # results/reference_cpu_multihop-20261207T0615Z.json), on 2K-32K prompts (the lengths it solves kept beside
         # the new ones), multi-hop weighted up, at 3e-4; KEEP_FROM=DIR continues an earlier keep job. Run once on one
         # H100 (results/reference_long_keep-20261207T0757Z.json): multi-hop 0.17 / 0.09 / 0 at 8K / 16K / 32K, niah
-        # 0.97 / 0.87 / 0.20: 32K needs a second job
+        # 0.97 / 0.87 / 0.20: 32K needs a second job. KEEP_LENGTHS and KEEP_SECONDS set a later job's prompt
+        # lengths and training seconds (compiling included; evaluation adds ~100 s, inside ref_job's 575 s)
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
             init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta=50000.0 \
-            'mixture.lengths=[2048, 4096, 8192, 16384, 32768]' lr=3e-4 warmup_steps=50 \
+            "mixture.lengths=${KEEP_LENGTHS:-[2048, 4096, 8192, 16384, 32768]}" lr=3e-4 warmup_steps=50 \
             'mixture.tasks={niah: 1.0, variable_tracking: 1.5, common_words: 0.5, qa: 0.5, story_retrieval: 2.5,
                             story_multihop: 3.0, story_filtering: 1.5}' \
-            compile_scope=blocks max_seconds=330 ;;
+            compile_scope=blocks max_seconds="${KEEP_SECONDS:-330}" ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }
