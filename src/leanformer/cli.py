@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "compare": "leanformer.train.compare",
     "demo": "leanformer.demo",
     "speed": "leanformer.infer.speed_cli",
+    "depth": "leanformer.eval.depth",
 }
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import math
 import re
 from pathlib import Path
 
@@ -218,6 +219,42 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto", device_map:
             return hf_from_pretrained(AutoModelForCausalLM, spec, dtype=dt, device_map=device_map).eval()
         model = hf_from_pretrained(AutoModelForCausalLM, spec, dtype=dt)
     return model.to(device=dev, dtype=dt).eval()
+
+
+def set_rope_theta(model, theta: float) -> int:
+    """Re-base every rotary embedding of a Hugging Face ``model`` to ``theta`` in place (``inv_freq[i] = theta **
+    (-2i / d)``, recomputed in float64); returns how many rotary modules changed. Plain RoPE only: a module whose
+    frequencies are not that series for some base (YaRN, Llama 3, linear or dynamic scaling) is refused, as is a
+    model with none. Evaluating at a larger base than trained is NTK-aware scaling without training."""
+    import torch
+
+    changed = 0
+    for name, mod in model.named_modules():
+        inv = getattr(mod, "inv_freq", None)
+        if not isinstance(inv, torch.Tensor) or inv.ndim != 1:
+            continue
+        kind = getattr(mod, "rope_type", "default")
+        dim = 2 * inv.numel()
+        exps = torch.arange(0, dim, 2, dtype=torch.float64) / dim
+        inv64 = inv.detach().double().cpu()
+        base = float(inv64[1] ** (-dim / 2)) if inv.numel() > 1 else math.nan
+        plain = kind == "default" and math.isfinite(base) and torch.allclose(inv64, base ** -exps, rtol=1e-4)
+        if not plain:
+            raise UserError(f"--rope-theta: {name or 'the model'}'s rotary embedding is not plain RoPE (rope_type "
+                            f"{kind!r}); a base can only be set on plain RoPE")
+        new = (float(theta) ** -exps).to(inv.dtype)
+        inv.copy_(new)
+        if isinstance(getattr(mod, "original_inv_freq", None), torch.Tensor):
+            mod.original_inv_freq.copy_(new)
+        changed += 1
+    if not changed:
+        raise UserError("--rope-theta: the model has no rotary embedding (no module with an inv_freq buffer)")
+    params = getattr(model.config, "rope_parameters", None)
+    if isinstance(params, dict) and "rope_theta" in params:
+        params["rope_theta"] = float(theta)
+    elif hasattr(model.config, "rope_theta"):
+        model.config.rope_theta = float(theta)
+    return changed
 
 
 def non_embedding_params(model) -> int:

@@ -12,7 +12,7 @@ import dataclasses
 import random
 
 from leanformer.errors import ConfigError
-from leanformer.tasks.base import Sample, Task, fraction_correct, split_items
+from leanformer.tasks.base import Sample, Task, split_items
 from leanformer.tasks.vocab import FillerStream, pseudo_words
 
 
@@ -60,6 +60,12 @@ class NIAH(Task):
         # CPU mini-run copied keys from the needles, repeating one, instead of taking the question's next key
         return [f"{plan['keys'][i]}: {plan['values'][i]}" for i in plan["queries"]]
 
-    def score(self, prediction: str, sample: Sample) -> float:
+    def item_scores(self, prediction: str, sample: Sample) -> list[bool]:
+        """Whether each queried value is right, in the question's order (item ``i`` of the answer against value
+        ``i``); :meth:`score` is their mean (``leanformer depth`` places each by its needle's depth)."""
         pred = [it.split()[-1] for it in split_items(prediction)]
-        return fraction_correct(pred, list(sample.answer))
+        return [i < len(pred) and pred[i] == g for i, g in enumerate(sample.answer)]
+
+    def score(self, prediction: str, sample: Sample) -> float:
+        hits = self.item_scores(prediction, sample)
+        return sum(hits) / len(hits) if hits else 0.0
