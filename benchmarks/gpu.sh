@@ -217,7 +217,7 @@ suite() {
         # 0.97 / 0.87 / 0.20: 32K needs a second job. KEEP_LENGTHS and KEEP_SECONDS set a later job's prompt
         # lengths and training seconds (compiling included; evaluation adds ~100 s, inside ref_job's 575 s)
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
-            init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta=50000.0 \
+            init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta="${KEEP_ROPE:-50000.0}" \
             "mixture.lengths=${KEEP_LENGTHS:-[2048, 4096, 8192, 16384, 32768]}" lr=3e-4 warmup_steps=50 \
             'mixture.tasks={niah: 1.0, variable_tracking: 1.5, common_words: 0.5, qa: 0.5, story_retrieval: 2.5,
                             story_multihop: 3.0, story_filtering: 1.5}' \

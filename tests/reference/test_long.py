@@ -6,6 +6,7 @@ reference evaluation runs through the inference engine (no ``[B, T, T]`` mask at
 
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -199,10 +200,12 @@ def test_smaller_size_is_the_long_reference_cut_to_half_its_layers():
 
 
 def _suite_config(suite: str):
-    """``(init_from as written, config)`` of a gpu.sh reference suite: its ``ref_job`` overrides on the long recipe."""
+    """``(init_from as written, config)`` of a gpu.sh reference suite: its ``ref_job`` overrides on the long recipe,
+    each ``${VAR:-default}`` at its default."""
     m = re.search(rf"ref_job {suite} \\\s+init_from=(\S+) (.*?) ;;", GPU_SH, re.S)
     assert m, f"the {suite} suite is missing or changed shape"
-    overrides = [o.strip("'") for o in re.findall(r"'[^']+'|\S+", m.group(2).replace("\\\n", " "))]
+    words = shlex.split(m.group(2).replace("\\\n", " "))
+    overrides = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", w) for w in words]  # ${VAR:-default} read as its default
     return m.group(1), from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), overrides))
 
 
