@@ -214,8 +214,11 @@ suite() {
         # results/reference_cpu_multihop-20261207T0615Z.json), on 2K-32K prompts (the lengths it solves kept beside
         # the new ones), multi-hop weighted up, at 3e-4; KEEP_FROM=DIR continues an earlier keep job. Run once on one
         # H100 (results/reference_long_keep-20261207T0757Z.json): multi-hop 0.17 / 0.09 / 0 at 8K / 16K / 32K, niah
-        # 0.97 / 0.87 / 0.20: 32K needs a second job. KEEP_LENGTHS and KEEP_SECONDS set a later job's prompt
-        # lengths and training seconds (compiling included; evaluation adds ~100 s, inside ref_job's 575 s)
+        # 0.97 / 0.87 / 0.20. KEEP_LENGTHS and KEEP_SECONDS set a later job's prompt lengths and training seconds
+        # (compiling included; evaluation adds ~100 s, inside ref_job's 575 s); KEEP_ROPE its rope base. Three more
+        # jobs of 400 s at 5e4 (results/reference_long_keep_chain-20261207T0934Z.json) learnt 16K and stalled at 32K
+        # (niah 0.52), where the needles more than ~26K tokens back are lost and a doubled base finds most of them
+        # untrained (results/niah_depth_keep-20261207T1022Z.json): the next job runs at KEEP_ROPE=105000.0
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
             init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta="${KEEP_ROPE:-50000.0}" \
             "mixture.lengths=${KEEP_LENGTHS:-[2048, 4096, 8192, 16384, 32768]}" lr=3e-4 warmup_steps=50 \

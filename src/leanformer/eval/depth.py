@@ -112,7 +112,8 @@ def markdown(tab: dict, meta: dict) -> str:
 
 
 def plot(tab: dict, path: Path, title: str) -> Path | None:
-    """Heatmap: prompt length (rows) by depth bin (columns), colour = needles found; None without matplotlib."""
+    """Heatmap: prompt length (rows; the keys of :func:`table`'s result, or any row names) by depth bin (columns),
+    colour = needles found; None without matplotlib."""
     try:
         import matplotlib
 
@@ -130,7 +131,8 @@ def plot(tab: dict, path: Path, title: str) -> Path | None:
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
     ax.set_xticks(range(bins), [f"{(j + 0.5) / bins:.2f}" for j in range(bins)], fontsize=8)
-    ax.set_yticks(range(len(lengths)), [f"{int(L) // 1024}K" if int(L) % 1024 == 0 else L for L in lengths])
+    ax.set_yticks(range(len(lengths)), [f"{int(L) // 1024}K" if L.isdigit() and int(L) % 1024 == 0 else L
+                                        for L in lengths])  # a row named other than by its length keeps its name
     ax.set_xlabel("needle depth in the prompt (0 = start, 1 = next to the question)")
     ax.set_ylabel("prompt length (tokens)")
     ax.set_title(title, fontsize=10)
