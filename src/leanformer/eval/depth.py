@@ -241,7 +241,9 @@ def _measure(args, task, todo: list[tuple[int, int]], path: Path) -> list[dict]:
     engine = Engine(model)
     tok = open_tokenizer(args.model)
     enc = PromptEncoder(tok, "off", "<answer>")
-    made = made_prompts((("niah", {}, L, s) for L, s in todo), args.model)
+    # prompts made ahead by the cores the model leaves (fitting a 32K prompt takes ~1.5 s of CPU, a GPU's sample less)
+    made = made_prompts((("niah", {}, L, s) for L, s in todo), args.model,
+                        workers=max(0, (os.cpu_count() or 2) - 2))
     new: list[dict] = []
     with tqdm(total=len(todo), desc="depth", unit="sample", disable=not sys.stderr.isatty()) as bar, \
             open(path, "a") as f:
