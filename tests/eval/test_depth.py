@@ -3,6 +3,7 @@ override re-bases plain RoPE only; a run resumes without repeating a sample and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 import transformers
 
 from leanformer import cli
+from leanformer.errors import UserError
 from leanformer.eval.depth import needle_depths, read_records, table
 from leanformer.eval.models import open_tokenizer, set_rope_theta
 from leanformer.tasks import TASKS
@@ -43,6 +45,9 @@ def test_needle_positions_point_at_each_value_in_the_prompt(tok):
     for (pos, _), value in zip(places, sample.answer):
         assert value in tok.decode(ids[pos:pos + 8]).replace(" ", "")
         assert value not in tok.decode(ids[:pos])  # the needle's value starts at pos, not before
+    twice = dataclasses.replace(sample, prompt=f"{sample.prompt} {sample.answer[2]}.")
+    with pytest.raises(UserError, match=f"value '{sample.answer[2]}' occurs 2 times"):
+        needle_depths(twice, tok)
 
 
 def test_table_bins_needles_by_depth():

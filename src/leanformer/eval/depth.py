@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -61,11 +62,11 @@ def needle_depths(sample, tokenizer) -> list[tuple[int, int]]:
     total = len(tokenizer.encode(sample.prompt))
     out = []
     for value in sample.answer:
-        at = sample.prompt.find(value)
-        if at < 0 or sample.prompt.find(value, at + 1) >= 0:
-            raise UserError(f"niah sample seed {sample.seed}: value {value!r} occurs "
-                            f"{sample.prompt.count(value)} times in the prompt; exactly once is needed to place it")
-        out.append((len(tokenizer.encode(sample.prompt[:at])), total))
+        found = [m.start() for m in re.finditer(rf"(?<!\d){re.escape(value)}(?!\d)", sample.prompt)]
+        if len(found) != 1:
+            raise UserError(f"niah sample seed {sample.seed}: value {value!r} occurs {len(found)} times in the "
+                            "prompt; exactly once is needed to place it")
+        out.append((len(tokenizer.encode(sample.prompt[:found[0]])), total))
     return out
 
 
@@ -100,8 +101,9 @@ def table(records: list[dict], bins: int) -> dict:
 def markdown(tab: dict, meta: dict) -> str:
     bins = len(next(iter(tab.values()))["bins"]) if tab else 0
     theta = meta["settings"]["rope_theta"]
+    base = "the model's own" if theta is None else f"{theta:g}"
     lines = [f"# Needle accuracy by depth: {meta['settings']['model']}", "",
-             f"{meta['device']}; rotary base {'the model' + chr(39) + 's own' if theta is None else f'{theta:g}'}; "
+             f"{meta['device']}; rotary base {base}; "
              "each cell: queried needles found / asked (depth 0 = the prompt's start, 1 = the question)", "",
              "| length | all | " + " | ".join(f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins)) + " |",
              "| --- | --- |" + " --- |" * bins]

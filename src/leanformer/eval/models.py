@@ -240,15 +240,15 @@ def set_rope_theta(model, theta: float) -> int:
         base = float(inv64[1] ** (-dim / 2)) if inv.numel() > 1 else math.nan
         plain = kind == "default" and math.isfinite(base) and torch.allclose(inv64, base ** -exps, rtol=1e-4)
         if not plain:
-            raise UserError(f"--rope-theta: {name or 'the model'}'s rotary embedding is not plain RoPE (rope_type "
-                            f"{kind!r}); a base can only be set on plain RoPE")
+            raise UserError(f"rope base {theta:g}: {name or 'the model'}'s rotary embedding is not plain RoPE "
+                            f"(rope_type {kind!r}); a base can only be set on plain RoPE")
         new = (float(theta) ** -exps).to(inv.dtype)
         inv.copy_(new)
         if isinstance(getattr(mod, "original_inv_freq", None), torch.Tensor):
             mod.original_inv_freq.copy_(new)
         changed += 1
     if not changed:
-        raise UserError("--rope-theta: the model has no rotary embedding (no module with an inv_freq buffer)")
+        raise UserError(f"rope base {theta:g}: the model has no rotary embedding (no module with an inv_freq buffer)")
     params = getattr(model.config, "rope_parameters", None)
     if isinstance(params, dict) and "rope_theta" in params:
         params["rope_theta"] = float(theta)
