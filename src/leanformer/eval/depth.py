@@ -56,10 +56,11 @@ def add_parser(sub, name: str) -> argparse.ArgumentParser:
 def needle_depths(sample, tokenizer) -> list[tuple[int, int]]:
     """``(token position, prompt tokens)`` of each queried needle of a ``niah`` sample, in the question's order: where
     the needle's value starts in ``sample.prompt`` by ``tokenizer`` (the prompt's text alone, before any template or
-    answer prefix). Each value (a random 7-digit number) occurs once in the prompt; anything else is an error."""
+    answer prefix; ``sample.prompt_tokens`` counts it in the same tokenizer, the one the sample was made with). Each
+    value (a random 7-digit number) occurs once in the prompt; anything else is an error."""
     from leanformer.errors import UserError
 
-    total = len(tokenizer.encode(sample.prompt))
+    total = sample.prompt_tokens
     out = []
     for value in sample.answer:
         found = [m.start() for m in re.finditer(rf"(?<!\d){re.escape(value)}(?!\d)", sample.prompt)]
@@ -191,21 +192,20 @@ def _meta(args, settings: dict) -> dict:
 
 
 def _write(out: Path, meta: dict, records: list[dict], bins: int) -> dict:
+    from leanformer.config import atomic_write_text
+
     tab = table(records, bins)
-    tmp = out / "depth.json.tmp"
-    tmp.write_text(json.dumps({"meta": meta, "table": tab}, indent=1))
-    os.replace(tmp, out / "depth.json")
-    (out / "depth.md").write_text(markdown(tab, meta))
+    atomic_write_text(out / "depth.json", json.dumps({"meta": meta, "table": tab}, indent=1))
+    atomic_write_text(out / "depth.md", markdown(tab, meta))
     return tab
 
 
 def run(args) -> int:
     from leanformer.errors import UserError
+    from leanformer.tasks import TASKS
 
     _check(args)
     out = Path(args.out)
-    from leanformer.tasks import TASKS
-
     task = TASKS["niah"]()
     settings = {"model": args.model, "rope_theta": args.rope_theta, "max_new_tokens": args.max_new_tokens,
                 "n_needles": task.n_needles, "n_queries": task.n_queries}
