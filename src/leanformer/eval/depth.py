@@ -21,7 +21,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import re
 import sys
 from pathlib import Path
@@ -182,12 +181,10 @@ def _meta(args, settings: dict) -> dict:
 
     from leanformer import __version__
     from leanformer.eval.models import _device
-    from leanformer.infer.speed_cli import _commit
+    from leanformer.provenance import commit, device_name
 
-    dev = _device(args.device)
-    cpu = f"CPU ({platform.machine()}, {os.cpu_count()} cores)"
-    return {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu,
-            "torch": torch.__version__, "leanformer": __version__, "commit": _commit(),
+    return {"device": device_name(_device(args.device)), "torch": torch.__version__, "leanformer": __version__,
+            "commit": commit(),
             "command": " ".join(["leanformer", *sys.argv[1:]]) if sys.argv else "", "settings": settings}
 
 

@@ -132,12 +132,13 @@ def _meta(args, model, device, dtype, random_weights: bool) -> dict:
     import transformers
 
     from leanformer import __version__
+    from leanformer.provenance import commit, device_name
 
     meta = {"model": args.model, "random_weights": random_weights, "layers": model.config.num_hidden_layers,
-            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({platform.processor()})",
+            "device": device_name(device),
             "dtype": str(dtype).replace("torch.", ""), "torch": torch.__version__,
             "transformers": transformers.__version__, "leanformer": __version__, "python": platform.python_version(),
-            "command": " ".join(["leanformer", *sys.argv[1:]]) if sys.argv else "", "commit": _commit(),
+            "command": " ".join(["leanformer", *sys.argv[1:]]) if sys.argv else "", "commit": commit(),
             "settings": {"lengths": args.lengths, "prefill": args.prefill, "decode": args.decode,
                          "sparsity": args.sparsity, "batch": args.batch, "new_tokens": args.new_tokens,
                          "repeat": args.repeat, "params": args.param, "hf": not args.no_hf,
@@ -149,18 +150,6 @@ def _meta(args, model, device, dtype, random_weights: bool) -> dict:
     except ImportError:
         pass
     return meta
-
-
-def _commit() -> str:
-    import subprocess
-
-    if os.environ.get("LEANFORMER_COMMIT"):
-        return os.environ["LEANFORMER_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _write(out: Path, meta: dict, rows):
