@@ -10,6 +10,8 @@ graph and replayed (both dense and sparse), and also timed eagerly. Writes ``spa
 A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``quest:share_gqa=false``. Quest's
 Triton step is two launches (fused page selection; split-K read with the merge in its last split); the other methods'
 is also two (split-K read, then the merge; ``--merge launch fused`` also times it with the merge in the last split).
+``--kernel-settings default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...`` checks and times everything again under each setting
+of the split-K read (key tile, warps, pipeline stages, programs per SM; ``default``: the module's own).
 
 The sparse-decode targets of benchmarks/README.md in one command (~1 minute on an H100):
 
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, graphed, record  # noqa: E402
+from common import bench, graphed, parse_settings, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
 from leanformer.sparse.kernels import decode as kd  # noqa: E402
@@ -50,6 +52,32 @@ def parse_method(spec: str) -> tuple[str, dict]:
         low = val.strip().lower()
         params[key.strip()] = {"true": True, "false": False}.get(low, int(val) if val.strip().isdigit() else val)
     return name, params
+
+
+KNOBS = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "PROGRAMS_PER_SM")
+
+
+class kernel_settings:
+    """``with kernel_settings("BLOCK_N=32,NUM_WARPS=2"):`` the split-K decode kernel's launch constants set, and put
+    back after (``"default"`` leaves them)."""
+
+    def __init__(self, text: str):
+        try:
+            self.new = {} if text == "default" else parse_settings(text)
+        except ValueError:
+            raise SystemExit(f"--kernel-settings {text!r}: not KEY=INT pairs separated by commas") from None
+        bad = [key for key in self.new if key not in KNOBS]
+        if bad:
+            raise SystemExit(f"--kernel-settings {text!r}: {bad[0]} is not a setting; choose from {', '.join(KNOBS)}")
+
+    def __enter__(self):
+        self.old = {key: getattr(kd, key) for key in self.new}
+        for key, val in self.new.items():
+            setattr(kd, key, val)
+
+    def __exit__(self, *exc):
+        for key, val in self.old.items():
+            setattr(kd, key, val)
 
 
 def check(args, b: int = 2, length: int = 8191) -> dict:
@@ -152,18 +180,26 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--impls", nargs="+", default=["triton", "gather"])
+    ap.add_argument("--kernel-settings", nargs="+", default=["default"],
+                    help='split-K read settings, each checked and timed: default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...')
     ap.add_argument("--merge", nargs="+", choices=["fused", "launch"], default=["launch"],
                     help="how the Triton kernel merges its splits over token positions: the last split of each head "
                          "(fused) or a second launch; Quest's page path always fuses")
     args = ap.parse_args(argv)
+    settings = [kernel_settings(text) for text in args.kernel_settings]  # bad text stops before any work
     torch.manual_seed(42)
-    verdict = check(args)
-    rows = []
+    rows, verdicts = [], {}
     default_merge = kd.FUSED_MERGE  # each row sets it; put back after
-    for b in args.batch:
-        rows += bench_batch(b, args, verdict)
-        torch.cuda.empty_cache()
+    for text, setting in zip(args.kernel_settings, settings):
+        with setting:
+            if len(settings) > 1:
+                print(f"kernel settings: {text}", flush=True)
+            verdict = verdicts[text] = check(args)
+            for b in args.batch:
+                rows += [{**row, "kernel_settings": text} for row in bench_batch(b, args, verdict)]
+                torch.cuda.empty_cache()
     kd.FUSED_MERGE = default_merge
+    verdict = verdicts["default"] if list(verdicts) == ["default"] else verdicts
 
     # the fused kernel's knobs and the split count a per-KV-head selection of the budget gets at each batch size
     sms, kept = kd.sm_count(torch.device("cuda")), round(args.budget * args.cache)

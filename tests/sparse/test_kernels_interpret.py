@@ -51,6 +51,12 @@ SCRIPT = textwrap.dedent("""
         for vv in (None, valid):
             out = gather_decode_triton(q, k, v, idx, vv)
             worst = max(worst, gap(out, gather_decode_reference(q, k, v, idx, vv)))
+    # the split-K read's launch constants are read at the call (a benchmark sets them): a smaller tile and one
+    # program per SM change the split plan, not the output
+    kd = sys.modules["leanformer.sparse.kernels.decode"]
+    kd.BLOCK_N, kd.PROGRAMS_PER_SM, kd.NUM_WARPS = 16, 1, 2
+    out = gather_decode_triton(q, k, v, idx, valid)
+    worst = max(worst, gap(out, gather_decode_reference(q, k, v, idx, valid)))
     print(worst)
 """)
 
@@ -324,6 +330,19 @@ def test_vs_estimate_benchmark_checks_each_setting_in_interpreter(triton_interpr
     rows = json.loads(triton_interpret(script, timeout=300))
     assert rows == [[m, c, True, True] for m in ("vertical_slash", "flexprefill") for c in ("default", "BM=16,BN=32")]
     assert list(tmp_path.glob("vs_estimate-*.json"))
+
+
+def test_sparse_decode_benchmark_refuses_a_bad_kernel_setting():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sparse_decode.py"
+    for text, said in (("BLOCK_Q=32", "BLOCK_N"), ("BLOCK_N=x", "KEY=INT")):
+        r = subprocess.run([sys.executable, str(bench), "--kernel-settings", "default", text], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(bench.parents[1] / "src")})
+        assert r.returncode != 0 and text in r.stderr and said in r.stderr and "Traceback" not in r.stderr
 
 
 def test_vs_estimate_benchmark_refuses_a_bad_setting():

@@ -189,7 +189,7 @@ def split_outputs(q: torch.Tensor, heads: int, rows: int, nsplit: int, block_g: 
 FUSED_MERGE = False
 
 
-def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int = BLOCK_N,
+def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_n: int | None = None,
                          fused_merge: bool | None = None) -> torch.Tensor:
     """Fused split-K kernel: each program reads ``idx`` positions of one selection head straight from the cache
     (no gathered copy) for all query heads that share it, skipping those ``valid`` masks out; the splits are
@@ -205,7 +205,7 @@ def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_
 
 
 def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | None = None,
-                               last_page: int | None = None, block_n: int = BLOCK_N,
+                               last_page: int | None = None, block_n: int | None = None,
                                fused_merge: bool = False) -> torch.Tensor:
     """The same kernels over whole pages: ``pages [B, H_s, P]`` (plus ``last_page``) are turned into positions in
     the kernel, positions ``>= L`` masked there (still at most two launches, none to expand or mask the
@@ -225,7 +225,9 @@ MERGE_SPLITS = 64  # splits a fused merge reads at once (more take several round
 
 
 def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None, fused_merge=False):
-    """Both kernels for ``n`` selected positions per head, given as positions (``page == 0``) or page ids."""
+    """Both kernels for ``n`` selected positions per head, given as positions (``page == 0``) or page ids; the tile
+    (``block_n``, default :data:`BLOCK_N`) and the launch settings are read at the call, so a benchmark can set them."""
+    block_n = block_n or BLOCK_N
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
     b, hq, _, d = q.shape
