@@ -57,6 +57,22 @@ def test_table_bins_needles_by_depth():
     row = table(recs, 4)["1024"]
     assert row["bins"] == [[1, 2], [0, 0], [0, 1], [1, 1]]
     assert row["samples"] == 2 and row["accuracy"] == 0.5
+    assert 0 < row["ci95"] < float("inf")
+
+
+def test_table_interval_is_over_samples_not_needles():
+    """Four needles a sample: the interval is the Student-t interval of the samples' shares found, wider than one
+    that counts 24 needles as independent draws."""
+    from leanformer.eval.store import mean_ci
+
+    found = [4, 0, 3, 1, 4, 0]
+    recs = [{"length": 2048, "seed": s, "needles": [{"depth": i / 4, "correct": i < h} for i in range(4)]}
+            for s, h in enumerate(found)]
+    row = table(recs, 2)["2048"]
+    mean, half = mean_ci([h / 4 for h in found])
+    assert row["accuracy"] == pytest.approx(mean) and row["ci95"] == pytest.approx(half)
+    needles = [1.0] * sum(found) + [0.0] * (24 - sum(found))
+    assert row["ci95"] > mean_ci(needles)[1]
 
 
 def _tiny(rope_parameters: dict | None = None):

@@ -83,8 +83,14 @@ def sample_record(sample, output: str, tokenizer, task) -> dict:
 
 
 def table(records: list[dict], bins: int) -> dict:
-    """``{length: {"bins": [[correct, needles] per depth bin], "accuracy": all needles}}`` over ``records``."""
+    """``{length: {"bins": [[correct, needles] per depth bin], "accuracy": all needles, "ci95": its half-width}}``
+    over ``records``. The needles of one prompt are not independent draws, so the interval treats each sample as
+    one: the ratio estimator's standard error over samples (Student-t), which is the plain interval of the samples'
+    shares found where every sample asks the same number of needles."""
+    from leanformer.eval.store import mean_ci
+
     out: dict = {}
+    counts: dict[str, list[tuple[int, int]]] = {}
     for r in sorted(records, key=lambda r: (r["length"], r["seed"])):
         row = out.setdefault(str(r["length"]), {"bins": [[0, 0] for _ in range(bins)], "samples": 0})
         row["samples"] += 1
@@ -92,9 +98,17 @@ def table(records: list[dict], bins: int) -> dict:
             b = row["bins"][min(bins - 1, int(n["depth"] * bins))]
             b[0] += int(n["correct"])
             b[1] += 1
-    for row in out.values():
+        if r["needles"]:
+            counts.setdefault(str(r["length"]), []).append((sum(int(n["correct"]) for n in r["needles"]),
+                                                            len(r["needles"])))
+    for length, row in out.items():
         hit, seen = (sum(b[i] for b in row["bins"]) for i in (0, 1))
         row["accuracy"] = hit / seen if seen else None
+        row["ci95"] = None
+        if length in counts:
+            per = counts[length]
+            mean_n = seen / len(per)
+            row["ci95"] = mean_ci([(h - row["accuracy"] * n) / mean_n for h, n in per])[1]
     return out
 
 
@@ -105,11 +119,13 @@ def markdown(tab: dict, meta: dict) -> str:
     lines = [f"# Needle accuracy by depth: {meta['settings']['model']}", "",
              f"{meta['device']}; rotary base {base}; "
              "each cell: queried needles found / asked (depth 0 = the prompt's start, 1 = the question)", "",
-             "| length | all | " + " | ".join(f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins)) + " |",
+             "| length | all (± 95% interval over samples) | "
+             + " | ".join(f"{i / bins:.1f}-{(i + 1) / bins:.1f}" for i in range(bins)) + " |",
              "| --- | --- |" + " --- |" * bins]
     for length, row in tab.items():
         cells = [f"{c / n:.2f} ({n})" if n else "–" for c, n in row["bins"]]
-        lines.append(f"| {length} | {row['accuracy']:.3f} | " + " | ".join(cells) + " |")
+        ci = "" if row.get("ci95") is None else f" ± {row['ci95']:.3f}"
+        lines.append(f"| {length} | {row['accuracy']:.3f}{ci} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
