@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, graphed, parse_settings, record  # noqa: E402
+from common import bench, checked_settings, graphed, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
 from leanformer.sparse.kernels import decode as kd  # noqa: E402
@@ -62,13 +62,7 @@ class kernel_settings:
     back after (``"default"`` leaves them)."""
 
     def __init__(self, text: str):
-        try:
-            self.new = {} if text == "default" else parse_settings(text)
-        except ValueError:
-            raise SystemExit(f"--kernel-settings {text!r}: not KEY=INT pairs separated by commas") from None
-        bad = [key for key in self.new if key not in KNOBS]
-        if bad:
-            raise SystemExit(f"--kernel-settings {text!r}: {bad[0]} is not a setting; choose from {', '.join(KNOBS)}")
+        self.new = checked_settings(text, KNOBS, "--kernel-settings")
 
     def __enter__(self):
         self.old = {key: getattr(kd, key) for key in self.new}

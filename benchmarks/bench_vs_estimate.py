@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, graphed, parse_settings, record  # noqa: E402
+from common import bench, checked_settings, graphed, record  # noqa: E402
 
 from leanformer.sparse.kernels import vs_estimate  # noqa: E402
 
@@ -31,17 +31,7 @@ WINDOWS = {"vertical_slash": (256, 0), "flexprefill": (512, 128)}
 
 
 def parse_config(text: str) -> dict:
-    if text == "default":
-        return {}
-    try:
-        out = parse_settings(text)
-    except ValueError:
-        out = None
-    bad = [k for k, v in (out or {}).items() if k not in vs_estimate.DEFAULT_CONFIG or type(v) is not int]
-    if out is None or bad:
-        raise SystemExit(f"--configs: bad setting {text!r}; each is KEY=INT with KEY one of "
-                         f"{', '.join(vs_estimate.DEFAULT_CONFIG)}, or 'default'")
-    return out
+    return checked_settings(text, vs_estimate.DEFAULT_CONFIG, "--configs")
 
 
 def _rel(a, b) -> float:

@@ -100,6 +100,21 @@ def parse_settings(text: str) -> dict:
     return out
 
 
+def checked_settings(text: str, allowed, flag: str) -> dict:
+    """:func:`parse_settings` of one ``flag`` value whose keys must be in ``allowed`` and whose values are ints
+    (``"default"``: ``{}``); anything else exits with one line naming the value and what is allowed."""
+    if text == "default":
+        return {}
+    try:
+        out = parse_settings(text)
+    except ValueError:
+        out = None
+    if out is None or any(k not in allowed or type(v) is not int for k, v in out.items()):
+        raise SystemExit(f"{flag}: bad setting {text!r}; each is KEY=INT with KEY one of {', '.join(allowed)}, "
+                         "or 'default'")
+    return out
+
+
 def bench(fn, warmup: int = 3, repeat: int = 10, sync=None) -> float:
     """Median seconds of ``fn()`` over ``repeat`` runs after ``warmup`` (CUDA-synchronised when ``sync``)."""
     import torch

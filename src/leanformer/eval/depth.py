@@ -102,13 +102,10 @@ def table(records: list[dict], bins: int) -> dict:
             counts.setdefault(str(r["length"]), []).append((sum(int(n["correct"]) for n in r["needles"]),
                                                             len(r["needles"])))
     for length, row in out.items():
-        hit, seen = (sum(b[i] for b in row["bins"]) for i in (0, 1))
+        per = counts.get(length, [])
+        hit, seen = sum(h for h, _ in per), sum(n for _, n in per)
         row["accuracy"] = hit / seen if seen else None
-        row["ci95"] = None
-        if length in counts:
-            per = counts[length]
-            mean_n = seen / len(per)
-            row["ci95"] = mean_ci([(h - row["accuracy"] * n) / mean_n for h, n in per])[1]
+        row["ci95"] = mean_ci([(h - hit / seen * n) / (seen / len(per)) for h, n in per])[1] if per else None
     return out
 
 

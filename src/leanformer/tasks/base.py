@@ -37,7 +37,7 @@ from typing import Any
 from leanformer.errors import UserError
 
 __all__ = ["Sample", "Task", "extract_answer", "normalize", "split_items", "iou", "token_f1", "fraction_correct",
-           "MIN_FILL"]
+           "positional_hits", "MIN_FILL"]
 
 # A prompt must hold at least this fraction of the requested length.
 MIN_FILL = 0.95
@@ -204,11 +204,15 @@ def iou(pred: list[str], gold: list[str]) -> float:
     return len(p & g) / len(p | g) if p | g else 0.0
 
 
+def positional_hits(pred: list[str], gold: list[str]) -> list[bool]:
+    """Whether item ``i`` of the prediction equals item ``i`` of the gold list, for each gold item."""
+    return [i < len(pred) and pred[i] == g for i, g in enumerate(gold)]
+
+
 def fraction_correct(pred: list[str], gold: list[str]) -> float:
-    """Positional accuracy: item ``i`` of the prediction against item ``i`` of the gold list."""
-    if not gold:
-        return 0.0
-    return sum(1 for i, g in enumerate(gold) if i < len(pred) and pred[i] == g) / len(gold)
+    """Positional accuracy: the share of :func:`positional_hits`."""
+    hits = positional_hits(pred, gold)
+    return sum(hits) / len(hits) if hits else 0.0
 
 
 def token_f1(pred: str, gold: str) -> float:

@@ -12,7 +12,7 @@ import dataclasses
 import random
 
 from leanformer.errors import ConfigError
-from leanformer.tasks.base import Sample, Task, split_items
+from leanformer.tasks.base import Sample, Task, fraction_correct, positional_hits, split_items
 from leanformer.tasks.vocab import FillerStream, pseudo_words
 
 
@@ -63,9 +63,11 @@ class NIAH(Task):
     def item_scores(self, prediction: str, sample: Sample) -> list[bool]:
         """Whether each queried value is right, in the question's order (item ``i`` of the answer against value
         ``i``); :meth:`score` is their mean (``leanformer depth`` places each by its needle's depth)."""
-        pred = [it.split()[-1] for it in split_items(prediction)]
-        return [i < len(pred) and pred[i] == g for i, g in enumerate(sample.answer)]
+        return positional_hits(self._items(prediction), list(sample.answer))
 
     def score(self, prediction: str, sample: Sample) -> float:
-        hits = self.item_scores(prediction, sample)
-        return sum(hits) / len(hits) if hits else 0.0
+        return fraction_correct(self._items(prediction), list(sample.answer))
+
+    @staticmethod
+    def _items(prediction: str) -> list[str]:
+        return [it.split()[-1] for it in split_items(prediction)]
