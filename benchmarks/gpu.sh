@@ -218,13 +218,14 @@ suite() {
         # (compiling included; evaluation adds ~100 s, inside ref_job's 575 s); KEEP_ROPE its rope base. Three more
         # jobs of 400 s at 5e4 (results/reference_long_keep_chain-20261207T0934Z.json) learnt 16K and stalled at 32K
         # (niah 0.52), where the needles more than ~26K tokens back are lost and a doubled base finds most of them
-        # untrained (results/niah_depth_keep-20261207T1022Z.json): the next job runs at KEEP_ROPE=105000.0
+        # untrained (results/niah_depth_keep-20261207T1022Z.json): the next job runs at KEEP_ROPE=105000.0.
+        # KEEP_EXTRA: more overrides, space-separated (e.g. mixture.lookup_fraction=0.15)
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
             init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta="${KEEP_ROPE:-50000.0}" \
             "mixture.lengths=${KEEP_LENGTHS:-[2048, 4096, 8192, 16384, 32768]}" lr=3e-4 warmup_steps=50 \
             'mixture.tasks={niah: 1.0, variable_tracking: 1.5, common_words: 0.5, qa: 0.5, story_retrieval: 2.5,
                             story_multihop: 3.0, story_filtering: 1.5}' \
-            compile_scope=blocks max_seconds="${KEEP_SECONDS:-330}" ;;
+            compile_scope=blocks max_seconds="${KEEP_SECONDS:-330}" ${KEEP_EXTRA:-} ;;
     reference-long-eval)  # a long job's evaluation, finished (or redone) apart from training: .scratch/$LONG_JOB
         local job=${LONG_JOB:-reference-long-continue}
         [ -d ".scratch/$job" ] || { echo "! .scratch/$job is missing: carry the job's folder"; return 1; }

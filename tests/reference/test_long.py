@@ -206,6 +206,7 @@ def _suite_config(suite: str):
     assert m, f"the {suite} suite is missing or changed shape"
     words = shlex.split(m.group(2).replace("\\\n", " "))
     overrides = [re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", w) for w in words]  # ${VAR:-default} read as its default
+    overrides = [w for w in overrides if w]  # an optional ${VAR:-} adds nothing
     return m.group(1), from_dict(ref_train.ReferenceConfig, apply_overrides(load_yaml(str(LONG)), overrides))
 
 

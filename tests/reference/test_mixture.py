@@ -213,8 +213,48 @@ def test_recall_fraction_draws_recall_batches_and_fractions_must_fit():
     batch = make_batch(next(batch_plan(mix, 0, s) for s in range(400) if kinds[s] == "recall"), mix, ByteTokenizer(),
                        np.zeros(10, dtype=np.int64), {}, 0)
     assert batch["input_ids"].shape[1] == batch["labels"].shape[1] and (batch["labels"] != -100).any()
-    with pytest.raises(ConfigError, match=r"recall_fraction = 1.1 > 1"):
+    with pytest.raises(ConfigError, match=r"recall_fraction \+ lookup_fraction = 1.1 > 1"):
         MixtureConfig(shakespeare_fraction=0.5, copy_fraction=0.3, recall_fraction=0.3)
+    with pytest.raises(ConfigError, match=r"lookup_fraction = 1.05 > 1"):
+        MixtureConfig(shakespeare_fraction=0.5, recall_fraction=0.3, lookup_fraction=0.25)
+
+
+def test_lookup_rows_learn_the_variable_written_before_what_is_asked():
+    """Assignment drills: the first half states chains of variables in variable_tracking's words, the second asks
+    their steps; the learned tokens are exactly the answers' names, and each is the variable whose statement has the
+    asked value or variable on its right (the lookup backwards), with every chain's statements in order."""
+    import re
+
+    from leanformer.reference.mixture import lookup_rows
+
+    tok = ByteTokenizer()
+    ids, learn = lookup_rows(3, 1200, tok, 0, np.random.default_rng(7))
+    hops = set()
+    for r in range(3):
+        text = bytes(ids[r][ids[r] != 0].tolist()).decode()
+        statements, _, rest = text.partition(":")
+        statements = statements.rsplit(" ", 1)[0]          # the first query's key is not a statement
+        stated = re.findall(r" VAR ([A-Z]{5}) = (\d{5}|VAR [A-Z]{5})\.", statements)
+        assigned = {rhs: lhs for lhs, rhs in stated}
+        assert len(assigned) == len(stated) == statements.count("VAR ") - statements.count("= VAR ")  # keys distinct
+        assert 400 < len(statements) <= 600                 # the first half of the row
+        defined = [lhs for lhs, _ in stated]
+        for lhs, rhs in re.findall(r" VAR ([A-Z]{5}) = VAR ([A-Z]{5})\.", statements):
+            assert defined.index(rhs) < defined.index(lhs)   # a chain's statements in order
+        queries = re.findall(r" (\d{5}|[A-Z]{5}): ([A-Z]{5}),", text[len(statements):])
+        assert len(queries) > 30
+        learned = bytes(ids[r][learn[r]].tolist()).decode()
+        assert learned == "".join(f" {name}" for _, name in queries)
+        for asked, name in queries:
+            key = asked if asked.isdigit() else f"VAR {asked}"
+            assert assigned[key] == name
+            hops.add(asked.isdigit())
+    assert hops == {True, False}                             # values and variables are both asked
+    mix = dataclasses.replace(MIX, shakespeare_fraction=0.0, lookup_fraction=1.0)
+    plan = batch_plan(mix, 0, 0)
+    batch = make_batch(plan, mix, tok, np.zeros(10, dtype=np.int64), {}, 0)
+    assert plan["kind"] == "lookup" and batch["input_ids"].shape == (plan["n"], plan["length"] + mix.answer_margin)
+    assert (batch["labels"] != -100).sum() > 100
 
 
 @pytest.mark.parametrize("name, length", [("niah", 1500), ("story_retrieval", 9000)])

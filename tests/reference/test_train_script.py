@@ -242,6 +242,11 @@ def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path
     report["resolved_config"]["mixture"].update(recall_fraction=0.2, recall_reverse=0.5)
     (tmp_path / "training.json").write_text(json.dumps(report))
     assert "associative recall 0.2 (0.5 of its queries backwards), the rest" in card.card_text(tmp_path)
+    assert "assignment drills" not in text
+    report["resolved_config"]["mixture"].update(lookup_fraction=0.25)
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    assert ("queries backwards), assignment drills 0.25 (variable_tracking's statements, each variable asked by what "
+            "it is assigned), the rest") in card.card_text(tmp_path)
     assert "training generators' parameters {'story_retrieval': {'uneven_chapters': True}}" in text
     assert "keyed answers" not in text
 

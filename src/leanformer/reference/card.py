@@ -60,7 +60,9 @@ def card_text(model_dir: str | Path) -> str:
         f"Mixture (`leanformer.reference.mixture`): Shakespeare training plays {mix.get('shakespeare_fraction')} of "
         f"batches, copy sequences {mix.get('copy_fraction', 0.0)} (all of the first "
         f"{mix.get('copy_warmup_steps', 0)} steps), associative recall {mix.get('recall_fraction', 0.0)}"
-        + (f" ({mix['recall_reverse']} of its queries backwards)" if mix.get("recall_reverse") else "") + ", "
+        + (f" ({mix['recall_reverse']} of its queries backwards)" if mix.get("recall_reverse") else "")
+        + (f", assignment drills {mix['lookup_fraction']} (variable_tracking's statements, each variable asked by "
+           "what it is assigned)" if mix.get("lookup_fraction") else "") + ", "
         f"the rest task-suite samples with weights "
         f"{mix.get('tasks', 'default')}; prompt lengths {mix.get('lengths')} tokens"
         + (f" after {mix.get('short_steps')} steps at {mix.get('short_lengths')}" if mix.get("short_steps") else "")

@@ -2,10 +2,11 @@
 
 Every batch is a pure function of ``(seed, step)``: its length bucket, its kind (Shakespeare windows, task samples,
 copy sequences — random tokens whose second half repeats chunks of the first, which teach induction-style copying —
-or associative recall — key-value pairs queried again, which teach matching a key, some queries optionally asked
-backwards by value), which tasks and which sample seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above
-any seed an evaluation uses (the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them
-apart and a test checks that the two never overlap).
+associative recall — key-value pairs queried again, which teach matching a key, some queries optionally asked
+backwards by value — or assignment drills, variable_tracking's statements asked backwards many times a row), which
+tasks and which sample seeds. Task samples use seeds ``TRAIN_SEED_BASE + ...``, far above any seed an evaluation uses
+(the harness uses ``seed + i`` with small ``seed``; :func:`is_training_seed` tells them apart and a test checks that
+the two never overlap).
 
 A task sample becomes ``encode(prompt) + encode("<answer>") + encode(items + "</answer>") + [eos]`` — exactly the
 tokens the harness feeds (:class:`leanformer.eval.generation.PromptEncoder`, chat template off) followed by the gold
@@ -49,6 +50,11 @@ class MixtureConfig:
                                 help="share of associative-recall queries asked backwards: a value, then the key "
                                      "written before it (the reverse lookup that variable_tracking starts with: "
                                      "the variable before a named value)")
+    lookup_fraction: float = cfg(0.0, ge=0.0, le=1.0,
+                                 help="share of batches that are assignment drills: rows of variable_tracking's "
+                                      "statements ('VAR NAME = VALUE.', 'VAR NAME = VAR OTHER.') packed together, "
+                                      "then its lookups asked many times a row ('VALUE: NAME,'), loss on the names: "
+                                      "the variable written before a named value, in the task's own tokens")
     tasks: dict = cfg(default_factory=lambda: {"niah": 1.0, "variable_tracking": 1.0, "common_words": 0.5,
                                                "qa": 0.5, "story_retrieval": 1.5, "story_multihop": 1.5,
                                                "story_filtering": 1.5})
@@ -76,10 +82,10 @@ class MixtureConfig:
     short_steps: int = cfg(0, ge=0, help="curriculum: steps drawn from short_lengths before lengths take over")
 
     def __post_init__(self):
-        shares = self.shakespeare_fraction + self.copy_fraction + self.recall_fraction
+        shares = self.shakespeare_fraction + self.copy_fraction + self.recall_fraction + self.lookup_fraction
         if shares > 1.0 + 1e-9:
-            raise ConfigError(f"mixture: shakespeare_fraction + copy_fraction + recall_fraction = {shares:g} > 1; "
-                              "their sum is the share of batches that are not task samples")
+            raise ConfigError(f"mixture: shakespeare_fraction + copy_fraction + recall_fraction + lookup_fraction = "
+                              f"{shares:g} > 1; their sum is the share of batches that are not task samples")
         for name, params in self.task_params.items():
             if name not in self.tasks:
                 raise ConfigError(f"mixture.task_params: {name!r} is not a task of the mixture; its tasks are "
@@ -161,6 +167,8 @@ def batch_plan(mix: MixtureConfig, seed: int, step: int) -> dict:
         return {"kind": "copy", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
     if u < mix.shakespeare_fraction + mix.copy_fraction + mix.recall_fraction:
         return {"kind": "recall", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
+    if u < mix.shakespeare_fraction + mix.copy_fraction + mix.recall_fraction + mix.lookup_fraction:
+        return {"kind": "lookup", "length": length, "n": n, "tokens_seed": rng.randrange(2**31)}
     names = list(mix.tasks)
     weights = [mix.tasks[k] for k in names]
     picks = rng.choices(names, weights=weights, k=n)
@@ -227,6 +235,64 @@ def recall_rows(n: int, width: int, vocab_size: int, specials: list, rng: np.ran
     return ids, learn
 
 
+def lookup_rows(n: int, width: int, tokenizer, pad_id: int, rng: np.random.Generator,
+                max_hops: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Assignment drills in variable_tracking's own words: the first half of a row is chains of statements, ``VAR
+    NAME = VALUE.`` then ``VAR NEXT = VAR NAME.`` (0 to ``max_hops`` hops a chain, the chains interleaved, each in
+    order), the second half asks their steps again in random order, ``VALUE: NAME,`` or ``NAME: NEXT,``, and
+    ``learn[t]`` marks the asked names' tokens. Each answer is the variable written *before* what was asked, the
+    lookup variable tracking starts with and repeats at every hop. Pieces are encoded one at a time (each starts
+    with a space, so it is tokenized as inside a prompt); rows are padded (``pad_id``, not learned) to ``width``."""
+    letters = np.array(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ"))
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    learn = np.zeros((n, width), dtype=bool)
+    half = width // 2
+    for r in range(n):
+        row: list[int] = []
+        steps: list[tuple[str, str]] = []   # (asked, answer)
+        chains: list[list[str]] = []
+        seen: set[str] = set()
+        pieces: list[list[int]] = []
+        while True:
+            value = str(int(rng.integers(10_000, 100_000)))
+            if value in seen:
+                continue
+            chain = []
+            while len(chain) < 1 + int(rng.integers(0, max_hops + 1)):
+                name = "".join(rng.choice(letters, 5))
+                if name not in seen and name != "VAR":
+                    seen.add(name)
+                    chain.append(name)
+            statements = [f" VAR {chain[0]} = {value}."] + [f" VAR {b} = VAR {a}." for a, b in zip(chain, chain[1:])]
+            enc = [list(tokenizer.encode(s)) for s in statements]
+            if sum(map(len, pieces)) + sum(map(len, enc)) > half:
+                break
+            seen.add(value)
+            chains.append(enc)
+            steps += list(zip([value, *chain], chain))
+            pieces += enc
+        if not chains:
+            continue
+        # interleave the chains at random, each chain's statements in order
+        slots = [c for c, enc in enumerate(chains) for _ in enc]
+        rng.shuffle(slots)
+        nxt = [0] * len(chains)
+        for c in slots:
+            row += chains[c][nxt[c]]
+            nxt[c] += 1
+        mask = [False] * len(row)
+        while True:
+            asked, answer = steps[int(rng.integers(len(steps)))]
+            q, a = list(tokenizer.encode(f" {asked}:")), list(tokenizer.encode(f" {answer},"))
+            if len(row) + len(q) + len(a) > width:
+                break
+            row += q + a
+            mask += [False] * len(q) + [True] * (len(a) - 1) + [False]   # the name's tokens, not the comma
+        ids[r, :len(row)] = row
+        learn[r, :len(row)] = mask
+    return ids, learn
+
+
 def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np.ndarray, tasks: dict,
                pad_id: int, counters: dict | None = None) -> dict[str, np.ndarray]:
     """``input_ids``/``labels`` of shape ``[n, width]``: ``length + answer_margin`` unless the plan sets ``width``
@@ -248,6 +314,9 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
         else:
             ids[:], valid[:] = recall_rows(plan["n"], width + 1, tokenizer.vocab_size, specials, rng,
                                            reverse=mix.recall_reverse)
+    elif plan["kind"] == "lookup":
+        ids[:], valid[:] = lookup_rows(plan["n"], width + 1, tokenizer, pad_id,
+                                       np.random.default_rng(plan["tokens_seed"]))
     else:
         for r, (name, seed) in enumerate(plan["items"]):
             counters = counters or {}
