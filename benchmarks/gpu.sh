@@ -218,8 +218,11 @@ suite() {
         # (compiling included; evaluation adds ~100 s, inside ref_job's 575 s); KEEP_ROPE its rope base. Three more
         # jobs of 400 s at 5e4 (results/reference_long_keep_chain-20261207T0934Z.json) learnt 16K and stalled at 32K
         # (niah 0.52), where the needles more than ~26K tokens back are lost and a doubled base finds most of them
-        # untrained (results/niah_depth_keep-20261207T1022Z.json): the next job runs at KEEP_ROPE=105000.0.
-        # KEEP_EXTRA: more overrides, space-separated (e.g. mixture.lookup_fraction=0.15)
+        # untrained (results/niah_depth_keep-20261207T1022Z.json). Jobs 5-6 at KEEP_ROPE=105000.0 on 4K-32K with
+        # KEEP_EXTRA=mixture.lookup_fraction=0.1 (results/reference_long_keep_rope-20261207T1506Z.json): niah 0.91,
+        # story retrieval 0.88 at 32K; the drills learnt, variable tracking not (plain answers). KEEP_EXTRA: more
+        # overrides, space-separated, no spaces or quotes within one; the next job adds mixture.chain_answers=true
+        # mixture.chain_tasks=[variable_tracking] (docs/study.md, "Assignment drills")
         REF_CONFIG=configs/reference/long.yaml ref_job reference-long-keep \
             init_from="${KEEP_FROM:-src/leanformer/assets/reference}" model.rope_theta="${KEEP_ROPE:-50000.0}" \
             "mixture.lengths=${KEEP_LENGTHS:-[2048, 4096, 8192, 16384, 32768]}" lr=3e-4 warmup_steps=50 \

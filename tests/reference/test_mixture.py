@@ -322,6 +322,23 @@ def test_chained_answers_write_each_lookup_and_still_score_full(name):
     assert task_sequence(task, tok, 6000, seed) != task_sequence(task, tok, 6000, seed, chain=True)
 
 
+def test_chain_tasks_chain_only_the_tasks_named():
+    """With chain_tasks [variable_tracking], its samples end in the chained answer and story_multihop's in the plain
+    one, in the same batch; a task the mixture does not draw is refused in one line."""
+    tok = ByteTokenizer()
+    mix = MixtureConfig(lengths=[3000], tokens_per_batch=20000, shakespeare_fraction=0.0,
+                        tasks={"variable_tracking": 1.0, "story_multihop": 1.0}, chain_answers=True,
+                        chain_tasks=["variable_tracking"], answer_margin=200)
+    plan = next(p for p in (batch_plan(mix, 0, s) for s in range(50))
+                if {n for n, _ in p["items"]} == {"variable_tracking", "story_multihop"})
+    batch = make_batch(plan, mix, tok, None, {n: TASKS[n]() for n in mix.tasks}, pad_id=0)
+    for r, (name, seed) in enumerate(plan["items"]):
+        want, _ = task_sequence(TASKS[name](), tok, 3000, seed, chain=name == "variable_tracking")
+        assert batch["input_ids"][r, :len(want) - 1].tolist() == want[:-1]
+    with pytest.raises(ConfigError, match=r"mixture.chain_tasks: \['qa'\] not among the mixture's tasks"):
+        dataclasses.replace(mix, chain_tasks=["qa"])
+
+
 def test_a_plain_multihop_answer_scores_as_before_the_chained_form():
     task = TASKS["story_multihop"]()
     sample = task.generate(ByteTokenizer(), 3000, 3)

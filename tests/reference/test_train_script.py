@@ -143,6 +143,17 @@ def _train_subprocess(out: Path, *args: str, crash_at: str | None = None):
                           env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_a_bad_override_is_one_line_and_exit_2_with_nothing_written(tmp_path):
+    """Run as a script, a config the mixture refuses (parameters for a task it does not draw) prints one line naming
+    the value and what is allowed, exits 2, and leaves no folder behind."""
+    out = tmp_path / "run"
+    r = _train_subprocess(out, "mixture.tasks={niah: 1.0}", "mixture.task_params={qa: {}}")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "mixture.task_params: 'qa' is not a task of the mixture; its tasks are niah" in r.stderr
+    assert not out.exists()
+
+
 def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     """SIGKILLed right after its third checkpoint (steps 0-2 done), a rerun continues at step 3 with the optimizer,
     clock and token count it had, and ends with exactly the weights of a run never interrupted."""
@@ -242,6 +253,9 @@ def test_card_names_keyed_answers_task_params_and_the_generation_budget(tmp_path
     report["resolved_config"]["mixture"].update(recall_fraction=0.2, recall_reverse=0.5)
     (tmp_path / "training.json").write_text(json.dumps(report))
     assert "associative recall 0.2 (0.5 of its queries backwards), the rest" in card.card_text(tmp_path)
+    report["resolved_config"]["mixture"].update(chain_tasks=["variable_tracking"])
+    (tmp_path / "training.json").write_text(json.dumps(report))
+    assert "chained answers (variable_tracking write out" in card.card_text(tmp_path)
     assert "assignment drills" not in text
     report["resolved_config"]["mixture"].update(lookup_fraction=0.25)
     (tmp_path / "training.json").write_text(json.dumps(report))

@@ -13,12 +13,12 @@ import textwrap
 
 import pytest
 
-from leanformer.sparse.kernels.decode import BLOCK_N, split_plan
+from leanformer.sparse.kernels.decode import BLOCK_N, PROGRAMS_PER_SM, split_plan
 
 
 @pytest.mark.parametrize("heads,n,splits,chunk", [
-    (8, 8192, 43, 192),     # batch 1, 8 KV heads, 1/16 of 128K: ~3 programs per SM of 132
-    (128, 8192, 3, 2752),   # batch 16
+    (8, 8192, 64, 128),     # batch 1, 8 KV heads, 1/16 of 128K: ~4 programs per SM of 132
+    (128, 8192, 4, 2048),   # batch 16
     (512, 8192, 1, 8192),   # batch 16 x 32 query-head selections: the grid is full without splitting
     (8, 1000, 16, 64),      # fewer blocks than the target: one block per split, the last one partial
     (1, 1, 1, 64),
@@ -33,7 +33,7 @@ def test_split_plan_covers_every_position_once():
             splits, chunk = split_plan(heads, n, sms=132)
             assert chunk % BLOCK_N == 0 and splits >= 1
             assert (splits - 1) * chunk < n <= splits * chunk  # no empty split, nothing left over
-            assert splits == 1 or heads * splits <= 3 * 132
+            assert splits == 1 or heads * splits <= PROGRAMS_PER_SM * 132
             assert splits == math.ceil(n / chunk)
 
 

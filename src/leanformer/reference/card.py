@@ -69,8 +69,9 @@ def card_text(model_dir: str | Path) -> str:
         + f"; answer-only loss on task samples: {mix.get('answer_only', False)}"
         + ("; keyed answers (niah and story_retrieval answered item by item as `QUERY: ANSWER`, "
            f"answer margin {mix.get('answer_margin')} tokens)" if mix.get("keyed_answers") else "")
-        + ("; chained answers (story_multihop and variable_tracking write out their lookups, `KEY: VALUE, VALUE: "
-           "NEXT, ...`, before the answer)" if mix.get("chain_answers") else "")
+        + (f"; chained answers ({' and '.join(mix.get('chain_tasks') or ['story_multihop', 'variable_tracking'])} "
+           "write out their lookups, `KEY: VALUE, VALUE: NEXT, ...`, before the answer)"
+           if mix.get("chain_answers") else "")
         + (f"; training generators' parameters {mix['task_params']}" if mix.get("task_params") else "")
         + ". Task samples use seeds >= "
         f"{TRAIN_SEED_BASE:,}; evaluation uses seeds 0..{max(n_eval - 1, 0)} (a test checks they never meet).",

@@ -74,6 +74,10 @@ class MixtureConfig:
     chain_answers: bool = cfg(False, help="task samples whose task has a chained form (story_multihop, "
                                           "variable_tracking) write out their lookups one step at a time, 'KEY: "
                                           "VALUE, VALUE: NEXT, ...' (Task.chain_items), which their scorers accept")
+    chain_tasks: list[str] = cfg(default_factory=list,
+                                 help="with chain_answers, the tasks answered in their chained form (empty: every "
+                                      "task that has one), e.g. [variable_tracking] to leave story_multihop's "
+                                      "answers plain")
     task_params: dict = cfg(default_factory=dict,
                             help="per task, parameters of its generator for the training samples, e.g. "
                                  "{story_retrieval: {uneven_chapters: true}}; evaluation always uses the defaults")
@@ -96,6 +100,10 @@ class MixtureConfig:
                 self.task(name)
             except UserError as e:
                 raise ConfigError(f"mixture.task_params.{name}: {e}") from None
+        unknown = [t for t in self.chain_tasks if t not in self.tasks]
+        if unknown:
+            raise ConfigError(f"mixture.chain_tasks: {unknown} not among the mixture's tasks "
+                              f"({', '.join(self.tasks)})")
         short = [w for w in self.copy_warmup_lengths if w < 16]
         if short:
             raise ConfigError(f"mixture.copy_warmup_lengths: {short} too short; copy rows need at least 16 tokens "
@@ -320,10 +328,11 @@ def make_batch(plan: dict, mix: MixtureConfig, tokenizer, shakespeare_tokens: np
     else:
         for r, (name, seed) in enumerate(plan["items"]):
             counters = counters or {}
+            chain = mix.chain_answers and (not mix.chain_tasks or name in mix.chain_tasks)
             try:
                 seq, answer_start = task_sequence(tasks[name], tokenizer, plan["length"], seed,
                                                   counters.get((name, plan["length"])), mix.answer_space,
-                                                  mix.keyed_answers, mix.chain_answers)
+                                                  mix.keyed_answers, chain)
             except UserError:  # the length is too short for this task in this tokenizer: a needle task instead
                 seq, answer_start = task_sequence(tasks["niah"], tokenizer, plan["length"], seed,
                                                   counters.get(("niah", plan["length"])), mix.answer_space,

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -451,4 +452,8 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as e:  # a bad config, override or folder: one line, as the leanformer command prints it
+        print(f"leanformer.reference.train: error: {e}", file=sys.stderr)
+        sys.exit(2)

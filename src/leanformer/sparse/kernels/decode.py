@@ -151,14 +151,16 @@ if triton is not None:
 
 
 # Split-K plan. A program holds two pipeline stages of a BLOCK_N x 128 bf16 K and V tile (2 x 32 KB of shared
-# memory), so about three fit on an H200 SM (228 KB); the split count aims for that many programs per SM in one
-# round (all resident, no tail wave), never below one block per split. Batch 1, 8 KV heads, 8192 kept keys:
-# 43 splits of 192 keys (344 programs on 132 SMs); batch 16: 3 splits of 2752 keys (384 programs); a grid already
-# full without splitting (batch 16 x 32 query-head selections) runs as one split with no merge launch.
+# memory), so about three fit on an H200 SM (228 KB); the split count aims for PROGRAMS_PER_SM programs per SM, never
+# below one block per split. Four (more than are resident at once) timed faster than three at both batch sizes on
+# one H100 (bench_sparse_decode.py --kernel-settings, results/sparse_decode-20261207T144913Z.json: SnapKV at 1/16 of
+# 128K, 0.0179 against 0.0187 ms at batch 1, 0.227 against 0.232 at batch 16; six: 0.0174 and 0.260). Batch 1,
+# 8 KV heads, 8192 kept keys: 64 splits of 128 keys (512 programs on 132 SMs); batch 16: 4 splits of 2048 keys; a
+# grid already full without splitting (batch 16 x 32 query-head selections) runs as one split with no merge launch.
 BLOCK_N = 64
 NUM_WARPS = 4
 NUM_STAGES = 2
-PROGRAMS_PER_SM = 3
+PROGRAMS_PER_SM = 4
 
 
 def split_plan(heads: int, n: int, sms: int, block_n: int = BLOCK_N, min_split: int = 1) -> tuple[int, int]:
