@@ -179,7 +179,8 @@ def test_a_run_killed_mid_training_resumes_to_the_same_weights(tmp_path):
     # a rerun with another configuration refuses the leftover state instead of mixing two runs
     assert _train_subprocess(cut, *args, crash_at="ckpt.renamed@2").returncode == -9
     other = _train_subprocess(cut, "max_steps=6", "checkpoint_every_s=1e-9", "lr=1e-3")
-    assert other.returncode == 1 and "was written by a run with another configuration" in other.stderr
+    assert other.returncode == 2 and "was written by a run with another configuration" in other.stderr
+    assert other.stderr.count("\n") == 1 and "Traceback" not in other.stderr  # one line, nothing else
 
 
 def torch_equal(x, y) -> bool:

@@ -266,9 +266,11 @@ def lookup_rows(n: int, width: int, tokenizer, pad_id: int, rng: np.random.Gener
             if value in seen:
                 continue
             chain = []
+            # the length is drawn again before each name: a chain of k names grows with probability
+            # (max_hops + 1 - k) / (max_hops + 1), so chains of 1 to max_hops + 1 names, short ones more often
             while len(chain) < 1 + int(rng.integers(0, max_hops + 1)):
                 name = "".join(rng.choice(letters, 5))
-                if name not in seen and name != "VAR":
+                if name not in seen:
                     seen.add(name)
                     chain.append(name)
             statements = [f" VAR {chain[0]} = {value}."] + [f" VAR {b} = VAR {a}." for a, b in zip(chain, chain[1:])]
