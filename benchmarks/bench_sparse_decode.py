@@ -204,7 +204,7 @@ def main(argv=None):
              "splits_per_kv_head": {b: kd.split_plan(b * args.kv_heads, kept, sms)[0] for b in args.batch}}
     print(f"decode kernel: {knobs}", flush=True)
     path = record("sparse_decode", {"checks": verdict, "checks_by_setting": verdicts, "rows": rows,
-                                           "decode_kernel": knobs})
+                                    "decode_kernel": knobs})
     print(f"wrote {path}")
 
 
