@@ -260,7 +260,7 @@ def lookup_rows(n: int, width: int, tokenizer, pad_id: int, rng: np.random.Gener
         steps: list[tuple[str, str]] = []   # (asked, answer)
         chains: list[list[str]] = []
         seen: set[str] = set()
-        pieces: list[list[int]] = []
+        stated = 0                          # tokens of the statements so far
         while True:
             value = str(int(rng.integers(10_000, 100_000)))
             if value in seen:
@@ -275,12 +275,12 @@ def lookup_rows(n: int, width: int, tokenizer, pad_id: int, rng: np.random.Gener
                     chain.append(name)
             statements = [f" VAR {chain[0]} = {value}."] + [f" VAR {b} = VAR {a}." for a, b in zip(chain, chain[1:])]
             enc = [list(tokenizer.encode(s)) for s in statements]
-            if sum(map(len, pieces)) + sum(map(len, enc)) > half:
+            stated += sum(map(len, enc))
+            if stated > half:
                 break
             seen.add(value)
             chains.append(enc)
             steps += list(zip([value, *chain], chain))
-            pieces += enc
         if not chains:
             continue
         # interleave the chains at random, each chain's statements in order
