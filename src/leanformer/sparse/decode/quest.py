@@ -33,6 +33,9 @@ from leanformer.sparse.kernels.decode import expand_pages, gather_decode_pages_t
 from leanformer.sparse.kernels.quest_scores import page_scores, quantize_pages, select_pages_triton
 
 METADATA = ("cache", "int8")
+# the Triton step's read merges its splits in its last split (True: two launches in all) or in a merge launch (False:
+# three), read at each call (a benchmark may set it)
+FUSED_MERGE = True
 TOLERANCE = 0.05  # |measured - requested| sparsity whole pages may miss by before the method warns
 
 
@@ -186,7 +189,7 @@ class Quest(DecodeMethod):
             return out, decode_info(self.name, requested, idx, valid, length, meta_reads, impl, page_size=ps)
         top, meta_reads = self.select_pages_fused(layer, q, k, requested)
         last = math.ceil(length / ps) - 1
-        out = gather_decode_pages_triton(q, k, v, top, ps, scale, last_page=last, fused_merge=True)
+        out = gather_decode_pages_triton(q, k, v, top, ps, scale, last_page=last, fused_merge=FUSED_MERGE)
         # what decode_info counts on the expanded positions, from shapes alone (no launch, no sync): the top pages
         # are complete, the current one holds length - last * ps positions
         b, hs, n_top = top.shape
