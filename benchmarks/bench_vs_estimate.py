@@ -8,7 +8,9 @@ queries and its 128-row tail), at every ``--configs`` setting of its tiles (``BM
 stages). Each setting is checked against the default's outputs first (fp32 sums in another order: relative error
 under 1e-4), then timed in a CUDA graph. The floor beside each row is its matrix work (two ``W x T x D`` products
 per query head) at 800 TFLOP/s; the ``plan`` columns say how many programs the launch has. The fastest setting per
-window and length is printed last: the one to make ``vs_estimate.DEFAULT_CONFIG``.
+window and length is printed last: the one to make ``vs_estimate.DEFAULT_CONFIG``. ``--parts`` also times the
+default's launches one by one (``vs_estimate.launches``): the statistics launch, then the sums launch whole, with
+only its column sums and with only its diagonal sums, so what each part costs shows.
 """
 
 from __future__ import annotations
@@ -66,7 +68,25 @@ def measure(args, t: int, method: str, dev, wrap, g) -> list[dict]:
         else:
             print(f"T={t:>6} {method:>14} {text:>28}: outputs differ (rel {err:.1e}): not timed", flush=True)
         rows.append(row)
+    if args.parts:
+        rows.append(parts(args, t, method, q, k, w, tail, scale, floor_us, wrap))
     return rows
+
+
+PARTS = ("stats", "sums", "sums_vertical", "sums_slash")
+
+
+def parts(args, t: int, method: str, q, k, w: int, tail: int, scale: float, floor_us: float, wrap) -> dict:
+    """The default setting's launches timed one by one (``vs_estimate.launches``): the statistics launch with its
+    share merge, then the sums launch whole, with only its column sums, and with only its diagonal sums."""
+    steps = vs_estimate.launches(q, k, w, scale, tail)
+    steps["stats"]()
+    row = {"seq_len": t, "method": method, "window": w, "tail": tail, "config": "default, by launch",
+           "floor_us": floor_us}
+    for name in PARTS:
+        row[f"{name}_us"] = bench(wrap(steps[name]), warmup=1, repeat=args.repeat) * 1e6
+    print(f"T={t:>6} {method:>14} by launch: " + ", ".join(f"{n} {row[n + '_us']:.1f} us" for n in PARTS), flush=True)
+    return row
 
 
 def main(argv=None) -> list[dict]:
@@ -79,6 +99,9 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--configs", nargs="+", default=CONFIGS,
                     help='tile settings, each "default" or e.g. "BM=128,BN=64,num_warps=8" (keys of DEFAULT_CONFIG)')
     ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--parts", action="store_true",
+                    help="also time the default setting's steps one by one: the statistics launch, the sums launch "
+                         "whole and with only its column or only its diagonal sums")
     ap.add_argument("--device", default="cuda", help="cuda; cpu runs the kernels in the Triton interpreter (a check "
                                                      "of this script under TRITON_INTERPRET=1, not a timing)")
     ap.add_argument("--out", default=None, help="result JSON folder (default: $OUT, else benchmarks/results)")

@@ -328,12 +328,17 @@ def test_quest_select_benchmark_runs_each_width_in_interpreter(triton_interpret,
 
 def test_vs_estimate_benchmark_checks_each_setting_in_interpreter(triton_interpret, tmp_path):
     """benchmarks/bench_vs_estimate.py's own logic (the GPU timing aside): each tile setting's sums equal the
-    default's before it is timed, at both methods' windows (FlexPrefill's with its tail rows)."""
+    default's before it is timed, at both methods' windows (FlexPrefill's with its tail rows); ``--parts`` times
+    the default's launches one by one."""
     script = bench_script("bench_vs_estimate", ["--lengths", "300", "--heads", "2", "--kv-heads", "1", "--dim", "16",
-                                                "--configs", "default", "BM=16,BN=32", "--repeat", "1"],
-                          '[r["method"], r["config"], r["rel_err"] < 1e-4, "us" in r]', tmp_path)
+                                                "--configs", "default", "BM=16,BN=32", "--repeat", "1", "--parts"],
+                          '[r["method"], r["config"], r.get("rel_err", 0) < 1e-4, '
+                          'sorted(x for x in r if x == "us" or x.endswith("_us") and x != "floor_us")]', tmp_path)
     rows = json.loads(triton_interpret(script, timeout=300))
-    assert rows == [[m, c, True, True] for m in ("vertical_slash", "flexprefill") for c in ("default", "BM=16,BN=32")]
+    by_launch = sorted(f"{n}_us" for n in ("stats", "sums", "sums_vertical", "sums_slash"))
+    assert rows == [row for m in ("vertical_slash", "flexprefill")
+                    for row in ([m, "default", True, ["us"]], [m, "BM=16,BN=32", True, ["us"]],
+                                [m, "default, by launch", True, by_launch])]
     assert list(tmp_path.glob("vs_estimate-*.json"))
 
 

@@ -95,10 +95,12 @@ if triton is not None:
     @triton.jit
     def _sums(Q, K, M, L, VP, TP, SB, BND, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, TAIL, NKB, KPS,
               WPAD, TPAD, HAS_TAIL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-              STAGES: tl.constexpr):
+              STAGES: tl.constexpr, VERT: tl.constexpr = True, SLASH: tl.constexpr = True):
         """Column sums ``VP [B H_q, NRB, TPAD]`` (and of the tail rows, ``TP``) and diagonal buckets
         ``SB [B H_q, NRB, NKB + 1, BN]`` of one row block over one share of the keys; ``BND [B H_q, NRB, splits,
-        BN]`` takes the wrapped half of the share's first key block (a bucket the previous share writes)."""
+        BN]`` takes the wrapped half of the share's first key block (a bucket the previous share writes).
+        ``VERT`` / ``SLASH`` off leave the column or diagonal sums out (a benchmark's ablation only: what each
+        costs)."""
         bh = tl.program_id(0)
         rb = tl.program_id(1)
         sp = tl.program_id(2)
@@ -122,12 +124,17 @@ if triton is not None:
         for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
             c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
             p = tl.exp2(s - m[:, None]) * rinv[:, None]
-            tl.store(VP + row * TPAD + c, tl.sum(p, 0))
-            if HAS_TAIL:
-                tl.store(TP + row * TPAD + c, tl.sum(tl.where(tail_row[:, None], p, 0.0), 0))
-            g = tl.gather(p, rot, 1)
-            lo = tl.sum(tl.where(wrap, 0.0, g), 0)  # offsets T - W + rb BM - kb BN - j
-            hi = tl.sum(tl.where(wrap, g, 0.0), 0)  # the same offsets + BN: bucket kb - 1
+            if VERT:
+                tl.store(VP + row * TPAD + c, tl.sum(p, 0))
+                if HAS_TAIL:
+                    tl.store(TP + row * TPAD + c, tl.sum(tl.where(tail_row[:, None], p, 0.0), 0))
+            if SLASH:
+                g = tl.gather(p, rot, 1)
+                lo = tl.sum(tl.where(wrap, 0.0, g), 0)  # offsets T - W + rb BM - kb BN - j
+                hi = tl.sum(tl.where(wrap, g, 0.0), 0)  # the same offsets + BN: bucket kb - 1
+            else:
+                lo = tl.zeros([BN], tl.float32)
+                hi = lo
             if kb == kb_s:
                 if sp == 0:
                     tl.store(SB + row * (NKB + 1) * BN + tl.arange(0, BN), hi)
@@ -162,6 +169,18 @@ def vs_scores_triton(q, k, window: int, scale: float, tail: int = 0, max_elems: 
     unused: nothing of size ``W x T`` is materialised). Logits are fp32 products of the input-precision q and k
     (the reference rounds them to the input dtype first). ``config``: ``BM``, ``BN``, ``num_warps``,
     ``num_stages`` over :data:`DEFAULT_CONFIG`."""
+    steps = launches(q, k, window, scale, tail, config)
+    steps["stats"]()
+    steps["sums"]()
+    return steps["finish"]()
+
+
+def launches(q, k, window: int, scale: float, tail: int = 0, config: dict | None = None) -> dict:
+    """:func:`vs_scores_triton` as separate steps over buffers allocated once: ``stats()`` (the first launch and
+    the merge of its key shares), ``sums()`` (the second launch), ``finish()`` (the outputs from the buffers, once
+    per ``sums()``: it adds the key shares' buckets in place) and, for a benchmark's ablation, ``sums_vertical()``
+    / ``sums_slash()`` (the second launch with only the column or only the diagonal sums: wrong outputs, what each
+    part costs)."""
     if triton is None or not (q.is_cuda or INTERPRET):
         raise RuntimeError("vs_scores_triton needs CUDA tensors and triton; use estimate.vs_scores")
     b, hq, t, d = q.shape
@@ -179,22 +198,32 @@ def vs_scores_triton(q, k, window: int, scale: float, tail: int = 0, max_elems: 
     f32 = dict(device=q.device, dtype=torch.float32)
     mp = torch.empty(bh, nsplit, wpad, **f32)
     lp = torch.empty(bh, nsplit, wpad, **f32)
-    qk_scale = scale * LOG2E
-    strides = (*q.stride()[:3], *k.stride()[:3])
-    launch = dict(BM=bm, BN=bn, D=d, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
-    grid = (bh, nrb, nsplit)
-    _stats[grid](q, k, mp, lp, qk_scale, *strides, hq, hq // hk, t, w, nkb, kps, wpad, **launch)
-    m = mp.amax(1)
-    lse = (lp * torch.exp2(mp - m[:, None])).sum(1)
     vp = torch.empty(bh, nrb, tpad, **f32)
     tp = torch.empty(bh, nrb, tpad, **f32) if tail else vp
     sb = torch.empty(bh, nrb, nkb + 1, bn, **f32)
     bnd = torch.empty(bh, nrb, nsplit, bn, **f32)
-    _sums[grid](q, k, m, lse, vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb, kps, wpad, tpad,
-                HAS_TAIL=bool(tail), **launch)
-    vert = (vp.sum(1)[:, :t] / w).reshape(b, hq, t)
-    ptail = (tp.sum(1)[:, :t] / tail).reshape(b, hq, t) if tail else None
-    return vert, _slash(sb, bnd, kps, nsplit, t, w, bm, bn).reshape(b, hq, t) / w, ptail
+    qk_scale = scale * LOG2E
+    strides = (*q.stride()[:3], *k.stride()[:3])
+    launch = dict(BM=bm, BN=bn, D=d, STAGES=cfg["num_stages"], num_warps=cfg["num_warps"])
+    grid = (bh, nrb, nsplit)
+    stat = {}
+
+    def stats():
+        _stats[grid](q, k, mp, lp, qk_scale, *strides, hq, hq // hk, t, w, nkb, kps, wpad, **launch)
+        stat["m"] = m = mp.amax(1)
+        stat["lse"] = (lp * torch.exp2(mp - m[:, None])).sum(1)
+
+    def sums(vert=True, slash=True):
+        _sums[grid](q, k, stat["m"], stat["lse"], vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb,
+                    kps, wpad, tpad, HAS_TAIL=bool(tail), VERT=vert, SLASH=slash, **launch)
+
+    def finish():
+        vert = (vp.sum(1)[:, :t] / w).reshape(b, hq, t)
+        ptail = (tp.sum(1)[:, :t] / tail).reshape(b, hq, t) if tail else None
+        return vert, _slash(sb, bnd, kps, nsplit, t, w, bm, bn).reshape(b, hq, t) / w, ptail
+
+    return {"stats": stats, "sums": sums, "finish": finish, "sums_vertical": lambda: sums(slash=False),
+            "sums_slash": lambda: sums(vert=False)}
 
 
 def _slash(sb, bnd, kps: int, nsplit: int, t: int, w: int, bm: int, bn: int):
