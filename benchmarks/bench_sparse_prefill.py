@@ -18,6 +18,9 @@ GPU's time for the whole call, estimation included, with the host's launch work 
 costs inside a model whose other work keeps the GPU busy while the host launches (a capture also shows that the call
 never syncs: one that does fails to capture, and the row says so).
 
+``--estimate-config TRANSPOSE=1`` runs vertical-slash's and FlexPrefill's window scores at that setting of
+``vs_estimate.DEFAULT_CONFIG`` (recorded with the results); ``bench_vs_estimate.py`` times the settings alone.
+
 ``--cells 131072:0.95 32768:0.9`` times only those (length, sparsity) pairs instead of every length x sparsity.
 ``--line-options`` times vertical-slash and FlexPrefill once per tile-kernel setting (``COL_STAGES=0``: the first,
 unpipelined column loop). Vertical-slash and FlexPrefill rows also time their window scores alone (``scores_ms``:
@@ -40,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, gpu_profile, graphed, parse_settings, record, utc_stamp  # noqa: E402
+from common import bench, checked_settings, gpu_profile, graphed, parse_settings, record, utc_stamp  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
@@ -249,11 +252,18 @@ def main(argv=None):
                          "0: off")
     ap.add_argument("--graph", action="store_true",
                     help="also time each call (and dense) captured in one CUDA graph: the GPU's time alone")
+    ap.add_argument("--estimate-config", default="default",
+                    help='the window scores\' setting, "default" or e.g. "TRANSPOSE=1" (keys of '
+                         'vs_estimate.DEFAULT_CONFIG)')
     ap.add_argument("--profile", action="store_true",
                     help="print the top GPU ops of each method at the longest and shortest length")
     args = ap.parse_args(argv)
     args.flex_options = parse_flex_options(args.flex_options)
     args.line_options = parse_flex_options(args.line_options)
+    from leanformer.sparse.kernels import vs_estimate
+
+    estimate_config = checked_settings(args.estimate_config, vs_estimate.DEFAULT_CONFIG, "--estimate-config")
+    vs_estimate.DEFAULT_CONFIG.update(estimate_config)
     cells = {}
     if args.cells:
         for cell in args.cells:
@@ -273,7 +283,8 @@ def main(argv=None):
         rows += bench_length(t, args, verdict, sparsities)
         torch.cuda.empty_cache()
         # after each length, into the same file (rewritten atomically): a run cut short keeps what it measured
-        record("sparse_prefill", {"checks": verdict, "rows": rows}, stamp=stamp)
+        record("sparse_prefill", {"checks": verdict, "rows": rows, "estimate_config": dict(vs_estimate.DEFAULT_CONFIG)},
+               stamp=stamp)
     print(f"{'T':>7} {'variant':>40} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
           f"{'dense ms':>9} {'speedup':>8}")
     for r in rows:

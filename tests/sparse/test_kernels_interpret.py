@@ -138,10 +138,13 @@ PREFILL_SCRIPT = textwrap.dedent("""
         return (a - b).abs().masked_fill(a.isnan() & b.isnan(), 0).nan_to_num(nan=float("inf")).max().item()
     worst = {"estimate": 0.0, "columns": 0.0, "hybrid": 0.0, "methods": 0.0}
     same = {"coverage": True, "row_tiles": True, "patterns": True}
-    # estimation: odd lengths, GQA, windows longer than the prompt, a tail, several key shares, BM < BN
+    # estimation: odd lengths, GQA, windows longer than the prompt, a tail, several key shares, BM < BN; the tile
+    # as window rows x keys and transposed
     for b, hq, hk, t, w, tail, cfg in [(1, 2, 1, 77, 16, 5, {"BM": 16, "BN": 16}),
                                        (2, 4, 2, 130, 40, 0, {"BM": 16, "BN": 32}),
-                                       (1, 2, 2, 33, 64, 7, {"BM": 16, "BN": 16})]:
+                                       (1, 2, 2, 33, 64, 7, {"BM": 16, "BN": 16}),
+                                       (1, 2, 1, 77, 16, 5, {"BM": 16, "BN": 16, "TRANSPOSE": 1}),
+                                       (2, 4, 2, 130, 40, 9, {"BM": 16, "BN": 32, "TRANSPOSE": 1})]:
         q, k = torch.randn(b, hq, t, 16, generator=g), torch.randn(b, hk, t, 16, generator=g)
         for x, y in zip(vs_scores_triton(q, k, w, 0.3, tail=tail, config=cfg), vs_scores(q, k, w, 0.3, tail=tail)):
             assert (x is None) == (y is None)
@@ -382,3 +385,16 @@ def test_vs_estimate_benchmark_refuses_a_bad_setting():
     r = subprocess.run([sys.executable, str(bench), "--configs", "BQ=3"], capture_output=True, text=True,
                        env={**os.environ, "PYTHONPATH": str(bench.parents[1] / "src")})
     assert r.returncode != 0 and "BQ=3" in r.stderr and "BM" in r.stderr
+
+
+def test_sparse_prefill_benchmark_refuses_a_bad_estimate_setting():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sparse_prefill.py"
+    r = subprocess.run([sys.executable, str(bench), "--estimate-config", "TRANSPOSED=1"], capture_output=True,
+                       text=True, env={**os.environ, "PYTHONPATH": str(bench.parents[1] / "src")})
+    assert r.returncode != 0 and "TRANSPOSED=1" in r.stderr and "TRANSPOSE" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -39,7 +39,7 @@ from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 # pipeline stages: of eight settings timed on one H100 (benchmarks/results/vs_estimate-20261207T002648Z.json, the same
 # sums bit for bit) the fastest for both methods at 32K and 128K, 1.10-1.12x two stages for vertical-slash's window
 # and 1.05x for FlexPrefill's
-DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3}
+DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "TRANSPOSE": 0}
 LOG2E = 1.4426950408889634
 
 if triton is not None:
@@ -145,6 +145,63 @@ if triton is not None:
             carry = lo
         tl.store(SB + (row * (NKB + 1) + kb_e) * BN + tl.arange(0, BN), carry)
 
+    @triton.jit
+    def _sums_t(Q, K, M, L, VP, TP, SB, BND, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, TAIL, NKB, KPS,
+                WPAD, TPAD, HAS_TAIL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
+                STAGES: tl.constexpr, VERT: tl.constexpr = True, SLASH: tl.constexpr = True):
+        """:func:`_sums` on the transposed tile ``[BN keys, BM window rows]`` (``TRANSPOSE=1``): the column sums
+        (vertical, tail) become sums along each key's row, within a warp; the diagonals' skew rotates each window
+        row's column instead (a gather across rows), after which the two masked sums are along rows too. Same
+        outputs, the same buckets."""
+        bh = tl.program_id(0)
+        rb = tl.program_id(1)
+        sp = tl.program_id(2)
+        nrb = tl.num_programs(1)
+        b = bh // HQ
+        h = bh % HQ
+        a, pos, ok, q = _window_rows(Q, b, h, rb, sqb, sqh, sqt, T, W, BM, D)
+        m = tl.load(M + bh * WPAD + a, mask=ok, other=float("inf"))
+        rinv = tl.where(ok, 1.0 / tl.load(L + bh * WPAD + a, mask=ok, other=1.0), 0.0)
+        tail_row = ok & (a >= W - TAIL)
+        j = tl.arange(0, BN)[:, None]
+        r = tl.arange(0, BM)[None, :]
+        rot = (j + r) % BN  # column r rotated up by r: row j of the result holds key j + r (mod BN)
+        wrap = (j + r) >= BN
+        first = T - W + rb * BM
+        kb_s = sp * KPS
+        kb_e = tl.minimum(kb_s + KPS, NKB)
+        row = bh * nrb + rb
+        offs_d = tl.arange(0, D)
+        hk = h // GROUP
+        carry = tl.zeros([BN], tl.float32)
+        for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
+            c = kb * BN + tl.arange(0, BN)
+            kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
+            st = tl.dot(kt, tl.trans(q)) * qk_scale  # [BN, BM]
+            if kb * BN + BN - 1 > first:
+                st = tl.where(c[:, None] <= pos[None, :], st, float("-inf"))
+            pt = tl.exp2(st - m[None, :]) * rinv[None, :]
+            if VERT:
+                tl.store(VP + row * TPAD + c, tl.sum(pt, 1))
+                if HAS_TAIL:
+                    tl.store(TP + row * TPAD + c, tl.sum(tl.where(tail_row[None, :], pt, 0.0), 1))
+            if SLASH:
+                g = tl.gather(pt, rot, 0)
+                lo = tl.sum(tl.where(wrap, 0.0, g), 1)  # offsets T - W + rb BM - kb BN - j
+                hi = tl.sum(tl.where(wrap, g, 0.0), 1)  # the same offsets + BN: bucket kb - 1
+            else:
+                lo = tl.zeros([BN], tl.float32)
+                hi = lo
+            if kb == kb_s:
+                if sp == 0:
+                    tl.store(SB + row * (NKB + 1) * BN + tl.arange(0, BN), hi)
+                else:
+                    tl.store(BND + (row * tl.num_programs(2) + sp) * BN + tl.arange(0, BN), hi)
+            else:
+                tl.store(SB + (row * (NKB + 1) + kb) * BN + tl.arange(0, BN), carry + hi)
+            carry = lo
+        tl.store(SB + (row * (NKB + 1) + kb_e) * BN + tl.arange(0, BN), carry)
+
 
 def resolve_config(config: dict | None = None) -> dict:
     cfg = dict(DEFAULT_CONFIG)
@@ -214,7 +271,8 @@ def launches(q, k, window: int, scale: float, tail: int = 0, config: dict | None
         stat["lse"] = (lp * torch.exp2(mp - m[:, None])).sum(1)
 
     def sums(vert=True, slash=True):
-        _sums[grid](q, k, stat["m"], stat["lse"], vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb,
+        kernel = _sums_t if cfg["TRANSPOSE"] else _sums
+        kernel[grid](q, k, stat["m"], stat["lse"], vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb,
                     kps, wpad, tpad, HAS_TAIL=bool(tail), VERT=vert, SLASH=slash, **launch)
 
     def finish():
