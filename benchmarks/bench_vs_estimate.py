@@ -5,12 +5,13 @@
 ``vs_scores_triton`` (two launches: each window row's softmax statistics, then its column and diagonal sums; see
 ``leanformer/sparse/kernels/vs_estimate.py``) at vertical-slash's window (256 queries) and FlexPrefill's (512
 queries and its 128-row tail), at every ``--configs`` setting of its tiles (``BM`` window rows x ``BN`` keys, warps,
-stages). Each setting is checked against the default's outputs first (fp32 sums in another order: relative error
-under 1e-4), then timed in a CUDA graph. The floor beside each row is its matrix work (two ``W x T x D`` products
-per query head) at 800 TFLOP/s; the ``plan`` columns say how many programs the launch has. The fastest setting per
-window and length is printed last: the one to make ``vs_estimate.DEFAULT_CONFIG``. ``--parts`` also times the
-default's launches one by one (``vs_estimate.launches``): the statistics launch, then the sums launch whole, with
-only its column sums and with only its diagonal sums, so what each part costs shows.
+stages; ``TRANSPOSE=1``: the sums on the transposed tile). Each setting is checked against the default's outputs
+first (fp32 sums in another order: relative error under 1e-4), then timed in a CUDA graph. The floor beside each row
+is its matrix work (two ``W x T x D`` products per query head) at 800 TFLOP/s; the ``plan`` columns say how many
+programs the launch has. The fastest setting per window and length is printed last: the one to make
+``vs_estimate.DEFAULT_CONFIG``. ``--parts`` also times the default's launches one by one (``vs_estimate.launches``):
+the statistics launch, then the sums launch whole, with only its column sums and with only its diagonal sums, so
+what each part costs shows.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ from leanformer.sparse.kernels import vs_estimate  # noqa: E402
 
 # BM <= BN: a window row's skew wraps at most once in a tile
 CONFIGS = ["default", "BM=32,BN=64", "BM=64,BN=128", "BM=128,BN=128", "BM=64,BN=64,num_warps=8",
-           "BM=64,BN=128,num_warps=8", "BM=128,BN=128,num_warps=8", "BM=64,BN=64,num_stages=2"]
+           "BM=64,BN=128,num_warps=8", "BM=128,BN=128,num_warps=8", "BM=64,BN=64,num_stages=2", "TRANSPOSE=0",
+           "TRANSPOSE=1", "TRANSPOSE=1,num_warps=8", "TRANSPOSE=1,BN=128,num_warps=8"]
 WINDOWS = {"vertical_slash": (256, 0), "flexprefill": (512, 128)}
 
 

@@ -134,8 +134,9 @@ suite() {
         run 200 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 $dec --out "$LOGS/speed-packed"
         run 200 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 $dec --no-pack \
             --out "$LOGS/speed-unpacked" ;;
-    estimate)  # vertical-slash's and FlexPrefill's fused window scores alone at each tile setting, 32K and 128K
-        run 300 python3 benchmarks/bench_vs_estimate.py ;;
+    estimate)  # vertical-slash's and FlexPrefill's fused window scores alone at each tile setting (the tile as window
+        # rows x keys and transposed), 32K and 128K, and the default's launches one by one
+        run 300 python3 benchmarks/bench_vs_estimate.py --parts ;;
     sweep-batch)  # the study's batched cells: frontier-sweep samples/s at batch 1 against one engine batch of 24 per
         # cell (dense, block top-k, vertical-slash, SnapKV, Quest at 0.9; niah and story retrieval at 8K; the shipped
         # reference), outputs compared sample by sample; the batch again with each prompt prefilled alone
@@ -146,7 +147,8 @@ suite() {
         # and padded), the engine's decode at 32K and 128K with its dense row, then a profile of its step at 32K
         run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py tests/infer/test_gpu.py \
             -k "quest or select or sync"
-        run 60 python3 benchmarks/bench_sparse_decode.py --methods quest --repeat 30
+        run 90 python3 benchmarks/bench_sparse_decode.py --methods quest quest:metadata=int8 --repeat 30 \
+            --kernel-settings default QUEST_FUSED_MERGE=1 SELECT_PAGES_FIRST=1
         run 90 python3 benchmarks/bench_quest_select.py --lengths 32768 32848 131072 131152 --warps 0 4 8 --padded
         run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
             --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf --out "$LOGS/speed-quest"

@@ -19,7 +19,9 @@ The reference materialises the ``W x T`` probabilities of every head in fp32 (4.
    offset ``base - j`` where the rotation did not wrap and ``base + BN - j`` where it did, so two masked column sums
    give every diagonal of the tile. The wrapped half of key block ``kb`` and the plain half of block ``kb - 1``
    share offsets, so each program carries one ``BN`` vector from one key block to the next and writes each
-   *bucket* of ``BN`` offsets once.
+   *bucket* of ``BN`` offsets once. ``_sums_t`` (the default, ``TRANSPOSE=1``) computes the same on the transposed
+   tile ``[BN keys, BM rows]``: the column sums become sums along each key's row, within a warp, and the skew rotates
+   each window row's column instead; the same buckets, 1.17-1.34x faster on one H100.
 
 What crosses programs (a row block's buckets, the vertical share of each row block, the first wrapped half of each
 key share) is summed afterwards with a few tensor ops over ``O(T)`` numbers per head and row block. Work is two
@@ -38,8 +40,13 @@ from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 # BM window rows x BN keys per tile (BM <= BN: a row's rotation wraps at most once), 4 warps, key tiles in three
 # pipeline stages: of eight settings timed on one H100 (benchmarks/results/vs_estimate-20261207T002648Z.json, the same
 # sums bit for bit) the fastest for both methods at 32K and 128K, 1.10-1.12x two stages for vertical-slash's window
-# and 1.05x for FlexPrefill's
-DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "TRANSPOSE": 0}
+# and 1.05x for FlexPrefill's. The sums on the transposed tile (TRANSPOSE=1, _sums_t: the column sums a reduction
+# within each warp) took 1.17-1.18x less time for vertical-slash's window and 1.33-1.34x for FlexPrefill's at 32K and
+# 128K on one H100 (results/vs_estimate-20261207T181546Z.json; 8 warps were 1.5-1.9x slower). By launch on one H200
+# (results/vs_estimate-20261207T173412Z.json, the tile as window rows x keys, 128K) the column sums (FlexPrefill's
+# tail sums with them) were 26% / 39% of the sums launch for vertical-slash / FlexPrefill, the diagonal sums (the
+# skew's gather and its two sums across the warps) 61% / 44%.
+DEFAULT_CONFIG = {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 3, "TRANSPOSE": 1}
 LOG2E = 1.4426950408889634
 
 if triton is not None:
