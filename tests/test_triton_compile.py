@@ -119,6 +119,10 @@ CASES = {
     "vs_stats": ("sparse.kernels.vs_estimate:_stats", VS, VS_CFG, 4, 3),
     "vs_sums-tail": ("sparse.kernels.vs_estimate:_sums", VS, {**VS_CFG, "HAS_TAIL": True}, 4, 3),
     "vs_sums-no_tail": ("sparse.kernels.vs_estimate:_sums", VS, {**VS_CFG, "HAS_TAIL": False}, 4, 3),
+    "vs_sums-transposed-tail": ("sparse.kernels.vs_estimate:_sums", VS,
+                                {**VS_CFG, "HAS_TAIL": True, "TRANSPOSE": True}, 4, 3),
+    "vs_sums-transposed-no_tail": ("sparse.kernels.vs_estimate:_sums", VS,
+                                   {**VS_CFG, "HAS_TAIL": False, "TRANSPOSE": True}, 4, 3),
     # the tile attention kernel: block top-k (128 and 64-token blocks), vertical-slash / streaming (block
     # diagonals and columns), FlexPrefill (both per head); pointer loads and the first column loop
     # (kernel_options USE_TMA=False, COL_STAGES=0)

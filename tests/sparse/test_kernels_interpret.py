@@ -140,11 +140,12 @@ PREFILL_SCRIPT = textwrap.dedent("""
     same = {"coverage": True, "row_tiles": True, "patterns": True}
     # estimation: odd lengths, GQA, windows longer than the prompt, a tail, several key shares, BM < BN; the tile
     # as window rows x keys and transposed
-    for b, hq, hk, t, w, tail, cfg in [(1, 2, 1, 77, 16, 5, {"BM": 16, "BN": 16}),
-                                       (2, 4, 2, 130, 40, 0, {"BM": 16, "BN": 32}),
-                                       (1, 2, 2, 33, 64, 7, {"BM": 16, "BN": 16}),
+    for b, hq, hk, t, w, tail, cfg in [(1, 2, 1, 77, 16, 5, {"BM": 16, "BN": 16, "TRANSPOSE": 0}),
+                                       (2, 4, 2, 130, 40, 0, {"BM": 16, "BN": 32, "TRANSPOSE": 0}),
+                                       (1, 2, 2, 33, 64, 7, {"BM": 16, "BN": 16, "TRANSPOSE": 0}),
                                        (1, 2, 1, 77, 16, 5, {"BM": 16, "BN": 16, "TRANSPOSE": 1}),
-                                       (2, 4, 2, 130, 40, 9, {"BM": 16, "BN": 32, "TRANSPOSE": 1})]:
+                                       (2, 4, 2, 130, 40, 9, {"BM": 16, "BN": 32, "TRANSPOSE": 1}),
+                                       (1, 2, 2, 33, 64, 7, {"BM": 16, "BN": 16, "TRANSPOSE": 1})]:
         q, k = torch.randn(b, hq, t, 16, generator=g), torch.randn(b, hk, t, 16, generator=g)
         for x, y in zip(vs_scores_triton(q, k, w, 0.3, tail=tail, config=cfg), vs_scores(q, k, w, 0.3, tail=tail)):
             assert (x is None) == (y is None)

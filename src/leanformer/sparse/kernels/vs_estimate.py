@@ -19,7 +19,7 @@ The reference materialises the ``W x T`` probabilities of every head in fp32 (4.
    offset ``base - j`` where the rotation did not wrap and ``base + BN - j`` where it did, so two masked column sums
    give every diagonal of the tile. The wrapped half of key block ``kb`` and the plain half of block ``kb - 1``
    share offsets, so each program carries one ``BN`` vector from one key block to the next and writes each
-   *bucket* of ``BN`` offsets once. ``_sums_t`` (the default, ``TRANSPOSE=1``) computes the same on the transposed
+   *bucket* of ``BN`` offsets once. With ``TRANSPOSE`` (the default) it computes the same on the transposed
    tile ``[BN keys, BM rows]``: the column sums become sums along each key's row, within a warp, and the skew rotates
    each window row's column instead; the same buckets, 1.17-1.34x faster on one H100.
 
@@ -40,7 +40,7 @@ from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 # BM window rows x BN keys per tile (BM <= BN: a row's rotation wraps at most once), 4 warps, key tiles in three
 # pipeline stages: of eight settings timed on one H100 (benchmarks/results/vs_estimate-20261207T002648Z.json, the same
 # sums bit for bit) the fastest for both methods at 32K and 128K, 1.10-1.12x two stages for vertical-slash's window
-# and 1.05x for FlexPrefill's. The sums on the transposed tile (TRANSPOSE=1, _sums_t: the column sums a reduction
+# and 1.05x for FlexPrefill's. The sums on the transposed tile (TRANSPOSE=1: the column sums a reduction
 # within each warp) took 1.17-1.18x less time for vertical-slash's window and 1.33-1.34x for FlexPrefill's at 32K and
 # 128K on one H100 (results/vs_estimate-20261207T181546Z.json; 8 warps were 1.5-1.9x slower). By launch on one H200
 # (results/vs_estimate-20261207T173412Z.json, the tile as window rows x keys, 128K) the column sums (FlexPrefill's
@@ -75,6 +75,17 @@ if triton is not None:
         return c, s
 
     @triton.jit
+    def _block_scores_t(q, K, b, hk, kb, pos, first, qk_scale, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr):
+        """:func:`_block_scores` transposed: ``[BN, BM]``, key ``c`` in row ``c``."""
+        c = kb * BN + tl.arange(0, BN)
+        offs_d = tl.arange(0, D)
+        kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
+        s = tl.dot(kt, tl.trans(q)) * qk_scale
+        if kb * BN + BN - 1 > first:
+            s = tl.where(c[:, None] <= pos[None, :], s, float("-inf"))
+        return c, s
+
+    @triton.jit
     def _stats(Q, K, MP, LP, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, NKB, KPS, WPAD,
                BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr, STAGES: tl.constexpr):
         """Partial row max ``MP`` and normaliser ``LP`` ``[B H_q, splits, WPAD]`` of one share of the keys."""
@@ -102,12 +113,15 @@ if triton is not None:
     @triton.jit
     def _sums(Q, K, M, L, VP, TP, SB, BND, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, TAIL, NKB, KPS,
               WPAD, TPAD, HAS_TAIL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-              STAGES: tl.constexpr, VERT: tl.constexpr = True, SLASH: tl.constexpr = True):
+              STAGES: tl.constexpr, TRANSPOSE: tl.constexpr = False, VERT: tl.constexpr = True,
+              SLASH: tl.constexpr = True):
         """Column sums ``VP [B H_q, NRB, TPAD]`` (and of the tail rows, ``TP``) and diagonal buckets
         ``SB [B H_q, NRB, NKB + 1, BN]`` of one row block over one share of the keys; ``BND [B H_q, NRB, splits,
         BN]`` takes the wrapped half of the share's first key block (a bucket the previous share writes).
-        ``VERT`` / ``SLASH`` off leave the column or diagonal sums out (a benchmark's ablation only: what each
-        costs)."""
+        ``TRANSPOSE``: the tile as ``[BN keys, BM window rows]``, so the column sums are sums along each key's row
+        (within a warp) and the skew rotates each window row's column instead (a gather across rows), after which
+        the two masked sums are along rows too; the same outputs. ``VERT`` / ``SLASH`` off leave the column or
+        diagonal sums out (a benchmark's ablation only: what each costs)."""
         bh = tl.program_id(0)
         rb = tl.program_id(1)
         sp = tl.program_id(2)
@@ -119,9 +133,14 @@ if triton is not None:
         m = tl.load(M + bh * WPAD + a, mask=ok, other=float("inf"))
         rinv = tl.where(ok, 1.0 / tl.load(L + bh * WPAD + a, mask=ok, other=1.0), 0.0)
         tail_row = ok & (a >= W - TAIL)
-        r = tl.arange(0, BM)[:, None]
-        j = tl.arange(0, BN)[None, :]
-        rot = (j + r) % BN  # row r rotated left by r: column j of the result holds key j + r (mod BN)
+        if TRANSPOSE:
+            r = tl.arange(0, BM)[None, :]
+            j = tl.arange(0, BN)[:, None]
+        else:
+            r = tl.arange(0, BM)[:, None]
+            j = tl.arange(0, BN)[None, :]
+        # row r (a column when transposed) rotated by r: entry j of the result holds key j + r (mod BN)
+        rot = (j + r) % BN
         wrap = (j + r) >= BN
         first = T - W + rb * BM
         kb_s = sp * KPS
@@ -129,73 +148,22 @@ if triton is not None:
         row = bh * nrb + rb
         carry = tl.zeros([BN], tl.float32)
         for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
-            c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
-            p = tl.exp2(s - m[:, None]) * rinv[:, None]
-            if VERT:
-                tl.store(VP + row * TPAD + c, tl.sum(p, 0))
-                if HAS_TAIL:
-                    tl.store(TP + row * TPAD + c, tl.sum(tl.where(tail_row[:, None], p, 0.0), 0))
-            if SLASH:
-                g = tl.gather(p, rot, 1)
-                lo = tl.sum(tl.where(wrap, 0.0, g), 0)  # offsets T - W + rb BM - kb BN - j
-                hi = tl.sum(tl.where(wrap, g, 0.0), 0)  # the same offsets + BN: bucket kb - 1
+            if TRANSPOSE:
+                c, s = _block_scores_t(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
+                p = tl.exp2(s - m[None, :]) * rinv[None, :]
+                tail_p = tl.where(tail_row[None, :], p, 0.0)
             else:
-                lo = tl.zeros([BN], tl.float32)
-                hi = lo
-            if kb == kb_s:
-                if sp == 0:
-                    tl.store(SB + row * (NKB + 1) * BN + tl.arange(0, BN), hi)
-                else:
-                    tl.store(BND + (row * tl.num_programs(2) + sp) * BN + tl.arange(0, BN), hi)
-            else:
-                tl.store(SB + (row * (NKB + 1) + kb) * BN + tl.arange(0, BN), carry + hi)
-            carry = lo
-        tl.store(SB + (row * (NKB + 1) + kb_e) * BN + tl.arange(0, BN), carry)
-
-    @triton.jit
-    def _sums_t(Q, K, M, L, VP, TP, SB, BND, qk_scale, sqb, sqh, sqt, skb, skh, skt, HQ, GROUP, T, W, TAIL, NKB, KPS,
-                WPAD, TPAD, HAS_TAIL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-                STAGES: tl.constexpr, VERT: tl.constexpr = True, SLASH: tl.constexpr = True):
-        """:func:`_sums` on the transposed tile ``[BN keys, BM window rows]`` (``TRANSPOSE=1``): the column sums
-        (vertical, tail) become sums along each key's row, within a warp; the diagonals' skew rotates each window
-        row's column instead (a gather across rows), after which the two masked sums are along rows too. Same
-        outputs, the same buckets."""
-        bh = tl.program_id(0)
-        rb = tl.program_id(1)
-        sp = tl.program_id(2)
-        nrb = tl.num_programs(1)
-        b = bh // HQ
-        h = bh % HQ
-        a, pos, ok, q = _window_rows(Q, b, h, rb, sqb, sqh, sqt, T, W, BM, D)
-        m = tl.load(M + bh * WPAD + a, mask=ok, other=float("inf"))
-        rinv = tl.where(ok, 1.0 / tl.load(L + bh * WPAD + a, mask=ok, other=1.0), 0.0)
-        tail_row = ok & (a >= W - TAIL)
-        j = tl.arange(0, BN)[:, None]
-        r = tl.arange(0, BM)[None, :]
-        rot = (j + r) % BN  # column r rotated up by r: row j of the result holds key j + r (mod BN)
-        wrap = (j + r) >= BN
-        first = T - W + rb * BM
-        kb_s = sp * KPS
-        kb_e = tl.minimum(kb_s + KPS, NKB)
-        row = bh * nrb + rb
-        offs_d = tl.arange(0, D)
-        hk = h // GROUP
-        carry = tl.zeros([BN], tl.float32)
-        for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
-            c = kb * BN + tl.arange(0, BN)
-            kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
-            st = tl.dot(kt, tl.trans(q)) * qk_scale  # [BN, BM]
-            if kb * BN + BN - 1 > first:
-                st = tl.where(c[:, None] <= pos[None, :], st, float("-inf"))
-            pt = tl.exp2(st - m[None, :]) * rinv[None, :]
+                c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
+                p = tl.exp2(s - m[:, None]) * rinv[:, None]
+                tail_p = tl.where(tail_row[:, None], p, 0.0)
             if VERT:
-                tl.store(VP + row * TPAD + c, tl.sum(pt, 1))
+                tl.store(VP + row * TPAD + c, tl.sum(p, 1 if TRANSPOSE else 0))
                 if HAS_TAIL:
-                    tl.store(TP + row * TPAD + c, tl.sum(tl.where(tail_row[None, :], pt, 0.0), 1))
+                    tl.store(TP + row * TPAD + c, tl.sum(tail_p, 1 if TRANSPOSE else 0))
             if SLASH:
-                g = tl.gather(pt, rot, 0)
-                lo = tl.sum(tl.where(wrap, 0.0, g), 1)  # offsets T - W + rb BM - kb BN - j
-                hi = tl.sum(tl.where(wrap, g, 0.0), 1)  # the same offsets + BN: bucket kb - 1
+                g = tl.gather(p, rot, 0 if TRANSPOSE else 1)
+                lo = tl.sum(tl.where(wrap, 0.0, g), 1 if TRANSPOSE else 0)  # offsets T - W + rb BM - kb BN - j
+                hi = tl.sum(tl.where(wrap, g, 0.0), 1 if TRANSPOSE else 0)  # the same offsets + BN: bucket kb - 1
             else:
                 lo = tl.zeros([BN], tl.float32)
                 hi = lo
@@ -278,9 +246,9 @@ def launches(q, k, window: int, scale: float, tail: int = 0, config: dict | None
         stat["lse"] = (lp * torch.exp2(mp - m[:, None])).sum(1)
 
     def sums(vert=True, slash=True):
-        kernel = _sums_t if cfg["TRANSPOSE"] else _sums
-        kernel[grid](q, k, stat["m"], stat["lse"], vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb,
-                    kps, wpad, tpad, HAS_TAIL=bool(tail), VERT=vert, SLASH=slash, **launch)
+        _sums[grid](q, k, stat["m"], stat["lse"], vp, tp, sb, bnd, qk_scale, *strides, hq, hq // hk, t, w, tail, nkb,
+                    kps, wpad, tpad, HAS_TAIL=bool(tail), TRANSPOSE=bool(cfg["TRANSPOSE"]), VERT=vert, SLASH=slash,
+                    **launch)
 
     def finish():
         vert = (vp.sum(1)[:, :t] / w).reshape(b, hq, t)
