@@ -8,8 +8,8 @@ SnapKV's scoring or Quest's page metadata is done once before timing, as in serv
 graph and replayed (both dense and sparse), and also timed eagerly. Writes ``sparse_decode-*.json``.
 
 A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``quest:share_gqa=false``. Quest's
-Triton step is two launches (fused page selection; split-K read with the merge in its last split); the other methods'
-is also two (split-K read, then the merge; ``--merge launch fused`` also times it with the merge in the last split).
+Triton step is three launches (fused page selection, split-K read, merge); the other methods' two (split-K read,
+then the merge; ``--merge launch fused`` also times it with the merge in the last split).
 ``--kernel-settings default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...`` checks and times everything again under each setting
 of the split-K read (key tile, warps, pipeline stages, programs per SM), Quest's merge (``QUEST_FUSED_MERGE=0``: a
 merge launch) and its selection's grid order (``SELECT_PAGES_FIRST=1``); ``default``: the modules' own.

@@ -47,7 +47,7 @@ from common import bench, checked_settings, gpu_profile, graphed, parse_settings
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
-from leanformer.sparse.kernels import run_pattern  # noqa: E402
+from leanformer.sparse.kernels import run_pattern, vs_estimate  # noqa: E402
 
 
 def parse_flex_options(items: list[str]) -> list[dict | None]:
@@ -260,8 +260,6 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.flex_options = parse_flex_options(args.flex_options)
     args.line_options = parse_flex_options(args.line_options)
-    from leanformer.sparse.kernels import vs_estimate
-
     estimate_config = checked_settings(args.estimate_config, vs_estimate.DEFAULT_CONFIG, "--estimate-config")
     vs_estimate.DEFAULT_CONFIG.update(estimate_config)
     cells = {}

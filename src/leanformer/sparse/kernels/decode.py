@@ -187,7 +187,7 @@ def split_outputs(q: torch.Tensor, heads: int, rows: int, nsplit: int, block_g: 
 # gather_decode_triton's default merge. The last split of each head merging (one launch) made SnapKV's batch-1 step
 # slower than a merge launch: 0.027 against 0.019 ms over a 128K cache at 1/16 (43 splits a head; the last program
 # merges its four query rows one after another), one H100, results/decode_merge_topk-20261207T0748Z.json. Quest's page
-# path asks for it itself (gather_decode_pages_triton's fused_merge).
+# path has its own setting (decode/quest.py FUSED_MERGE, off as well).
 FUSED_MERGE = False
 
 
