@@ -11,8 +11,8 @@ A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``
 Triton step is three launches (fused page selection, split-K read, merge); the other methods' two (split-K read,
 then the merge; ``--merge launch fused`` also times it with the merge in the last split).
 ``--kernel-settings default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...`` checks and times everything again under each setting
-of the split-K read (key tile, warps, pipeline stages, programs per SM), Quest's merge (``QUEST_FUSED_MERGE=0``: a
-merge launch) and its selection's grid order (``SELECT_PAGES_FIRST=1``); ``default``: the modules' own.
+of the split-K read (key tile, warps, pipeline stages, programs per SM) and Quest's merge (``QUEST_FUSED_MERGE=1``:
+in the read's last split); ``default``: the modules' own.
 
 The sparse-decode targets of benchmarks/README.md in one command (~1 minute on an H100):
 
@@ -35,7 +35,6 @@ from common import bench, checked_settings, graphed, record  # noqa: E402
 from leanformer.sparse import build_decode  # noqa: E402
 from leanformer.sparse.decode import quest as quest_mod  # noqa: E402
 from leanformer.sparse.kernels import decode as kd  # noqa: E402
-from leanformer.sparse.kernels import quest_scores as qs  # noqa: E402
 
 
 def _spy(fn, seen: dict, name: str):
@@ -59,14 +58,13 @@ def parse_method(spec: str) -> tuple[str, dict]:
 
 # --kernel-settings keys: the module constant each sets (read at every call)
 KNOBS = {"BLOCK_N": (kd, "BLOCK_N"), "NUM_WARPS": (kd, "NUM_WARPS"), "NUM_STAGES": (kd, "NUM_STAGES"),
-         "PROGRAMS_PER_SM": (kd, "PROGRAMS_PER_SM"), "QUEST_FUSED_MERGE": (quest_mod, "FUSED_MERGE"),
-         "SELECT_PAGES_FIRST": (qs, "PAGES_FIRST")}
+         "PROGRAMS_PER_SM": (kd, "PROGRAMS_PER_SM"), "QUEST_FUSED_MERGE": (quest_mod, "FUSED_MERGE")}
 
 
 class kernel_settings:
     """``with kernel_settings("BLOCK_N=32,NUM_WARPS=2"):`` the decode kernels' launch constants set, and put back
-    after (``"default"`` leaves them): the split-K read's, Quest's merge (``QUEST_FUSED_MERGE=0``: a merge launch)
-    and its page selection's grid order (``SELECT_PAGES_FIRST=1``)."""
+    after (``"default"`` leaves them): the split-K read's and Quest's merge (``QUEST_FUSED_MERGE=1``: in the read's
+    last split)."""
 
     def __init__(self, text: str):
         self.new = checked_settings(text, KNOBS, "--kernel-settings")

@@ -204,7 +204,6 @@ SELECT_SCRIPT = textwrap.dedent("""
     import torch
     from leanformer import sparse
     from leanformer.sparse.decode import quest
-    from leanformer.sparse.kernels import quest_scores
     from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton
     from leanformer.sparse.kernels.quest_scores import (counts_for, page_scores, page_scores_triton, quantize_pages,
                                                         select_pages_reference, select_pages_triton)
@@ -224,8 +223,7 @@ SELECT_SCRIPT = textwrap.dedent("""
             worst["int8_scores"] = max(worst["int8_scores"], err / ref.abs().max().item())
             # device-side lengths: row 0's first head has 2 complete pages before its current one (fewer than k)
             lens = torch.tensor([[40, 2400], [1, 777]][:2], dtype=torch.int32)[:, :hk]
-            for kk, first in ((1, False), (9, False), (150, False), (9, True)):
-                quest_scores.PAGES_FIRST = first  # the grid's order: (head, page block) or (page block, head)
+            for kk in (1, 9, 150):
                 for meta in ((kmin, kmax), q8):
                     same["select"] &= torch.equal(select_pages_reference(q, *meta[:2], kk, share, *meta[2:]),
                                                   select_pages_triton(q, *meta[:2], kk, share, *meta[2:]))
@@ -233,7 +231,6 @@ SELECT_SCRIPT = textwrap.dedent("""
                     same["select_lens"] &= torch.equal(ref, select_pages_triton(q, *meta[:2], kk, share, *meta[2:],
                                                                                 lens=lens, page_size=16))
                     same["select_lens"] &= bool((ref[0, 0, 2:] == -1).all()) if kk > 2 else True
-            quest_scores.PAGES_FIRST = False
         k, v = torch.randn(2, hk, 301, 16, generator=g), torch.randn(2, hk, 301, 16, generator=g)
         for hs in (hk, hq):
             pages = torch.rand(2, hs, 18, generator=g).topk(12, -1).indices
@@ -364,16 +361,16 @@ def test_sparse_decode_benchmark_sets_and_restores_quest_settings():
     from pathlib import Path
 
     from leanformer.sparse.decode import quest
-    from leanformer.sparse.kernels import decode, quest_scores
+    from leanformer.sparse.kernels import decode
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sparse_decode.py"
     spec = importlib.util.spec_from_file_location("bench_sparse_decode", path)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    before = (quest.FUSED_MERGE, quest_scores.PAGES_FIRST, decode.BLOCK_N)
-    with bench.kernel_settings("SELECT_PAGES_FIRST=1,QUEST_FUSED_MERGE=0,BLOCK_N=32"):
-        assert (quest.FUSED_MERGE, quest_scores.PAGES_FIRST, decode.BLOCK_N) == (False, True, 32)
-    assert (quest.FUSED_MERGE, quest_scores.PAGES_FIRST, decode.BLOCK_N) == before
+    before = (quest.FUSED_MERGE, decode.BLOCK_N)
+    with bench.kernel_settings("QUEST_FUSED_MERGE=1,BLOCK_N=32"):
+        assert (quest.FUSED_MERGE, decode.BLOCK_N) == (True, 32)
+    assert (quest.FUSED_MERGE, decode.BLOCK_N) == before
 
 
 def test_vs_estimate_benchmark_refuses_a_bad_setting():

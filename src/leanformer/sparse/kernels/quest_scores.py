@@ -144,20 +144,14 @@ if triton is not None:
     def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb,
                     ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
                     PREC: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
-                    D: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KP: tl.constexpr,
-                    PAGES_FIRST: tl.constexpr = False):
+                    D: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KP: tl.constexpr):
         """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
         each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
         next step. ``PAGE > 0``: candidates are the pages before ``(LENS[b, h] - 1) // PAGE``, the list padded
         with ``-1`` where there are fewer. A row is ``NP`` pages in registers, and with ``NT > 0`` the ``P - NP``
-        pages past them a second tensor of ``NT``. ``PAGES_FIRST``: the grid is (page block, key head), so one key
-        head's page blocks are scheduled together and its selection overlaps the next heads' scores."""
-        if PAGES_FIRST:
-            pid = tl.program_id(1)
-            offs_p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
-        else:
-            pid = tl.program_id(0)
-            offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        pages past them a second tensor of ``NT``."""
+        pid = tl.program_id(0)
+        offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         s = _block_scores(Q, KMIN, KMAX, SMIN, SMAX, pid // HK, pid % HK, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh,
                           sxp, ssb, ssh, G, P, QUANT, PREC, BLOCK_G, D)
         offs_g = tl.arange(0, BLOCK_G)
@@ -249,12 +243,6 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
     return _counts(device, max(64, 1 << (n - 1).bit_length()))
 
 
-# select_pages_triton's grid order, read at each call (a benchmark may set it). False: (key head, page block), every
-# head's first page block before any head's second, so all heads select at the end. True: (page block, key head),
-# a head's blocks scheduled together: where the grid does not fit on the GPU at once (batch 16), the early heads'
-# selections run beside the later heads' scores.
-PAGES_FIRST = False
-
 MAX_TAIL = 64  # pages past a power of two that a selection row keeps as a short second tensor
 
 
@@ -315,10 +303,9 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     out = torch.empty(b, hs, k, device=q.device, dtype=torch.int32)
     nblk = triton.cdiv(p, block_p)
     lp = (lens.stride(0), lens.stride(1)) if lens is not None else (0, 0)
-    grid = (nblk, b * hk) if PAGES_FIRST else (b * hk, nblk)
-    _select_fwd[grid](
+    _select_fwd[(b * hk, nblk)](
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
         *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
         BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_, NT=nt,
-        KP=max(16, 1 << (k - 1).bit_length()), PAGES_FIRST=PAGES_FIRST, num_warps=warps)
+        KP=max(16, 1 << (k - 1).bit_length()), num_warps=warps)
     return (out, scores.view(b, hs, p)) if return_scores else out
