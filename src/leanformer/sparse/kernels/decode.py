@@ -184,10 +184,11 @@ def split_outputs(q: torch.Tensor, heads: int, rows: int, nsplit: int, block_g: 
     return out, torch.empty(heads * nsplit * block_g, d, device=q.device, dtype=torch.float32), mp, torch.empty_like(mp)
 
 
-# gather_decode_triton's default merge. The last split of each head merging (one launch) made SnapKV's batch-1 step
-# slower than a merge launch: 0.027 against 0.019 ms over a 128K cache at 1/16 (43 splits a head; the last program
-# merges its four query rows one after another), one H100, results/decode_merge_topk-20261207T0748Z.json. Quest's page
-# path has its own setting (decode/quest.py FUSED_MERGE, off as well).
+# The split-K kernels' default merge (positions and pages alike). The last split of each head merging (one launch)
+# made SnapKV's batch-1 step slower than a merge launch: 0.027 against 0.019 ms over a 128K cache at 1/16 (43 splits a
+# head; the last program merges its four query rows one after another), one H100,
+# results/decode_merge_topk-20261207T0748Z.json; and Quest's (int8 summaries): 0.067 against 0.059 ms at batch 1,
+# 0.319 against 0.317 at batch 16, one H200, results/sparse_decode-20261207T173351Z.json.
 FUSED_MERGE = False
 
 
@@ -208,19 +209,19 @@ def gather_decode_triton(q, k, v, idx, valid, scale: float | None = None, block_
 
 def gather_decode_pages_triton(q, k, v, pages, page_size: int, scale: float | None = None,
                                last_page: int | None = None, block_n: int | None = None,
-                               fused_merge: bool = False) -> torch.Tensor:
+                               fused_merge: bool | None = None) -> torch.Tensor:
     """The same kernels over whole pages: ``pages [B, H_s, P]`` (plus ``last_page``) are turned into positions in
     the kernel, positions ``>= L`` masked there (still at most two launches, none to expand or mask the
-    selection). Pages may come in any order (e.g. unsorted top-k). ``fused_merge``: one launch, the last split of
-    each selection head merging them (counts kept per device and reset by the kernel: make the first call outside a
-    CUDA-graph capture)."""
+    selection). Pages may come in any order (e.g. unsorted top-k). ``fused_merge`` (default :data:`FUSED_MERGE`):
+    one launch, the last split of each selection head merging them (counts kept per device and reset by the kernel:
+    make the first call outside a CUDA-graph capture)."""
     _check(q, k, pages)
     n_pages = pages.shape[2] + (last_page is not None)
     if n_pages == 0:
         raise ValueError("gather_decode_pages_triton: no page selected")
     last = -1 if last_page is None else last_page
     return _launch(q, k, v, pages, n_pages * page_size, page_size, pages.shape[2], last, scale, block_n,
-                   fused_merge=fused_merge)
+                   fused_merge=FUSED_MERGE if fused_merge is None else fused_merge)
 
 
 MERGE_SPLITS = 64  # splits a fused merge reads at once (more take several rounds)
