@@ -220,13 +220,14 @@ def bench_length(t, args, verdict, sparsities) -> list[dict]:
 
 
 def profile(args, t: int, s: float = 0.95):
-    """Where the time of one call goes (pattern estimation vs kernel), by GPU op (the top 30)."""
+    """Where the time of one call goes (pattern estimation vs kernel), by GPU op (the top 30) and by the project
+    function that issued each PyTorch op."""
     q, k, v = make_qkv(args, t)
     for method in args.methods:
         sparse.prefill_attention(q, k, v, method, s)
         torch.cuda.synchronize()
         gpu_profile(lambda m=method: sparse.prefill_attention(q, k, v, m, s), f"profile {method} T={t} s={s}",
-                    "profile_prefill.txt", row_limit=30)
+                    "profile_prefill.txt", row_limit=30, sites=True)
 
 
 def main(argv=None):

@@ -157,16 +157,47 @@ def graphed(fn):
     return g.replay
 
 
-def gpu_profile(fn, title: str, file_name: str, row_limit: int = 15) -> str:
+def gpu_profile(fn, title: str, file_name: str, row_limit: int = 15, sites: bool = False) -> str:
     """Run ``fn()`` once under the CUDA profiler; append the top GPU ops (by total CUDA time) under ``title`` to
-    ``$OUT/file_name`` (or ``./file_name``) and return the table."""
+    ``$OUT/file_name`` (or ``./file_name``) and return the table. ``sites``: also the GPU time of each PyTorch op
+    by the innermost project function that issued it (:func:`gpu_time_by_site`), where small ops add up."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as p:
+    acts = [ProfilerActivity.CUDA] + ([ProfilerActivity.CPU] if sites else [])
+    with profile(activities=acts, with_stack=sites) as p:
         fn()
         torch.cuda.synchronize()
     table = p.key_averages().table(sort_by="cuda_time_total", row_limit=row_limit, max_name_column_width=70)
+    if sites:
+        table += "\n" + gpu_time_by_site(p.events(), row_limit)
     with open(Path(os.environ.get("OUT", ".")) / file_name, "a") as f:
         f.write(f"--- {title}\n{table}\n")
     return table
+
+
+def gpu_time_by_site(events, row_limit: int = 30, marker: str = "leanformer/") -> str:
+    """GPU time of the kernels each PyTorch op launched, summed by (innermost function of a file under ``marker``
+    on the op's Python stack, op): a table, largest first, with the op count. Kernels launched outside any
+    PyTorch op (Triton's) are left to the op table above; an op inside another counts as the outer one."""
+    sums: dict[tuple[str, str], list[float]] = {}
+    for e in events:
+        us = sum(k.duration for k in getattr(e, "kernels", ()))
+        if not us or not e.name.startswith("aten::"):
+            continue
+        site, op, parent = "?", e.name, e.cpu_parent
+        while parent is not None:
+            if parent.name.startswith("aten::"):
+                op = parent.name  # the outermost op: a sort's copies count as the sort
+            elif marker in parent.name:
+                site = parent.name[parent.name.index(marker) + len(marker):]
+                break
+            parent = parent.cpu_parent
+        cell = sums.setdefault((site, op), [0.0, 0])
+        cell[0] += us
+        cell[1] += 1
+    rows = sorted(sums.items(), key=lambda kv: -kv[1][0])[:row_limit]
+    total = sum(v[0] for v in sums.values())
+    lines = [f"GPU time of PyTorch ops by call site: {total:.1f} us in all", f"{'us':>9} {'ops':>4}  site / op"]
+    lines += [f"{us:9.1f} {n:4d}  {site} / {op}" for (site, op), (us, n) in rows]
+    return "\n".join(lines)
