@@ -134,6 +134,8 @@ CASES = {
                                        BN=64, D=128), 4, 3),
     "tile_attn-vertical_slash": ("sparse.kernels.tile_attention:_tile_attn_fwd", {**TILE, "BDIAG": I8},
                                  dict(MODE=2, HAS_COLS=True, COL_STAGES=3, **TILE128), 8, 3),
+    "tile_attn-vertical_slash-col_mask": ("sparse.kernels.tile_attention:_tile_attn_fwd", {**TILE, "BDIAG": I8},
+                                          dict(MODE=2, HAS_COLS=True, COL_STAGES=3, COL_MASK=1, **TILE128), 8, 3),
     "tile_attn-flexprefill_hybrid": ("sparse.kernels.tile_attention:_tile_attn_fwd",
                                      {**TILE, **ptrs(I8, "BDIAG HEADS")},
                                      dict(MODE=3, HAS_COLS=True, COL_STAGES=3, **TILE128), 8, 3),

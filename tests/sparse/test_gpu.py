@@ -284,10 +284,11 @@ def test_vs_scores_triton_vs_reference(w, tail):
         assert err_fast <= 2 * err_base + 1e-6, (err_fast, err_base)
 
 
-@pytest.mark.parametrize("col_stages", [None, 0, 2])
-def test_tile_kernel_column_loops(col_stages):
+@pytest.mark.parametrize("col_stages,col_mask", [(None, 0), (0, 0), (2, 0), (None, 1)])
+def test_tile_kernel_column_loops(col_stages, col_mask):
     """Line patterns built on the device (fixed-width slots) through the pipelined column loop, the first one, and
-    two stages; hybrid tile/line patterns (FlexPrefill's) in the same launch."""
+    two stages, each step masked or only where needed; hybrid tile/line patterns (FlexPrefill's) in the same
+    launch."""
     from leanformer.sparse.kernels.pattern import TilePattern, from_lines
 
     t, bs = 2049, 128
@@ -296,7 +297,7 @@ def test_tile_kernel_column_loops(col_stages):
     gen = torch.Generator(device="cuda").manual_seed(4)
     lines = from_lines(torch.rand(2, 8, n, device="cuda", generator=gen) < 0.2,
                        torch.rand(2, 8, t, device="cuda", generator=gen) < 0.1, bs, t)
-    cfg = {"COL_STAGES": col_stages}
+    cfg = {"COL_STAGES": col_stages, "COL_MASK": col_mask}
     _assert_close_rule(tile_attention(q, k, v, lines, config=cfg), q, k, v, lines.to_mask())
     tiled = from_tiles(torch.rand(2, 8, n, n, device="cuda", generator=gen) < 0.3, bs, t)
     on = (torch.arange(8, device="cuda") % 3 == 0).expand(2, 8)[..., None]

@@ -168,7 +168,7 @@ PREFILL_SCRIPT = textwrap.dedent("""
         n = -(-t // bs)
         lines = from_lines(torch.rand(1, hq, n, generator=g) < 0.4, torch.rand(1, hq, t, generator=g) < 0.3, bs, t)
         ref = tile_attention_reference(q, k, v, lines)
-        for cfg in (None, {"COL_STAGES": 0}, {"BM": 8, "BN": 8}):
+        for cfg in (None, {"COL_STAGES": 0}, {"BM": 8, "BN": 8}, {"BM": 8, "BN": 8, "COL_MASK": 1}):
             worst["columns"] = max(worst["columns"], gap(tile_attention(q, k, v, lines, config=cfg), ref))
         tiled = from_tiles(torch.rand(1, hq, n, n, generator=g) < 0.4, bs, t)
         on = (torch.arange(hq) % 2 == 0)[None, :, None]

@@ -106,7 +106,7 @@ if triton is not None:
                        H, GROUP, T, NQB, KT, NV,
                        MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
                        BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-                       COL_STAGES: tl.constexpr = 0):
+                       COL_STAGES: tl.constexpr = 0, COL_MASK: tl.constexpr = 0):
         # one program per (BM query rows, batch x head); BS // BM programs share a query block and its tiles
         pid_m = tl.program_id(0) // (BS // BM)
         part = tl.program_id(0) % (BS // BM)
@@ -202,7 +202,9 @@ if triton is not None:
                     cov = tl.load(BDIAG + pid_bh * NQB + pid_m - idx // BS, mask=offs_c < n_c, other=1)
                     ok = (offs_c < n_c) & (cov == 0)
                     s = tl.dot(q, tl.trans(kt))
-                    if tl.sum(ok.to(tl.int32), 0) < BN:
+                    if COL_MASK:  # every step masked: no count across the warps before the softmax
+                        s = tl.where(ok[None, :], s, float("-inf"))
+                    elif tl.sum(ok.to(tl.int32), 0) < BN:
                         s = tl.where(ok[None, :], s, float("-inf"))
                     acc, l_i, m_i = _softmax_update(s, vt, acc, l_i, m_i, qk_scale, False)
         l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -217,7 +219,10 @@ if triton is not None:
 # at d = 128: on smaller GPUs or larger heads the default steps down to fewer stages
 # COL_STAGES: pipeline stages of the column loop (patterns with columns only; None: num_stages, 0: the first,
 # unpipelined loop). Its buffers (BN gathered columns of K and V a stage) are never more than the tile loop's.
-DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True, "COL_STAGES": None}
+# COL_MASK: 1 masks every column step's logits; 0 counts a step's usable columns first and masks only where some are
+# not (the last step, or a column a kept block diagonal covers).
+DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True, "COL_STAGES": None,
+                  "COL_MASK": 0}
 BLOCK_SIZES = (16, 32, 64, 128)  # pattern block sizes the kernel takes
 
 
@@ -313,6 +318,7 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
         MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
         COL_STAGES=(cfg["num_stages"] if cfg["COL_STAGES"] is None else cfg["COL_STAGES"]) if has_cols else 0,
+        COL_MASK=int(cfg["COL_MASK"]),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o
