@@ -263,7 +263,8 @@ def test_quest_selection_int8_pages_and_fused_merge_in_interpreter(triton_interp
 
 PAGE_CHOICE_SCRIPT = textwrap.dedent("""
     import torch
-    from leanformer.sparse.kernels.quest_scores import row_split, select_pages_reference, select_pages_triton
+    from leanformer.sparse.kernels.quest_scores import (page_scores, row_split, select_from_scores,
+                                                        select_pages_triton)
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 4, 1, 16, generator=g)
     base = torch.randn(2, 2, 200, 16, generator=g)
@@ -281,14 +282,42 @@ PAGE_CHOICE_SCRIPT = textwrap.dedent("""
         for name in names:
             pages = rows[name][:, :, :n]
             for share in (True, False):
+                want = page_scores(q, pages, pages, share)
                 for kk in (1, 2, 37, n - 1, n):
-                    ref = select_pages_reference(q, pages, pages, kk, share)
-                    same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share))
-                    ref = select_pages_reference(q, pages, pages, kk, share, lens=lens, page_size=16)
-                    same &= torch.equal(ref, select_pages_triton(q, pages, pages, kk, share, lens=lens,
-                                                                 page_size=16))
+                    # the choice exactly as a stable sort makes it from the scores the launch ranked (the
+                    # interpreter's fp32 product may differ in the last bit between equal pages, as BLAS blocks
+                    # them), and those scores the reference's
+                    top, s = select_pages_triton(q, pages, pages, kk, share, return_scores=True)
+                    same &= torch.equal(top, select_from_scores(s, kk))
+                    same &= torch.allclose(s, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+                    top, s = select_pages_triton(q, pages, pages, kk, share, lens=lens, page_size=16,
+                                                 return_scores=True)
+                    same &= torch.equal(top, select_from_scores(s, kk, lens=lens, page_size=16))
     print(int(same))
 """)
+
+
+BF16_DOT_SCRIPT = textwrap.dedent("""
+    import torch, triton, triton.language as tl
+    import leanformer.sparse.kernels.tile_attention  # noqa: F401  (widens the interpreter's bf16 dot operands)
+    @triton.jit
+    def prod(A, B, C, N: tl.constexpr):
+        r = tl.arange(0, N)
+        a = tl.load(A + r[:, None] * N + r[None, :])
+        b = tl.load(B + r[:, None] * N + r[None, :])
+        tl.store(C + r[:, None] * N + r[None, :], tl.dot(a, tl.trans(b)))
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(16, 16, generator=g).bfloat16() for _ in range(2))
+    c = torch.empty(16, 16)
+    prod[(1,)](a, b, c, N=16)
+    print(int(torch.allclose(c, a.float() @ b.float().T, atol=1e-5)))
+""")
+
+
+def test_interpreter_multiplies_bf16_values_not_their_bits(triton_interpret):
+    """Triton's interpreter keeps bf16 tensors as uint16 bit patterns and its ``tl.dot`` multiplies those; with the
+    project's kernels imported, a bf16 product in a kernel equals the fp32 product of the same values."""
+    assert triton_interpret(BF16_DOT_SCRIPT, timeout=120) == "1"
 
 
 def test_quest_page_choice_picks_the_pages_the_reference_picks_in_interpreter(triton_interpret):

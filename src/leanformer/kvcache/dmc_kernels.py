@@ -22,13 +22,15 @@ import math
 import torch
 
 from leanformer.nn.attention import attention
-from leanformer.nn.gpu import sm_count
+from leanformer.nn.gpu import fix_interpreter_bf16_dot, sm_count
 
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU-only installs: the references are complete
     triton = None
+
+fix_interpreter_bf16_dot()  # under TRITON_INTERPRET=1 only
 
 
 def dmc_update_reference(k_pages, v_pages, page_table, lengths, run, acc_k, acc_v, acc_w, next_page,

@@ -23,11 +23,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from leanformer.nn.gpu import fix_interpreter_bf16_dot
+
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU-only installs: the reference is complete
     triton = None
+
+fix_interpreter_bf16_dot()  # under TRITON_INTERPRET=1 only
 
 
 def bias_grad_reference(q, k, v, o, do, bias, scale: float) -> torch.Tensor:

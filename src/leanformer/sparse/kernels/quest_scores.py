@@ -59,13 +59,18 @@ def select_pages_reference(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=No
     page), as :func:`select_pages_triton` returns them. With ``lens [B, H_kv]`` (int32, on the device) and
     ``page_size``, only the complete pages before each head's current one, ``(lens - 1) // page_size``, are
     candidates; where fewer than ``k`` exist the list ends in ``-1``."""
+    return select_from_scores(page_scores(q, kmin, kmax, share_gqa, kmin_scale, kmax_scale), k, lens, page_size)
+
+
+def select_from_scores(s, k: int, lens=None, page_size: int = 0):
+    """:func:`select_pages_reference`'s choice from given scores ``s [B, H_s, P]`` (e.g. the ones
+    :func:`select_pages_triton` returns with ``return_scores``: its choice must be exactly this)."""
     from leanformer.sparse.kernels.block_select import topk_rows
 
-    s = page_scores(q, kmin, kmax, share_gqa, kmin_scale, kmax_scale)
     if lens is None:
         return topk_rows(s, k)
     cur = (lens.long() - 1) // page_size
-    if not share_gqa:
+    if cur.shape[1] != s.shape[1]:  # one selection row per query head: the key head's length for its group
         cur = cur.repeat_interleave(s.shape[1] // cur.shape[1], 1)
     cand = torch.arange(s.shape[-1], device=s.device) < cur[..., None]
     top = topk_rows(torch.where(cand, s, float("-inf")), k)

@@ -25,6 +25,7 @@ import torch
 
 from leanformer.errors import UserError
 from leanformer.nn.attention import attention
+from leanformer.nn.gpu import fix_interpreter_bf16_dot
 from leanformer.sparse.kernels.pattern import TilePattern
 
 try:
@@ -33,6 +34,8 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor
 except ImportError:  # CPU-only installs
     triton = None
+
+fix_interpreter_bf16_dot()  # under TRITON_INTERPRET=1 only
 
 # TRITON_INTERPRET=1 runs the kernel on CPU tensors (slow; used by the CPU tests to check the kernel's logic)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
