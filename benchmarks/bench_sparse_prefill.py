@@ -21,6 +21,9 @@ never syncs: one that does fails to capture, and the row says so).
 ``--estimate-config TRANSPOSE=1`` runs vertical-slash's and FlexPrefill's window scores at that setting of
 ``vs_estimate.DEFAULT_CONFIG`` (recorded with the results); ``bench_vs_estimate.py`` times the settings alone.
 
+``--line-kernels 0`` builds vertical-slash's and FlexPrefill's line patterns with the PyTorch functions instead of
+``kernels/line_pattern.py``'s launches (recorded with the results): what those launches save in a whole call.
+
 ``--cells 131072:0.95 32768:0.9`` times only those (length, sparsity) pairs instead of every length x sparsity.
 ``--line-options`` times vertical-slash and FlexPrefill once per tile-kernel setting (``COL_STAGES=0``: the first,
 unpipelined column loop). Vertical-slash and FlexPrefill rows also time their window scores alone (``scores_ms``:
@@ -47,7 +50,7 @@ from common import bench, checked_settings, gpu_profile, graphed, parse_settings
 
 from leanformer import sparse  # noqa: E402
 from leanformer.nn.attention import repeat_kv  # noqa: E402
-from leanformer.sparse.kernels import run_pattern, vs_estimate  # noqa: E402
+from leanformer.sparse.kernels import line_pattern, run_pattern, vs_estimate  # noqa: E402
 
 
 def parse_flex_options(items: list[str]) -> list[dict | None]:
@@ -256,6 +259,9 @@ def main(argv=None):
     ap.add_argument("--estimate-config", default="default",
                     help='the window scores\' setting, "default" or e.g. "TRANSPOSE=1" (keys of '
                          'vs_estimate.DEFAULT_CONFIG)')
+    ap.add_argument("--line-kernels", type=int, choices=(0, 1), default=1,
+                    help="1: line patterns' bookkeeping in kernels/line_pattern.py's launches (the default); 0: the "
+                         "PyTorch functions")
     ap.add_argument("--profile", action="store_true",
                     help="print the top GPU ops of each method at the longest and shortest length")
     args = ap.parse_args(argv)
@@ -263,6 +269,7 @@ def main(argv=None):
     args.line_options = parse_flex_options(args.line_options)
     estimate_config = checked_settings(args.estimate_config, vs_estimate.DEFAULT_CONFIG, "--estimate-config")
     vs_estimate.DEFAULT_CONFIG.update(estimate_config)
+    line_pattern.ENABLED = bool(args.line_kernels)
     cells = {}
     if args.cells:
         for cell in args.cells:
@@ -282,8 +289,8 @@ def main(argv=None):
         rows += bench_length(t, args, verdict, sparsities)
         torch.cuda.empty_cache()
         # after each length, into the same file (rewritten atomically): a run cut short keeps what it measured
-        record("sparse_prefill", {"checks": verdict, "rows": rows, "estimate_config": dict(vs_estimate.DEFAULT_CONFIG)},
-               stamp=stamp)
+        record("sparse_prefill", {"checks": verdict, "rows": rows, "estimate_config": dict(vs_estimate.DEFAULT_CONFIG),
+                                  "line_kernels": line_pattern.ENABLED}, stamp=stamp)
     print(f"{'T':>7} {'variant':>40} {'req':>5} {'meas':>6} {'total ms':>9} {'kernel ms':>9} "
           f"{'dense ms':>9} {'speedup':>8}")
     for r in rows:

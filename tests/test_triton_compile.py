@@ -143,6 +143,19 @@ CASES = {
                                                {**TILE, **ptrs(BF, "KD VD"), "BDIAG": I8},
                                                dict(MODE=2, HAS_COLS=True, COL_STAGES=0,
                                                     **{**TILE128, "USE_TMA": False}), 8, 3),
+    # line patterns' bookkeeping: column costs (every position weighted and summed, a list summed, every position)
+    # and the line lists, over a 128K-token prompt's rows
+    "column_cost-positions-weighted-total": ("sparse.kernels.line_pattern:_column_cost",
+                                             {**ptrs(I8, "BD COLS W"), "RUN": I32, "OUT": "*fp64"},
+                                             dict(ALL=True, WEIGHT=True, SUM=True, BLOCK=1024), 4, 3),
+    "column_cost-list-total": ("sparse.kernels.line_pattern:_column_cost",
+                               {**ptrs(I8, "BD W"), **ptrs(I32, "RUN COLS"), "OUT": "*fp64"},
+                               dict(ALL=False, WEIGHT=False, SUM=True, BLOCK=1024), 4, 3),
+    "column_cost-positions": ("sparse.kernels.line_pattern:_column_cost",
+                              {**ptrs(I8, "BD COLS W"), "RUN": I32, "OUT": "*fp64"},
+                              dict(ALL=True, WEIGHT=False, SUM=False, BLOCK=1024), 4, 3),
+    "from_lines": ("sparse.kernels.line_pattern:_from_lines",
+                   {**ptrs(I8, "BD CM"), **ptrs(I32, "RUN CNT DIAGS COLS CCNT")}, dict(BLOCK=1024), 4, 3),
     # DMC: append-or-merge, and the paged decode (an autotuned bf16 config; an fp32 cache in one split)
     "dmc_update": ("kvcache.dmc_kernels:_update_kernel", DMC, dict(PAGE=16, BLOCK_D=128), 4, 3),
     "dmc_decode-bf16": ("kvcache.dmc_kernels:_decode_kernel", DMC_DEC,

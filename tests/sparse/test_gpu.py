@@ -284,6 +284,30 @@ def test_vs_scores_triton_vs_reference(w, tail):
         assert err_fast <= 2 * err_base + 1e-6, (err_fast, err_base)
 
 
+@pytest.mark.parametrize("t,bs", [(32768, 128), (5000, 16)])
+def test_line_bookkeeping_kernels_equal_pytorch_on_gpu(t, bs, monkeypatch):
+    """On CUDA the line patterns' bookkeeping (column costs, their totals, the line lists, kept pairs) runs in
+    kernels/line_pattern.py; with it switched off, the PyTorch functions: the same numbers, bit for bit."""
+    from leanformer.sparse.kernels import line_pattern
+    from leanformer.sparse.kernels.pattern import columns_cost, from_lines, position_costs
+
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    n = -(-t // bs)
+    bdiag = torch.rand(2, 8, n, device="cuda", generator=gen) < 0.1
+    bdiag[..., 0] = True
+    colmask = torch.rand(2, 8, t, device="cuda", generator=gen) < 0.02
+
+    def run():
+        pat = from_lines(bdiag, colmask, bs, t, 700)
+        return (position_costs(bdiag, bs, t), columns_cost(bdiag, colmask, bs, t), pat.kept_pairs(), pat.tile_cnt,
+                pat.cols, pat.col_cnt, pat.diags)
+
+    fast = run()
+    monkeypatch.setattr(line_pattern, "ENABLED", False)
+    for a, b in zip(fast, run()):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
 @pytest.mark.parametrize("col_stages,col_mask", [(None, 0), (0, 0), (2, 0), (None, 1)])
 def test_tile_kernel_column_loops(col_stages, col_mask):
     """Line patterns built on the device (fixed-width slots) through the pipelined column loop, the first one, and

@@ -297,6 +297,43 @@ PAGE_CHOICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+LINE_PATTERN_SCRIPT = textwrap.dedent("""
+    import torch
+    from leanformer.sparse.kernels.pattern import column_cost, from_lines
+    from leanformer.sparse.kernels.line_pattern import column_cost_triton, from_lines_triton
+    g = torch.Generator().manual_seed(3)
+    ok = True
+    for t, bs, width in ((77, 16, None), (130, 16, 5), (2048, 128, None), (2100, 64, 40), (3000, 128, 3000),
+                         (16, 16, None)):
+        n = -(-t // bs)
+        for dens in (0.0, 0.3, 1.0):
+            bdiag = torch.rand(2, 3, n, generator=g) < dens
+            bdiag[..., 0] = True
+            colmask = torch.rand(2, 3, t, generator=g) < dens * 0.2
+            pos = torch.arange(t).expand(2, 3, t)
+            ref = column_cost(bdiag, pos, bs, t)
+            ok &= torch.equal(column_cost_triton(bdiag, None, bs, t), ref)
+            ok &= torch.equal(column_cost_triton(bdiag, None, bs, t, weight=colmask, total=True),
+                              (ref * colmask).sum(-1))
+            cols = torch.sort(torch.where(colmask, pos, t), -1).values[..., :max(1, t // 3)].int()
+            want = (column_cost(bdiag, cols.long().clamp(max=t - 1), bs, t) * (cols < t)).sum(-1)
+            ok &= torch.equal(column_cost_triton(bdiag, cols, bs, t, total=True), want)
+            a, b = from_lines(bdiag, colmask, bs, t, width), from_lines_triton(bdiag, colmask, bs, t, width)
+            for f in ("tile_cnt", "cols", "col_cnt", "bdiag", "diags"):
+                x, y = getattr(a, f), getattr(b, f)
+                if not (x.shape == y.shape and torch.equal(x, y)):
+                    ok = False
+    print(int(ok))
+""")
+
+
+def test_line_pattern_kernels_match_pattern_functions_in_interpreter(triton_interpret):
+    """column_cost_triton (every position, weighted and summed, a padded list summed) and from_lines_triton equal
+    pattern.column_cost / from_lines exactly: partial last blocks, 16- to 128-token blocks, no / some / every block
+    diagonal kept, column slots fewer than the kept columns, a one-block prompt."""
+    assert triton_interpret(LINE_PATTERN_SCRIPT, timeout=300) == "1"
+
+
 BF16_DOT_SCRIPT = textwrap.dedent("""
     import torch, triton, triton.language as tl
     import leanformer.sparse.kernels.tile_attention  # noqa: F401  (widens the interpreter's bf16 dot operands)

@@ -41,7 +41,7 @@ from leanformer.sparse.base import (
     unreachable_message,
 )
 from leanformer.sparse.kernels import TilePattern, column_cost, from_diagonals, run_pattern
-from leanformer.sparse.kernels.pattern import from_lines
+from leanformer.sparse.kernels.pattern import columns_cost, from_lines, position_costs
 from leanformer.sparse.prefill.estimate import (
     diagonal_cost,
     select_by_cost,
@@ -97,15 +97,13 @@ def vs_lines(vert, slash, seq_len: int, block_size: int, sinks: int, local: int,
     bdiag = diagonals_within_budget(value, offset, dcost, budget * slash_share)
     bdiag[..., 0] = True
     spent = (bdiag.double() * dcost).sum(-1)
-    cost = column_cost(bdiag, torch.arange(t, device=vert.device).expand(vert.shape), bs, t)
-    return bdiag, keep_within_budget(v_order, cost, sinks, budget - spent)
+    return bdiag, keep_within_budget(v_order, position_costs(bdiag, bs, t), sinks, budget - spent)
 
 
 def lines_kept_pairs(bdiag, colmask, block_size: int, seq_len: int):
     """Pairs ``[B, H]`` (float64) a pattern of these lines computes, without building it."""
     n = bdiag.shape[-1]
-    pos = torch.arange(seq_len, device=bdiag.device).expand(colmask.shape)
-    cols = (column_cost(bdiag, pos, block_size, seq_len) * colmask).sum(-1)
+    cols = columns_cost(bdiag, colmask, block_size, seq_len)
     return (bdiag.double() * diagonal_cost(n, block_size, seq_len, bdiag.device)).sum(-1) + cols
 
 

@@ -1,0 +1,97 @@
+"""The PyTorch ops one vertical-slash or FlexPrefill call issues around its kernels, by project function, on the CPU.
+
+    PYTHONPATH=src python benchmarks/count_prefill_ops.py --method flexprefill --length 32768 --sparsity 0.9
+    PYTHONPATH=src python benchmarks/count_prefill_ops.py --method flexprefill --length 32768 --line-kernels
+
+Each op is a launch the host issues (and, on a GPU, a small kernel): at 32K tokens a call is bound by the host when
+it is not captured in a CUDA graph. The window scores are synthetic and the attention kernel is skipped (their
+launches are not PyTorch ops); FlexPrefill's coverage counts and row tiles run their PyTorch references (one Triton
+launch each on a GPU). ``--line-kernels`` counts the path a GPU takes for the line patterns' bookkeeping
+(``kernels/line_pattern.py``) with its launches faked: the PyTorch ops around them. Prints the top-level ops of one
+call (an op inside another counts once), in all and by the innermost project function that issued them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from leanformer import sparse
+from leanformer.sparse.kernels import line_pattern
+from leanformer.sparse.kernels import pattern as pattern_mod
+from leanformer.sparse.prefill import flexprefill, vertical_slash
+
+
+class _NoLaunch:
+    """A Triton kernel's stand-in: ``kernel[grid](...)`` does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int = 8,
+          line_kernels: bool = False) -> collections.Counter:
+    """Top-level PyTorch ops of one call, by (innermost project function)."""
+    g = torch.Generator().manual_seed(0)
+    vert, slash, tails = (torch.rand(1, heads, t, generator=g) ** 8 for _ in range(3))
+    n = -(-t // 128)
+    blk = torch.randn(1, heads, n, n, generator=g)
+    saved = []
+
+    def patch(obj, name, value):
+        saved.append((obj, name, getattr(obj, name)))
+        setattr(obj, name, value)
+
+    patch(flexprefill, "window_scores", lambda q, k, window, scale, tail=0, impl="reference":
+          (vert, slash, tails if tail else None))
+    patch(vertical_slash, "window_scores", flexprefill.window_scores)
+    patch(flexprefill, "pooled_block_scores", lambda q, k, bs, scale, bias=None: blk)
+    for mod in (flexprefill, vertical_slash):
+        patch(mod, "run_pattern", lambda q, k, v, pattern, scale, impl, kernel_options=None: q)
+    if line_kernels:
+        patch(pattern_mod, "_fast", lambda x: True)
+        patch(line_pattern, "_column_cost", _NoLaunch())
+        patch(line_pattern, "_from_lines", _NoLaunch())
+    try:
+        q = torch.zeros(1, heads, t, 8, dtype=torch.bfloat16)
+        k = torch.zeros(1, kv_heads, t, 8, dtype=torch.bfloat16)
+        sparse.prefill_attention(q, k, k, method, sparsity)  # warm-up (cached shapes)
+        with profile(activities=[ProfilerActivity.CPU], with_stack=True) as p:
+            sparse.prefill_attention(q, k, k, method, sparsity)
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+    sites: collections.Counter = collections.Counter()
+    for e in p.events():
+        if not e.name.startswith("aten::"):
+            continue
+        parent, site = e.cpu_parent, "?"
+        while parent is not None and not parent.name.startswith("aten::"):
+            if "leanformer/" in parent.name and site == "?":
+                site = parent.name.split("leanformer/", 1)[1]
+            parent = parent.cpu_parent
+        if parent is None:  # no op above it
+            sites[site] += 1
+    return sites
+
+
+def main(argv=None) -> collections.Counter:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--method", choices=("vertical_slash", "flexprefill"), default="flexprefill")
+    ap.add_argument("--length", type=int, default=32768)
+    ap.add_argument("--sparsity", type=float, default=0.9)
+    ap.add_argument("--line-kernels", action="store_true",
+                    help="the GPU's path for the line patterns' bookkeeping, its launches faked")
+    args = ap.parse_args(argv)
+    sites = count(args.method, args.length, args.sparsity, line_kernels=args.line_kernels)
+    print(f"{args.method} at {args.length} tokens, sparsity {args.sparsity}: {sum(sites.values())} PyTorch ops")
+    for site, c in sites.most_common(15):
+        print(f"{c:5d}  {site}")
+    return sites
+
+
+if __name__ == "__main__":
+    main()
