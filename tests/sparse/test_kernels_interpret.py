@@ -268,8 +268,7 @@ PAGE_CHOICE_SCRIPT = textwrap.dedent("""
     g = torch.Generator().manual_seed(7)
     q = torch.randn(2, 4, 1, 16, generator=g)
     base = torch.randn(2, 2, 200, 16, generator=g)
-    rows = {
-        "random": base,
+    rows = {  # random rows: test_quest_selection_int8_pages_and_fused_merge_in_interpreter
         "ties": base[:, :, torch.randint(0, 12, (200,), generator=g)],  # 12 distinct pages: many equal scores
         "all_equal": base[:, :, :1].expand(-1, -1, 200, -1),
         "extremes": base * torch.tensor([1e30, -1e30, 1e-30, 0.0, 1.0])[torch.arange(200) % 5].view(1, 1, 200, 1),
