@@ -21,7 +21,6 @@ from torch.profiler import ProfilerActivity, profile
 
 from leanformer import sparse
 from leanformer.sparse.kernels import line_pattern
-from leanformer.sparse.kernels import pattern as pattern_mod
 from leanformer.sparse.prefill import flexprefill, vertical_slash
 
 
@@ -52,7 +51,7 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
     for mod in (flexprefill, vertical_slash):
         patch(mod, "run_pattern", lambda q, k, v, pattern, scale, impl, kernel_options=None: q)
     if line_kernels:
-        patch(pattern_mod, "_fast", lambda x: True)
+        patch(line_pattern, "use_kernels", lambda x: True)
         patch(line_pattern, "_column_cost", _NoLaunch())
         patch(line_pattern, "_from_lines", _NoLaunch())
     try:

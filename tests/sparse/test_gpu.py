@@ -289,7 +289,7 @@ def test_line_bookkeeping_kernels_equal_pytorch_on_gpu(t, bs, monkeypatch):
     """On CUDA the line patterns' bookkeeping (column costs, their totals, the line lists, kept pairs) runs in
     kernels/line_pattern.py; with it switched off, the PyTorch functions: the same numbers, bit for bit."""
     from leanformer.sparse.kernels import line_pattern
-    from leanformer.sparse.kernels.pattern import columns_cost, from_lines, position_costs
+    from leanformer.sparse.kernels.line_pattern import columns_cost, from_lines, kept_pairs, position_costs
 
     gen = torch.Generator(device="cuda").manual_seed(5)
     n = -(-t // bs)
@@ -299,7 +299,7 @@ def test_line_bookkeeping_kernels_equal_pytorch_on_gpu(t, bs, monkeypatch):
 
     def run():
         pat = from_lines(bdiag, colmask, bs, t, 700)
-        return (position_costs(bdiag, bs, t), columns_cost(bdiag, colmask, bs, t), pat.kept_pairs(), pat.tile_cnt,
+        return (position_costs(bdiag, bs, t), columns_cost(bdiag, colmask, bs, t), kept_pairs(pat), pat.tile_cnt,
                 pat.cols, pat.col_cnt, pat.diags)
 
     fast = run()

@@ -8,6 +8,9 @@
 * :func:`from_lines_triton` - :func:`~leanformer.sparse.kernels.pattern.from_lines`, the kept block diagonals and
   columns listed in fixed-width slots.
 
+The line methods call the dispatchers at the end (:func:`position_costs`, :func:`columns_cost`, :func:`from_lines`,
+:func:`kept_pairs`): the launch on CUDA tensors, the PyTorch function elsewhere or with :data:`ENABLED` off.
+
 In PyTorch each is a chain of a dozen to thirty element-wise ops, gathers, scans and scatters over ``[B, H, T]``
 (63 of the ~360 ops a FlexPrefill call issues at 32K tokens went to three ``column_cost`` calls): each a launch the
 host issues and the GPU runs as a small kernel. Here a running count (one ``torch.cumsum``) and one launch of
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import torch
 
+import leanformer.sparse.kernels.pattern as pattern
 from leanformer.sparse.kernels.pattern import BIG, TilePattern
 from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
 
@@ -142,10 +146,43 @@ def from_lines_triton(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: in
     return TilePattern(block_size, seq_len, run, cols, col_cnt, bdiag, diags=diags)
 
 
+ENABLED = True  # the dispatchers below use the launches on CUDA tensors (off: the PyTorch functions everywhere)
+
+
 def use_kernels(x: torch.Tensor) -> bool:
-    """Whether :mod:`~leanformer.sparse.kernels.pattern` hands ``x``'s bookkeeping to these kernels: CUDA tensors
-    with triton and :data:`ENABLED` on (the interpreter's CPU tensors call them directly)."""
+    """Whether the dispatchers below hand ``x``'s bookkeeping to the launches: CUDA tensors with triton and
+    :data:`ENABLED` on (the interpreter's CPU tensors call the ``*_triton`` functions directly)."""
     return ENABLED and triton is not None and x.is_cuda and not INTERPRET
 
 
-ENABLED = True
+# What the line methods call: the launch on the GPU, else the PyTorch function of kernels/pattern.py (same numbers).
+
+def position_costs(bdiag: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
+    """:func:`~leanformer.sparse.kernels.pattern.position_costs`: every position's column cost ``[B, H, T]``."""
+    if use_kernels(bdiag):
+        return column_cost_triton(bdiag, None, block_size, seq_len)
+    return pattern.position_costs(bdiag, block_size, seq_len)
+
+
+def columns_cost(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
+    """:func:`~leanformer.sparse.kernels.pattern.columns_cost`: the kept columns' pairs in all, ``[B, H]``."""
+    if use_kernels(bdiag):
+        return column_cost_triton(bdiag, None, block_size, seq_len, weight=colmask, total=True)
+    return pattern.columns_cost(bdiag, colmask, block_size, seq_len)
+
+
+def from_lines(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int,
+               max_cols: int | None = None) -> TilePattern:
+    """:func:`~leanformer.sparse.kernels.pattern.from_lines`: the lines' pattern, with no host synchronisation."""
+    if use_kernels(bdiag):
+        return from_lines_triton(bdiag, colmask, block_size, seq_len, max_cols)
+    return pattern.from_lines(bdiag, colmask, block_size, seq_len, max_cols)
+
+
+def kept_pairs(pat: TilePattern) -> torch.Tensor:
+    """:meth:`TilePattern.kept_pairs`, the columns' share in one launch on the GPU."""
+    if pat.cols.shape[-1] == 0 or not use_kernels(pat.bdiag):
+        return pat.kept_pairs()
+    weights, offset = pattern._tile_weights(pat.block_size, pat.seq_len, pat.tile_cnt.device)
+    tiles = torch.matmul(pat.tile_cnt.double(), weights) + offset
+    return tiles + column_cost_triton(pat.bdiag, pat.cols, pat.block_size, pat.seq_len, total=True)

@@ -107,10 +107,6 @@ class TilePattern:
         tiles = torch.matmul(self.tile_cnt.double(), weights) + offset
         if self.cols.shape[-1] == 0:
             return tiles
-        if _fast(self.bdiag):
-            from leanformer.sparse.kernels.line_pattern import column_cost_triton
-
-            return tiles + column_cost_triton(self.bdiag, self.cols, bs, t, total=True)
         cost = column_cost(self.bdiag, self.cols.long().clamp(max=t - 1), bs, t)
         return tiles + (cost * (self.cols < t)).sum(-1)
 
@@ -126,31 +122,14 @@ def _tile_weights(block_size: int, seq_len: int, device) -> tuple[torch.Tensor, 
     return (rows * block_size).to(device), offset
 
 
-def _fast(x: torch.Tensor) -> bool:
-    """Whether ``x``'s bookkeeping goes to :mod:`~leanformer.sparse.kernels.line_pattern` (CUDA, triton)."""
-    if not x.is_cuda:
-        return False
-    from leanformer.sparse.kernels.line_pattern import use_kernels
-
-    return use_kernels(x)
-
-
 def position_costs(bdiag: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
-    """:func:`column_cost` of every position ``0 .. T - 1`` ``[B, H, T]`` (one launch on the GPU)."""
-    if _fast(bdiag):
-        from leanformer.sparse.kernels.line_pattern import column_cost_triton
-
-        return column_cost_triton(bdiag, None, block_size, seq_len)
+    """:func:`column_cost` of every position ``0 .. T - 1`` ``[B, H, T]``."""
     pos = torch.arange(seq_len, device=bdiag.device).expand(*bdiag.shape[:2], seq_len)
     return column_cost(bdiag, pos, block_size, seq_len)
 
 
 def columns_cost(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
-    """Pairs the kept columns ``colmask [B, H, T]`` add in all, ``[B, H]`` float64 (one launch on the GPU)."""
-    if _fast(bdiag):
-        from leanformer.sparse.kernels.line_pattern import column_cost_triton
-
-        return column_cost_triton(bdiag, None, block_size, seq_len, weight=colmask, total=True)
+    """Pairs the kept columns ``colmask [B, H, T]`` add in all, ``[B, H]`` float64."""
     return (position_costs(bdiag, block_size, seq_len) * colmask).sum(-1)
 
 
@@ -191,12 +170,7 @@ def from_lines(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_
     """:func:`from_diagonals` with no host synchronisation: the block diagonals are listed in ``NQB`` slots and the
     columns in ``max_cols`` slots (default ``T``; a bound the caller knows, e.g. a native line count), sorted and
     padded as there, by a running count and one scatter each instead of a sort whose width is read back to the
-    host. The kernels read only the first ``tile_cnt`` / ``col_cnt`` entries, so the patterns compute the same.
-    On the GPU: :func:`leanformer.sparse.kernels.line_pattern.from_lines_triton`, one launch, the same tensors."""
-    if _fast(bdiag):
-        from leanformer.sparse.kernels.line_pattern import from_lines_triton
-
-        return from_lines_triton(bdiag, colmask, block_size, seq_len, max_cols)
+    host. The kernels read only the first ``tile_cnt`` / ``col_cnt`` entries, so the patterns compute the same."""
     n = -(-seq_len // block_size)
     bdiag = bdiag.clone()
     bdiag[..., 0] = True

@@ -43,7 +43,8 @@ from leanformer.sparse.base import (
 from leanformer.sparse.kernels import TilePattern, run_pattern
 from leanformer.sparse.kernels.block_select import block_tiles_rows, select_row_tiles
 from leanformer.sparse.kernels.coverage import coverage, coverage_rows
-from leanformer.sparse.kernels.pattern import _tile_weights, from_lines
+from leanformer.sparse.kernels.line_pattern import from_lines, kept_pairs
+from leanformer.sparse.kernels.pattern import _tile_weights
 from leanformer.sparse.prefill.block_topk import floor_pairs, k_for_budget
 from leanformer.sparse.prefill.estimate import pooled_block_scores, window_scores
 from leanformer.sparse.prefill.lines import coverage_from_sorted, rank_lines
@@ -174,7 +175,7 @@ class FlexPrefill(PrefillMethod):
             tiles, cnt = (select_row_tiles if impl == "triton" else block_tiles_rows)(blk, k_rows)
             pattern = _merge(pattern, tiles, cnt, qa)
         out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
-        kept = pattern.kept_pairs()
+        kept = kept_pairs(pattern)
         w = min(p.window, t)
         est = b * h * (w * t + (n * n if p.query_aware else 0))
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, est, impl,

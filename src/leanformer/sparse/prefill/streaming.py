@@ -29,7 +29,7 @@ from leanformer.sparse.base import (
     unreachable_message,
 )
 from leanformer.sparse.kernels import column_cost, run_pattern
-from leanformer.sparse.kernels.pattern import from_lines
+from leanformer.sparse.kernels.line_pattern import from_lines, kept_pairs
 from leanformer.sparse.prefill.estimate import diagonal_cost, select_by_cost
 
 
@@ -110,6 +110,6 @@ class StreamingPrefill(PrefillMethod):
         colmask = (torch.arange(t, device=dev) < p.sinks).expand(b, h, t)
         pattern = from_lines(bdiag, colmask, bs, t, max_cols=p.sinks)  # fixed widths: no host sync
         out = run_pattern(q, k, v, pattern, default_scale(q, scale), impl)
-        kept = pattern.kept_pairs()
+        kept = kept_pairs(pattern)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, 0, impl,
                               per_head_sparsity=1 - kept / total, pattern=pattern)

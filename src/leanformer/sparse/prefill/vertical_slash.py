@@ -41,7 +41,7 @@ from leanformer.sparse.base import (
     unreachable_message,
 )
 from leanformer.sparse.kernels import TilePattern, column_cost, from_diagonals, run_pattern
-from leanformer.sparse.kernels.pattern import columns_cost, from_lines, position_costs
+from leanformer.sparse.kernels.line_pattern import columns_cost, from_lines, kept_pairs, position_costs
 from leanformer.sparse.prefill.estimate import (
     diagonal_cost,
     select_by_cost,
@@ -200,7 +200,7 @@ class VerticalSlash(PrefillMethod):
         pattern = vs_pattern(vert, slash, t, p.block_size, p.sinks, p.local, budget=budget,
                              n_vertical=p.vertical_size, n_slash=p.slash_size, slash_share=p.slash_share)
         out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
-        kept = pattern.kept_pairs()
+        kept = kept_pairs(pattern)
         w = min(p.window, t)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, b * h * w * t, impl,
                               per_head_sparsity=1 - kept / total, pattern=pattern)
