@@ -1,6 +1,6 @@
 """Fast paths beside their plain-PyTorch references (same signatures): tile/column prefill attention (Triton),
 block-sparse prefill (FlexAttention), the fused vertical/slash estimation (``vs_estimate``), line patterns'
-bookkeeping (``line_pattern``: column costs and line lists, used by ``pattern`` on CUDA tensors), per-row block
+bookkeeping (``line_pattern``: column costs and line lists, launched on CUDA tensors by its dispatchers), per-row block
 selection and coverage (``block_select``, ``coverage``), Quest's page scores and fused page selection
 (``quest_scores``), and decode attention over gathered cache positions (``decode``)."""
 
