@@ -62,7 +62,7 @@ class FlexPrefillParams(SparsePrefillParams):
     block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
-    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES) for impl "triton"
+    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES, COL_MASK), impl "triton"
     kernel_options: dict | None = None
 
 
