@@ -176,6 +176,21 @@ def gpu_profile(fn, title: str, file_name: str, row_limit: int = 15, sites: bool
     return table
 
 
+def op_site(event, marker: str = "leanformer/"):
+    """``(site, outer)`` of a profiled PyTorch op: the innermost function on its Python stack from a file under
+    ``marker`` (``"?"`` if none), as ``path(line): name`` after the marker, and the outermost op event it runs
+    inside (a sort's copies count as the sort; ``event`` itself when it is top-level)."""
+    site, op, parent = "?", event, event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            op = parent
+        elif marker in parent.name:
+            site = parent.name[parent.name.index(marker) + len(marker):]
+            break
+        parent = parent.cpu_parent
+    return site, op
+
+
 def gpu_time_by_site(events, row_limit: int = 30, marker: str = "leanformer/") -> str:
     """GPU time of the kernels each PyTorch op launched, summed by (innermost function of a file under ``marker``
     on the op's Python stack, op): a table, largest first, with the op count. Kernels launched outside any
@@ -185,15 +200,8 @@ def gpu_time_by_site(events, row_limit: int = 30, marker: str = "leanformer/") -
         us = sum(k.duration for k in getattr(e, "kernels", ()))
         if not us or not e.name.startswith("aten::"):
             continue
-        site, op, parent = "?", e.name, e.cpu_parent
-        while parent is not None:
-            if parent.name.startswith("aten::"):
-                op = parent.name  # the outermost op: a sort's copies count as the sort
-            elif marker in parent.name:
-                site = parent.name[parent.name.index(marker) + len(marker):]
-                break
-            parent = parent.cpu_parent
-        cell = sums.setdefault((site, op), [0.0, 0])
+        site, outer = op_site(e, marker)
+        cell = sums.setdefault((site, outer.name), [0.0, 0])
         cell[0] += us
         cell[1] += 1
     rows = sorted(sums.items(), key=lambda kv: -kv[1][0])[:row_limit]

@@ -15,13 +15,18 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
+from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from leanformer import sparse
-from leanformer.sparse.kernels import line_pattern
-from leanformer.sparse.prefill import flexprefill, vertical_slash
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import op_site  # noqa: E402
+
+from leanformer import sparse  # noqa: E402
+from leanformer.sparse.kernels import line_pattern  # noqa: E402
+from leanformer.sparse.prefill import flexprefill, vertical_slash  # noqa: E402
 
 
 class _NoLaunch:
@@ -65,15 +70,9 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
             setattr(obj, name, value)
     sites: collections.Counter = collections.Counter()
     for e in p.events():
-        if not e.name.startswith("aten::"):
-            continue
-        parent, site = e.cpu_parent, "?"
-        while parent is not None and not parent.name.startswith("aten::"):
-            if "leanformer/" in parent.name and site == "?":
-                site = parent.name.split("leanformer/", 1)[1]
-            parent = parent.cpu_parent
-        if parent is None:  # no op above it
-            sites[site] += 1
+        if e.name.startswith("aten::"):
+            site, outer = op_site(e)
+            sites[site] += outer is e  # top-level ops only
     return sites
 
 

@@ -97,9 +97,9 @@ def _check():
         raise RuntimeError("the line-pattern kernels need triton; use kernels.pattern")
 
 
-def _flag(x: torch.Tensor) -> torch.Tensor:
-    """A bool tensor as int8 (the same bytes when contiguous): what the kernels load."""
-    return x.contiguous().view(torch.int8) if x.dtype == torch.bool else x.contiguous()
+def _as_int8(x: torch.Tensor) -> torch.Tensor:
+    """A bool tensor as int8 (the same bytes, any strides): what the kernels load."""
+    return x.view(torch.int8) if x.dtype == torch.bool else x
 
 
 def column_cost_triton(bdiag: torch.Tensor, cols: torch.Tensor | None, block_size: int, seq_len: int,
@@ -110,7 +110,7 @@ def column_cost_triton(bdiag: torch.Tensor, cols: torch.Tensor | None, block_siz
     Returns ``[B, H, N]`` float64, or with ``total`` the sum per head ``[B, H]``."""
     _check()
     b, h, nb = bdiag.shape
-    bd = _flag(bdiag)
+    bd = _as_int8(bdiag.contiguous())
     run = torch.cumsum(bd, -1, dtype=torch.int32)
     n = seq_len if cols is None else cols.shape[-1]
     dev = bdiag.device
@@ -119,7 +119,7 @@ def column_cost_triton(bdiag: torch.Tensor, cols: torch.Tensor | None, block_siz
     if n == 0:
         return out
     c = bd if cols is None else cols.expand(b, h, n)
-    w = bd if weight is None else (weight.view(torch.int8) if weight.dtype == torch.bool else weight).expand(b, h, n)
+    w = bd if weight is None else _as_int8(weight).expand(b, h, n)
     _column_cost[(b * h, triton.cdiv(n, BLOCK))](
         bd, run, c, w, out, *c.stride(), *w.stride(), h, nb, n, seq_len, block_size, ALL=cols is None,
         WEIGHT=weight is not None, SUM=total, BLOCK=BLOCK, num_warps=4)
@@ -133,7 +133,7 @@ def from_lines_triton(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: in
     b, h, nb = bdiag.shape
     bdiag = bdiag.clone()
     bdiag[..., 0] = True
-    bd, cm = _flag(bdiag), _flag(colmask)
+    bd, cm = _as_int8(bdiag), _as_int8(colmask.contiguous())
     run = torch.cumsum(bd, -1, dtype=torch.int32)
     cnt = torch.cumsum(cm, -1, dtype=torch.int32)
     width = seq_len if max_cols is None else max(1, min(max_cols, seq_len))
@@ -141,7 +141,7 @@ def from_lines_triton(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: in
     diags = torch.empty(b, h, nb, dtype=torch.int32, device=dev)
     cols = torch.empty(b, h, width, dtype=torch.int32, device=dev)
     col_cnt = torch.empty(b, h, nb, dtype=torch.int32, device=dev)
-    _from_lines[(b * h, triton.cdiv(max(nb, seq_len), BLOCK))](
+    _from_lines[(b * h, triton.cdiv(seq_len, BLOCK))](  # NQB <= T: the column chunks cover the diagonals
         bd, run, cm, cnt, diags, cols, col_cnt, nb, seq_len, width, block_size, BLOCK=BLOCK, num_warps=4)
     return TilePattern(block_size, seq_len, run, cols, col_cnt, bdiag, diags=diags)
 
@@ -183,6 +183,4 @@ def kept_pairs(pat: TilePattern) -> torch.Tensor:
     """:meth:`TilePattern.kept_pairs`, the columns' share in one launch on the GPU."""
     if pat.cols.shape[-1] == 0 or not use_kernels(pat.bdiag):
         return pat.kept_pairs()
-    weights, offset = pattern._tile_weights(pat.block_size, pat.seq_len, pat.tile_cnt.device)
-    tiles = torch.matmul(pat.tile_cnt.double(), weights) + offset
-    return tiles + column_cost_triton(pat.bdiag, pat.cols, pat.block_size, pat.seq_len, total=True)
+    return pat.tile_pairs() + column_cost_triton(pat.bdiag, pat.cols, pat.block_size, pat.seq_len, total=True)

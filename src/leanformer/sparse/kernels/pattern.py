@@ -99,12 +99,16 @@ class TilePattern:
         # a pair is computed where it is causal and its tile or its column is kept
         return (mask | colmask[:, :, None, :r1]) & causal
 
+    def tile_pairs(self) -> torch.Tensor:
+        """The tiles' share of :meth:`kept_pairs`, ``[B, H]`` float64."""
+        # every query block keeps its diagonal tile (causal triangle); other tiles are rows x block_size
+        weights, offset = _tile_weights(self.block_size, self.seq_len, self.tile_cnt.device)
+        return torch.matmul(self.tile_cnt.double(), weights) + offset
+
     def kept_pairs(self) -> torch.Tensor:
         """Computed query-key pairs per ``(batch, head)``, ``[B, H]`` float64, without building the mask."""
         bs, t = self.block_size, self.seq_len
-        # every query block keeps its diagonal tile (causal triangle); other tiles are rows x block_size
-        weights, offset = _tile_weights(bs, t, self.tile_cnt.device)
-        tiles = torch.matmul(self.tile_cnt.double(), weights) + offset
+        tiles = self.tile_pairs()
         if self.cols.shape[-1] == 0:
             return tiles
         cost = column_cost(self.bdiag, self.cols.long().clamp(max=t - 1), bs, t)

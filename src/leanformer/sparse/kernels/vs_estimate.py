@@ -63,26 +63,22 @@ if triton is not None:
         return a, pos, ok, q
 
     @triton.jit
-    def _block_scores(q, K, b, hk, kb, pos, first, qk_scale, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr):
+    def _block_scores(q, K, b, hk, kb, pos, first, qk_scale, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr,
+                      TRANSPOSE: tl.constexpr = False):
         """Key block ``kb``'s positions ``c`` and the window rows' scores against it ``[BM, BN]`` (log2 units),
-        keys after a row's query at ``-inf`` (only blocks past ``first``, the row block's first query, need it)."""
+        keys after a row's query at ``-inf`` (only blocks past ``first``, the row block's first query, need it).
+        ``TRANSPOSE``: the scores as ``[BN, BM]``, key ``c`` in row ``c``."""
         c = kb * BN + tl.arange(0, BN)
         offs_d = tl.arange(0, D)
         kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
-        s = tl.dot(q, tl.trans(kt)) * qk_scale
-        if kb * BN + BN - 1 > first:
-            s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
-        return c, s
-
-    @triton.jit
-    def _block_scores_t(q, K, b, hk, kb, pos, first, qk_scale, skb, skh, skt, T, BN: tl.constexpr, D: tl.constexpr):
-        """:func:`_block_scores` transposed: ``[BN, BM]``, key ``c`` in row ``c``."""
-        c = kb * BN + tl.arange(0, BN)
-        offs_d = tl.arange(0, D)
-        kt = tl.load(K + b * skb + hk * skh + c[:, None] * skt + offs_d[None, :], mask=c[:, None] < T, other=0.0)
-        s = tl.dot(kt, tl.trans(q)) * qk_scale
-        if kb * BN + BN - 1 > first:
-            s = tl.where(c[:, None] <= pos[None, :], s, float("-inf"))
+        if TRANSPOSE:
+            s = tl.dot(kt, tl.trans(q)) * qk_scale
+            if kb * BN + BN - 1 > first:
+                s = tl.where(c[:, None] <= pos[None, :], s, float("-inf"))
+        else:
+            s = tl.dot(q, tl.trans(kt)) * qk_scale
+            if kb * BN + BN - 1 > first:
+                s = tl.where(c[None, :] <= pos[:, None], s, float("-inf"))
         return c, s
 
     @triton.jit
@@ -133,6 +129,7 @@ if triton is not None:
         m = tl.load(M + bh * WPAD + a, mask=ok, other=float("inf"))
         rinv = tl.where(ok, 1.0 / tl.load(L + bh * WPAD + a, mask=ok, other=1.0), 0.0)
         tail_row = ok & (a >= W - TAIL)
+        ROWS: tl.constexpr = 1 if TRANSPOSE else 0  # the tile's axis of window rows: the sums run along it
         if TRANSPOSE:
             r = tl.arange(0, BM)[None, :]
             j = tl.arange(0, BN)[:, None]
@@ -148,22 +145,21 @@ if triton is not None:
         row = bh * nrb + rb
         carry = tl.zeros([BN], tl.float32)
         for kb in tl.range(kb_s, kb_e, num_stages=STAGES):
-            if TRANSPOSE:
-                c, s = _block_scores_t(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
+            c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D, TRANSPOSE)
+            if TRANSPOSE:  # window rows along axis 1, keys along axis 0
                 p = tl.exp2(s - m[None, :]) * rinv[None, :]
                 tail_p = tl.where(tail_row[None, :], p, 0.0)
             else:
-                c, s = _block_scores(q, K, b, h // GROUP, kb, pos, first, qk_scale, skb, skh, skt, T, BN, D)
                 p = tl.exp2(s - m[:, None]) * rinv[:, None]
                 tail_p = tl.where(tail_row[:, None], p, 0.0)
             if VERT:
-                tl.store(VP + row * TPAD + c, tl.sum(p, 1 if TRANSPOSE else 0))
+                tl.store(VP + row * TPAD + c, tl.sum(p, ROWS))
                 if HAS_TAIL:
-                    tl.store(TP + row * TPAD + c, tl.sum(tail_p, 1 if TRANSPOSE else 0))
+                    tl.store(TP + row * TPAD + c, tl.sum(tail_p, ROWS))
             if SLASH:
-                g = tl.gather(p, rot, 0 if TRANSPOSE else 1)
-                lo = tl.sum(tl.where(wrap, 0.0, g), 1 if TRANSPOSE else 0)  # offsets T - W + rb BM - kb BN - j
-                hi = tl.sum(tl.where(wrap, g, 0.0), 1 if TRANSPOSE else 0)  # the same offsets + BN: bucket kb - 1
+                g = tl.gather(p, rot, 1 - ROWS)
+                lo = tl.sum(tl.where(wrap, 0.0, g), ROWS)  # offsets T - W + rb BM - kb BN - j
+                hi = tl.sum(tl.where(wrap, g, 0.0), ROWS)  # the same offsets + BN: bucket kb - 1
             else:
                 lo = tl.zeros([BN], tl.float32)
                 hi = lo
