@@ -115,6 +115,11 @@ CASES = {
                                 {"S": F32, "KROW": I64, **ptrs(I32, "OUT CNT")}, dict(NP=1024), 1, 3),
     "coverage": ("sparse.kernels.coverage:_coverage_fwd", {"S": F32, "OUT": I32, "alpha": "fp32"},
                  dict(NP=1024), 2, 3),
+    # FlexPrefill's budget split across heads: 32 heads (one program of 4 warps), 128 (8 warps)
+    "water_fill-32": ("sparse.kernels.budget:_water_fill_fwd",
+                      {**ptrs("*fp64", "NEED TOTAL OUT"), "cap_hi": "fp32", "cap_lo": "fp32"}, dict(HP=32), 4, 3),
+    "water_fill-128": ("sparse.kernels.budget:_water_fill_fwd",
+                       {**ptrs("*fp64", "NEED TOTAL OUT"), "cap_hi": "fp32", "cap_lo": "fp32"}, dict(HP=128), 8, 3),
     # vertical and slash scores of the last window (FlexPrefill with its query-aware tail; vertical-slash without)
     "vs_stats": ("sparse.kernels.vs_estimate:_stats", VS, VS_CFG, 4, 3),
     "vs_sums-tail": ("sparse.kernels.vs_estimate:_sums", VS, {**VS_CFG, "HAS_TAIL": True}, 4, 3),

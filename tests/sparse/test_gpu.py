@@ -468,3 +468,20 @@ def test_gather_decode_pages_fused_merge_vs_reference(hs):
     base = gather_decode_pages_reference(q, k, v, pages, ps, last_page=last)
     err_fast, err_base = (out.float() - ref).abs().max().item(), (base.float() - ref).abs().max().item()
     assert err_fast <= 2 * err_base + 1e-5, (err_fast, err_base)
+
+
+def test_water_fill_kernel_equals_reference_on_gpu():
+    """FlexPrefill's budget split in one launch (fp64, no sort) against the sorted reference, at a 128K prompt's
+    cap and with ties, capped heads and a total past every cap."""
+    from leanformer.sparse.kernels.budget import water_fill, water_fill_reference
+
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    cap = 131072 * 131073 / 2
+    for h in (1, 28, 32, 64, 100):
+        need = torch.rand(4, h, device="cuda", generator=gen, dtype=torch.float64) * cap / 4
+        need[0, : h // 3] = cap * 10
+        need[1, 1:] = need[1, 0]
+        total = torch.rand(4, device="cuda", generator=gen, dtype=torch.float64) * cap * h
+        total[3] = cap * h * 2
+        got = water_fill(need, total, cap)
+        torch.testing.assert_close(got, water_fill_reference(need, total, cap), rtol=1e-12, atol=1e-3)

@@ -333,6 +333,31 @@ def test_line_pattern_kernels_match_pattern_functions_in_interpreter(triton_inte
     assert triton_interpret(LINE_PATTERN_SCRIPT, timeout=300) == "1"
 
 
+WATER_FILL_SCRIPT = textwrap.dedent("""
+    import torch
+    from leanformer.sparse.kernels.budget import water_fill_reference, water_fill_triton
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for b, h, cap in ((5, 8, 120.0), (3, 32, 131072 * 131073 / 2), (2, 28, 1e6), (1, 1, 50.0), (2, 100, 7.5)):
+        need = torch.rand(b, h, generator=g, dtype=torch.float64) * cap / 4
+        need[0, : h // 3] = cap * 10  # heads that cap
+        need[-1, 1:4] = need[-1, 0]  # ties
+        need[0, 0] = 0.3  # below the floor of 1
+        for total in (torch.rand(b, generator=g, dtype=torch.float64) * cap * h,
+                      torch.full((b,), cap * h * 2, dtype=torch.float64)):
+            ref, got = water_fill_reference(need, total, cap), water_fill_triton(need, total, cap)
+            worst = max(worst, ((got - ref).abs() / ref.abs()).max().item())
+    print(worst)
+""")
+
+
+def test_water_fill_kernel_matches_reference_in_interpreter(triton_interpret):
+    """FlexPrefill's budget split in one launch (stable ranks instead of a sort) equals the sorted reference: ties,
+    needs below the floor, heads that cap, totals past every cap, one head, a row of 100 heads (padded to 128), a
+    128K prompt's cap (whole-number fp64, passed as two fp32 parts)."""
+    assert float(triton_interpret(WATER_FILL_SCRIPT, timeout=120)) < 1e-13
+
+
 BF16_DOT_SCRIPT = textwrap.dedent("""
     import torch, triton, triton.language as tl
     import leanformer.sparse.kernels.tile_attention  # noqa: F401  (widens the interpreter's bf16 dot operands)

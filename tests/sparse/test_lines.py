@@ -88,6 +88,17 @@ def test_water_fill_closed_form_equals_bisection():
     assert (got[4] == 120.0).all()
 
 
+def test_water_fill_sums_to_the_total_at_a_long_prompts_cap():
+    """At a 100K prompt a head's cap is ~5e9 pairs: ``j * cap`` must be fp64 (an int64 ``j`` times a float made
+    fp32, off by hundreds of pairs)."""
+    cap = 100_000 * 100_001 / 2
+    need = torch.tensor([[1e12, 1e12, 3e9, 2e9, 1e9, 5e8, 1e8, 1.0]], dtype=torch.float64)
+    total = torch.tensor([4.1 * cap], dtype=torch.float64)
+    got = water_fill(need, total, cap)
+    assert got[0, :2].tolist() == [cap, cap]
+    assert abs(got.sum().item() - total.item()) < 1e-3
+
+
 def test_coverage_rows_is_the_coverage_of_the_softmax():
     g = torch.Generator().manual_seed(0)
     s = torch.randn(4, 6, 30, generator=g).masked_fill(torch.rand(4, 6, 30, generator=g) < 0.3, float("-inf"))

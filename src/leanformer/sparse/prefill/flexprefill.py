@@ -16,9 +16,9 @@ On a GPU (``impl="auto"``) nothing in a call waits for the GPU: the window score
 rows) come from one fused estimation (``kernels/vs_estimate.py``), both score lines are ranked by one sort that also
 gives the coverage counts, the lines are chosen on the device (``prefill/lines.py``), the query-aware rows' coverage
 and their tiles come from one Triton launch each (``kernels/coverage.py``, ``kernels/block_select.py``), the budget
-is water-filled in closed form, and one kernel launch runs the per-head mix of tiles and lines
-(``kernels/tile_attention.py``, a hybrid pattern). Query-aware blocks never pick a query block's own diagonal among
-their scored blocks (it is placed once, last).
+is water-filled in closed form (one launch, ``kernels/budget.py``), and one kernel launch runs the per-head mix of
+tiles and lines (``kernels/tile_attention.py``, a hybrid pattern). Query-aware blocks never pick a query block's own
+diagonal among their scored blocks (it is placed once, last).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from leanformer.sparse.base import (
 )
 from leanformer.sparse.kernels import TilePattern, run_pattern
 from leanformer.sparse.kernels.block_select import block_tiles_rows, select_row_tiles
+from leanformer.sparse.kernels.budget import water_fill
 from leanformer.sparse.kernels.coverage import coverage, coverage_rows
 from leanformer.sparse.kernels.line_pattern import from_lines, kept_pairs
 from leanformer.sparse.kernels.pattern import _tile_weights
@@ -76,26 +77,6 @@ def sqrt_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     m = 0.5 * (p + q)
     kl = lambda a, b: (a * (torch.log(a.clamp_min(1e-20)) - torch.log(b.clamp_min(1e-20)))).sum(-1)  # noqa: E731
     return (0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp_min(0).sqrt()
-
-
-def water_fill(need: torch.Tensor, total: torch.Tensor, cap: float) -> torch.Tensor:
-    """Budgets ``min(cap, lam * need)`` per head ``[B, H]`` whose sum per row equals ``total [B]`` (or all ``cap``).
-
-    Exact, in a dozen launches: with the heads sorted by need, capping the ``j`` neediest fixes
-    ``lam = (total - j cap) / (the others' need)``, and the right ``j`` is the first whose ``lam`` caps exactly
-    those ``j`` (a bisection on ``lam`` took 60 rounds of host-issued launches)."""
-    need = need.double().clamp_min(1.0)
-    total = total.double()
-    h = need.shape[-1]
-    srt = torch.sort(need, -1, descending=True).values
-    rest = srt.flip(-1).cumsum(-1).flip(-1)  # rest[j]: the need of heads j.. (sorted)
-    j = torch.arange(h, device=need.device)
-    lam = (total[:, None] - j * cap) / rest
-    capped_ok = (j == 0) | (lam * F.pad(srt, (1, 0))[..., :-1] >= cap)
-    valid = capped_ok & (lam * srt <= cap) & (lam >= 0)
-    lam_star = torch.gather(lam, -1, valid.int().argmax(-1, keepdim=True))
-    out = (need * lam_star).clamp(max=cap)
-    return torch.where((valid.any(-1) & (total < h * cap))[:, None], out, cap)
 
 
 def block_kept_pairs(k_rows: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
