@@ -1,14 +1,15 @@
 """The PyTorch ops one vertical-slash or FlexPrefill call issues around its kernels, by project function, on the CPU.
 
     PYTHONPATH=src python benchmarks/count_prefill_ops.py --method flexprefill --length 32768 --sparsity 0.9
-    PYTHONPATH=src python benchmarks/count_prefill_ops.py --method flexprefill --length 32768 --line-kernels
+    PYTHONPATH=src python benchmarks/count_prefill_ops.py --method flexprefill --length 32768 --gpu-path
 
 Each op is a launch the host issues (and, on a GPU, a small kernel): at 32K tokens a call is bound by the host when
 it is not captured in a CUDA graph. The window scores are synthetic and the attention kernel is skipped (their
-launches are not PyTorch ops); FlexPrefill's coverage counts and row tiles run their PyTorch references (one Triton
-launch each on a GPU). ``--line-kernels`` counts the path a GPU takes for the line patterns' bookkeeping
-(``kernels/line_pattern.py``) with its launches faked: the PyTorch ops around them. Prints the top-level ops of one
-call (an op inside another counts once), in all and by the innermost project function that issued them.
+launches are not PyTorch ops). Without ``--gpu-path`` every step runs as on a CPU, in PyTorch. With it, the steps a
+GPU runs as one Triton launch count as one op each: the line patterns' bookkeeping (``kernels/line_pattern.py``, its
+launches faked: the PyTorch ops around them), and FlexPrefill's budget split, query-aware test, coverage counts and
+row tiles (their PyTorch references run, for their outputs, and count once). Prints the top-level ops of one call (an
+op inside another counts once), in all and by the innermost project function that issued them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ from leanformer import sparse  # noqa: E402
 from leanformer.sparse.kernels import line_pattern  # noqa: E402
 from leanformer.sparse.prefill import flexprefill, vertical_slash  # noqa: E402
 
+LAUNCH = "one Triton launch on a GPU: "  # the profiler label of a step a GPU runs as one launch
+
+
+def _one_launch(fn, name: str):
+    """``fn`` (a step's PyTorch reference) under a profiler label: its ops count as one launch."""
+    def run(*args, **kwargs):
+        with torch.profiler.record_function(LAUNCH + name):
+            return fn(*args, **kwargs)
+    return run
+
 
 class _NoLaunch:
     """A Triton kernel's stand-in: ``kernel[grid](...)`` does nothing."""
@@ -37,7 +48,7 @@ class _NoLaunch:
 
 
 def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int = 8,
-          line_kernels: bool = False) -> collections.Counter:
+          gpu_path: bool = False) -> collections.Counter:
     """Top-level PyTorch ops of one call, by (innermost project function)."""
     g = torch.Generator().manual_seed(0)
     vert, slash, tails = (torch.rand(1, heads, t, generator=g) ** 8 for _ in range(3))
@@ -55,10 +66,12 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
     patch(flexprefill, "pooled_block_scores", lambda q, k, bs, scale, bias=None: blk)
     for mod in (flexprefill, vertical_slash):
         patch(mod, "run_pattern", lambda q, k, v, pattern, scale, impl, kernel_options=None: q)
-    if line_kernels:
+    if gpu_path:
         patch(line_pattern, "use_kernels", lambda x: True)
         patch(line_pattern, "_column_cost", _NoLaunch())
         patch(line_pattern, "_from_lines", _NoLaunch())
+        for name in ("water_fill", "block_distance", "coverage_rows", "block_tiles_rows"):
+            patch(flexprefill, name, _one_launch(getattr(flexprefill, name), name))
     try:
         q = torch.zeros(1, heads, t, 8, dtype=torch.bfloat16)
         k = torch.zeros(1, kv_heads, t, 8, dtype=torch.bfloat16)
@@ -70,10 +83,21 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
             setattr(obj, name, value)
     sites: collections.Counter = collections.Counter()
     for e in p.events():
-        if e.name.startswith("aten::"):
+        if e.name.startswith(LAUNCH):
+            sites[e.name] += 1
+        elif e.name.startswith("aten::") and not _in_launch(e):
             site, outer = op_site(e)
             sites[site] += outer is e  # top-level ops only
     return sites
+
+
+def _in_launch(event) -> bool:
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith(LAUNCH):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def main(argv=None) -> collections.Counter:
@@ -81,10 +105,10 @@ def main(argv=None) -> collections.Counter:
     ap.add_argument("--method", choices=("vertical_slash", "flexprefill"), default="flexprefill")
     ap.add_argument("--length", type=int, default=32768)
     ap.add_argument("--sparsity", type=float, default=0.9)
-    ap.add_argument("--line-kernels", action="store_true",
-                    help="the GPU's path for the line patterns' bookkeeping, its launches faked")
+    ap.add_argument("--gpu-path", action="store_true",
+                    help="count each step a GPU runs as one Triton launch once (line patterns' launches faked)")
     args = ap.parse_args(argv)
-    sites = count(args.method, args.length, args.sparsity, line_kernels=args.line_kernels)
+    sites = count(args.method, args.length, args.sparsity, gpu_path=args.gpu_path)
     print(f"{args.method} at {args.length} tokens, sparsity {args.sparsity}: {sum(sites.values())} PyTorch ops")
     for site, c in sites.most_common(15):
         print(f"{c:5d}  {site}")

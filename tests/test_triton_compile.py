@@ -120,6 +120,9 @@ CASES = {
                       {**ptrs("*fp64", "NEED TOTAL OUT"), "cap_hi": "fp32", "cap_lo": "fp32"}, dict(HP=32), 4, 3),
     "water_fill-128": ("sparse.kernels.budget:_water_fill_fwd",
                        {**ptrs("*fp64", "NEED TOTAL OUT"), "cap_hi": "fp32", "cap_lo": "fp32"}, dict(HP=128), 8, 3),
+    # FlexPrefill's query-aware test: 128-key blocks of a 128K prompt's row
+    "block_distance": ("sparse.kernels.divergence:_block_distance_fwd", ptrs(F32, "S P OUT"),
+                       dict(BS=128, NP=1024, CB=32), 4, 3),
     # vertical and slash scores of the last window (FlexPrefill with its query-aware tail; vertical-slash without)
     "vs_stats": ("sparse.kernels.vs_estimate:_stats", VS, VS_CFG, 4, 3),
     "vs_sums-tail": ("sparse.kernels.vs_estimate:_sums", VS, {**VS_CFG, "HAS_TAIL": True}, 4, 3),

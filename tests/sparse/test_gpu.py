@@ -485,3 +485,17 @@ def test_water_fill_kernel_equals_reference_on_gpu():
         total[3] = cap * h * 2
         got = water_fill(need, total, cap)
         torch.testing.assert_close(got, water_fill_reference(need, total, cap), rtol=1e-12, atol=1e-3)
+
+
+def test_block_distance_kernel_equals_reference_on_gpu():
+    """FlexPrefill's query-aware test in one launch against the reference at a 32K prompt's 256 blocks and a
+    partial last block."""
+    from leanformer.sparse.kernels.divergence import block_distance_reference, block_distance_triton
+
+    gen = torch.Generator(device="cuda").manual_seed(4)
+    for t in (32768, 32700):
+        n = -(-t // 128)
+        blk = torch.randn(1, 32, n, n, device="cuda", generator=gen) * 3
+        probs = torch.softmax(torch.randn(1, 32, t, device="cuda", generator=gen) * 2, -1)
+        torch.testing.assert_close(block_distance_triton(blk[:, :, -1], probs, 128),
+                                   block_distance_reference(blk[:, :, -1], probs, 128), rtol=1e-4, atol=1e-5)

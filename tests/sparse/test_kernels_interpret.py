@@ -358,6 +358,35 @@ def test_water_fill_kernel_matches_reference_in_interpreter(triton_interpret):
     assert float(triton_interpret(WATER_FILL_SCRIPT, timeout=120)) < 1e-13
 
 
+BLOCK_DISTANCE_SCRIPT = textwrap.dedent("""
+    import torch
+    from leanformer.sparse.kernels.divergence import block_distance_reference, block_distance_triton
+    g = torch.Generator().manual_seed(0)
+    worst, same = 0.0, 0.0
+    for b, h, t, bs in ((1, 3, 77, 16), (2, 2, 300, 128), (1, 2, 2048, 128), (1, 1, 16, 16), (1, 2, 1000, 8)):
+        n = -(-t // bs)
+        blk = torch.randn(b, h, n, n, generator=g) * 3
+        probs = torch.softmax(torch.randn(b, h, t, generator=g) * 2, -1)
+        probs[0, 0, : t // 2] = 0  # blocks without mass
+        for s in (blk[:, :, -1], blk[:, :, -1] * 0):  # a strided row; a uniform estimate
+            worst = max(worst, (block_distance_reference(s, probs, bs) - block_distance_triton(s, probs, bs))
+                        .abs().max().item())
+        # the true distribution equal to the estimate, spread over each block's keys: distance 0
+        est = torch.softmax(blk[:, :, -1], -1)
+        spread = (est[..., None] / bs).expand(b, h, n, bs).reshape(b, h, n * bs)
+        same = max(same, block_distance_triton(blk[:, :, -1], spread, bs).max().item())
+    print(worst, same)
+""")
+
+
+def test_block_distance_kernel_matches_reference_in_interpreter(triton_interpret):
+    """FlexPrefill's query-aware test in one launch equals the reference's softmax, block sums and square-root
+    Jensen-Shannon: strided score rows, partial last blocks, blocks without mass, 8- to 128-key blocks; an estimate
+    equal to the block sums is at distance ~0 (JS is square-rooted: fp32 rounding of ~1e-8 shows as ~1e-4)."""
+    worst, same = map(float, triton_interpret(BLOCK_DISTANCE_SCRIPT, timeout=120).split())
+    assert worst < 1e-5 and same < 1e-3
+
+
 BF16_DOT_SCRIPT = textwrap.dedent("""
     import torch, triton, triton.language as tl
     import leanformer.sparse.kernels.tile_attention  # noqa: F401  (widens the interpreter's bf16 dot operands)

@@ -104,7 +104,8 @@ def test_vertical_slash_keeps_top_lines_and_forced_ones(helpers):
 
 
 def test_flexprefill_budget_follows_coverage(helpers):
-    from leanformer.sparse.prefill.flexprefill import coverage_count, sqrt_js, water_fill
+    from leanformer.sparse.kernels.divergence import sqrt_js
+    from leanformer.sparse.prefill.flexprefill import coverage_count, water_fill
 
     assert coverage_count(torch.tensor([0.5, 0.3, 0.2]), 0.65).item() == 2
     assert coverage_count(torch.tensor([0.1, 0.7, 0.2]), 0.65).item() == 1

@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from leanformer.sparse.base import (
     PrefillMethod,
@@ -44,6 +43,7 @@ from leanformer.sparse.kernels import TilePattern, run_pattern
 from leanformer.sparse.kernels.block_select import block_tiles_rows, select_row_tiles
 from leanformer.sparse.kernels.budget import water_fill
 from leanformer.sparse.kernels.coverage import coverage, coverage_rows
+from leanformer.sparse.kernels.divergence import block_distance
 from leanformer.sparse.kernels.line_pattern import from_lines, kept_pairs
 from leanformer.sparse.kernels.pattern import _tile_weights
 from leanformer.sparse.prefill.block_topk import floor_pairs, k_for_budget
@@ -70,13 +70,6 @@ class FlexPrefillParams(SparsePrefillParams):
 def coverage_count(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """Smallest k whose top-k entries of ``scores [..., N]`` (non-negative) hold ``alpha`` of their sum."""
     return coverage_from_sorted(torch.sort(scores, dim=-1, descending=True).values, alpha)
-
-
-def sqrt_js(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Square root of the Jensen-Shannon divergence between distributions along the last dim."""
-    m = 0.5 * (p + q)
-    kl = lambda a, b: (a * (torch.log(a.clamp_min(1e-20)) - torch.log(b.clamp_min(1e-20)))).sum(-1)  # noqa: E731
-    return (0.5 * kl(p, m) + 0.5 * kl(q, m)).clamp_min(0).sqrt()
 
 
 def block_kept_pairs(k_rows: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
@@ -137,7 +130,7 @@ class FlexPrefill(PrefillMethod):
         qa = torch.zeros(b, h, dtype=torch.bool, device=q.device)
         if p.query_aware:
             blk = pooled_block_scores(q, k, bs, scale)
-            qa = self.query_aware_heads(blk, ptail, n, bs, t)
+            qa = self.query_aware_heads(blk, ptail, bs)
             if qa_warning:
                 defer_warning(self, qa.any(), qa_warning)
             k_rows = (coverage if impl == "triton" else coverage_rows)(blk, p.alpha)
@@ -162,12 +155,10 @@ class FlexPrefill(PrefillMethod):
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, est, impl,
                               per_head_sparsity=1 - kept / total, query_aware_heads=qa, pattern=pattern)
 
-    def query_aware_heads(self, blk, ptail, n: int, bs: int, t: int) -> torch.Tensor:
+    def query_aware_heads(self, blk, ptail, bs: int) -> torch.Tensor:
         """Heads ``[B, H]`` whose pooled estimate of the last query block's distribution over key blocks is within
         ``tau`` (square-root Jensen-Shannon) of the true one (the last ``bs`` window rows' attention, by block)."""
-        estimate = torch.softmax(blk[:, :, -1], -1)
-        true = F.pad(ptail, (0, n * bs - t)).unflatten(-1, (n, bs)).sum(-1)
-        return sqrt_js(estimate, true) < self.params.tau
+        return block_distance(blk[:, :, -1], ptail, bs) < self.params.tau
 
 
 def _merge(vs: TilePattern, tiles: torch.Tensor, cnt: torch.Tensor, qa: torch.Tensor) -> TilePattern:
