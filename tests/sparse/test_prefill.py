@@ -167,3 +167,11 @@ def test_block_topk_budget_table_counts_kept_pairs_and_is_built_once_per_shape()
                 keep[i * bs:(i + 1) * bs, j * bs:(j + 1) * bs] = True
         assert table[k - 1].item() == (keep & causal).sum().item()
     assert kept_for_k(n, bs, t) is table
+
+
+def test_flexprefill_masks_every_column_step_unless_told():
+    from leanformer.sparse.prefill.flexprefill import kernel_options
+
+    assert kernel_options(None, "triton") == {"COL_MASK": 1}
+    assert kernel_options({"COL_MASK": 0, "BN": 64}, "triton") == {"COL_MASK": 0, "BN": 64}
+    assert kernel_options(None, "reference") is None
