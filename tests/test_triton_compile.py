@@ -48,7 +48,7 @@ ROPE_OFF = dict(HAS_SLOT=False, HAS_START=False, HAS_CAP=False, PAGE=0, HALF=64)
 SELECT = {**ptrs(BF, "Q KMIN KMAX SMIN SMAX"), **ptrs(F32, "SCORES"), **ptrs(I32, "CNT LENS OUT")}
 PAGES = dict(PREC="tf32", BLOCK_G=16, BLOCK_P=64, D=128)
 TILE = {**ptrs(BF, "Q K V O"), **ptrs(I32, "TILES TCNT COLS CCNT BDIAG TILES2 HEADS"), "KD": DESC, "VD": DESC,
-        "qk_scale": "fp32"}
+        "KCD": DESC, "VCD": DESC, "qk_scale": "fp32"}
 TILE128 = dict(USE_TMA=True, STAGES=3, BS=128, BM=128, BN=128, D=128)
 VS = {**ptrs(BF, "Q K"), **ptrs(F32, "MP LP M L VP TP SB BND"), "qk_scale": "fp32"}
 VS_CFG = dict(BM=64, BN=64, D=128, STAGES=2)
@@ -144,6 +144,8 @@ CASES = {
                                  dict(MODE=2, HAS_COLS=True, COL_STAGES=3, **TILE128), 8, 3),
     "tile_attn-vertical_slash-col_mask": ("sparse.kernels.tile_attention:_tile_attn_fwd", {**TILE, "BDIAG": I8},
                                           dict(MODE=2, HAS_COLS=True, COL_STAGES=3, COL_MASK=1, **TILE128), 8, 3),
+    "tile_attn-vertical_slash-col_copy": ("sparse.kernels.tile_attention:_tile_attn_fwd", {**TILE, "BDIAG": I8},
+                                          dict(MODE=2, HAS_COLS=True, COL_STAGES=3, COL_COPY=1, **TILE128), 8, 3),
     "tile_attn-flexprefill_hybrid": ("sparse.kernels.tile_attention:_tile_attn_fwd",
                                      {**TILE, **ptrs(I8, "BDIAG HEADS")},
                                      dict(MODE=3, HAS_COLS=True, COL_STAGES=3, **TILE128), 8, 3),

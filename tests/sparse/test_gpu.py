@@ -308,11 +308,12 @@ def test_line_bookkeeping_kernels_equal_pytorch_on_gpu(t, bs, monkeypatch):
         assert a.dtype == b.dtype and torch.equal(a, b)
 
 
-@pytest.mark.parametrize("col_stages,col_mask", [(None, 0), (0, 0), (2, 0), (None, 1)])
-def test_tile_kernel_column_loops(col_stages, col_mask):
+@pytest.mark.parametrize("col_stages,col_mask,col_copy", [(None, 0, 0), (0, 0, 0), (2, 0, 0), (None, 1, 0),
+                                                        (None, 0, 1), (None, 1, 1)])
+def test_tile_kernel_column_loops(col_stages, col_mask, col_copy):
     """Line patterns built on the device (fixed-width slots) through the pipelined column loop, the first one, and
-    two stages, each step masked or only where needed; hybrid tile/line patterns (FlexPrefill's) in the same
-    launch."""
+    two stages, each step masked or only where needed, the rows gathered in the loop or copied before it; hybrid
+    tile/line patterns (FlexPrefill's) in the same launch."""
     from leanformer.sparse.kernels.pattern import TilePattern, from_lines
 
     t, bs = 2049, 128
@@ -321,7 +322,7 @@ def test_tile_kernel_column_loops(col_stages, col_mask):
     gen = torch.Generator(device="cuda").manual_seed(4)
     lines = from_lines(torch.rand(2, 8, n, device="cuda", generator=gen) < 0.2,
                        torch.rand(2, 8, t, device="cuda", generator=gen) < 0.1, bs, t)
-    cfg = {"COL_STAGES": col_stages, "COL_MASK": col_mask}
+    cfg = {"COL_STAGES": col_stages, "COL_MASK": col_mask, "COL_COPY": col_copy}
     _assert_close_rule(tile_attention(q, k, v, lines, config=cfg), q, k, v, lines.to_mask())
     tiled = from_tiles(torch.rand(2, 8, n, n, device="cuda", generator=gen) < 0.3, bs, t)
     on = (torch.arange(8, device="cuda") % 3 == 0).expand(2, 8)[..., None]

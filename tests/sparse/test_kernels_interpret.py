@@ -34,7 +34,8 @@ SCRIPT = textwrap.dedent("""
                                    torch.zeros(1, hq, t, dtype=torch.bool), bs, t),
                     tiles, reverse_tiles(tiles)):
             ref = tile_attention_reference(q, k, v, pat)
-            for cfg in (None, {"BN": 128, "USE_TMA": False}, {"BM": 64, "BN": 32, "num_stages": 3}, {"BM": 32}):
+            for cfg in (None, {"BN": 128, "USE_TMA": False}, {"BM": 64, "BN": 32, "num_stages": 3}, {"BM": 32},
+                        {"COL_COPY": 1}, {"COL_COPY": 1, "BN": 16, "COL_MASK": 1}):
                 out = tile_attention(q, k, v, pat, config=cfg)
                 worst = max(worst, gap(out, ref))
     # keys whose base is not 16-byte aligned (a contiguous view 3 elements into its storage): no TMA, same output

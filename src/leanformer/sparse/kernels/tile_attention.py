@@ -104,12 +104,12 @@ if triton is not None:
         return _online_step(q, kt, vt, acc, l_i, m_i, qk_scale, ok, MASKED)
 
     @triton.jit
-    def _tile_attn_fwd(Q, K, V, KD, VD, O, TILES, TCNT, COLS, CCNT, BDIAG, TILES2, HEADS, KT2, qk_scale,
+    def _tile_attn_fwd(Q, K, V, KD, VD, KCD, VCD, O, TILES, TCNT, COLS, CCNT, BDIAG, TILES2, HEADS, KT2, qk_scale,
                        sqb, sqh, sqt, skb, skh, skt, svb, svh, svt, sob, soh, sot,
                        H, GROUP, T, NQB, KT, NV,
                        MODE: tl.constexpr, HAS_COLS: tl.constexpr, USE_TMA: tl.constexpr, STAGES: tl.constexpr,
                        BS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, D: tl.constexpr,
-                       COL_STAGES: tl.constexpr = 0, COL_MASK: tl.constexpr = 0):
+                       COL_STAGES: tl.constexpr = 0, COL_MASK: tl.constexpr = 0, COL_COPY: tl.constexpr = 0):
         # one program per (BM query rows, batch x head); BS // BM programs share a query block and its tiles
         pid_m = tl.program_id(0) // (BS // BM)
         part = tl.program_id(0) % (BS // BM)
@@ -194,14 +194,20 @@ if triton is not None:
                 # previous block's count is how many there are. Each step gathers BN columns' K and V rows (loads
                 # clamped into the sequence, so unmasked, and software-pipelined over COL_STAGES), and masks logits
                 # only where a step holds a column a kept block diagonal covers or runs past the count (the last
-                # one). Every row already has a finite maximum from its diagonal tile: no guard.
+                # one). Every row already has a finite maximum from its diagonal tile: no guard. With COL_COPY the
+                # head's column rows were copied in order before the launch (KCD / VCD: [B * H * NV, D]): a step
+                # reads BN consecutive rows with TMA (rows past the count are the next head's or zeros: masked).
                 n_c = tl.load(CCNT + row - 1, mask=pid_m > 0, other=0)
                 for c in tl.range(0, n_c, BN, num_stages=COL_STAGES):
                     offs_c = c + offs_n
                     cols = tl.load(COLS + pid_bh * NV + offs_c, mask=offs_c < NV, other=0)
                     idx = tl.minimum(cols, T - 1)
-                    kt = tl.load(k_base + idx[:, None] * skt + offs_d[None, :])
-                    vt = tl.load(v_base + idx[:, None] * svt + offs_d[None, :])
+                    if COL_COPY:
+                        kt = KCD.load([pid_bh * NV + c, 0])
+                        vt = VCD.load([pid_bh * NV + c, 0])
+                    else:
+                        kt = tl.load(k_base + idx[:, None] * skt + offs_d[None, :])
+                        vt = tl.load(v_base + idx[:, None] * svt + offs_d[None, :])
                     cov = tl.load(BDIAG + pid_bh * NQB + pid_m - idx // BS, mask=offs_c < n_c, other=1)
                     ok = (offs_c < n_c) & (cov == 0)
                     s = tl.dot(q, tl.trans(kt))
@@ -224,8 +230,12 @@ if triton is not None:
 # unpipelined loop). Its buffers (BN gathered columns of K and V a stage) are never more than the tile loop's.
 # COL_MASK: 1 masks every column step's logits; 0 counts a step's usable columns first and masks only where some are
 # not (the last step, or a column a kept block diagonal covers).
+# COL_COPY: 1 copies each head's column slots' key and value rows into contiguous buffers before the launch (two
+# [B, H, NV, D] tensors: GROUP times K and V where a pattern has T slots, as the line methods' patterns built without
+# a host sync do), and the pipelined column loop reads them with TMA like the tile loop (where TMA is used); 0 gathers
+# the rows in the loop with pointer loads.
 DEFAULT_CONFIG = {"BM": 128, "BN": 128, "num_warps": 8, "num_stages": 3, "USE_TMA": True, "COL_STAGES": None,
-                  "COL_MASK": 0}
+                  "COL_MASK": 0, "COL_COPY": 0}
 BLOCK_SIZES = (16, 32, 64, 128)  # pattern block sizes the kernel takes
 
 
@@ -313,15 +323,24 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
         vd = TensorDescriptor.from_tensor(v.view(-1, d), [bn, d])
     else:
         kd, vd = k, v
+    col_stages = (cfg["num_stages"] if cfg["COL_STAGES"] is None else cfg["COL_STAGES"]) if has_cols else 0
+    col_copy = bool(cfg["COL_COPY"]) and has_cols and use_tma and col_stages > 0
+    if col_copy:  # [B, H, NV, D]: head h's kept columns' rows of its key head, in list order (padding: the last row)
+        idx = cols.long().clamp(max=t - 1)
+        kvh = (torch.arange(h, device=q.device) // (h // k.shape[1]))[None, :, None]
+        bi = torch.arange(b, device=q.device)[:, None, None]
+        kcd = TensorDescriptor.from_tensor(k[bi, kvh, idx].view(-1, d), [bn, d])
+        vcd = TensorDescriptor.from_tensor(v[bi, kvh, idx].view(-1, d), [bn, d])
+    else:
+        kcd, vcd = kd, vd  # never read
     grid = (nqb * (bs // cfg["BM"]), b * h)
     _tile_attn_fwd[grid](
-        q, k, v, kd, vd, o, tiles, pattern.tile_cnt.contiguous(), cols, pattern.col_cnt.contiguous(), bdiag,
+        q, k, v, kd, vd, kcd, vcd, o, tiles, pattern.tile_cnt.contiguous(), cols, pattern.col_cnt.contiguous(), bdiag,
         tiles2, heads, tiles2.shape[-1], scale * 1.4426950408889634,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *o.stride()[:3],
         h, h // k.shape[1], t, nqb, kt, cols.shape[-1],
         MODE=mode, HAS_COLS=has_cols, USE_TMA=use_tma, STAGES=cfg["num_stages"], BS=bs, BM=cfg["BM"], BN=bn, D=d,
-        COL_STAGES=(cfg["num_stages"] if cfg["COL_STAGES"] is None else cfg["COL_STAGES"]) if has_cols else 0,
-        COL_MASK=int(cfg["COL_MASK"]),
+        COL_STAGES=col_stages, COL_MASK=int(cfg["COL_MASK"]), COL_COPY=int(col_copy),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     return o
