@@ -1,8 +1,9 @@
 """Fast paths beside their plain-PyTorch references (same signatures): tile/column prefill attention (Triton),
 block-sparse prefill (FlexAttention), the fused vertical/slash estimation (``vs_estimate``), line patterns'
 bookkeeping (``line_pattern``: column costs and line lists, launched on CUDA tensors by its dispatchers), per-row block
-selection and coverage (``block_select``, ``coverage``), Quest's page scores and fused page selection
-(``quest_scores``), and decode attention over gathered cache positions (``decode``)."""
+selection and coverage (``block_select``, ``coverage``), FlexPrefill's budget split and query-aware test (``budget``,
+``divergence``), Quest's page scores and fused page selection (``quest_scores``), and decode attention over gathered
+cache positions (``decode``)."""
 
 from __future__ import annotations
 
