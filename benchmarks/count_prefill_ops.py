@@ -10,6 +10,13 @@ GPU runs as one Triton launch count as one op each: the line patterns' bookkeepi
 launches faked: the PyTorch ops around them), and FlexPrefill's budget split, query-aware test, coverage counts and
 row tiles (their PyTorch references run, for their outputs, and count once). Prints the top-level ops of one call (an
 op inside another counts once), in all and by the innermost project function that issued them.
+
+``--steps`` instead counts the tile kernel's steps for one call's pattern (random queries and keys, the estimation
+run in PyTorch, the kernel skipped): tile steps (one key block each) and column steps (``BN`` gathered columns each,
+the last one partly filled), the two loops of the kernel that cost differently.
+
+    PYTHONPATH=src python benchmarks/count_prefill_ops.py --method vertical_slash --length 131072 --sparsity 0.95 \
+        --steps --heads 8
 """
 
 from __future__ import annotations
@@ -91,6 +98,26 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
     return sites
 
 
+def kernel_steps(method: str, t: int, sparsity: float, heads: int = 8, kv_heads: int = 2, bn: int = 128) -> dict:
+    """Tile steps and column steps the tile kernel takes for one call's pattern (random inputs, d 128, fp32 on the
+    CPU): the column loop of query block ``i`` covers the columns before the block (the count of block ``i - 1``)."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, t, 128, generator=g)
+    k = torch.randn(1, kv_heads, t, 128, generator=g)
+    saved = [(mod, mod.run_pattern) for mod in (flexprefill, vertical_slash)]
+    for mod, _ in saved:
+        mod.run_pattern = lambda q, k, v, pattern, scale, impl, kernel_options=None: q
+    try:
+        _, info = sparse.prefill_attention(q, k, k, method, sparsity)
+    finally:
+        for mod, fn in saved:
+            mod.run_pattern = fn
+    p = info["pattern"]
+    before = torch.nn.functional.pad(p.col_cnt[..., :-1].long(), (1, 0))
+    return {"sparsity": float(info["sparsity"]), "tile_steps": int(p.tile_cnt.sum()),
+            "column_steps": int(((before + bn - 1) // bn).sum()), "columns": int(before.sum())}
+
+
 def _in_launch(event) -> bool:
     parent = event.cpu_parent
     while parent is not None:
@@ -107,8 +134,15 @@ def main(argv=None) -> collections.Counter:
     ap.add_argument("--sparsity", type=float, default=0.9)
     ap.add_argument("--gpu-path", action="store_true",
                     help="count each step a GPU runs as one Triton launch once (line patterns' launches faked)")
+    ap.add_argument("--steps", action="store_true", help="the tile kernel's tile and column steps instead of ops")
+    ap.add_argument("--heads", type=int, default=32)
     args = ap.parse_args(argv)
-    sites = count(args.method, args.length, args.sparsity, gpu_path=args.gpu_path)
+    kv_heads = max(1, args.heads // 4)
+    if args.steps:
+        steps = kernel_steps(args.method, args.length, args.sparsity, heads=args.heads, kv_heads=kv_heads)
+        print(f"{args.method} at {args.length} tokens, sparsity {args.sparsity}, {args.heads} heads: {steps}")
+        return steps
+    sites = count(args.method, args.length, args.sparsity, heads=args.heads, kv_heads=kv_heads, gpu_path=args.gpu_path)
     print(f"{args.method} at {args.length} tokens, sparsity {args.sparsity}: {sum(sites.values())} PyTorch ops")
     for site, c in sites.most_common(15):
         print(f"{c:5d}  {site}")

@@ -31,3 +31,10 @@ def test_flexprefill_launched_steps_count_once_on_the_gpu_path():
         assert gpu[count_prefill_ops.LAUNCH + name] == 1
         assert not any(name in site for site in gpu if not site.startswith(count_prefill_ops.LAUNCH))
     assert sum(v for k, v in pytorch.items() if "budget.py" in k) > 10
+
+
+def test_kernel_steps_counts_the_patterns_tiles_and_column_steps():
+    steps = count_prefill_ops.kernel_steps("vertical_slash", 4096, 0.9, heads=2, kv_heads=1, bn=128)
+    assert abs(steps["sparsity"] - 0.9) < 0.02
+    assert steps["tile_steps"] >= 2 * 32  # every query block computes its own diagonal block
+    assert 0 < steps["column_steps"] and steps["columns"] <= steps["column_steps"] * 128
