@@ -135,16 +135,14 @@ suite() {
         run 200 python3 -m leanformer.cli speed arch:qwen2.5-7b --lengths 32768 131072 $dec --no-pack \
             --out "$LOGS/speed-unpacked" ;;
     fast-methods)  # the accuracy-preserving methods' targets in one call: FlexPrefill and vertical-slash at 128K / 0.95
-        # and 32K / 0.9, alone and in a CUDA graph, with each column-step mask setting, then their profiles by GPU op
-        # and by call site; 32K again with the line patterns built by the PyTorch functions; SnapKV's and Quest's
-        # decode at batch 1 and 16; the GPU tests of the sparse kernels
+        # and 32K / 0.9, alone and in a CUDA graph, with the column rows gathered in the loop and copied before it
+        # (COL_COPY=1), then their profiles by GPU op; SnapKV's and Quest's decode at batch 1 and 16; the GPU tests of
+        # the sparse kernels
         run 270 python3 benchmarks/bench_sparse_prefill.py --cells 131072:0.95 32768:0.9 --methods flexprefill \
-            vertical_slash --flex-options none --line-options default COL_MASK=1 --repeat 3 --stream 0 --graph --profile
-        run 90 python3 benchmarks/bench_sparse_prefill.py --cells 32768:0.9 --methods flexprefill vertical_slash \
-            --flex-options none --repeat 3 --stream 0 --graph --line-kernels 0
+            vertical_slash --flex-options none --line-options default COL_COPY=1 --repeat 3 --stream 0 --graph --profile
         run 80 python3 benchmarks/bench_sparse_decode.py --cache 131072 --batch 1 16 --methods snapkv \
             quest:metadata=int8 --impls triton --repeat 30
-        run 150 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py \
+        run 240 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py \
             tests/sparse/test_block_select.py tests/sparse/test_prefill_fast_paths.py ;;
     estimate)  # vertical-slash's and FlexPrefill's fused window scores alone at each tile setting (the tile as window
         # rows x keys and transposed), 32K and 128K, and the default's launches one by one
