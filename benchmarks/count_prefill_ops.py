@@ -127,7 +127,7 @@ def _in_launch(event) -> bool:
     return False
 
 
-def main(argv=None) -> collections.Counter:
+def main(argv=None) -> collections.Counter | dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--method", choices=("vertical_slash", "flexprefill"), default="flexprefill")
     ap.add_argument("--length", type=int, default=32768)
