@@ -69,7 +69,7 @@ class FlexPrefillParams(SparsePrefillParams):
 
 
 # Every column step masked (COL_MASK=1): FlexPrefill's tiles ran faster in the launch built so, 12.8-13.9 against
-# 14.5-14.8 ms at 128K / 0.95 on one H100, two runs in one session (results/sparse_prefill-20261207T232635Z.json,
+# 14.5-14.8 ms at 128K / 0.95, two runs on one H100 on 2026-12-07 (results/sparse_prefill-20261207T232635Z.json,
 # sparse_prefill-20261207T233203Z.json; random inputs, every head query-aware); vertical-slash, all lines, lost ~4%
 # with it and keeps the tile kernel's default.
 KERNEL_DEFAULTS = {"COL_MASK": 1}
