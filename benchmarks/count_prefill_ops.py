@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import sys
 from pathlib import Path
 
@@ -47,6 +48,24 @@ def _one_launch(fn, name: str):
     return run
 
 
+@contextlib.contextmanager
+def _patched(changes):
+    """Each ``(object, name, value)`` set for the block, the old values put back after it."""
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+    try:
+        for obj, name, value in changes:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
+
+
+# the line methods with their attention kernel skipped (the query comes back as the output)
+_NO_ATTENTION = [(mod, "run_pattern", lambda q, k, v, pattern, scale, impl, kernel_options=None: q)
+                 for mod in (flexprefill, vertical_slash)]
+
+
 class _NoLaunch:
     """A Triton kernel's stand-in: ``kernel[grid](...)`` does nothing."""
 
@@ -61,33 +80,22 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
     vert, slash, tails = (torch.rand(1, heads, t, generator=g) ** 8 for _ in range(3))
     n = -(-t // 128)
     blk = torch.randn(1, heads, n, n, generator=g)
-    saved = []
+    def scores(q, k, window, scale, tail=0, impl="reference"):
+        return vert, slash, tails if tail else None
 
-    def patch(obj, name, value):
-        saved.append((obj, name, getattr(obj, name)))
-        setattr(obj, name, value)
-
-    patch(flexprefill, "window_scores", lambda q, k, window, scale, tail=0, impl="reference":
-          (vert, slash, tails if tail else None))
-    patch(vertical_slash, "window_scores", flexprefill.window_scores)
-    patch(flexprefill, "pooled_block_scores", lambda q, k, bs, scale, bias=None: blk)
-    for mod in (flexprefill, vertical_slash):
-        patch(mod, "run_pattern", lambda q, k, v, pattern, scale, impl, kernel_options=None: q)
+    changes = [(flexprefill, "window_scores", scores), (vertical_slash, "window_scores", scores),
+               (flexprefill, "pooled_block_scores", lambda q, k, bs, scale, bias=None: blk), *_NO_ATTENTION]
     if gpu_path:
-        patch(line_pattern, "use_kernels", lambda x: True)
-        patch(line_pattern, "_column_cost", _NoLaunch())
-        patch(line_pattern, "_from_lines", _NoLaunch())
-        for name in ("water_fill", "block_distance", "coverage_rows", "block_tiles_rows"):
-            patch(flexprefill, name, _one_launch(getattr(flexprefill, name), name))
-    try:
-        q = torch.zeros(1, heads, t, 8, dtype=torch.bfloat16)
-        k = torch.zeros(1, kv_heads, t, 8, dtype=torch.bfloat16)
+        changes += [(line_pattern, "use_kernels", lambda x: True), (line_pattern, "_column_cost", _NoLaunch()),
+                    (line_pattern, "_from_lines", _NoLaunch())]
+        changes += [(flexprefill, name, _one_launch(getattr(flexprefill, name), name))
+                    for name in ("water_fill", "block_distance", "coverage_rows", "block_tiles_rows")]
+    q = torch.zeros(1, heads, t, 8, dtype=torch.bfloat16)
+    k = torch.zeros(1, kv_heads, t, 8, dtype=torch.bfloat16)
+    with _patched(changes):
         sparse.prefill_attention(q, k, k, method, sparsity)  # warm-up (cached shapes)
         with profile(activities=[ProfilerActivity.CPU], with_stack=True) as p:
             sparse.prefill_attention(q, k, k, method, sparsity)
-    finally:
-        for obj, name, value in reversed(saved):
-            setattr(obj, name, value)
     sites: collections.Counter = collections.Counter()
     for e in p.events():
         if e.name.startswith(LAUNCH):
@@ -104,14 +112,8 @@ def kernel_steps(method: str, t: int, sparsity: float, heads: int = 8, kv_heads:
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, heads, t, 128, generator=g)
     k = torch.randn(1, kv_heads, t, 128, generator=g)
-    saved = [(mod, mod.run_pattern) for mod in (flexprefill, vertical_slash)]
-    for mod, _ in saved:
-        mod.run_pattern = lambda q, k, v, pattern, scale, impl, kernel_options=None: q
-    try:
+    with _patched(_NO_ATTENTION):
         _, info = sparse.prefill_attention(q, k, k, method, sparsity)
-    finally:
-        for mod, fn in saved:
-            mod.run_pattern = fn
     p = info["pattern"]
     before = torch.nn.functional.pad(p.col_cnt[..., :-1].long(), (1, 0))
     return {"sparsity": float(info["sparsity"]), "tile_steps": int(p.tile_cnt.sum()),

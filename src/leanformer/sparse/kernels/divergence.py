@@ -65,13 +65,19 @@ if triton is not None:
         tl.store(OUT + row, tl.sqrt(tl.maximum(tl.sum(acc, 0), 0.0)))
 
 
+def _fits(n: int, t: int, block_size: int) -> bool:
+    """Whether the launch takes ``n`` blocks over ``t`` keys: at most :data:`MAX_BLOCKS`, a power-of-two size, the
+    last block holding the last key."""
+    return n <= MAX_BLOCKS and not block_size & (block_size - 1) and (n - 1) * block_size < t <= n * block_size
+
+
 def block_distance_triton(scores: torch.Tensor, probs: torch.Tensor, block_size: int) -> torch.Tensor:
     """The same distances in one launch, one program per row (rows of up to :data:`MAX_BLOCKS` blocks; the block
     size a power of two)."""
     if triton is None or not (scores.is_cuda or INTERPRET):
         raise RuntimeError("block_distance_triton needs CUDA tensors and triton; use block_distance_reference")
     n, t = scores.shape[-1], probs.shape[-1]
-    if n > MAX_BLOCKS or block_size & (block_size - 1) or not (n - 1) * block_size < t <= n * block_size:
+    if not _fits(n, t, block_size):
         raise ValueError(f"{n} blocks of {block_size} over {t} keys: the kernel takes up to {MAX_BLOCKS} blocks of a "
                          "power-of-two size that end with the keys; use block_distance_reference")
     s, p = scores.reshape(-1, n).float(), probs.reshape(-1, t).float()
@@ -87,8 +93,6 @@ def block_distance_triton(scores: torch.Tensor, probs: torch.Tensor, block_size:
 
 def block_distance(scores: torch.Tensor, probs: torch.Tensor, block_size: int) -> torch.Tensor:
     """:func:`block_distance_triton` on CUDA tensors where it applies, else :func:`block_distance_reference`."""
-    n, t = scores.shape[-1], probs.shape[-1]
-    if (triton is not None and scores.is_cuda and n <= MAX_BLOCKS and not block_size & (block_size - 1)
-            and (n - 1) * block_size < t <= n * block_size):
+    if triton is not None and scores.is_cuda and _fits(scores.shape[-1], probs.shape[-1], block_size):
         return block_distance_triton(scores, probs, block_size)
     return block_distance_reference(scores, probs, block_size)

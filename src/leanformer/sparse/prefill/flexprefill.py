@@ -63,8 +63,8 @@ class FlexPrefillParams(SparsePrefillParams):
     block_size: int = 128
     query_aware: bool = True
     impl: str = "auto"
-    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES, COL_MASK), impl "triton",
-    # over KERNEL_DEFAULTS
+    # the tile kernel's launch settings (keys of kernels.tile_attention.DEFAULT_CONFIG), impl "triton", over
+    # KERNEL_DEFAULTS
     kernel_options: dict | None = None
 
 

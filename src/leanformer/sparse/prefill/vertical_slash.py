@@ -68,7 +68,7 @@ class VerticalSlashParams(SparsePrefillParams):
     block_size: int = 128
     slash_share: float = 0.5
     impl: str = "auto"
-    # the tile kernel's launch settings (BM, BN, num_warps, num_stages, USE_TMA, COL_STAGES, COL_MASK), impl "triton"
+    # the tile kernel's launch settings (keys of kernels.tile_attention.DEFAULT_CONFIG) for impl "triton"
     kernel_options: dict | None = None
 
 
