@@ -11,7 +11,9 @@ A method may carry parameters: ``quest:metadata=int8`` (int8 page summaries), ``
 Triton step is three launches (fused page selection, split-K read, merge); the other methods' two (split-K read,
 then the merge); ``--merge launch fused`` also times every method with the merge in the read's last split.
 ``--kernel-settings default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...`` checks and times everything again under each setting
-of the split-K read (key tile, warps, pipeline stages, programs per SM; ``default``: the module's own).
+of the split-K read (key tile, warps, pipeline stages, programs per SM; ``default``: the module's own) or of Quest's
+page choice (``QUEST_COMPACT_STEPS=6,QUEST_COMPACT_CAP=512``: its top-k's counts over the whole row before it
+finishes on the candidates left, and how many; ``kernels/quest_scores.py``).
 
 The sparse-decode targets of benchmarks/README.md in one command (~1 minute on an H100):
 
@@ -33,6 +35,7 @@ from common import bench, checked_settings, graphed, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
 from leanformer.sparse.kernels import decode as kd  # noqa: E402
+from leanformer.sparse.kernels import quest_scores as qs  # noqa: E402
 
 
 def _spy(fn, seen: dict, name: str):
@@ -54,24 +57,30 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return name, params
 
 
-KNOBS = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "PROGRAMS_PER_SM")
+KNOBS = ("BLOCK_N", "NUM_WARPS", "NUM_STAGES", "PROGRAMS_PER_SM", "QUEST_COMPACT_STEPS", "QUEST_COMPACT_CAP")
+
+
+def _knob(key: str):
+    """The module and attribute a ``--kernel-settings`` key sets: ``QUEST_*`` Quest's page choice, the rest the
+    split-K read."""
+    return (qs, key.removeprefix("QUEST_")) if key.startswith("QUEST_") else (kd, key)
 
 
 class kernel_settings:
-    """``with kernel_settings("BLOCK_N=32,NUM_WARPS=2"):`` the split-K decode kernel's launch constants set, and put
-    back after (``"default"`` leaves them)."""
+    """``with kernel_settings("BLOCK_N=32,NUM_WARPS=2"):`` the split-K decode kernel's launch constants (and Quest's
+    page choice's, ``QUEST_*``) set, and put back after (``"default"`` leaves them)."""
 
     def __init__(self, text: str):
         self.new = checked_settings(text, KNOBS, "--kernel-settings")
 
     def __enter__(self):
-        self.old = {key: getattr(kd, key) for key in self.new}
+        self.old = {key: getattr(*_knob(key)) for key in self.new}
         for key, val in self.new.items():
-            setattr(kd, key, val)
+            setattr(*_knob(key), val)
 
     def __exit__(self, *exc):
         for key, val in self.old.items():
-            setattr(kd, key, val)
+            setattr(*_knob(key), val)
 
 
 def check(args, b: int = 2, length: int = 8191) -> dict:
@@ -171,7 +180,8 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--impls", nargs="+", default=["triton", "gather"])
     ap.add_argument("--kernel-settings", nargs="+", default=["default"],
-                    help='split-K read settings, each checked and timed: default "BLOCK_N=32,PROGRAMS_PER_SM=4" ...')
+                    help='split-K read (and QUEST_* page choice) settings, each checked and timed: default '
+                         '"BLOCK_N=32,PROGRAMS_PER_SM=4" "QUEST_COMPACT_STEPS=6" ...')
     ap.add_argument("--merge", nargs="+", choices=["fused", "launch"], default=["launch"],
                     help="how the Triton kernel merges its splits (token positions or Quest's pages): the last split "
                          "of each head (fused) or a second launch")

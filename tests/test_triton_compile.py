@@ -45,8 +45,9 @@ ONE_SPLIT = ptrs(BF, "OP MP LP")  # one split: the partial slots are the output,
 SPLIT = dict(BLOCK_G=16, BLOCK_N=64, D=128)
 ROPE = {**ptrs(BF, "Q K V COS SIN KC VC KMIN KMAX QO"), **ptrs(I32, "LENS SLOT STARTS CAP")}
 ROPE_OFF = dict(HAS_SLOT=False, HAS_START=False, HAS_CAP=False, PAGE=0, HALF=64)
-SELECT = {**ptrs(BF, "Q KMIN KMAX SMIN SMAX"), **ptrs(F32, "SCORES"), **ptrs(I32, "CNT LENS OUT")}
+SELECT = {**ptrs(BF, "Q KMIN KMAX SMIN SMAX"), **ptrs(F32, "SCORES"), **ptrs(I32, "CNT LENS OUT SCR")}
 PAGES = dict(PREC="tf32", BLOCK_G=16, BLOCK_P=64, D=128)
+BISECT = dict(STEPS=0, CAP=16)  # the page choice's top-k: 32 counts over the whole row
 TILE = {**ptrs(BF, "Q K V O"), **ptrs(I32, "TILES TCNT COLS CCNT BDIAG TILES2 HEADS"), "KD": DESC, "VD": DESC,
         "KCD": DESC, "VCD": DESC, "qk_scale": "fp32"}
 TILE128 = dict(USE_TMA=True, STAGES=3, BS=128, BM=128, BN=128, D=128)
@@ -93,14 +94,23 @@ CASES = {
                           4, 3),
     # Quest's page selection: engine (lengths on the device, bf16 summaries), method (int8 summaries, per head)
     "select_pages-engine": ("sparse.kernels.quest_scores:_select_fwd", SELECT,
-                            dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=0, KP=64, **PAGES), 8, 3),
+                            dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=0, KP=64, **PAGES, **BISECT), 8, 3),
+    # the top-k finished on the candidates left after six counts, a row alone and a row with a tail
+    "select_pages-compact": ("sparse.kernels.quest_scores:_select_fwd", SELECT,
+                             dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=0, KP=512, STEPS=6, CAP=512,
+                                  **PAGES), 8, 3),
+    "select_pages-compact-tail": ("sparse.kernels.quest_scores:_select_fwd", SELECT,
+                                  dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=8, KP=512, STEPS=6, CAP=512,
+                                       **PAGES), 8, 3),
     "select_pages-engine-128k": ("sparse.kernels.quest_scores:_select_fwd", SELECT,  # a 128K cache + headroom
-                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=8, KP=64, **PAGES), 8, 3),
+                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=8192, NT=8, KP=64, **PAGES, **BISECT), 8, 3),
     "select_pages-engine-256k": ("sparse.kernels.quest_scores:_select_fwd", SELECT,  # a row of the most pages
-                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=16384, NT=0, KP=512, **PAGES), 16, 3),
+                                 dict(SHARE=True, QUANT=False, PAGE=16, NP=16384, NT=0, KP=512, **PAGES,
+                                      **BISECT), 16, 3),
     "select_pages-int8-per_head": ("sparse.kernels.quest_scores:_select_fwd",
                                    {**SELECT, **ptrs(I8, "KMIN KMAX"), **ptrs(F32, "SMIN SMAX LENS")},
-                                   dict(SHARE=False, QUANT=True, PAGE=0, NP=4096, NT=64, KP=64, **PAGES), 8, 3),
+                                   dict(SHARE=False, QUANT=True, PAGE=0, NP=4096, NT=64, KP=64, **PAGES,
+                                        **BISECT), 8, 3),
     "page_scores": ("sparse.kernels.quest_scores:_page_scores_fwd", {**SELECT, "OUT": F32},
                     dict(SHARE=True, QUANT=False, **PAGES), 4, 3),
     # prefill block selection: block top-k's tiles, FlexPrefill's per-row counts and tiles; top-k rows

@@ -368,11 +368,13 @@ def test_line_methods_never_sync(method, params):
     assert abs(float(info["sparsity"]) - 0.9) < 0.1
 
 
+@pytest.mark.parametrize("compact", [0, 6])
 @pytest.mark.parametrize("metadata", ["cache", "int8"])
 @pytest.mark.parametrize("share", [True, False])
-def test_quest_fused_selection_equals_topk_of_its_scores(metadata, share):
+def test_quest_fused_selection_equals_topk_of_its_scores(metadata, share, compact):
     """The last program of each key head picks exactly the top pages of the scores the launch wrote (equal scores:
-    the lower page), for bf16 and int8 page summaries, with the GQA group sharing its pages or not."""
+    the lower page), for bf16 and int8 page summaries, with the GQA group sharing its pages or not, with the
+    32-step bisection over each row or the top-k finished on the candidates left after six counts."""
     from leanformer.sparse.decode.quest import page_minmax
     from leanformer.sparse.kernels.block_select import topk_rows
     from leanformer.sparse.kernels.quest_scores import page_scores, quantize_pages, select_pages_triton
@@ -386,7 +388,8 @@ def test_quest_fused_selection_equals_topk_of_its_scores(metadata, share):
         *meta, smin, smax = quantize_pages(*meta)
         scaled = (smin, smax)
     for _ in range(2):  # the counts it leaves behind let the next launch select again
-        picked, scores = select_pages_triton(q, *meta, 511, share, *scaled, return_scores=True)
+        picked, scores = select_pages_triton(q, *meta, 511, share, *scaled, return_scores=True,
+                                             compact_steps=compact)
         assert torch.equal(picked, topk_rows(scores, 511))
     ref = page_scores(q.float(), *(x.float() for x in meta), share, *scaled)
     assert (scores - ref).abs().max() <= 1e-3 * ref.abs().max()

@@ -297,6 +297,33 @@ PAGE_CHOICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+COMPACT_SCRIPT = textwrap.dedent("""
+    import torch
+    from leanformer.sparse.kernels.quest_scores import row_split, select_from_scores, select_pages_triton
+    g = torch.Generator().manual_seed(11)
+    q = torch.randn(1, 4, 1, 16, generator=g)
+    base = torch.randn(1, 2, 200, 16, generator=g)
+    rows = {"random": base[:, :, :140],  # a row of 128 and a tail of 12
+            "ties": base[:, :, torch.randint(0, 12, (200,), generator=g)],  # one row padded to 256
+            "all_equal": base[:, :, :1].expand(-1, -1, 140, -1)}
+    lens = torch.tensor([[40, 2222]], dtype=torch.int32)
+    same = True
+    for name, pages in rows.items():
+        n = pages.shape[2]
+        for kk in (1, 37, n - 1):
+            # 8 counts, then at most 256 candidates (every row's: the search ends on the copies); 1 count and 16
+            # candidates (most rows have more: the search goes on over the row)
+            for steps, cap in ((8, 256), (1, 16)):
+                top, s = select_pages_triton(q, pages, pages, kk, True, return_scores=True, compact_steps=steps,
+                                             compact_cap=cap)
+                same &= torch.equal(top, select_from_scores(s, kk))
+                top, s = select_pages_triton(q, pages, pages, kk, False, lens=lens, page_size=16,
+                                             return_scores=True, compact_steps=steps, compact_cap=cap)
+                same &= torch.equal(top, select_from_scores(s, kk, lens=lens, page_size=16))
+    print(int(same))
+""")
+
+
 LINE_PATTERN_SCRIPT = textwrap.dedent("""
     import torch
     from leanformer.sparse.kernels.pattern import column_cost, from_lines
@@ -419,6 +446,13 @@ def test_quest_page_choice_picks_the_pages_the_reference_picks_in_interpreter(tr
     assert triton_interpret(PAGE_CHOICE_SCRIPT, timeout=300) == "1"
 
 
+def test_quest_compacted_top_k_picks_the_pages_the_reference_picks_in_interpreter(triton_interpret):
+    """The page choice with the top-k finished on the candidates left after a few counts
+    (``kth_largest_key_compact``): both the path that copies them and the one that goes on over the row, on random
+    pages (a row and a tail), many equal scores and all pages equal, with and without device lengths."""
+    assert triton_interpret(COMPACT_SCRIPT, timeout=300) == "1"
+
+
 def bench_script(name: str, argv: list[str], row: str, out) -> str:
     """A script that loads ``benchmarks/NAME.py``, runs its ``main(argv + ["--out", out])`` on the CPU and prints
     ``row`` (an expression of each result row ``r``) for every row, as JSON."""
@@ -437,13 +471,18 @@ def bench_script(name: str, argv: list[str], row: str, out) -> str:
 
 def test_quest_select_benchmark_runs_each_width_in_interpreter(triton_interpret, tmp_path):
     """benchmarks/bench_quest_select.py's own logic (the GPU timing aside): the default launch and one of two warps,
-    the same pages; a row one page past a power of two as a tail and, with ``--padded``, padded (the same pages)."""
+    the same pages; a row one page past a power of two as a tail and, with ``--padded``, padded (the same pages);
+    the compacted top-k (``--compact``) among the variants checked; the tail's parts timed alone (``--tail-parts``,
+    rows of a power of two pages only)."""
     script = bench_script("bench_quest_select", ["--lengths", "1024", "1040", "--batch", "1", "--repeat", "1",
-                                                 "--budget", "128", "--warps", "0", "2", "--padded"],
+                                                 "--budget", "128", "--warps", "0", "2", "--padded", "--compact",
+                                                 "3:32", "--tail-parts"],
                           '[r["same_pages"], r["pages"], r["row_split"], r["k"], "select_w2_tail_us" in r, '
-                          '"select_padded_us" in r]', tmp_path)
-    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, [64, 0], 7, True, False],
-                                                                 [True, 65, [64, 2], 7, True, True]]
+                          '"select_padded_us" in r, "select_compact3_32_us" in r, '
+                          'sorted(x for x in r if x.startswith("tail_"))]', tmp_path)
+    parts = ["tail_bisect_us", "tail_compact3_32_us", "tail_load_us", "tail_write_us"]
+    assert json.loads(triton_interpret(script, timeout=300)) == [[True, 64, [64, 0], 7, True, False, True, parts],
+                                                                 [True, 65, [64, 2], 7, True, True, True, []]]
     assert list(tmp_path.glob("quest_select-*.json"))
 
 

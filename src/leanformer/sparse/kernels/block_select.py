@@ -128,6 +128,60 @@ if triton is not None:
         return lo.to(tl.int32)
 
     @triton.jit
+    def _count_ge(key, tail, m, HAS_TAIL: tl.constexpr):
+        """Keys of ``key`` (and of ``tail`` where ``HAS_TAIL``) at least ``m``."""
+        n = tl.sum((key >= m).to(tl.int32), 0)
+        if HAS_TAIL:
+            n += tl.sum((tail >= m).to(tl.int32), 0)
+        return n
+
+    @triton.jit
+    def _bisect(key, tail, K, lo, hi, HAS_TAIL: tl.constexpr, STEPS: tl.constexpr):
+        """``STEPS`` bisection steps on ``[lo, hi]`` (int64) keeping :func:`kth_largest_key`'s invariant."""
+        for _ in range(STEPS):
+            mid = (lo + hi + 1) >> 1
+            enough = _count_ge(key, tail, mid.to(tl.int32), HAS_TAIL) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid - 1)
+        return lo, hi
+
+    @triton.jit
+    def kth_largest_key_compact(key, tail, K, SCR, HAS_TAIL: tl.constexpr, STEPS: tl.constexpr,
+                                CAP: tl.constexpr):
+        """:func:`kth_largest_key` (``HAS_TAIL``: :func:`kth_largest_key_split`) with fewer counts over the whole
+        row: ``STEPS`` bisection steps between the row's smallest and largest key, then the keys still between
+        the bounds, where there are at most ``CAP``, copied to ``SCR`` (``CAP`` int32 of scratch) and the search
+        finished on them alone, a ``CAP``-wide count a step instead of the row's (with more candidates it goes on
+        over the row). The keys above the upper bound are counted once and taken off ``K``."""
+        lo = tl.min(key, 0)
+        hi = tl.max(key, 0)
+        if HAS_TAIL:
+            lo = tl.minimum(lo, tl.min(tail, 0))
+            hi = tl.maximum(hi, tl.max(tail, 0))
+        lo, hi = _bisect(key, tail, K, lo.to(tl.int64), hi.to(tl.int64), HAS_TAIL, STEPS)
+        lo32 = lo.to(tl.int32)
+        hi32 = hi.to(tl.int32)
+        above = tl.sum((key > hi32).to(tl.int32), 0)
+        inr = (key >= lo32) & (key <= hi32)
+        n_key = tl.sum(inr.to(tl.int32), 0)
+        n = n_key
+        if HAS_TAIL:
+            above += tl.sum((tail > hi32).to(tl.int32), 0)
+            inr_t = (tail >= lo32) & (tail <= hi32)
+            n += tl.sum(inr_t.to(tl.int32), 0)
+        if n <= CAP:
+            tl.store(SCR + tl.cumsum(inr.to(tl.int32), 0) - 1, key, mask=inr)
+            if HAS_TAIL:
+                tl.store(SCR + n_key + tl.cumsum(inr_t.to(tl.int32), 0) - 1, tail, mask=inr_t)
+            tl.debug_barrier()  # every thread's candidates are written before any thread reads them
+            offs = tl.arange(0, CAP)
+            small = tl.load(SCR + offs, mask=offs < n, other=-2147483648, cache_modifier=".cg")
+            lo, hi = _bisect(small, small, K - above, lo, hi, False, 32 - STEPS)
+        else:
+            lo, hi = _bisect(key, tail, K, lo, hi, HAS_TAIL, 32 - STEPS)
+        return lo.to(tl.int32)
+
+    @triton.jit
     def _topk_rows_fwd(S, OUT, CNT, N, K, KREQ, TILES: tl.constexpr, NP: tl.constexpr):
         """One program per row: bisect for the ``K``-th largest key, then keep every larger key and the first
         ``K - #larger`` keys equal to it, written in index order (positions from a prefix sum). Keys are int32 and

@@ -80,7 +80,12 @@ def select_from_scores(s, k: int, lens=None, page_size: int = 0):
 if triton is not None:
     import triton.language as tl
 
-    from leanformer.sparse.kernels.block_select import kth_largest_key, kth_largest_key_split, order_keys
+    from leanformer.sparse.kernels.block_select import (
+        kth_largest_key,
+        kth_largest_key_compact,
+        kth_largest_key_split,
+        order_keys,
+    )
 
     @triton.jit
     def _block_scores(Q, KMIN, KMAX, SMIN, SMAX, b, h, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb, ssh, G, P,
@@ -146,15 +151,18 @@ if triton is not None:
         return tl.sum(take.to(tl.int32), 0), tl.sum((take & eq).to(tl.int32), 0)
 
     @triton.jit
-    def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, sqb, sqh, snb, snh, snp, sxb, sxh, sxp, ssb,
-                    ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
+    def _select_fwd(Q, KMIN, KMAX, SMIN, SMAX, SCORES, CNT, LENS, OUT, SCR, sqb, sqh, snb, snh, snp, sxb, sxh, sxp,
+                    ssb, ssh, slb, slh, HK, G, P, K, NBLK, NROWS, SHARE: tl.constexpr, QUANT: tl.constexpr,
                     PREC: tl.constexpr, PAGE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_P: tl.constexpr,
-                    D: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KP: tl.constexpr):
+                    D: tl.constexpr, NP: tl.constexpr, NT: tl.constexpr, KP: tl.constexpr, STEPS: tl.constexpr,
+                    CAP: tl.constexpr):
         """:func:`_page_scores_fwd`, then the last of a key head's ``NBLK`` programs picks the top ``K`` pages of
         each of its ``NROWS`` selection rows (one if ``SHARE``, else ``G``) and resets the head's count for the
         next step. ``PAGE > 0``: candidates are the pages before ``(LENS[b, h] - 1) // PAGE``, the list padded
         with ``-1`` where there are fewer. A row is ``NP`` pages in registers, and with ``NT > 0`` the ``P - NP``
-        pages past them a second tensor of ``NT``."""
+        pages past them a second tensor of ``NT``. ``STEPS > 0``: the top-k by
+        :func:`kth_largest_key_compact` (``STEPS`` counts over the row, then at most ``CAP`` candidates in
+        ``SCR``, ``CAP`` int32 a selection row), else the 32-step bisection over the row."""
         pid = tl.program_id(0)
         offs_p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
         s = _block_scores(Q, KMIN, KMAX, SMIN, SMAX, pid // HK, pid % HK, offs_p, sqb, sqh, snb, snh, snp, sxb, sxh,
@@ -182,12 +190,18 @@ if triton is not None:
                 key, offs, valid = _row_keys(SCORES + row * P, 0, P, limit, NP)
                 if NT > 0:  # pages NP..P-1: a short tail, not a row padded to twice NP
                     tail, offs_t, valid_t = _row_keys(SCORES + row * P, NP, P, limit, NT)
-                    thr = kth_largest_key_split(key, tail, K)
+                    if STEPS > 0:
+                        thr = kth_largest_key_compact(key, tail, K, SCR + row * CAP, True, STEPS, CAP)
+                    else:
+                        thr = kth_largest_key_split(key, tail, K)
                     need = K - tl.sum((key > thr).to(tl.int32), 0) - tl.sum((tail > thr).to(tl.int32), 0)
                     n, n_eq = _write_top(OUT + row * K, key, offs, valid, thr, need, 0)
                     _write_top(OUT + row * K, tail, offs_t, valid_t, thr, need - n_eq, n)
                 else:
-                    thr = kth_largest_key(key, K)
+                    if STEPS > 0:
+                        thr = kth_largest_key_compact(key, key, K, SCR + row * CAP, False, STEPS, CAP)
+                    else:
+                        thr = kth_largest_key(key, K)
                     _write_top(OUT + row * K, key, offs, valid, thr, K - tl.sum((key > thr).to(tl.int32), 0), 0)
             tl.atomic_xchg(CNT + pid, 0)
 
@@ -250,6 +264,12 @@ def counts_for(device: torch.device, n: int) -> torch.Tensor:
 
 MAX_TAIL = 64  # pages past a power of two that a selection row keeps as a short second tensor
 
+# the top-k after the page scores: COMPACT_STEPS > 0 counts the whole row that many times (a bisection between its
+# smallest and largest key), then finishes on the keys left between the bounds where at most COMPACT_CAP are
+# (block_select.kth_largest_key_compact); 0 bisects over the whole row 32 times
+COMPACT_STEPS = 0
+COMPACT_CAP = 512
+
 
 def row_split(p: int, max_tail: int = MAX_TAIL) -> tuple[int, int]:
     """How :func:`select_pages_triton` holds a row of ``p`` pages: ``(NP, NT)``, a power of two ``NP`` and, where
@@ -280,13 +300,17 @@ def select_warps(np_: int, heads: int) -> int:
 
 def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None, kmax_scale=None,
                         block_p: int = 64, return_scores: bool = False, lens=None, page_size: int = 0,
-                        num_warps: int | None = None, max_tail: int = MAX_TAIL):
+                        num_warps: int | None = None, max_tail: int = MAX_TAIL, compact_steps: int | None = None,
+                        compact_cap: int | None = None):
     """:func:`select_pages_reference` in one launch: ``[B, H_s, k]`` int32 page ids in page order (and, with
     ``return_scores``, the ``[B H_s, P]`` scores it ranked), ``lens``/``page_size`` as there (read on the device:
     the launch can sit in a CUDA graph replayed as the cache grows). Rows of up to :data:`MAX_SELECT_PAGES` pages
     (a 256K-token cache at 16-token pages). ``num_warps``: the launch's warps (default :func:`select_warps`); fewer
     warps hold more of a row per thread (the 32-step bisection's count is one block reduction a step). ``max_tail``:
-    the most pages past a power of two a row holds as a short tail (:func:`row_split`; 0: rows padded whole)."""
+    the most pages past a power of two a row holds as a short tail (:func:`row_split`; 0: rows padded whole).
+    ``compact_steps`` / ``compact_cap``: the top-k's counts over the whole row before it finishes on the candidates
+    left, and how many it finishes on (defaults :data:`COMPACT_STEPS`, :data:`COMPACT_CAP`; 0 steps: the 32-step
+    bisection over the row); the choice is the same either way."""
     if num_warps not in (None, 1, 2, 4, 8, 16):
         raise ValueError(f"num_warps={num_warps}: choose 1, 2, 4, 8 or 16")
     if triton is None or not (q.is_cuda or INTERPRET):
@@ -299,6 +323,12 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
         raise ValueError(f"{p} pages are more than the kernel's {MAX_SELECT_PAGES}; use select_pages_reference")
     if (lens is None) != (page_size == 0):
         raise ValueError("lens and page_size come together")
+    steps = COMPACT_STEPS if compact_steps is None else compact_steps
+    cap = COMPACT_CAP if compact_cap is None else compact_cap
+    if not 0 <= steps < 32:
+        raise ValueError(f"compact_steps={steps}: choose 0 (no compaction) to 31")
+    if cap < 16 or cap & (cap - 1):
+        raise ValueError(f"compact_cap={cap}: choose a power of two of at least 16")
     np_, nt = row_split(p, max_tail)
     warps = select_warps(np_, b * hk) if num_warps is None else num_warps
     g = hq // hk
@@ -306,11 +336,12 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     q, kmin, kmax, smin, smax, strides, quant, prec = _meta_args(q, kmin, kmax, kmin_scale, kmax_scale)
     scores = torch.empty(b * hs, p, device=q.device, dtype=torch.float32)
     out = torch.empty(b, hs, k, device=q.device, dtype=torch.int32)
+    scratch = torch.empty(b * hs, cap if steps else 1, device=q.device, dtype=torch.int32)
     nblk = triton.cdiv(p, block_p)
     lp = (lens.stride(0), lens.stride(1)) if lens is not None else (0, 0)
     _select_fwd[(b * hk, nblk)](
         q, kmin, kmax, smin, smax, scores, counts_for(q.device, b * hk), scores if lens is None else lens, out,
-        *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
+        scratch, *strides, *lp, hk, g, p, k, nblk, hs // hk, SHARE=share_gqa, QUANT=quant, PREC=prec, PAGE=page_size,
         BLOCK_G=max(16, 1 << (g - 1).bit_length()), BLOCK_P=block_p, D=d, NP=np_, NT=nt,
-        KP=max(16, 1 << (k - 1).bit_length()), num_warps=warps)
+        KP=max(16, 1 << (k - 1).bit_length()), STEPS=steps, CAP=cap if steps else 16, num_warps=warps)
     return (out, scores.view(b, hs, p)) if return_scores else out
