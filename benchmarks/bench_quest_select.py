@@ -37,7 +37,6 @@ from leanformer.sparse.kernels.quest_scores import (  # noqa: E402
     select_warps,
 )
 
-
 if torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1":
     import triton
     import triton.language as tl

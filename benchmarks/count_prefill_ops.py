@@ -85,11 +85,14 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
 
     changes = [(flexprefill, "window_scores", scores), (vertical_slash, "window_scores", scores),
                (flexprefill, "pooled_block_scores", lambda q, k, bs, scale, bias=None: blk), *_NO_ATTENTION]
-    if gpu_path:
-        changes += [(line_pattern, "use_kernels", lambda x: True), (line_pattern, "_column_cost", _NoLaunch()),
+    if gpu_path:  # the methods resolve impl "triton", as on a GPU; the launches are faked or their references run
+        changes += [(mod, "pick_impl", lambda impl, x, fast: "triton") for mod in (flexprefill, vertical_slash)]
+        changes += [(line_pattern, "_gpu", lambda x: True), (line_pattern, "_column_cost", _NoLaunch()),
                     (line_pattern, "_from_lines", _NoLaunch())]
         changes += [(flexprefill, name, _one_launch(getattr(flexprefill, name), name))
-                    for name in ("water_fill", "block_distance", "coverage_rows", "block_tiles_rows")]
+                    for name in ("water_fill", "block_distance")]
+        changes += [(flexprefill, name, _one_launch(getattr(flexprefill, ref), ref))
+                    for name, ref in (("coverage", "coverage_rows"), ("select_row_tiles", "block_tiles_rows"))]
     q = torch.zeros(1, heads, t, 8, dtype=torch.bfloat16)
     k = torch.zeros(1, kv_heads, t, 8, dtype=torch.bfloat16)
     with _patched(changes):

@@ -136,14 +136,17 @@ suite() {
             --out "$LOGS/speed-unpacked" ;;
     fast-methods)  # the accuracy-preserving methods' targets in one call: FlexPrefill and vertical-slash at 128K / 0.95
         # and 32K / 0.9, alone and in a CUDA graph, with the column rows gathered in the loop and copied before it
-        # (COL_COPY=1), then their profiles by GPU op; SnapKV's and Quest's decode at batch 1 and 16; the GPU tests of
-        # the sparse kernels
+        # (COL_COPY=1); Quest's page choice at the decode benchmark's shape with its top-k's parts alone and the
+        # compacted top-k at three settings; SnapKV's and Quest's decode at batch 1 and 16 under those settings
+        # (the GPU tests of these kernels: suite tests, on the same machine)
         run 270 python3 benchmarks/bench_sparse_prefill.py --cells 131072:0.95 32768:0.9 --methods flexprefill \
-            vertical_slash --flex-options none --line-options default COL_COPY=1 --repeat 3 --stream 0 --graph --profile
-        run 80 python3 benchmarks/bench_sparse_decode.py --cache 131072 --batch 1 16 --methods snapkv \
-            quest:metadata=int8 --impls triton --repeat 30
-        run 240 python3 -m pytest -p no:cacheprovider -q -rfEs tests/sparse/test_gpu.py \
-            tests/sparse/test_block_select.py tests/sparse/test_prefill_fast_paths.py ;;
+            vertical_slash --flex-options none --line-options default COL_COPY=1 COL_COPY=1,COL_MASK=1 default \
+            --repeat 3 --stream 0 --graph
+        run 100 python3 benchmarks/bench_quest_select.py --lengths 131072 131152 32768 --batch 1 16 --heads 32 \
+            --kv-heads 8 --budget 8192 --compact 0:16 4:1024 6:512 8:256 --tail-parts
+        run 150 python3 benchmarks/bench_sparse_decode.py --cache 131072 --batch 1 16 --methods snapkv \
+            quest:metadata=int8 --impls triton --repeat 30 --kernel-settings default QUEST_COMPACT_STEPS=6 \
+            QUEST_COMPACT_STEPS=8,QUEST_COMPACT_CAP=256 QUEST_COMPACT_STEPS=4,QUEST_COMPACT_CAP=1024 default ;;
     estimate)  # vertical-slash's and FlexPrefill's fused window scores alone at each tile setting (the tile as window
         # rows x keys and transposed), 32K and 128K, and the default's launches one by one
         run 300 python3 benchmarks/bench_vs_estimate.py --parts ;;

@@ -157,3 +157,71 @@ def test_tile_kernel_defaults_step_down_to_fit_shared_memory():
     assert resolve_config(64, None, 128, 2, ampere)["num_stages"] == 3  # 64-token blocks: 112 KB
     # a number of stages the caller chose stays, even when it does not fit (Triton then says so)
     assert resolve_config(128, {"num_stages": 3}, 256, 2, hopper)["num_stages"] == 3
+
+
+def _launches_possible(monkeypatch, launched: list, fail: bool):
+    """Every bookkeeping dispatcher's launch made available on CPU tensors: each launch records its name, then
+    raises (``fail``) or returns its reference's result."""
+    from leanformer.sparse.kernels import budget, divergence, line_pattern, pattern
+
+    monkeypatch.setattr(line_pattern, "_gpu", lambda x: True)
+    monkeypatch.setattr(budget, "on_gpu", lambda x: True)
+    monkeypatch.setattr(divergence, "on_gpu", lambda x: True)
+
+    def fake(name, ref):
+        def run(*args, **kwargs):
+            launched.append(name)
+            if fail:
+                raise AssertionError(f"{name} launched")
+            return ref(*args, **kwargs)
+        return run
+
+    def column_cost(bdiag, cols, block_size, seq_len, weight=None, total=False):
+        c = (pattern.position_costs(bdiag, block_size, seq_len) if cols is None
+             else pattern.column_cost(bdiag, cols, block_size, seq_len))
+        c = c if weight is None else c * weight
+        return c.sum(-1) if total else c
+
+    monkeypatch.setattr(line_pattern, "column_cost_triton", fake("column_cost", column_cost))
+    monkeypatch.setattr(line_pattern, "from_lines_triton", fake("from_lines", pattern.from_lines))
+    monkeypatch.setattr(budget, "water_fill_triton", fake("water_fill", budget.water_fill_reference))
+    monkeypatch.setattr(divergence, "block_distance_triton", fake("block_distance",
+                                                                  divergence.block_distance_reference))
+
+
+@pytest.mark.parametrize("method", ["vertical_slash", "flexprefill", "streaming"])
+def test_reference_impl_keeps_every_step_in_pytorch(method, monkeypatch, helpers):
+    """A line method run with ``impl="reference"`` keeps its bookkeeping (the line patterns, FlexPrefill's budget
+    split and query-aware test) in PyTorch even where a launch could take it, as it does its estimation and
+    attention: each dispatcher follows the method's ``impl``."""
+    from leanformer import sparse
+
+    launched = []
+    _launches_possible(monkeypatch, launched, fail=True)
+    q, k, v = helpers.make_qkv(1, 4, 2, 300)
+    extra = {"block_size": 16, "local": 32, "impl": "reference", **({} if method == "streaming" else {"window": 32})}
+    for s in (None, 0.8):  # the method's own counts (or none), then a requested sparsity
+        sparse.prefill_attention(q, k, v, method, s, **extra)
+    assert launched == []
+
+
+def test_bookkeeping_dispatchers_launch_unless_the_impl_is_reference(monkeypatch):
+    from leanformer.sparse.kernels import budget, divergence, line_pattern
+
+    launched = []
+    _launches_possible(monkeypatch, launched, fail=False)
+    g = torch.Generator().manual_seed(0)
+    bdiag = torch.rand(1, 2, 8, generator=g) < 0.5
+    colmask = torch.rand(1, 2, 120, generator=g) < 0.2
+    need = torch.rand(1, 2, generator=g, dtype=torch.float64) * 100
+    scores, probs = torch.randn(1, 2, 8, generator=g), torch.rand(1, 2, 120, generator=g)
+    for impl in ("reference", "triton", "auto"):
+        launched.clear()
+        line_pattern.position_costs(bdiag, 16, 120, impl)
+        line_pattern.columns_cost(bdiag, colmask, 16, 120, impl)
+        line_pattern.from_lines(bdiag, colmask, 16, 120, impl=impl)
+        budget.water_fill(need, torch.tensor([150.0], dtype=torch.float64), 100.0, impl)
+        divergence.block_distance(scores, probs, 16, impl)
+        want = [] if impl == "reference" else ["column_cost", "column_cost", "from_lines", "water_fill",
+                                                 "block_distance"]
+        assert launched == want, impl

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import INTERPRET, on_gpu, triton
 
 MAX_HEADS = 128  # heads a row may have for the launch: the [H, H] tile sits in registers
 
@@ -89,9 +89,9 @@ def water_fill_triton(need: torch.Tensor, total: torch.Tensor, cap: float) -> to
     return out
 
 
-def water_fill(need: torch.Tensor, total: torch.Tensor, cap: float) -> torch.Tensor:
+def water_fill(need: torch.Tensor, total: torch.Tensor, cap: float, impl: str = "auto") -> torch.Tensor:
     """:func:`water_fill_triton` on CUDA tensors (rows up to :data:`MAX_HEADS` heads), else
-    :func:`water_fill_reference`."""
-    if triton is not None and need.is_cuda and need.shape[-1] <= MAX_HEADS:
+    :func:`water_fill_reference`; ``impl="reference"`` (the calling method's): the reference on any device."""
+    if impl != "reference" and on_gpu(need) and need.shape[-1] <= MAX_HEADS:
         return water_fill_triton(need, total, cap)
     return water_fill_reference(need, total, cap)

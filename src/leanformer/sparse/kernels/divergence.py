@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import INTERPRET, on_gpu, triton
 
 MAX_BLOCKS = 8192  # blocks a row may have for the launch (a 1M-token prompt at 128-token blocks)
 
@@ -91,8 +91,9 @@ def block_distance_triton(scores: torch.Tensor, probs: torch.Tensor, block_size:
     return out.reshape(scores.shape[:-1])
 
 
-def block_distance(scores: torch.Tensor, probs: torch.Tensor, block_size: int) -> torch.Tensor:
-    """:func:`block_distance_triton` on CUDA tensors where it applies, else :func:`block_distance_reference`."""
-    if triton is not None and scores.is_cuda and _fits(scores.shape[-1], probs.shape[-1], block_size):
+def block_distance(scores: torch.Tensor, probs: torch.Tensor, block_size: int, impl: str = "auto") -> torch.Tensor:
+    """:func:`block_distance_triton` on CUDA tensors where it applies, else :func:`block_distance_reference`;
+    ``impl="reference"`` (the calling method's): the reference on any device."""
+    if impl != "reference" and on_gpu(scores) and _fits(scores.shape[-1], probs.shape[-1], block_size):
         return block_distance_triton(scores, probs, block_size)
     return block_distance_reference(scores, probs, block_size)

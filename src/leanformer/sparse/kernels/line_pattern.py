@@ -9,7 +9,8 @@
   columns listed in fixed-width slots.
 
 The line methods call the dispatchers at the end (:func:`position_costs`, :func:`columns_cost`, :func:`from_lines`,
-:func:`kept_pairs`): the launch on CUDA tensors, the PyTorch function elsewhere or with :data:`ENABLED` off.
+:func:`kept_pairs`): the launch on CUDA tensors, the PyTorch function elsewhere, with :data:`ENABLED` off, or for a
+method run with ``impl="reference"``.
 
 In PyTorch each is a chain of a dozen to thirty element-wise ops, gathers, scans and scatters over ``[B, H, T]``
 (63 of the ~360 ops a FlexPrefill call issues at 32K tokens went to three ``column_cost`` calls): each a launch the
@@ -24,7 +25,7 @@ import torch
 
 import leanformer.sparse.kernels.pattern as pattern
 from leanformer.sparse.kernels.pattern import BIG, TilePattern
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import INTERPRET, on_gpu, triton
 
 BLOCK = 1024
 
@@ -149,38 +150,46 @@ def from_lines_triton(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: in
 ENABLED = True  # the dispatchers below use the launches on CUDA tensors (off: the PyTorch functions everywhere)
 
 
-def use_kernels(x: torch.Tensor) -> bool:
-    """Whether the dispatchers below hand ``x``'s bookkeeping to the launches: CUDA tensors with triton and
-    :data:`ENABLED` on (the interpreter's CPU tensors call the ``*_triton`` functions directly)."""
-    return ENABLED and triton is not None and x.is_cuda and not INTERPRET
+def _gpu(x: torch.Tensor) -> bool:
+    """Whether the launches can take ``x``: a CUDA tensor, triton, :data:`ENABLED` on (the interpreter's CPU tensors
+    call the ``*_triton`` functions directly)."""
+    return ENABLED and on_gpu(x) and not INTERPRET
+
+
+def use_kernels(x: torch.Tensor, impl: str = "auto") -> bool:
+    """Whether the dispatchers below hand ``x``'s bookkeeping to the launches: where they can take it (:func:`_gpu`)
+    and the calling method's ``impl`` is not ``"reference"`` (which runs PyTorch everywhere)."""
+    return impl != "reference" and _gpu(x)
 
 
 # What the line methods call: the launch on the GPU, else the PyTorch function of kernels/pattern.py (same numbers).
+# ``impl``: the calling method's resolved implementation ("reference": the PyTorch function on any device).
 
-def position_costs(bdiag: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
+def position_costs(bdiag: torch.Tensor, block_size: int, seq_len: int, impl: str = "auto") -> torch.Tensor:
     """:func:`~leanformer.sparse.kernels.pattern.position_costs`: every position's column cost ``[B, H, T]``."""
-    if use_kernels(bdiag):
+    if use_kernels(bdiag, impl):
         return column_cost_triton(bdiag, None, block_size, seq_len)
     return pattern.position_costs(bdiag, block_size, seq_len)
 
 
-def columns_cost(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int) -> torch.Tensor:
+def columns_cost(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int,
+                 impl: str = "auto") -> torch.Tensor:
     """:func:`~leanformer.sparse.kernels.pattern.columns_cost`: the kept columns' pairs in all, ``[B, H]``."""
-    if use_kernels(bdiag):
+    if use_kernels(bdiag, impl):
         return column_cost_triton(bdiag, None, block_size, seq_len, weight=colmask, total=True)
     return pattern.columns_cost(bdiag, colmask, block_size, seq_len)
 
 
 def from_lines(bdiag: torch.Tensor, colmask: torch.Tensor, block_size: int, seq_len: int,
-               max_cols: int | None = None) -> TilePattern:
+               max_cols: int | None = None, impl: str = "auto") -> TilePattern:
     """:func:`~leanformer.sparse.kernels.pattern.from_lines`: the lines' pattern, with no host synchronisation."""
-    if use_kernels(bdiag):
+    if use_kernels(bdiag, impl):
         return from_lines_triton(bdiag, colmask, block_size, seq_len, max_cols)
     return pattern.from_lines(bdiag, colmask, block_size, seq_len, max_cols)
 
 
-def kept_pairs(pat: TilePattern) -> torch.Tensor:
+def kept_pairs(pat: TilePattern, impl: str = "auto") -> torch.Tensor:
     """:meth:`TilePattern.kept_pairs`, the columns' share in one launch on the GPU."""
-    if pat.cols.shape[-1] == 0 or not use_kernels(pat.bdiag):
+    if pat.cols.shape[-1] == 0 or not use_kernels(pat.bdiag, impl):
         return pat.kept_pairs()
     return pat.tile_pairs() + column_cost_triton(pat.bdiag, pat.cols, pat.block_size, pat.seq_len, total=True)

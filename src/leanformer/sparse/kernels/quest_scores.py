@@ -14,7 +14,9 @@ the maximum up) so the score stays an upper bound up to rounding.
 :func:`select_pages_triton` scores the pages *and* picks the top ``k`` of each selection head in one launch: one
 program per (batch x key head, block of pages) writes its scores, and the last program of a key head to finish
 (an atomic count) bisects for the ``k``-th largest score of each of its selection heads and writes the winners, in
-page order. :func:`select_pages_reference` is the same with :func:`page_scores` and a stable sort.
+page order (with :data:`COMPACT_STEPS` > 0 the bisection finishes on the few scores left between its bounds after
+that many counts over the row). :func:`select_pages_reference` is the same with :func:`page_scores` and a stable
+sort.
 """
 
 from __future__ import annotations

@@ -41,6 +41,11 @@ fix_interpreter_bf16_dot()  # under TRITON_INTERPRET=1 only
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def on_gpu(x: torch.Tensor) -> bool:
+    """Whether a compiled Triton launch can take ``x``: triton is installed and ``x`` is a CUDA tensor."""
+    return triton is not None and x.is_cuda
+
+
 # the reference's strip of query rows holds at most this many mask entries (B x H x rows x keys): a 2K-token
 # prompt is one strip, as before; a long one is walked strip by strip in O(rows x T) memory, never O(T^2)
 REFERENCE_STRIP = 1 << 25

@@ -140,39 +140,39 @@ class FlexPrefill(PrefillMethod):
         n_v, n_s = coverage_from_sorted(values, p.alpha).clamp(min=floor).unbind(2)
         v_order, s_order = order.unbind(2)
         lines = vs_lines(vert, slash, t, bs, p.sinks, p.local, n_vertical=n_v, n_slash=n_s, v_order=v_order,
-                         s_order=s_order)
+                         s_order=s_order, impl=impl)
         qa = torch.zeros(b, h, dtype=torch.bool, device=q.device)
         if p.query_aware:
             blk = pooled_block_scores(q, k, bs, scale)
-            qa = self.query_aware_heads(blk, ptail, bs)
+            qa = self.query_aware_heads(blk, ptail, bs, impl)
             if qa_warning:
                 defer_warning(self, qa.any(), qa_warning)
             k_rows = (coverage if impl == "triton" else coverage_rows)(blk, p.alpha)
         if requested is not None:
-            need = lines_kept_pairs(*lines, bs, t)
+            need = lines_kept_pairs(*lines, bs, t, impl)
             if p.query_aware:
                 need = torch.where(qa, block_kept_pairs(k_rows, bs, t), need)
             budget = water_fill(need, torch.full((b,), (1 - requested) * total * h, dtype=torch.float64,
-                                                 device=q.device), total)
-            lines = vs_lines(vert, slash, t, bs, p.sinks, p.local, budget=budget, v_order=v_order)
+                                                 device=q.device), total, impl)
+            lines = vs_lines(vert, slash, t, bs, p.sinks, p.local, budget=budget, v_order=v_order, impl=impl)
             if p.query_aware:
                 k_rows = k_for_budget(budget, n, bs, t)[..., None].expand(b, h, n)
-        pattern = from_lines(*lines, bs, t)
+        pattern = from_lines(*lines, bs, t, impl=impl)
         if p.query_aware:
             # the diagonal is placed once by the selection, never picked among the scored blocks
             tiles, cnt = (select_row_tiles if impl == "triton" else block_tiles_rows)(blk, k_rows)
             pattern = _merge(pattern, tiles, cnt, qa)
         out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=kernel_options(p.kernel_options, impl))
-        kept = kept_pairs(pattern)
+        kept = kept_pairs(pattern, impl)
         w = min(p.window, t)
         est = b * h * (w * t + (n * n if p.query_aware else 0))
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, est, impl,
                               per_head_sparsity=1 - kept / total, query_aware_heads=qa, pattern=pattern)
 
-    def query_aware_heads(self, blk, ptail, bs: int) -> torch.Tensor:
+    def query_aware_heads(self, blk, ptail, bs: int, impl: str = "auto") -> torch.Tensor:
         """Heads ``[B, H]`` whose pooled estimate of the last query block's distribution over key blocks is within
         ``tau`` (square-root Jensen-Shannon) of the true one (the last ``bs`` window rows' attention, by block)."""
-        return block_distance(blk[:, :, -1], ptail, bs) < self.params.tau
+        return block_distance(blk[:, :, -1], ptail, bs, impl) < self.params.tau
 
 
 def _merge(vs: TilePattern, tiles: torch.Tensor, cnt: torch.Tensor, qa: torch.Tensor) -> TilePattern:

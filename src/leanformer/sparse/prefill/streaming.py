@@ -108,8 +108,8 @@ class StreamingPrefill(PrefillMethod):
             self.warn_once(warning)
         bdiag = bdiag.expand(b, h, n)
         colmask = (torch.arange(t, device=dev) < p.sinks).expand(b, h, t)
-        pattern = from_lines(bdiag, colmask, bs, t, max_cols=p.sinks)  # fixed widths: no host sync
+        pattern = from_lines(bdiag, colmask, bs, t, max_cols=p.sinks, impl=impl)  # fixed widths: no host sync
         out = run_pattern(q, k, v, pattern, default_scale(q, scale), impl)
-        kept = kept_pairs(pattern)
+        kept = kept_pairs(pattern, impl)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, 0, impl,
                               per_head_sparsity=1 - kept / total, pattern=pattern)

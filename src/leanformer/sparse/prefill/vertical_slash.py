@@ -79,7 +79,7 @@ def _rank(priority: torch.Tensor) -> torch.Tensor:
 
 
 def vs_lines(vert, slash, seq_len: int, block_size: int, sinks: int, local: int, *, budget=None,
-             n_vertical=None, n_slash=None, slash_share: float = 0.5, v_order=None, s_order=None):
+             n_vertical=None, n_slash=None, slash_share: float = 0.5, v_order=None, s_order=None, impl="auto"):
     """The kept block diagonals ``[B, H, NQB]`` (diagonal 0 on) and columns ``[B, H, T]`` (bool) of
     :func:`vs_pattern`, chosen on the scores' device with no host synchronisation."""
     t, bs = seq_len, block_size
@@ -97,28 +97,31 @@ def vs_lines(vert, slash, seq_len: int, block_size: int, sinks: int, local: int,
     bdiag = diagonals_within_budget(value, offset, dcost, budget * slash_share)
     bdiag[..., 0] = True
     spent = (bdiag.double() * dcost).sum(-1)
-    return bdiag, keep_within_budget(v_order, position_costs(bdiag, bs, t), sinks, budget - spent)
+    return bdiag, keep_within_budget(v_order, position_costs(bdiag, bs, t, impl), sinks, budget - spent)
 
 
-def lines_kept_pairs(bdiag, colmask, block_size: int, seq_len: int):
+def lines_kept_pairs(bdiag, colmask, block_size: int, seq_len: int, impl: str = "auto"):
     """Pairs ``[B, H]`` (float64) a pattern of these lines computes, without building it."""
     n = bdiag.shape[-1]
-    cols = columns_cost(bdiag, colmask, block_size, seq_len)
+    cols = columns_cost(bdiag, colmask, block_size, seq_len, impl)
     return (bdiag.double() * diagonal_cost(n, block_size, seq_len, bdiag.device)).sum(-1) + cols
 
 
 def vs_pattern(vert, slash, seq_len: int, block_size: int, sinks: int, local: int, *, budget=None,
-               n_vertical=None, n_slash=None, slash_share: float = 0.5, v_order=None, s_order=None) -> TilePattern:
+               n_vertical=None, n_slash=None, slash_share: float = 0.5, v_order=None, s_order=None,
+               impl: str = "auto") -> TilePattern:
     """Pattern from vertical/slash scores ``[B, H, T]``, built on their device with no host synchronisation.
 
     Either counts (``n_vertical``, ``n_slash``: int or ``[B, H]``, not counting the forced sinks/local lines) or a
     pair ``budget [B, H]``. Forced: columns ``< sinks`` and diagonals ``< local``. ``v_order`` / ``s_order``: the
     scores' :func:`leanformer.sparse.prefill.lines.rank_lines` order where the caller has it already. Selects what
-    :func:`vs_pattern_reference` selects (tests compare them); the pattern lists lines in fixed-width slots."""
+    :func:`vs_pattern_reference` selects (tests compare them); the pattern lists lines in fixed-width slots.
+    ``impl``: the calling method's (``"reference"``: the bookkeeping in PyTorch on any device)."""
     bdiag, colmask = vs_lines(vert, slash, seq_len, block_size, sinks, local, budget=budget, n_vertical=n_vertical,
-                              n_slash=n_slash, slash_share=slash_share, v_order=v_order, s_order=s_order)
+                              n_slash=n_slash, slash_share=slash_share, v_order=v_order, s_order=s_order, impl=impl)
     native = budget is None and isinstance(n_vertical, int)
-    return from_lines(bdiag, colmask, block_size, seq_len, n_vertical + min(sinks, seq_len) if native else None)
+    return from_lines(bdiag, colmask, block_size, seq_len, n_vertical + min(sinks, seq_len) if native else None,
+                      impl)
 
 
 @lru_cache(maxsize=256)
@@ -198,9 +201,9 @@ class VerticalSlash(PrefillMethod):
         budget = (None if requested is None
                   else torch.full((b, h), (1 - requested) * total, device=q.device, dtype=torch.float64))
         pattern = vs_pattern(vert, slash, t, p.block_size, p.sinks, p.local, budget=budget,
-                             n_vertical=p.vertical_size, n_slash=p.slash_size, slash_share=p.slash_share)
+                             n_vertical=p.vertical_size, n_slash=p.slash_size, slash_share=p.slash_share, impl=impl)
         out = run_pattern(q, k, v, pattern, scale, impl, kernel_options=p.kernel_options)
-        kept = kept_pairs(pattern)
+        kept = kept_pairs(pattern, impl)
         w = min(p.window, t)
         return out, info_dict(self.name, requested, kept.sum(), total * b * h, b * h * w * t, impl,
                               per_head_sparsity=1 - kept / total, pattern=pattern)
