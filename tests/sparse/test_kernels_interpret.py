@@ -283,7 +283,8 @@ PAGE_CHOICE_SCRIPT = textwrap.dedent("""
             pages = rows[name][:, :, :n]
             for share in (True, False):
                 want = page_scores(q, pages, pages, share)
-                for kk in (1, 2, 37, n - 1, n):
+                # every k from 1 to all pages on the row with a tail; the ends and one between on the others
+                for kk in ((1, 2, 37, n - 1, n) if n == 140 else (1, 37, n)):
                     # the choice exactly as a stable sort makes it from the scores the launch ranked (the
                     # interpreter's fp32 product may differ in the last bit between equal pages, as BLAS blocks
                     # them), and those scores the reference's
