@@ -10,8 +10,8 @@ difference to the floor is what the selection tail costs; every variant must pic
 (checked first). A row a few pages past a power of two (``--lengths 32848``: a 32K prompt with the engine's
 64-token headroom) is held as the power of two and a short tail; ``--padded`` also times it padded to twice the
 power of two, as one tensor. ``--compact 6:512 8:256`` also times the top-k that counts the whole row that many
-times and finishes on at most that many candidates left (``kernel_compact`` ... rows; ``--compact 0:16`` is the
-32-step bisection whatever the module's default). ``--tail-parts`` times the tail's parts alone, one program a
+times and finishes on at most that many candidates left (``select_compact6_512`` ... columns; ``--compact 0:16``
+is the 32-step bisection whatever the module's default). ``--tail-parts`` times the tail's parts alone, one program a
 row over the scores already written (at the launch's width): loading the row, then the 32-step bisection for the
 ``k``-th score, then writing the winners, and the compacted top-k of each ``--compact`` setting with the write
 (rows of a power of two pages only).
@@ -113,6 +113,8 @@ def measure(args, length: int, b: int, dev, wrap, g) -> dict:
     tails = ", ".join(f"{n} {us[n]:.1f} (tail {row[n + '_tail_us']:.1f})" for n in variants)
     print(f"L={length:>6} B={b:>2} pages={p:>5}: scores {us['scores']:.1f} us; {tails}"
           f"{'' if same else '  DIFFERENT PAGES'}", flush=True)
+    if parts:
+        print("    tail alone: " + ", ".join(f"{n} {v:.1f}" for n, v in parts.items()) + " us", flush=True)
     return row
 
 

@@ -516,6 +516,25 @@ def test_sparse_decode_benchmark_refuses_a_bad_kernel_setting():
         assert r.returncode != 0 and text in r.stderr and said in r.stderr and "Traceback" not in r.stderr
 
 
+def test_sparse_decode_benchmark_sets_quest_settings_and_puts_them_back():
+    """``--kernel-settings`` keys ``QUEST_*`` set Quest's page-choice constants, the others the split-K read's."""
+    import importlib.util
+    from pathlib import Path
+
+    from leanformer.sparse.kernels import decode as kd
+    from leanformer.sparse.kernels import quest_scores as qs
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_sparse_decode.py"
+    spec = importlib.util.spec_from_file_location("bench_sparse_decode", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    old = (qs.COMPACT_STEPS, qs.COMPACT_CAP, kd.BLOCK_N)
+    with bench.kernel_settings("QUEST_COMPACT_STEPS=6,QUEST_COMPACT_CAP=256,BLOCK_N=32"):
+        assert (qs.COMPACT_STEPS, qs.COMPACT_CAP, kd.BLOCK_N) == (6, 256, 32)
+        assert not hasattr(kd, "COMPACT_STEPS") and not hasattr(qs, "QUEST_COMPACT_STEPS")
+    assert (qs.COMPACT_STEPS, qs.COMPACT_CAP, kd.BLOCK_N) == old
+
+
 def test_vs_estimate_benchmark_refuses_a_bad_setting():
     import os
     import subprocess
