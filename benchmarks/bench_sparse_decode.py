@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import bench, checked_settings, graphed, record  # noqa: E402
+from common import bench, checked_settings, graphed, patched, record  # noqa: E402
 
 from leanformer.sparse import build_decode  # noqa: E402
 from leanformer.sparse.kernels import decode as kd  # noqa: E402
@@ -74,13 +74,11 @@ class kernel_settings:
         self.new = checked_settings(text, KNOBS, "--kernel-settings")
 
     def __enter__(self):
-        self.old = {key: getattr(*_knob(key)) for key in self.new}
-        for key, val in self.new.items():
-            setattr(*_knob(key), val)
+        self._set = patched((*_knob(key), val) for key, val in self.new.items())
+        self._set.__enter__()
 
     def __exit__(self, *exc):
-        for key, val in self.old.items():
-            setattr(*_knob(key), val)
+        return self._set.__exit__(*exc)
 
 
 def check(args, b: int = 2, length: int = 8191) -> dict:
@@ -100,14 +98,10 @@ def check(args, b: int = 2, length: int = 8191) -> dict:
             # positions through run_decode, or Quest's page ids through gather_decode_pages_triton).
             seen = {}
             mod = sys.modules[type(m).attend.__module__]
-            real = {f: getattr(mod, f) for f in ("run_decode", "gather_decode_pages_triton") if hasattr(mod, f)}
-            for f in real:
-                setattr(mod, f, _spy(real[f], seen, f))
-            try:
+            spies = [(mod, f, _spy(getattr(mod, f), seen, f)) for f in ("run_decode", "gather_decode_pages_triton")
+                     if hasattr(mod, f)]
+            with patched(spies):
                 out, info = m.attend(0, q, k, v, sparsity=1 - args.budget)
-            finally:
-                for f, fn in real.items():
-                    setattr(mod, f, fn)
             if "run_decode" in seen:
                 _, _, _, idx, valid, scale, _ = seen["run_decode"][0]
             else:

@@ -3,6 +3,7 @@ and git commit, and time GPU/CPU work properly (warm-up, synchronisation, median
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -113,6 +114,20 @@ def checked_settings(text: str, allowed, flag: str) -> dict:
         raise SystemExit(f"{flag}: bad setting {text!r}; each is KEY=INT with KEY one of {', '.join(allowed)}, "
                          "or 'default'")
     return out
+
+
+@contextlib.contextmanager
+def patched(changes):
+    """Each ``(object, name, value)`` set for the block, the old values put back after it (an error included)."""
+    changes = list(changes)
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
+    try:
+        for obj, name, value in changes:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, value in reversed(saved):
+            setattr(obj, name, value)
 
 
 def bench(fn, warmup: int = 3, repeat: int = 10, sync=None) -> float:

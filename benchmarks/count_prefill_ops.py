@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import sys
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import op_site  # noqa: E402
+from common import op_site, patched  # noqa: E402
 
 from leanformer import sparse  # noqa: E402
 from leanformer.sparse.kernels import line_pattern  # noqa: E402
@@ -46,19 +45,6 @@ def _one_launch(fn, name: str):
         with torch.profiler.record_function(LAUNCH + name):
             return fn(*args, **kwargs)
     return run
-
-
-@contextlib.contextmanager
-def _patched(changes):
-    """Each ``(object, name, value)`` set for the block, the old values put back after it."""
-    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in changes]
-    try:
-        for obj, name, value in changes:
-            setattr(obj, name, value)
-        yield
-    finally:
-        for obj, name, value in reversed(saved):
-            setattr(obj, name, value)
 
 
 # the line methods with their attention kernel skipped (the query comes back as the output)
@@ -95,7 +81,7 @@ def count(method: str, t: int, sparsity: float, heads: int = 32, kv_heads: int =
                     for name, ref in (("coverage", "coverage_rows"), ("select_row_tiles", "block_tiles_rows"))]
     q = torch.zeros(1, heads, t, 8, dtype=torch.bfloat16)
     k = torch.zeros(1, kv_heads, t, 8, dtype=torch.bfloat16)
-    with _patched(changes):
+    with patched(changes):
         sparse.prefill_attention(q, k, k, method, sparsity)  # warm-up (cached shapes)
         with profile(activities=[ProfilerActivity.CPU], with_stack=True) as p:
             sparse.prefill_attention(q, k, k, method, sparsity)
@@ -115,7 +101,7 @@ def kernel_steps(method: str, t: int, sparsity: float, heads: int = 8, kv_heads:
     g = torch.Generator().manual_seed(0)
     q = torch.randn(1, heads, t, 128, generator=g)
     k = torch.randn(1, kv_heads, t, 128, generator=g)
-    with _patched(_NO_ATTENTION):
+    with patched(_NO_ATTENTION):
         _, info = sparse.prefill_attention(q, k, k, method, sparsity)
     p = info["pattern"]
     before = torch.nn.functional.pad(p.col_cnt[..., :-1].long(), (1, 0))

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from leanformer.nn.gpu import sm_count
 from leanformer.sparse.kernels.decode import split_outputs, split_plan
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, triton
 
 BLOCK_N = 64
 # a split reads at least this many entries: below it, merging the partials costs more than the parallelism gains
@@ -105,8 +105,7 @@ def cache_decode_triton(q, k, v, lens, pages=None, page_size: int = 0, scale: fl
                         block_n: int = BLOCK_N) -> torch.Tensor:
     """The fused split-K kernel and its merge: at most two launches, no host read of ``lens``."""
     _check(q, k, v, lens, pages, page_size, starts)
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("cache_decode_triton needs CUDA tensors and triton; use cache_decode_reference")
+    need_triton(q, "cache_decode_triton", "cache_decode_reference")
     b, hq, d = q.shape
     hk, cap = lens.shape[1], k.shape[2]
     hs = hk if pages is None else pages.shape[1]

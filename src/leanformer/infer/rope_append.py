@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from leanformer.nn.rotary import rotate_half
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, triton
 
 if triton is not None:
     import triton.language as tl
@@ -115,8 +115,7 @@ def rope_append_reference(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=Non
 
 
 def rope_append_triton(q, k, v, cos, sin, kc, vc, lens, slot=None, starts=None, cap=None, meta=None):
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("rope_append_triton needs CUDA tensors and triton; use rope_append_reference")
+    need_triton(q, "rope_append_triton", "rope_append_reference")
     b, hq, d = q.shape
     hk = k.shape[1]
     if d % 2 or d & (d - 1) or lens.stride(1) != 1 or cos.stride(-1) != 1 or cos.stride() != sin.stride():

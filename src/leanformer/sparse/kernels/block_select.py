@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import INTERPRET, need_triton, triton
 
 # one row lives in registers as int32 keys, 1024 per warp (up to 16 warps): 32 registers a thread; Quest's page
 # scores of a 128K cache (8K pages of 16) are such rows
@@ -94,40 +94,6 @@ if triton is not None:
         return tl.where(valid, key, -2147483648)
 
     @triton.jit
-    def kth_largest_key(key, K):
-        """The ``K``-th largest of ``key`` by a 32-step bisection over int32 (each step one count; no sort).
-        Invariant: at least ``K`` keys are ``>= lo`` and fewer than ``K`` are ``> hi``. (A four-pass radix select
-        over 256-bin ``tl.histogram`` counts was slower: a 128K-cache Quest step took 0.123 ms on an H200 with it,
-        results/sparse_decode-20261206T073059Z.json, against 0.079 ms on an H100 with this; a row of page scores
-        crowds a few bins. A bisection between the row's smallest and largest key that stops at the first midpoint
-        exactly ``K`` keys reach takes ~13 counts instead of 32, yet made the step slower: 0.081 against 0.071 ms at
-        batch 1 and 0.452 against 0.425 ms at batch 16, same H100, results/decode_merge_topk-20261207T0748Z.json;
-        where its time went was not profiled.)"""
-        lo = tl.full((), -2147483648, tl.int64)
-        hi = tl.full((), 2147483647, tl.int64)
-        for _ in range(32):
-            mid = (lo + hi + 1) >> 1
-            enough = tl.sum((key >= mid.to(tl.int32)).to(tl.int32), 0) >= K
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        return lo.to(tl.int32)
-
-    @triton.jit
-    def kth_largest_key_split(key, tail, K):
-        """:func:`kth_largest_key` of the union of ``key`` and a short ``tail`` (a few keys past a power of two):
-        each step adds the tail's count, a reduction within one warp, to the row's."""
-        lo = tl.full((), -2147483648, tl.int64)
-        hi = tl.full((), 2147483647, tl.int64)
-        for _ in range(32):
-            mid = (lo + hi + 1) >> 1
-            m = mid.to(tl.int32)
-            n = tl.sum((key >= m).to(tl.int32), 0) + tl.sum((tail >= m).to(tl.int32), 0)
-            enough = n >= K
-            lo = tl.where(enough, mid, lo)
-            hi = tl.where(enough, hi, mid - 1)
-        return lo.to(tl.int32)
-
-    @triton.jit
     def _count_ge(key, tail, m, HAS_TAIL: tl.constexpr):
         """Keys of ``key`` (and of ``tail`` where ``HAS_TAIL``) at least ``m``."""
         n = tl.sum((key >= m).to(tl.int32), 0)
@@ -144,6 +110,26 @@ if triton is not None:
             lo = tl.where(enough, mid, lo)
             hi = tl.where(enough, hi, mid - 1)
         return lo, hi
+
+    @triton.jit
+    def kth_largest_key(key, K):
+        """The ``K``-th largest of ``key`` by a 32-step bisection over int32 (each step one count; no sort).
+        Invariant: at least ``K`` keys are ``>= lo`` and fewer than ``K`` are ``> hi``. (A four-pass radix select
+        over 256-bin ``tl.histogram`` counts was slower: a 128K-cache Quest step took 0.123 ms on an H200 with it,
+        results/sparse_decode-20261206T073059Z.json, against 0.079 ms on an H100 with this; a row of page scores
+        crowds a few bins. A bisection between the row's smallest and largest key that stops at the first midpoint
+        exactly ``K`` keys reach takes ~13 counts instead of 32, yet made the step slower: 0.081 against 0.071 ms at
+        batch 1 and 0.452 against 0.425 ms at batch 16, same H100, results/decode_merge_topk-20261207T0748Z.json;
+        where its time went was not profiled.)"""
+        lo, _ = _bisect(key, key, K, tl.full((), -2147483648, tl.int64), tl.full((), 2147483647, tl.int64), False, 32)
+        return lo.to(tl.int32)
+
+    @triton.jit
+    def kth_largest_key_split(key, tail, K):
+        """:func:`kth_largest_key` of the union of ``key`` and a short ``tail`` (a few keys past a power of two):
+        each step adds the tail's count, a reduction within one warp, to the row's."""
+        lo, _ = _bisect(key, tail, K, tl.full((), -2147483648, tl.int64), tl.full((), 2147483647, tl.int64), True, 32)
+        return lo.to(tl.int32)
 
     @triton.jit
     def kth_largest_key_compact(key, tail, K, SCR, HAS_TAIL: tl.constexpr, STEPS: tl.constexpr,
@@ -290,8 +276,7 @@ def block_tiles_triton(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torc
 
 def _kernel_rows(scores: torch.Tensor, reference: str) -> tuple[torch.Tensor, int]:
     """``scores`` as contiguous ``[rows, N]`` for the kernel, after checking it can run them."""
-    if triton is None or not (scores.is_cuda or INTERPRET):
-        raise RuntimeError(f"{reference}_triton needs CUDA tensors and triton; use {reference}")
+    need_triton(scores, f"{reference}_triton", reference)
     n = scores.shape[-1]
     if n > MAX_TRITON_ROW:
         raise ValueError(f"rows of {n} scores are longer than the kernel's {MAX_TRITON_ROW}; use {reference}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, on_gpu, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, on_gpu, triton
 
 MAX_HEADS = 128  # heads a row may have for the launch: the [H, H] tile sits in registers
 
@@ -74,8 +74,7 @@ if triton is not None:
 
 def water_fill_triton(need: torch.Tensor, total: torch.Tensor, cap: float) -> torch.Tensor:
     """The same budgets in one launch, one program per row (rows of up to :data:`MAX_HEADS` heads)."""
-    if triton is None or not (need.is_cuda or INTERPRET):
-        raise RuntimeError("water_fill_triton needs CUDA tensors and triton; use water_fill_reference")
+    need_triton(need, "water_fill_triton", "water_fill_reference")
     b, h = need.shape
     if h > MAX_HEADS:
         raise ValueError(f"rows of {h} heads are more than the kernel's {MAX_HEADS}; use water_fill_reference")

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import INTERPRET, need_triton, triton
 
 MAX_ROW = 4096
 
@@ -65,8 +65,7 @@ if triton is not None:
 
 def coverage_rows_triton(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     """The same count in one launch, one program per row (rows up to :data:`MAX_ROW` entries)."""
-    if triton is None or not (scores.is_cuda or INTERPRET):
-        raise RuntimeError("coverage_rows_triton needs CUDA tensors and triton; use coverage_rows")
+    need_triton(scores, "coverage_rows_triton", "coverage_rows")
     n = scores.shape[-1]
     if n > MAX_ROW:
         raise ValueError(f"rows of {n} scores are longer than the kernel's {MAX_ROW}; use coverage_rows")

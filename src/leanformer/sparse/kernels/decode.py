@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from leanformer.nn.attention import attention
 from leanformer.nn.gpu import sm_count
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, triton
 
 if triton is not None:
     import triton.language as tl
@@ -231,8 +231,7 @@ def _launch(q, k, v, ids, n, page, n_ids, last, scale, block_n, valid=None, fuse
     """Both kernels for ``n`` selected positions per head, given as positions (``page == 0``) or page ids; the tile
     (``block_n``, default :data:`BLOCK_N`) and the launch settings are read at the call, so a benchmark can set them."""
     block_n = block_n or BLOCK_N
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("gather_decode_triton needs CUDA tensors and triton; use gather_decode_attention")
+    need_triton(q, "gather_decode_triton", "gather_decode_attention")
     b, hq, _, d = q.shape
     hk, length = k.shape[1], k.shape[2]
     hs = ids.shape[1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, on_gpu, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, on_gpu, triton
 
 MAX_BLOCKS = 8192  # blocks a row may have for the launch (a 1M-token prompt at 128-token blocks)
 
@@ -74,8 +74,7 @@ def _fits(n: int, t: int, block_size: int) -> bool:
 def block_distance_triton(scores: torch.Tensor, probs: torch.Tensor, block_size: int) -> torch.Tensor:
     """The same distances in one launch, one program per row (rows of up to :data:`MAX_BLOCKS` blocks; the block
     size a power of two)."""
-    if triton is None or not (scores.is_cuda or INTERPRET):
-        raise RuntimeError("block_distance_triton needs CUDA tensors and triton; use block_distance_reference")
+    need_triton(scores, "block_distance_triton", "block_distance_reference")
     n, t = scores.shape[-1], probs.shape[-1]
     if not _fits(n, t, block_size):
         raise ValueError(f"{n} blocks of {block_size} over {t} keys: the kernel takes up to {MAX_BLOCKS} blocks of a "

@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, triton
 
 
 def page_scores(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, share_gqa: bool,
@@ -232,8 +232,7 @@ def page_scores_triton(q: torch.Tensor, kmin: torch.Tensor, kmax: torch.Tensor, 
     """The same scores in one launch (grid ``B H_kv x ceil(P / block_p)``), products accumulated in fp32 (the
     reference rounds each product to the cache dtype). ``D`` must be a power of two >= 16; ``kmin``/``kmax`` may be
     views over the pages (any strides but a unit last one); int8 summaries take their scales."""
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("page_scores_triton needs CUDA tensors and triton; use page_scores")
+    need_triton(q, "page_scores_triton", "page_scores")
     b, hq, _, d = q.shape
     hk, p = kmin.shape[1], kmin.shape[2]
     g = hq // hk
@@ -315,8 +314,7 @@ def select_pages_triton(q, kmin, kmax, k: int, share_gqa: bool, kmin_scale=None,
     bisection over the row); the choice is the same either way."""
     if num_warps not in (None, 1, 2, 4, 8, 16):
         raise ValueError(f"num_warps={num_warps}: choose 1, 2, 4, 8 or 16")
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("select_pages_triton needs CUDA tensors and triton; use select_pages_reference")
+    need_triton(q, "select_pages_triton", "select_pages_reference")
     b, hq, _, d = q.shape
     hk, p = kmin.shape[1], kmin.shape[2]
     if not 0 < k <= p:

@@ -46,6 +46,13 @@ def on_gpu(x: torch.Tensor) -> bool:
     return triton is not None and x.is_cuda
 
 
+def need_triton(x: torch.Tensor, name: str, instead: str) -> None:
+    """Refuses a launch ``name`` that cannot take ``x`` (no triton, or a CPU tensor outside the interpreter), naming
+    the reference to call ``instead``."""
+    if triton is None or not (x.is_cuda or INTERPRET):
+        raise RuntimeError(f"{name} needs CUDA tensors and triton; use {instead}")
+
+
 # the reference's strip of query rows holds at most this many mask entries (B x H x rows x keys): a 2K-token
 # prompt is one strip, as before; a long one is walked strip by strip in O(rows x T) memory, never O(T^2)
 REFERENCE_STRIP = 1 << 25
@@ -296,8 +303,7 @@ def tile_attention(q, k, v, pattern: TilePattern, scale: float | None = None, co
     """Triton fast path (CUDA): same contract as :func:`tile_attention_reference`. ``config``: launch settings
     (``BM`` query rows per program, ``BN`` keys per step, ``num_warps``, ``num_stages`` of the tile loop,
     ``USE_TMA`` for its K/V loads, where the GPU has TMA and the bases are aligned) over :data:`DEFAULT_CONFIG`."""
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("tile_attention needs CUDA tensors and triton; use tile_attention_reference")
+    need_triton(q, "tile_attention", "tile_attention_reference")
     b, h, t, d = q.shape
     if d not in (16, 32, 64, 128, 256):
         raise ValueError(f"head dim {d} not supported by the Triton kernel (power of two 16..256)")

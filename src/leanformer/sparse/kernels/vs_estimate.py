@@ -35,7 +35,7 @@ import math
 import torch
 
 from leanformer.nn.gpu import sm_count
-from leanformer.sparse.kernels.tile_attention import INTERPRET, triton
+from leanformer.sparse.kernels.tile_attention import need_triton, triton
 
 # BM window rows x BN keys per tile (BM <= BN: a row's rotation wraps at most once), 4 warps, key tiles in three
 # pipeline stages: of eight settings timed on one H100 (benchmarks/results/vs_estimate-20261207T002648Z.json, the same
@@ -209,8 +209,7 @@ def launches(q, k, window: int, scale: float, tail: int = 0, config: dict | None
     per ``sums()``: it adds the key shares' buckets in place) and, for a benchmark's ablation, ``sums_vertical()``
     / ``sums_slash()`` (the second launch with only the column or only the diagonal sums: wrong outputs, what each
     part costs)."""
-    if triton is None or not (q.is_cuda or INTERPRET):
-        raise RuntimeError("vs_scores_triton needs CUDA tensors and triton; use estimate.vs_scores")
+    need_triton(q, "vs_scores_triton", "estimate.vs_scores")
     b, hq, t, d = q.shape
     hk = k.shape[1]
     if d not in (16, 32, 64, 128, 256):
